@@ -1,0 +1,300 @@
+"""The project file (``fineharbor.yaml``): sources, stage parameters, release recipe.
+
+Validated with pydantic at load. A bad file raises :class:`ConfigError` naming the file, the
+field and the problem, so nothing deep inside a stage ever sees an invalid value. Paths in the
+file are relative to the file's directory; ``${VAR}`` and ``${VAR:-default}`` are expanded from
+the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_HOME = ".fineharbor"
+DEFAULT_CONFIG = "fineharbor.yaml"
+SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A project file that cannot be used; the message names file, field and problem."""
+
+
+def fineharbor_home() -> Path:
+    return Path(os.environ.get("FINEHARBOR_HOME", DEFAULT_HOME)).expanduser().resolve()
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("FINEHARBOR_CONFIG", DEFAULT_CONFIG)).expanduser().resolve()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+MAPPING_PRESETS = ("finevision", "cauldron", "llava", "laion", "webdataset_caption")
+
+
+class MappingSpec(_Strict):
+    """How a source's records become unified samples.
+
+    A preset fills the field paths for a known layout; any field given here overrides it.
+    Paths are dotted (``meta.caption``) and may index lists (``turns.0.text``).
+    """
+
+    preset: Literal["finevision", "cauldron", "llava", "laion", "webdataset_caption"] | None = None
+    images: str | None = Field(None, description="field holding image references or structs")
+    texts: str | None = Field(None, description="list of {user, assistant} turns")
+    conversations: str | None = Field(None, description="ShareGPT list of {from, value}")
+    question: str | None = None
+    answer: str | None = None
+    caption: str | None = None
+    user_prompt: str = Field("", description="user turn for caption pairs")
+    origin_key: str | None = Field(None, description="field used as origin key (default file:row)")
+    role_field: str = "from"
+    content_field: str = "value"
+    user_roles: tuple[str, ...] = ("human", "user")
+    assistant_roles: tuple[str, ...] = ("gpt", "assistant", "bot")
+    image_placeholder: str = "<image>"
+
+    @model_validator(mode="after")
+    def _has_text_rule(self) -> MappingSpec:
+        if self.preset is None and not (
+            self.texts or self.conversations or self.caption or (self.question and self.answer)
+        ):
+            raise ValueError(
+                "give a preset or one text rule: texts, conversations, caption, "
+                "or question + answer"
+            )
+        if (self.question is None) != (self.answer is None):
+            raise ValueError("question and answer must be given together")
+        return self
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _SourceBase(_Strict):
+    name: str
+    location: str = Field(description="file, directory or glob; relative to the config file")
+    mapping: MappingSpec
+    role: Literal["train", "benchmark"] = "train"
+    priority: int = Field(0, description="higher wins when duplicates across sources are resolved")
+    license: str = "unknown"
+    batch_size: int = Field(256, ge=1, le=65536)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not SOURCE_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid source name: use lowercase letters, digits, '_' "
+                "or '-', starting with a letter or digit (it becomes a partition key and a path)"
+            )
+        return value
+
+
+class HfParquetSource(_SourceBase):
+    """Hugging Face `datasets` Parquet layout (Cauldron, FineVision)."""
+
+    reader: Literal["hf_parquet"]
+
+
+class JsonSource(_SourceBase):
+    """JSON array or JSONL records (LLaVA / ShareGPT) with images in a directory."""
+
+    reader: Literal["json"]
+    image_root: str | None = Field(None, description="directory image paths are relative to")
+
+
+class WebDatasetSource(_SourceBase):
+    """WebDataset tar shards: members grouped by key (.jpg/.png/.webp + .txt + .json)."""
+
+    reader: Literal["webdataset"]
+
+
+class UrlListSource(_SourceBase):
+    """LAION-style URL lists (Parquet, CSV, TSV or JSONL); images are downloaded."""
+
+    reader: Literal["url_list"]
+    url_column: str = "url"
+    allow_private_addresses: bool = Field(
+        False, description="allow loopback/private/link-local hosts (off: SSRF protection)"
+    )
+
+
+class ImageFolderSource(_SourceBase):
+    """A directory of images with sidecar caption files (same stem, .txt and/or .json)."""
+
+    reader: Literal["image_folder"]
+
+
+class HfDatasetSource(_SourceBase):
+    """`datasets.load_dataset` by name (Hub) or by builder + data files (local)."""
+
+    reader: Literal["hf_dataset"]
+    location: str = Field(description="Hub name, local dataset dir, or builder ('parquet', 'json')")
+    data_files: list[str] | None = None
+    subset: str | None = None
+    split: str = "train"
+
+
+SourceConfig = Annotated[
+    HfParquetSource
+    | JsonSource
+    | WebDatasetSource
+    | UrlListSource
+    | ImageFolderSource
+    | HfDatasetSource,
+    Field(discriminator="reader"),
+]
+
+# --------------------------------------------------------------------------- stage parameters
+
+
+class DownloadParams(_Strict):
+    """img2dataset-style downloader settings."""
+
+    concurrency: int = Field(32, ge=1, le=4096)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0)
+    max_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_redirects: int = Field(5, ge=0, le=20)
+    user_agent: str = "fineharbor/0.1 (+https://github.com/fineharbor/fineharbor)"
+    honour_noai: bool = Field(True, description="skip X-Robots-Tag noai / noimageai responses")
+
+
+class IngestParams(_Strict):
+    download: DownloadParams = DownloadParams()
+    max_image_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="larger local image files are rejected unread"
+    )
+
+
+class StageParams(_Strict):
+    ingest: IngestParams = IngestParams()
+
+
+class ProjectConfig(_Strict):
+    name: str = "fineharbor"
+    sources: list[SourceConfig]
+    stages: StageParams = StageParams()
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list) -> list:
+        seen: set[str] = set()
+        for source in sources:
+            if source.name in seen:
+                raise ValueError(f"source name {source.name!r} is used twice")
+            seen.add(source.name)
+        return sources
+
+    def source(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise KeyError(f"no source named {name!r} in the config (configured: {known})")
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+
+def source_fingerprint(source: SourceConfig) -> str:
+    """Changes whenever anything that defines the source's records changes."""
+    payload = json.dumps(source.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _expand_env(text: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None and name == "FINEHARBOR_HOME":
+            value = str(fineharbor_home())
+        if value is None:
+            if default is None:
+                raise KeyError(name)
+            value = default
+        return value
+
+    return _ENV_REF.sub(replace, text)
+
+
+def _resolve_locations(raw: dict, base: Path) -> None:
+    for source in raw.get("sources") or []:
+        if not isinstance(source, dict):
+            continue
+        if source.get("reader") == "hf_dataset":
+            files = source.get("data_files")
+            if isinstance(files, list):
+                source["data_files"] = [str((base / str(f)).resolve()) for f in files]
+            location = source.get("location")
+            if isinstance(location, str) and (base / location).exists():
+                source["location"] = str((base / location).resolve())
+            continue
+        for key in ("location", "image_root"):
+            value = source.get(key)
+            if isinstance(value, str) and "://" not in value:
+                source[key] = (
+                    str((base / value).resolve()) if not Path(value).is_absolute() else value
+                )
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration ({error.error_count()} problem(s))"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {field}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict, base_dir: Path, origin: str = "<config>") -> ProjectConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{origin}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    _resolve_locations(raw, base_dir)
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(Path(origin), error)) from None
+
+
+def load_config(path: str | Path | None = None) -> ProjectConfig:
+    config_path = Path(path).expanduser().resolve() if path else default_config_path()
+    if not config_path.exists():
+        raise ConfigError(
+            f"{config_path}: no such project file (set FINEHARBOR_CONFIG or run from the "
+            "directory holding fineharbor.yaml)"
+        )
+    text = config_path.read_text()
+    try:
+        text = _expand_env(text)
+    except KeyError as missing:
+        raise ConfigError(
+            f"{config_path}: environment variable {missing.args[0]} is not set "
+            "(use ${VAR:-default} for an optional one)"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_path}: not valid YAML: {error}") from None
+    return parse_config(raw, config_path.parent, str(config_path))

@@ -1,0 +1,1 @@
+"""Dagster objects only: assets, checks, sensors, jobs and resource wiring over fineharbor.core."""

@@ -1,0 +1,29 @@
+"""The DuckDB catalog users open with the duckdb CLI: one view per stage and per rejects."""
+
+import dagster as dg
+
+from fineharbor.core.catalog import refresh_catalog
+from fineharbor.defs.ingest import PER_SOURCE_ASSETS
+from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
+
+
+@dg.asset(
+    group_name="catalog",
+    kinds={"duckdb"},
+    deps=PER_SOURCE_ASSETS,
+    pool="duckdb_write",
+    description=(
+        "Refreshes `catalog.duckdb` under FINEHARBOR_HOME: a view over every stage's Parquet "
+        "output and a `<stage>_rejects` view over its rejects. The only DuckDB file writer "
+        "(pool `duckdb_write`, plus a file lock)."
+    ),
+)
+def duckdb_catalog(project: FineharborProject) -> dg.MaterializeResult:
+    views = refresh_catalog(project.storage, project.catalog_path, STAGE_TABLES)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(project.catalog_path)),
+            "views": dg.MetadataValue.md("\n".join(f"- `{v}`" for v in views) or "(none)"),
+            "view_count": len(views),
+        }
+    )

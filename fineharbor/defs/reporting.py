@@ -1,0 +1,152 @@
+"""Turns a core StageReport into Dagster metadata and the blocking data checks."""
+
+from __future__ import annotations
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+
+from fineharbor.core.stages import StageReport
+from fineharbor.core.storage import Storage
+
+CHECK_CONSERVED = "rows_conserved"
+CHECK_UNIQUE = "unique_sample_id"
+CHECK_SCHEMA = "schema_matches"
+
+
+def stage_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    """Data-protecting checks, blocking so a bad partition never feeds the next stage."""
+    return [
+        dg.AssetCheckSpec(
+            CHECK_CONSERVED,
+            asset=asset,
+            blocking=True,
+            description="rows in = rows kept + rows rejected for the partition",
+        ),
+        dg.AssetCheckSpec(
+            CHECK_UNIQUE,
+            asset=asset,
+            blocking=True,
+            description="sample_id is unique within the partition",
+        ),
+        dg.AssetCheckSpec(
+            CHECK_SCHEMA,
+            asset=asset,
+            blocking=True,
+            description="the written Parquet schema holds every declared column with its type",
+        ),
+    ]
+
+
+def _files_sql(files: list[str]) -> str:
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+def stage_check_results(report: StageReport, storage: Storage) -> list[dg.AssetCheckResult]:
+    files = storage.files(report.asset, report.partition)
+    with duckdb.connect() as connection:
+        total, distinct = connection.execute(
+            f"select count(*), count(distinct sample_id) from read_parquet({_files_sql(files)})"
+        ).fetchall()[0]
+    written = storage.schema(report.asset, report.partition)
+    mismatched = [
+        f.name
+        for f in report.schema
+        if written.get_field_index(f.name) < 0 or not written.field(f.name).type.equals(f.type)
+    ]
+    return [
+        dg.AssetCheckResult(
+            check_name=CHECK_CONSERVED,
+            passed=report.conserved,
+            metadata={"rows_in": report.rows_in, "kept": report.kept, "rejected": report.rejected},
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_UNIQUE,
+            passed=total == distinct,
+            metadata={"rows": total, "distinct_sample_ids": distinct},
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_SCHEMA,
+            passed=not mismatched,
+            metadata={"mismatched_columns": ", ".join(mismatched) or "none"},
+        ),
+    ]
+
+
+def column_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def _cell(value: object, limit: int = 80) -> str:
+    text = str(value).replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def markdown_table(headers: list[str], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def preview_markdown(storage: Storage, report: StageReport, rows: int = 5) -> str:
+    """A few kept samples and a few rejects, so a person sees what the stage did."""
+    kept_rows: list[tuple] = []
+    files = storage.files(report.asset, report.partition)
+    names = set(report.schema.names)
+    with duckdb.connect() as connection:
+        if files and {"texts", "images"} <= names:
+            kept_rows = connection.execute(
+                f"select origin_key, len(images), len(texts), texts[1].user, texts[1].assistant "
+                f"from read_parquet({_files_sql(files)}) limit {rows}"
+            ).fetchall()
+            kept_md = markdown_table(
+                ["origin_key", "images", "turns", "first user", "first assistant"], kept_rows
+            )
+        elif files:
+            kept_rows = connection.execute(
+                f"select origin_key, len(images), record from read_parquet({_files_sql(files)}) "
+                f"limit {rows}"
+            ).fetchall()
+            kept_md = markdown_table(["origin_key", "images", "record"], kept_rows)
+        else:
+            kept_md = "(none)"
+        reject_files = storage.files(report.asset, report.partition, kind="rejects")
+        rejected = (
+            connection.execute(
+                f"select reason, origin_key, detail from read_parquet({_files_sql(reject_files)}) "
+                f"limit {rows}"
+            ).fetchall()
+            if reject_files
+            else []
+        )
+    reasons = markdown_table(["reason", "rows"], sorted(report.reasons.items()))
+    return (
+        f"**{report.asset} / {report.partition}**: {report.rows_in} in, {report.kept} kept, "
+        f"{report.rejected} rejected ({report.rows_per_second:.0f} rows/s)\n\n"
+        f"### Rejects by reason\n{reasons}\n\n### Kept (first {rows})\n{kept_md}\n\n"
+        f"### Rejected (first {rows})\n"
+        + (markdown_table(["reason", "origin_key", "detail"], rejected) if rejected else "(none)")
+    )
+
+
+def stage_metadata(report: StageReport, storage: Storage) -> dict:
+    return {
+        "dagster/row_count": report.kept,
+        "dagster/column_schema": column_schema(report.schema),
+        "rows_in": report.rows_in,
+        "rows_rejected": report.rejected,
+        "kept_ratio": round(report.kept / report.rows_in, 4) if report.rows_in else 0.0,
+        "rejects_by_reason": dg.MetadataValue.json(report.reasons),
+        "seconds": round(report.seconds, 3),
+        "rows_per_second": round(report.rows_per_second, 1),
+        "path": dg.MetadataValue.path(storage.dir(report.asset, report.partition)),
+        "summary": dg.MetadataValue.md(preview_markdown(storage, report)),
+        **report.extra,
+    }
+
+
+def stage_result(report: StageReport, storage: Storage) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata=stage_metadata(report, storage),
+        check_results=stage_check_results(report, storage),
+    )

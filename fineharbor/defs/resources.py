@@ -1,0 +1,42 @@
+"""The project resource: the validated config and the storage root, shared by every asset."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import dagster as dg
+
+from fineharbor.core.catalog import StageTable
+from fineharbor.core.config import ProjectConfig, default_config_path, fineharbor_home, load_config
+from fineharbor.core.storage import Storage
+
+
+class FineharborProject(dg.ConfigurableResource):
+    """Where the project file is and where data lives (FINEHARBOR_CONFIG / FINEHARBOR_HOME)."""
+
+    config_path: str
+    home: str
+
+    @cached_property
+    def config(self) -> ProjectConfig:
+        return load_config(self.config_path)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return Storage(self.home)
+
+    @property
+    def catalog_path(self) -> Path:
+        return Path(self.home) / "catalog.duckdb"
+
+
+def default_project() -> FineharborProject:
+    return FineharborProject(config_path=str(default_config_path()), home=str(fineharbor_home()))
+
+
+# Every stage that writes Parquet, in pipeline order; the catalog exposes each as a view.
+STAGE_TABLES = [
+    StageTable("raw_samples"),
+    StageTable("unified_samples"),
+]

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+
+from fineharbor.core.config import ConfigError, load_config, source_fingerprint
+
+VALID = """
+name: t
+sources:
+  - name: charts
+    reader: hf_parquet
+    location: data/charts
+    mapping: {preset: cauldron}
+  - name: urls
+    reader: url_list
+    location: ${DATA_DIR:-lists}/urls.parquet
+    mapping: {preset: laion}
+    role: train
+    priority: 3
+stages:
+  ingest:
+    download: {concurrency: 8}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fineharbor.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_resolves_paths_against_its_directory(tmp_path):
+    config = load_config(write(tmp_path, VALID))
+    assert config.source_names == ["charts", "urls"]
+    assert config.source("charts").location == str(tmp_path / "data" / "charts")
+    assert config.source("urls").location == str(tmp_path / "lists" / "urls.parquet")
+    assert config.stages.ingest.download.concurrency == 8
+    assert config.stages.ingest.download.timeout_s == 10.0  # default kept
+
+
+def test_environment_variables_expand(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", "/srv/lists")
+    config = load_config(write(tmp_path, VALID))
+    assert config.source("urls").location == "/srv/lists/urls.parquet"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "problem"),
+    [
+        (VALID.replace("reader: hf_parquet", "reader: csv_magic"), "sources.0", "reader"),
+        (
+            VALID.replace("concurrency: 8", "concurrency: 0"),
+            "stages.ingest.download.concurrency",
+            "greater than or equal to 1",
+        ),
+        (
+            VALID.replace("name: charts", "name: Charts/x"),
+            "sources.0.hf_parquet.name",
+            "not a valid source name",
+        ),
+        (
+            VALID.replace("role: train", "role: eval"),
+            "sources.1.url_list.role",
+            "'train' or 'benchmark'",
+        ),
+        (
+            VALID.replace("priority: 3", "priority: 3\n    colour: red"),
+            "sources.1.url_list.colour",
+            "Extra inputs",
+        ),
+        (VALID.replace("name: urls", "name: charts"), "sources", "used twice"),
+        (
+            VALID.replace("{preset: laion}", "{user_prompt: hi}"),
+            "sources.1.url_list.mapping",
+            "text rule",
+        ),
+    ],
+)
+def test_bad_file_names_file_field_and_problem(tmp_path, text, field, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert field in message
+    assert problem in message
+
+
+def test_yaml_syntax_error_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "sources: [\n"))
+    with pytest.raises(ConfigError, match="no such project file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_unset_environment_variable_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="NOPE_NOT_SET"):
+        load_config(write(tmp_path, VALID.replace("data/charts", "${NOPE_NOT_SET}/charts")))
+
+
+def test_fingerprint_changes_with_source_config(tmp_path):
+    config = load_config(write(tmp_path, VALID))
+    changed = load_config(write(tmp_path, VALID.replace("priority: 3", "priority: 4")))
+    assert source_fingerprint(config.source("charts")) == source_fingerprint(
+        changed.source("charts")
+    )
+    assert source_fingerprint(config.source("urls")) != source_fingerprint(changed.source("urls"))

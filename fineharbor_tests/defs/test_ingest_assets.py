@@ -1,0 +1,172 @@
+import json
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fineharbor.core.schema import IMAGE_TYPE, TURN_TYPE
+from fineharbor.defs.catalog import duckdb_catalog
+from fineharbor.defs.ingest import PER_SOURCE_ASSETS
+from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.resources import FineharborProject
+from fineharbor.defs.sensors import source_sensor
+from fineharbor_tests.conftest import make_image_bytes
+
+CONFIG = """
+sources:
+  - name: charts
+    reader: hf_parquet
+    location: charts
+    mapping: {preset: cauldron}
+  - name: scenes
+    reader: json
+    location: scenes/data.jsonl
+    mapping: {preset: llava, origin_key: id}
+  - name: ghost
+    reader: image_folder
+    location: does_not_exist
+    mapping: {caption: txt}
+"""
+
+
+@pytest.fixture
+def project(tmp_path, home):
+    (tmp_path / "charts").mkdir()
+    schema = pa.schema([("images", pa.list_(IMAGE_TYPE)), ("texts", pa.list_(TURN_TYPE))])
+    rows = [
+        {
+            "images": [{"bytes": make_image_bytes(i), "path": f"{i}.jpg"}],
+            "texts": [{"user": f"q{i}", "assistant": f"a{i}"}],
+        }
+        for i in range(6)
+    ]
+    rows.append({"images": [], "texts": []})  # unmappable: no turns
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "charts" / "train.parquet")
+    (tmp_path / "scenes" / "images").mkdir(parents=True)
+    lines = []
+    for i in range(4):
+        (tmp_path / "scenes" / "images" / f"{i}.jpg").write_bytes(make_image_bytes(10 + i))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"s{i}",
+                    "image": f"images/{i}.jpg",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nq"},
+                        {"from": "gpt", "value": "a"},
+                    ],
+                }
+            )
+        )
+    lines.append("{oops")
+    (tmp_path / "scenes" / "data.jsonl").write_text("\n".join(lines))
+    (tmp_path / "fineharbor.yaml").write_text(CONFIG)
+    return FineharborProject(config_path=str(tmp_path / "fineharbor.yaml"), home=str(home))
+
+
+def materialize(project, instance, partition):
+    return dg.materialize(
+        PER_SOURCE_ASSETS,
+        partition_key=partition,
+        instance=instance,
+        resources={"project": project},
+        raise_on_error=False,
+    )
+
+
+def test_per_source_stages_conserve_rows_and_report(project):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])
+        for partition in ("charts", "scenes"):
+            result = materialize(project, instance, partition)
+            assert result.success
+            checks = result.get_asset_check_evaluations()
+            assert len(checks) == 6 and all(c.passed for c in checks)
+        storage = project.storage
+        assert storage.count_rows("raw_samples", "charts") == 7
+        assert storage.count_rows("unified_samples", "charts") == 6
+        assert storage.count_rows("unified_samples", "charts", kind="rejects") == 1
+        assert storage.count_rows("raw_samples", "scenes", kind="rejects") == 1
+        event = instance.get_latest_materialization_event(dg.AssetKey("unified_samples"))
+        metadata = event.asset_materialization.metadata
+        assert metadata["dagster/row_count"].value == 4
+        assert metadata["rows_in"].value == 4
+        assert "Rejects by reason" in metadata["summary"].value
+        assert [c.name for c in metadata["dagster/column_schema"].schema.columns][:2] == [
+            "sample_id",
+            "source",
+        ]
+
+
+def test_rematerializing_gives_the_same_rows(project):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, ["charts"])
+        materialize(project, instance, "charts")
+        first = project.storage.read_table("unified_samples", "charts")
+        materialize(project, instance, "charts")
+        assert project.storage.read_table("unified_samples", "charts").equals(first)
+
+
+def test_missing_location_fails_only_its_partition(project):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, ["ghost", "charts"])
+        failed = materialize(project, instance, "ghost")
+        assert not failed.success
+        assert "does_not_exist does not exist" in str(
+            failed.get_step_failure_events()[0].event_specific_data.error
+        )
+        assert materialize(project, instance, "charts").success
+
+
+def test_catalog_exposes_every_stage_and_rejects(project):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])
+        for partition in ("charts", "scenes"):
+            materialize(project, instance, partition)
+        assert dg.materialize(
+            [duckdb_catalog], instance=instance, resources={"project": project}
+        ).success
+    with duckdb.connect(str(project.catalog_path), read_only=True) as connection:
+        counts = dict(
+            connection.execute("select source, count(*) from unified_samples group by 1").fetchall()
+        )
+        reasons = connection.execute("select reason from raw_samples_rejects").fetchall()
+    assert counts == {"charts": 6, "scenes": 4}
+    assert reasons == [("malformed_record",)]
+
+
+def test_sensor_adds_partitions_and_requests_runs_for_new_or_changed_sources(project, tmp_path):
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"project": project})
+        result = source_sensor(context)
+        assert result.dynamic_partitions_requests[0].partition_keys == ["charts", "scenes", "ghost"]
+        assert sorted(r.partition_key for r in result.run_requests) == ["charts", "ghost", "scenes"]
+        instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes", "ghost"])
+        again = source_sensor(
+            dg.build_sensor_context(
+                instance=instance, cursor=result.cursor, resources={"project": project}
+            )
+        )
+        assert again.run_requests == [] and again.dynamic_partitions_requests == []
+        (tmp_path / "charts" / "more.parquet").write_bytes(
+            (tmp_path / "charts" / "train.parquet").read_bytes()
+        )
+        changed = source_sensor(
+            dg.build_sensor_context(
+                instance=instance, cursor=result.cursor, resources={"project": project}
+            )
+        )
+        assert [r.partition_key for r in changed.run_requests] == ["charts"]
+
+
+def test_definitions_load_and_describe_every_asset():
+    from fineharbor.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description, key
+        assert node.group_name, key
+        assert node.kinds, key
