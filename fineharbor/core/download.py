@@ -293,8 +293,6 @@ def _classify(exc: BaseException) -> _Failure:
     blocked = _find_in_chain(exc, BlockedAddressError)
     if blocked is not None:
         return _Failure("blocked_address", str(blocked))
-    if isinstance(exc, TimeoutError):
-        return _Failure("timeout", "timed out", retryable=True)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         temporary = getattr(exc.os_error, "errno", None) == socket.EAI_AGAIN
         return _Failure("dns_error", f"DNS lookup failed: {exc.os_error}", retryable=temporary)
@@ -508,11 +506,11 @@ class Downloader:
                         self._check_hop(current)
         except _Failure as failure:
             return _Outcome(None, failure.status or status, current, failure)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            failure = _classify(exc)
-            if failure.code == "timeout":
-                failure.message = f"no complete response within {params.timeout_s} s"
-            return _Outcome(None, status, current, failure)
+        except TimeoutError:
+            message = f"no complete response within {params.timeout_s} s"
+            return _Outcome(None, status, current, _Failure("timeout", message, retryable=True))
+        except (aiohttp.ClientError, OSError) as exc:
+            return _Outcome(None, status, current, _classify(exc))
 
     def _redirect_target(
         self, current: URL, response: aiohttp.ClientResponse, redirects: int
@@ -560,7 +558,7 @@ class Downloader:
                 f"body exceeds {params.max_bytes} bytes (Content-Length {declared})",
                 status=status,
             )
-        chunks: list[bytes] = []
+        chunks: list[bytes] = []  # counted as decoded, so a gzip bomb stops at max_bytes too
         size = 0
         async for chunk in response.content.iter_any():
             size += len(chunk)

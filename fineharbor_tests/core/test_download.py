@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import ipaddress
 import random
 import socket
@@ -54,7 +56,7 @@ class ServerState:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Routes: /img/<key>[?delay_ms=], /status/<code>, /flaky/<key>, /slow, /big?cl=0|1,
+    """Routes: /img/<key>[?delay_ms=], /status/<code>, /flaky/<key>, /slow, /big?cl=0|1, /gzip,
     /robots?tag=, /redirect?to=, /loop/<n>."""
 
     state: ServerState
@@ -86,6 +88,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_body(200, b"late")
         elif head == "big":
             self.send_body(200, b"x" * (SMALL_LIMIT * 3), content_length=query["cl"] == "1")
+        elif head == "gzip":
+            packed = gzip.compress(b"\0" * SMALL_LIMIT * 10)
+            self.send_body(200, packed, headers={"Content-Encoding": "gzip"})
         elif head == "robots":
             self.send_body(200, image_bytes("robots"), headers={"X-Robots-Tag": query["tag"]})
         elif head == "redirect":
@@ -110,7 +115,8 @@ class Handler(BaseHTTPRequestHandler):
         if content_length:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()  # HTTP/1.0: the connection closes, ending a body without a length
-        self.wfile.write(body)
+        with contextlib.suppress(ConnectionError):  # the client may hang up (too_large)
+            self.wfile.write(body)
 
 
 @dataclass
@@ -266,6 +272,11 @@ def test_oversized_body_is_too_large(server: Server, with_length: bool) -> None:
     assert ("Content-Length" in result.error_message) is with_length
 
 
+def test_compressed_body_is_limited_after_decoding(server: Server) -> None:
+    (result,) = fetch([f"{server.base}/gzip"])
+    assert result.error_code == "too_large"
+
+
 @pytest.mark.parametrize(
     "tag", ["noai", "noimageai", "NoAI", "noindex, noimageai", "otherbot: noai", "a: x,noai"]
 )
@@ -375,6 +386,22 @@ def test_redirect_between_allowed_hosts_is_followed(
     (result,) = fetch([start], address_policy=only_127_0_0_1, resolver_factory=FakeResolver)
     assert result.ok and result.content == image_bytes("r")
     assert result.final_url == f"http://public.test:{server.port}/img/r"
+
+
+def test_unknown_host_is_a_dns_error(connection_log: list[str]) -> None:
+    (result,) = fetch(
+        ["http://nowhere.test/a.jpg"], address_policy=only_127_0_0_1, resolver_factory=FakeResolver
+    )
+    assert result.error_code == "dns_error" and result.attempts == 1
+    assert connection_log == []
+
+
+def test_a_failing_progress_callback_does_not_lose_results(server: Server) -> None:
+    def broken(_n: int) -> None:
+        raise RuntimeError("bar closed")
+
+    results = fetch([f"{server.base}/img/{i}" for i in range(5)], progress=broken)
+    assert all(r.ok for r in results)
 
 
 @pytest.mark.parametrize(

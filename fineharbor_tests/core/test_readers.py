@@ -228,3 +228,30 @@ def test_url_list_refuses_loopback_unless_allowed(tmp_path, http_root):
     )
     assert kept == []
     assert rejected[0]["reason"] == "download_blocked_address"
+
+
+def test_struct_image_column_with_nulls_and_path_only_images(tmp_path):
+    """Columnar path for embedded structs; rows by path are fetched; null means no image."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "on_disk.png").write_bytes(make_image_bytes(8, fmt="PNG"))
+    shot = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    embedded = pa.table(
+        {"shot": pa.array([{"bytes": b"A" * 10, "path": "a"}, None], shot), "goal": ["g1", "g2"]}
+    )
+    pq.write_table(embedded, tmp_path / "d" / "a.parquet")
+    by_path = pa.table(
+        {"shot": pa.array([{"bytes": None, "path": "on_disk.png"}], shot), "goal": ["g3"]}
+    )
+    pq.write_table(by_path, tmp_path / "d" / "b.parquet")
+    src = source(
+        tmp_path,
+        reader="hf_parquet",
+        location="d",
+        mapping={"images": "shot", "question": "goal", "answer": "goal"},
+    )
+    kept, rejected = read_all(src)
+    assert rejected == []
+    assert [len(k["images"]) for k in kept] == [1, 0, 1]
+    assert kept[0]["images"] == [{"bytes": b"A" * 10, "path": "a"}]
+    assert kept[2]["images"][0]["bytes"] == make_image_bytes(8, fmt="PNG")
+    assert json.loads(kept[1]["record"]) == {"goal": "g2"}

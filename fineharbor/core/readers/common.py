@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import glob
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,25 +26,15 @@ class SourceLocationError(FileNotFoundError):
     """The source's location is missing or holds no readable files: fails that partition only."""
 
 
-def jsonable(value: Any) -> Any:
-    """Make a record JSON-serialisable without losing that binary fields existed."""
+def _json_default(value: Any) -> Any:
+    """Binary fields are recorded by size: the record keeps that they existed, not the bytes."""
     if isinstance(value, bytes | bytearray | memoryview):
         return {"$bytes": len(value)}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float | int | str | bool) or value is None:
-        return value
     return str(value)
 
 
 def encode_record(record: dict[str, Any]) -> str:
-    return json.dumps(jsonable(record), ensure_ascii=False, sort_keys=True)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return json.dumps(record, ensure_ascii=False, default=_json_default)
 
 
 @dataclass
@@ -56,6 +46,8 @@ class BatchBuilder:
     kept: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     progress: Progress | None = None
+    # Column-built chunks: readers whose images are already Arrow skip Python row objects.
+    kept_tables: list[pa.Table] = field(default_factory=list)
     # Origin keys must be unique within a source, or two rows would share a sample_id.
     _seen_keys: set[str] = field(default_factory=set)
 
@@ -94,23 +86,51 @@ class BatchBuilder:
             }
         )
 
+    def keep_columns(
+        self, origin_keys: list[str], records: list[str], images: pa.Array, origin_uri: str
+    ) -> bool:
+        """Keep a whole chunk at once; False (nothing kept) if any key repeats a seen one."""
+        if len(set(origin_keys)) != len(origin_keys) or not self._seen_keys.isdisjoint(origin_keys):
+            return False
+        self._seen_keys.update(origin_keys)
+        count = len(origin_keys)
+        self.kept_tables.append(
+            pa.Table.from_arrays(
+                [
+                    pa.array([make_sample_id(self.source, k) for k in origin_keys], pa.string()),
+                    pa.array([self.source] * count, pa.string()),
+                    pa.array([origin_uri] * count, pa.string()),
+                    pa.array(origin_keys, pa.string()),
+                    pa.array(records, pa.string()),
+                    images,
+                ],
+                schema=RAW_SCHEMA,
+            )
+        )
+        return True
+
     def reject(self, origin_key: str, reason: str, detail: str) -> None:
         if not self.claim(origin_key):
             return
         self.rejected.append(reject_row(self.source, origin_key, reason, detail))
 
     @property
+    def pending(self) -> int:
+        return len(self.kept) + len(self.rejected) + sum(t.num_rows for t in self.kept_tables)
+
+    @property
     def full(self) -> bool:
-        return len(self.kept) + len(self.rejected) >= self.batch_size
+        return self.pending >= self.batch_size
 
     def flush(self) -> RawBatch:
-        batch = (
-            pa.Table.from_pylist(self.kept, schema=RAW_SCHEMA),
-            pa.Table.from_pylist(self.rejected, schema=REJECT_SCHEMA),
+        count = self.pending
+        kept = pa.concat_tables(
+            [*self.kept_tables, pa.Table.from_pylist(self.kept, schema=RAW_SCHEMA)]
         )
+        batch = (kept, pa.Table.from_pylist(self.rejected, schema=REJECT_SCHEMA))
         if self.progress is not None:
-            self.progress(len(self.kept) + len(self.rejected))
-        self.kept, self.rejected = [], []
+            self.progress(count)
+        self.kept, self.rejected, self.kept_tables = [], [], []
         return batch
 
     def drain_if_full(self) -> Iterator[RawBatch]:
@@ -118,8 +138,16 @@ class BatchBuilder:
             yield self.flush()
 
     def drain(self) -> Iterator[RawBatch]:
-        if self.kept or self.rejected:
+        if self.pending:
             yield self.flush()
+
+
+def _walk(directory: str) -> list[str]:
+    found = []
+    for parent, dirs, names in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(parent, name) for name in names]
+    return found
 
 
 def list_files(location: str, suffixes: tuple[str, ...]) -> tuple[Path, list[Path]]:
@@ -130,17 +158,20 @@ def list_files(location: str, suffixes: tuple[str, ...]) -> tuple[Path, list[Pat
     if any(ch in location for ch in "*?["):
         root = Path(location.split("*")[0].split("?")[0].split("[")[0])
         root = root if root.is_dir() else root.parent
-        files = sorted(Path(p) for p in glob.glob(location, recursive=True) if Path(p).is_file())
+        candidates = [p for p in glob.glob(location, recursive=True) if os.path.isfile(p)]
     else:
         path = Path(location)
         if not path.exists():
             raise SourceLocationError(f"source location {location} does not exist")
         if path.is_file():
-            root, files = path.parent, [path]
+            root, candidates = path.parent, [location]
         else:
-            root = path
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-    files = [f for f in files if f.name.lower().endswith(suffixes) and not f.name.startswith(".")]
+            root, candidates = path, _walk(location)
+    files = sorted(
+        Path(f)
+        for f in candidates
+        if f.lower().endswith(suffixes) and not os.path.basename(f).startswith(".")
+    )
     if not files:
         raise SourceLocationError(f"source location {location} holds no {'/'.join(suffixes)} files")
     return root, files
@@ -158,14 +189,22 @@ class ImageFetchError(Exception):
 
 
 def read_local_image(root: Path, reference: str, max_bytes: int) -> dict:
-    """Bytes of an image referenced by a record, confined to the source's image root."""
-    base = root.resolve()
-    path = (base / reference).resolve()
-    if not path.is_relative_to(base):
+    """Bytes of an image a record references, confined to the source's image root.
+
+    The containment check is lexical: a record must not climb out with `..` or an absolute
+    path, while symlinks the dataset's owner made (e.g. the Hugging Face cache's blobs) work.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(base, reference))
+    if not path.startswith(base + os.sep):
         raise ImageFetchError("image_path_outside_root", f"{reference!r} escapes {base}")
-    if not path.is_file():
-        raise ImageFetchError("image_missing", f"{reference!r} not found under {base}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ImageFetchError("image_file_too_large", f"{size} bytes > {max_bytes}")
-    return {"bytes": path.read_bytes(), "path": reference}
+    try:
+        with open(path, "rb") as handle:
+            payload = handle.read(max_bytes + 1)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise ImageFetchError("image_missing", f"{reference!r} not found under {base}") from None
+    except OSError as error:
+        raise ImageFetchError("image_unreadable", f"{reference!r}: {error}") from None
+    if len(payload) > max_bytes:
+        raise ImageFetchError("image_file_too_large", f"{reference!r} is over {max_bytes} bytes")
+    return {"bytes": payload, "path": reference}

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from fineharbor.core.config import HfParquetSource, IngestParams
@@ -14,11 +16,13 @@ from fineharbor.core.readers.common import (
     ImageFetchError,
     Progress,
     RawBatch,
+    encode_record,
     list_files,
     read_local_image,
     relative_key,
 )
 from fineharbor.core.readers.fields import get_path
+from fineharbor.core.schema import IMAGE_TYPE
 
 
 def _is_image_struct(dtype: pa.DataType) -> bool:
@@ -62,6 +66,37 @@ def images_from_value(value, root: Path, max_bytes: int) -> list[dict]:
     return images
 
 
+def embedded_images(batch: pa.RecordBatch, columns: list[str]) -> pa.Array | None:
+    """The batch's images as list<IMAGE_TYPE> built in Arrow, without Python objects.
+
+    None when that is not possible (several image columns, or images stored by path only, which
+    must be fetched): the caller then takes the row-by-row path.
+    """
+    if len(columns) != 1:
+        return None
+    column = batch.column(columns[0])
+    if _is_image_struct(column.type):
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(valid)]), pa.int32())
+        lists = pa.ListArray.from_arrays(offsets, column.filter(pa.array(valid)))
+    elif pa.types.is_list(column.type) and _is_image_struct(column.type.value_type):
+        lists = column
+    else:
+        return None
+    values = lists.flatten()
+    data = values.field("bytes")
+    if data.null_count or lists.null_count:
+        return None
+    path_index = values.type.get_field_index("path")
+    paths = values.field(path_index) if path_index >= 0 else pa.nulls(len(values), pa.string())
+    images = pa.StructArray.from_arrays(
+        [data.cast(pa.binary()), paths.cast(pa.string())], fields=list(IMAGE_TYPE)
+    )
+    start = lists.offsets[0].as_py()
+    offsets = pa.compute.subtract(lists.offsets, pa.scalar(start, lists.offsets.type))
+    return pa.ListArray.from_arrays(offsets.cast(pa.int32()), images)
+
+
 def read_hf_parquet(
     source: HfParquetSource, params: IngestParams, progress: Progress | None = None
 ) -> Iterator[RawBatch]:
@@ -74,6 +109,10 @@ def read_hf_parquet(
         columns = image_columns(parquet.schema_arrow, declared)
         row_index = 0
         for batch in parquet.iter_batches(batch_size=source.batch_size):
+            if _keep_batch_columnar(builder, batch, columns, source, file_key, row_index, path):
+                row_index += batch.num_rows
+                yield from builder.drain_if_full()
+                continue
             for row in batch.to_pylist():
                 origin_key = _origin_key(row, source, file_key, row_index)
                 row_index += 1
@@ -94,6 +133,26 @@ def read_hf_parquet(
                     builder.keep(origin_key, record, images, origin_uri=str(path))
                 yield from builder.drain_if_full()
     yield from builder.drain()
+
+
+def _keep_batch_columnar(
+    builder: BatchBuilder,
+    batch: pa.RecordBatch,
+    columns: list[str],
+    source: HfParquetSource,
+    file_key: str,
+    first_row: int,
+    path: Path,
+) -> bool:
+    declared = source.mapping.images
+    if declared and "." in declared:
+        return False
+    images = embedded_images(batch, columns)
+    if images is None:
+        return False
+    rows = batch.drop_columns(columns).to_pylist()
+    keys = [_origin_key(row, source, file_key, first_row + i) for i, row in enumerate(rows)]
+    return builder.keep_columns(keys, [encode_record(r) for r in rows], images, str(path))
 
 
 def _origin_key(row: dict, source: HfParquetSource, file_key: str, row_index: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 from fineharbor.core.config import ImageFolderSource, IngestParams
 from fineharbor.core.readers.common import (
@@ -18,6 +19,13 @@ from fineharbor.core.readers.common import (
 )
 
 
+def _sidecar(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
 def read_image_folder(
     source: ImageFolderSource, params: IngestParams, progress: Progress | None = None
 ) -> Iterator[RawBatch]:
@@ -27,12 +35,12 @@ def read_image_folder(
         origin_key = relative_key(root, path)
         record: dict = {"file": origin_key}
         try:
-            text = path.with_suffix(".txt")
-            if text.is_file():
-                record["txt"] = text.read_text(encoding="utf-8")
-            sidecar = path.with_suffix(".json")
-            if sidecar.is_file():
-                record["json"] = json.loads(sidecar.read_text(encoding="utf-8"))
+            text = _sidecar(path.with_suffix(".txt"))
+            if text is not None:
+                record["txt"] = text
+            sidecar = _sidecar(path.with_suffix(".json"))
+            if sidecar is not None:
+                record["json"] = json.loads(sidecar)
             image = read_local_image(root, origin_key, params.max_image_bytes)
         except ImageFetchError as error:
             builder.reject(origin_key, error.reason, error.detail)

@@ -1,0 +1,246 @@
+"""Benchmark: fineharbor's Downloader against img2dataset on the same loopback server.
+
+Starts an aiohttp server in separate process(es) serving N generated JPEGs (~20-60 KB), writes
+a LAION-style URL list (Parquet), then measures images/s for
+
+  (a) ``fineharbor.core.download.Downloader`` (bodies kept in memory, as the url_list reader
+      uses it), and
+  (b) img2dataset, run from its own virtualenv (``.venv-bench``) as a subprocess, once with
+      ``--resize_mode no`` (it still decodes and re-encodes every image) and once with
+      ``--disable_all_reencoding True`` (pure download + write, the closest like-for-like),
+
+and prints both and the ratio ours / img2dataset. img2dataset's rate uses the duration in its
+own shard stats (so its interpreter start-up is not counted against it); its wall time, start-up
+included, is printed beside it.
+
+Usage:
+    python bench/ingest_download.py [--n 2000] [--concurrency 32] [--repeats 3]
+
+img2dataset pins old dependencies, hence the separate venv::
+
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install img2dataset==1.47.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fineharbor.core.config import DownloadParams  # noqa: E402
+from fineharbor.core.download import Downloader  # noqa: E402
+
+BENCH_VENV = REPO / ".venv-bench"
+IMG2DATASET = BENCH_VENV / "bin" / "img2dataset"
+
+
+def make_jpeg(seed: int) -> bytes:
+    """A gradient plus noise: realistic JPEG sizes (about 20-60 KB) at 224-384 px."""
+    rng = np.random.default_rng(seed)
+    width, height = (int(v) for v in rng.integers(224, 384, size=2))
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], -1)
+    noise = rng.integers(-40, 40, size=(height, width, 3))
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def make_images(n: int) -> list[bytes]:
+    with mp.get_context("fork").Pool() as pool:
+        return pool.map(make_jpeg, range(n), chunksize=64)
+
+
+def serve(sock: socket.socket, images: list[bytes]) -> None:
+    """One server process: aiohttp on a listening socket shared with its siblings."""
+    from aiohttp import web
+
+    async def image(request: web.Request) -> web.Response:
+        index = int(request.match_info["index"])
+        if not 0 <= index < len(images):
+            raise web.HTTPNotFound()
+        return web.Response(body=images[index], content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/img/{index}.jpg", image)
+    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
+
+
+def start_servers(images: list[bytes], processes: int) -> tuple[str, list[mp.Process]]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    context = mp.get_context("fork")
+    workers = [
+        context.Process(target=serve, args=(sock, images), daemon=True) for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    sock.close()
+    base = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{base}/img/0.jpg")
+    return base, workers
+
+
+def wait_until_up(url: str, timeout_s: float = 15.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                response.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def bench_ours(urls: list[str], sizes: list[int], concurrency: int) -> tuple[float, int]:
+    """Seconds for the whole run (session start to last result) and images downloaded."""
+    params = DownloadParams(concurrency=concurrency, retries=0)
+    started = time.perf_counter()
+    ok = 0
+    with Downloader(params, allow_private_addresses=True) as downloader:
+        for result, size in zip(downloader.map(urls), sizes, strict=True):
+            ok += result.ok and result.content is not None and len(result.content) == size
+    return time.perf_counter() - started, ok
+
+
+def bench_img2dataset(
+    url_list: Path, workdir: Path, concurrency: int, extra: list[str]
+) -> tuple[float, float, int]:
+    """(seconds in img2dataset's shard stats, wall seconds, image files written)."""
+    output = Path(tempfile.mkdtemp(prefix="i2d-", dir=workdir))
+    command = [
+        str(IMG2DATASET),
+        "--url_list",
+        str(url_list),
+        "--input_format",
+        "parquet",
+        "--url_col",
+        "url",
+        "--output_folder",
+        str(output),
+        "--output_format",
+        "files",
+        "--processes_count",
+        "1",
+        "--thread_count",
+        str(concurrency),
+        "--resize_mode",
+        "no",
+        "--retries",
+        "0",
+        "--enable_wandb",
+        "False",
+        *extra,
+    ]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONWARNINGS": "ignore"}
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"img2dataset failed:\n{completed.stderr[-4000:]}")
+    written = sum(1 for _ in output.rglob("*.jpg"))
+    durations = [json.loads(p.read_text())["duration"] for p in output.glob("*_stats.json")]
+    return (sum(durations) if durations else wall), wall, written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="number of images")
+    parser.add_argument("--concurrency", type=int, default=DownloadParams().concurrency)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per tool; median reported")
+    parser.add_argument("--server-procs", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    args = parser.parse_args()
+
+    print(f"generating {args.n} JPEGs ...", flush=True)
+    images = make_images(args.n)
+    sizes = [len(image) for image in images]
+    print(
+        f"  sizes: min {min(sizes) / 1e3:.1f} KB, median {statistics.median(sizes) / 1e3:.1f} KB, "
+        f"max {max(sizes) / 1e3:.1f} KB, total {sum(sizes) / 1e6:.1f} MB"
+    )
+    base, workers = start_servers(images, args.server_procs)
+    print(f"server: {base} ({args.server_procs} aiohttp process(es)); cpus: {os.cpu_count()}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="fh-bench-") as tmp:
+            workdir = Path(tmp)
+            urls = [f"{base}/img/{i}.jpg" for i in range(args.n)]
+            url_list = workdir / "urls.parquet"
+            pq.write_table(
+                pa.table({"url": urls, "caption": [f"image {i}" for i in range(args.n)]}), url_list
+            )
+            run_all(args, urls, sizes, url_list, workdir)
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(timeout=5)
+
+
+def run_all(
+    args: argparse.Namespace, urls: list[str], sizes: list[int], url_list: Path, workdir: Path
+) -> None:
+    n, concurrency = args.n, args.concurrency
+    ours = []
+    for run in range(args.repeats):
+        seconds, ok = bench_ours(urls, sizes, concurrency)
+        ours.append(n / seconds)
+        print(f"fineharbor run {run + 1}: {seconds:.2f} s, {ok}/{n} ok, {n / seconds:.0f} img/s")
+    ours_rate = statistics.median(ours)
+    print(f"fineharbor Downloader (concurrency {concurrency}): {ours_rate:.0f} images/s (median)")
+
+    if not IMG2DATASET.exists():
+        print(
+            "\nimg2dataset not found: create its venv to compare\n"
+            f"  python3 -m venv {BENCH_VENV} && {BENCH_VENV}/bin/pip install img2dataset==1.47.0"
+        )
+        return
+    modes = {
+        "resize_mode no": [],
+        "disable_all_reencoding": ["--disable_all_reencoding", "True"],
+    }
+    for label, extra in modes.items():
+        rates, walls = [], []
+        for run in range(args.repeats):
+            seconds, wall, written = bench_img2dataset(url_list, workdir, concurrency, extra)
+            rates.append(written / seconds)
+            walls.append(wall)
+            print(
+                f"img2dataset [{label}] run {run + 1}: {seconds:.2f} s in shard "
+                f"({wall:.2f} s wall with start-up), {written}/{n} files, "
+                f"{written / seconds:.0f} img/s"
+            )
+        rate = statistics.median(rates)
+        print(
+            f"img2dataset 1.47.0 [{label}] (1 process, {concurrency} threads): {rate:.0f} images/s "
+            f"(median; {n / statistics.median(walls):.0f} images/s counting start-up)"
+        )
+        print(f"ratio ours / img2dataset [{label}]: {ours_rate / rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
