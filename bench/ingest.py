@@ -74,12 +74,16 @@ def generate(root: Path, n: int) -> None:
 
 
 def sources(root: Path) -> dict:
+    layouts = [
+        ("hf_parquet", "parquet", {"preset": "cauldron"}),
+        ("json", "json/data.jsonl", {"preset": "llava"}),
+        ("webdataset", "wds", {"preset": "webdataset_caption"}),
+        ("image_folder", "folder", {"caption": "txt"}),
+    ]
     raw = [
-        {"name": "hf_parquet", "reader": "hf_parquet", "location": "parquet", "mapping": {"preset": "cauldron"}},
-        {"name": "json", "reader": "json", "location": "json/data.jsonl", "mapping": {"preset": "llava"}},
-        {"name": "webdataset", "reader": "webdataset", "location": "wds", "mapping": {"preset": "webdataset_caption"}},
-        {"name": "image_folder", "reader": "image_folder", "location": "folder", "mapping": {"caption": "txt"}},
-    ]  # fmt: skip
+        {"name": reader, "reader": reader, "location": location, "mapping": mapping}
+        for reader, location, mapping in layouts
+    ]
     return {s.name: s for s in parse_config({"sources": raw}, root).sources}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fineharbor.core.config import HfParquetSource, IngestParams
@@ -93,7 +93,7 @@ def embedded_images(batch: pa.RecordBatch, columns: list[str]) -> pa.Array | Non
         [data.cast(pa.binary()), paths.cast(pa.string())], fields=list(IMAGE_TYPE)
     )
     start = lists.offsets[0].as_py()
-    offsets = pa.compute.subtract(lists.offsets, pa.scalar(start, lists.offsets.type))
+    offsets = pc.subtract(lists.offsets, pa.scalar(start, lists.offsets.type))
     return pa.ListArray.from_arrays(offsets.cast(pa.int32()), images)
 
 
