@@ -80,8 +80,10 @@ def run_sql(query: str) -> tuple[list[str], list[tuple]]:
     from fineharbor.core.catalog import connect_in_memory
     from fineharbor.core.storage import Storage
     from fineharbor.defs.resources import STAGE_TABLES
+    from fineharbor.defs.sql_models import MODEL_TABLES
 
-    with connect_in_memory(Storage(str(fineharbor_home())), STAGE_TABLES) as connection:
+    tables = [*STAGE_TABLES, *MODEL_TABLES]
+    with connect_in_memory(Storage(str(fineharbor_home())), tables) as connection:
         cursor = connection.execute(query)
         rows = cursor.fetchall()
         columns = [d[0] for d in cursor.description] if cursor.description else []
@@ -89,22 +91,7 @@ def run_sql(query: str) -> tuple[list[str], list[tuple]]:
 
 
 def funnel() -> tuple[list[str], list[tuple]]:
-    return run_sql(
-        """
-        with raw as (select source, count(*) n from raw_samples group by 1),
-             raw_rej as (select source, count(*) n from raw_samples_rejects group by 1),
-             uni as (select source, count(*) n from unified_samples group by 1),
-             uni_rej as (select source, count(*) n from unified_samples_rejects group by 1)
-        select raw.source,
-               coalesce(raw.n, 0) + coalesce(raw_rej.n, 0) as records,
-               coalesce(raw_rej.n, 0) as raw_rejected,
-               coalesce(uni_rej.n, 0) as unified_rejected,
-               coalesce(uni.n, 0) as unified
-        from raw left join raw_rej using (source) left join uni using (source)
-             left join uni_rej using (source)
-        order by 1
-        """
-    )
+    return run_sql("select * from source_funnel")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -7,9 +7,10 @@ from fineharbor.defs.ingest import PER_SOURCE_ASSETS
 from fineharbor.defs.jobs import global_job, per_source_job
 from fineharbor.defs.resources import default_project
 from fineharbor.defs.sensors import source_sensor
+from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 
 defs = dg.Definitions(
-    assets=[*PER_SOURCE_ASSETS, duckdb_catalog],
+    assets=[*PER_SOURCE_ASSETS, *SQL_MODEL_ASSETS, duckdb_catalog],
     jobs=[per_source_job, global_job],
     sensors=[source_sensor],
     resources={"project": default_project()},

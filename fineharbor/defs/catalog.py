@@ -5,21 +5,22 @@ import dagster as dg
 from fineharbor.core.catalog import refresh_catalog
 from fineharbor.defs.ingest import PER_SOURCE_ASSETS
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
+from fineharbor.defs.sql_models import MODEL_TABLES, SQL_MODEL_ASSETS
 
 
 @dg.asset(
     group_name="catalog",
     kinds={"duckdb"},
-    deps=PER_SOURCE_ASSETS,
+    deps=[*PER_SOURCE_ASSETS, *SQL_MODEL_ASSETS],
     pool="duckdb_write",
     description=(
         "Refreshes `catalog.duckdb` under FINEHARBOR_HOME: a view over every stage's Parquet "
-        "output and a `<stage>_rejects` view over its rejects. The only DuckDB file writer "
+        "output, a `<stage>_rejects` view over its rejects, and a view per SQL model result. The only DuckDB file writer "
         "(pool `duckdb_write`, plus a file lock)."
     ),
 )
 def duckdb_catalog(project: FineharborProject) -> dg.MaterializeResult:
-    views = refresh_catalog(project.storage, project.catalog_path, STAGE_TABLES)
+    views = refresh_catalog(project.storage, project.catalog_path, [*STAGE_TABLES, *MODEL_TABLES])
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(project.catalog_path)),
