@@ -15,8 +15,8 @@ from fineharbor.defs.sql_models import MODEL_TABLES, SQL_MODEL_ASSETS
     pool="duckdb_write",
     description=(
         "Refreshes `catalog.duckdb` under FINEHARBOR_HOME: a view over every stage's Parquet "
-        "output, a `<stage>_rejects` view over its rejects, and a view per SQL model result. The only DuckDB file writer "
-        "(pool `duckdb_write`, plus a file lock)."
+        "output, a `<stage>_rejects` view over its rejects, and a view per SQL model result. "
+        "The only DuckDB file writer (pool `duckdb_write`, plus a file lock)."
     ),
 )
 def duckdb_catalog(project: FineharborProject) -> dg.MaterializeResult:
