@@ -49,18 +49,20 @@ def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
     known = set(instance.get_dynamic_partitions(source_partitions.name))
     instance.add_dynamic_partitions(source_partitions.name, [n for n in names if n not in known])
     per_source = defs.resolve_job_def("per_source_job")
+    # The run's events are in the instance (and the UI); the terminal gets warnings only.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failures = []
     for name in names:
         started = time.perf_counter()
         result = per_source.execute_in_process(
-            partition_key=name, instance=instance, raise_on_error=False
+            partition_key=name, instance=instance, raise_on_error=False, run_config=quiet
         )
         status = "ok" if result.success else "FAILED"
         print(f"  {name:<20} {status:<7} {time.perf_counter() - started:6.1f}s", flush=True)
         if not result.success:
             failures.append(name)
     result = defs.resolve_job_def("global_job").execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance, raise_on_error=False, run_config=quiet
     )
     if not result.success:
         failures.append("global_job")
@@ -107,7 +109,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     base_url = f"http://127.0.0.1:{port}"
     print(f"[1/3] generating demo sources under {home / 'demo'}", flush=True)
     summary = generate_demo(home, base_url, seed=args.seed, scale=args.scale)
-    print(f"      {summary}", flush=True)
+    planted = sum(summary.defects.values())
+    print(
+        f"      {sum(summary.records.values())} records in {len(summary.records)} sources, "
+        f"{planted} planted defects (truth: {summary.ground_truth_path})",
+        flush=True,
+    )
     served = home / "demo" / "sources" / "laion_urls" / "_served"
     print(f"[2/3] materializing every asset (URL source served at {base_url})", flush=True)
     with serve_directory(served, port=port):

@@ -13,26 +13,30 @@ from fineharbor.core.storage import Storage
 
 
 class FineharborProject(dg.ConfigurableResource):
-    """Where the project file is and where data lives (FINEHARBOR_CONFIG / FINEHARBOR_HOME)."""
+    """Where the project file is and where data lives.
 
-    config_path: str
-    home: str
+    Empty fields resolve when a run starts, from FINEHARBOR_CONFIG / FINEHARBOR_HOME (defaults:
+    ./fineharbor.yaml and ./.fineharbor), so one code location serves any environment.
+    """
+
+    config_path: str = ""
+    home: str = ""
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).resolve() if self.home else fineharbor_home()
 
     @cached_property
     def config(self) -> ProjectConfig:
-        return load_config(self.config_path)
+        return load_config(self.config_path or default_config_path())
 
     @cached_property
     def storage(self) -> Storage:
-        return Storage(self.home)
+        return Storage(self.home or str(fineharbor_home()))
 
     @property
     def catalog_path(self) -> Path:
-        return Path(self.home) / "catalog.duckdb"
-
-
-def default_project() -> FineharborProject:
-    return FineharborProject(config_path=str(default_config_path()), home=str(fineharbor_home()))
+        return self.home_path / "catalog.duckdb"
 
 
 # Every stage that writes Parquet, in pipeline order; the catalog exposes each as a view.
