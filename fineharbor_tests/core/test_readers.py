@@ -255,3 +255,27 @@ def test_struct_image_column_with_nulls_and_path_only_images(tmp_path):
     assert kept[0]["images"] == [{"bytes": b"A" * 10, "path": "a"}]
     assert kept[2]["images"][0]["bytes"] == make_image_bytes(8, fmt="PNG")
     assert json.loads(kept[1]["record"]) == {"goal": "g2"}
+
+
+def test_truncated_shard_keeps_what_was_read_and_records_the_rest(tmp_path):
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "shard-0.tar", "w") as archive:
+        for key in ("000", "001", "002"):
+            add_member(archive, f"{key}.jpg", make_image_bytes(int(key)))
+            add_member(archive, f"{key}.txt", b"a caption")
+    data = (tmp_path / "wds" / "shard-0.tar").read_bytes()
+    (tmp_path / "wds" / "shard-0.tar").write_bytes(data[: int(len(data) * 0.6)])
+    kept, rejected = read_all(
+        source(
+            tmp_path, reader="webdataset", location="wds", mapping={"preset": "webdataset_caption"}
+        )
+    )
+    assert kept and len(kept) < 3
+    assert rejected[-1]["reason"] == "unreadable_shard"
+
+
+def test_folder_without_images_is_a_location_error(tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "a.txt").write_text("caption without image")
+    with pytest.raises(SourceLocationError, match="no image files"):
+        read_all(source(tmp_path, reader="image_folder", location="f", mapping={"caption": "txt"}))

@@ -13,32 +13,35 @@ from fineharbor.core.readers.common import (
     ImageFetchError,
     Progress,
     RawBatch,
+    SourceLocationError,
     list_files,
     read_local_image,
     relative_key,
 )
 
 
-def _sidecar(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
+def _sidecar(path: Path, present: set[Path]) -> str | None:
+    # Looked up in the directory listing: a failed open per image costs more than the read.
+    return path.read_text(encoding="utf-8") if path in present else None
 
 
 def read_image_folder(
     source: ImageFolderSource, params: IngestParams, progress: Progress | None = None
 ) -> Iterator[RawBatch]:
-    root, files = list_files(source.location, IMAGE_SUFFIXES)
+    root, listed = list_files(source.location, (*IMAGE_SUFFIXES, ".txt", ".json"))
+    present = set(listed)
+    files = [f for f in listed if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise SourceLocationError(f"source location {source.location} holds no image files")
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
     for path in files:
         origin_key = relative_key(root, path)
         record: dict = {"file": origin_key}
         try:
-            text = _sidecar(path.with_suffix(".txt"))
+            text = _sidecar(path.with_suffix(".txt"), present)
             if text is not None:
                 record["txt"] = text
-            sidecar = _sidecar(path.with_suffix(".json"))
+            sidecar = _sidecar(path.with_suffix(".json"), present)
             if sidecar is not None:
                 record["json"] = json.loads(sidecar)
             image = read_local_image(root, origin_key, params.max_image_bytes)
