@@ -1,0 +1,1 @@
+"""Test-set decontamination: train samples matching a declared benchmark are removed."""
