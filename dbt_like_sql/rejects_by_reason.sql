@@ -4,4 +4,7 @@ from {{ ref('raw_samples_rejects') }} group by all
 union all
 select 'unified_samples' as stage, source, reason, count(*) as rows
 from {{ ref('unified_samples_rejects') }} group by all
+union all
+select 'cleaned_samples' as stage, source, reason, count(*) as rows
+from {{ ref('cleaned_samples_rejects') }} group by all
 order by stage, source, rows desc

@@ -56,12 +56,17 @@ def test_every_source_reaches_the_catalog(demo_home):
 def test_every_partition_conserves_rows(demo_home):
     home, _ = demo_home
     storage = Storage(str(home))
+    chain = ["raw_samples", "unified_samples", "cleaned_samples"]
     for source in storage.partitions("raw_samples"):
-        raw = storage.count_rows("raw_samples", source)
-        assert raw == storage.count_rows("unified_samples", source) + storage.count_rows(
-            "unified_samples", source, kind="rejects"
+        assert (
+            storage.count_rows("raw_samples", source)
+            + storage.count_rows("raw_samples", source, kind="rejects")
+            > 0
         )
-        assert raw + storage.count_rows("raw_samples", source, kind="rejects") > 0
+        for upstream, stage in zip(chain, chain[1:]):
+            assert storage.count_rows(upstream, source) == storage.count_rows(
+                stage, source
+            ) + storage.count_rows(stage, source, kind="rejects"), (stage, source)
 
 
 def test_second_run_gives_the_same_sample_ids(demo_home):
@@ -91,3 +96,38 @@ def test_ground_truth_origin_keys_reach_unified_rows_or_named_rejects(demo_home)
             assert rejected.get(key) == INGEST_DEFECTS[row["defect"]], row
         else:
             assert key in unified, row
+
+
+CLEANING_DEFECTS = {
+    "corrupt_image": "image_corrupt",
+    "truncated_image": "image_truncated",
+    "small_image_bytes": "image_too_small_bytes",
+    "extreme_aspect": "aspect_ratio",
+    "short_alt_text": "alt_text_short",
+    "foreign_language": "language_not_allowed",
+    "gui_action_unparseable": "gui_action_unparseable",
+}
+
+
+def test_cleaning_rejects_every_planted_defect_and_keeps_clean_samples(demo_home):
+    home, _ = demo_home
+    truth = pq.read_table(home / "demo" / "ground_truth.parquet").to_pylist()
+    with duckdb.connect() as connection:
+        rejected = dict(
+            ((s, k), reason)
+            for s, k, reason in connection.execute(
+                f"select source, origin_key, reason from read_parquet('{home}/rejects/cleaned_samples/*/*.parquet')"
+            ).fetchall()
+        )
+        unified = connection.execute(
+            f"select source, origin_key from read_parquet('{home}/data/unified_samples/*/*.parquet')"
+        ).fetchall()
+    for row in truth:
+        if row["defect"] in CLEANING_DEFECTS:
+            assert (
+                rejected.get((row["source"], row["origin_key"])) == CLEANING_DEFECTS[row["defect"]]
+            ), row
+    planted = {(r["source"], r["origin_key"]) for r in truth}
+    clean = [key for key in unified if key not in planted]
+    wrongly = [key for key in clean if key in rejected]
+    assert len(wrongly) <= 0.01 * len(clean), wrongly

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from fineharbor.core.cleaning.params import CleanParams
+from fineharbor.core.decontam.params import DecontamParams
+from fineharbor.core.dedup.params import DedupParams
+from fineharbor.core.judge.params import JudgeParams
+from fineharbor.core.signatures.params import SignatureParams
+from fineharbor.core.strict import StrictModel
 
 DEFAULT_HOME = ".fineharbor"
 DEFAULT_CONFIG = "fineharbor.yaml"
@@ -36,8 +43,7 @@ def default_config_path() -> Path:
     return Path(os.environ.get("FINEHARBOR_CONFIG", DEFAULT_CONFIG)).expanduser().resolve()
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 # --------------------------------------------------------------------------- mapping
@@ -184,7 +190,14 @@ class IngestParams(_Strict):
 
 
 class StageParams(_Strict):
+    """Every stage's thresholds, each defaulting to its paper's value."""
+
     ingest: IngestParams = IngestParams()
+    clean: CleanParams = CleanParams()
+    signatures: SignatureParams = SignatureParams()
+    dedup: DedupParams = DedupParams()
+    decontam: DecontamParams = DecontamParams()
+    judge: JudgeParams = JudgeParams()
 
 
 class ProjectConfig(_Strict):

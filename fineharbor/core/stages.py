@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from fineharbor.core.cleaning import CLEANED_SCHEMA, clean_batches
 from fineharbor.core.config import ProjectConfig
 from fineharbor.core.mapping import map_batch
 from fineharbor.core.readers import read_source
@@ -22,6 +23,10 @@ Progress = Callable[[int], None]
 
 RAW = "raw_samples"
 UNIFIED = "unified_samples"
+CLEANED = "cleaned_samples"
+
+# Cleaning decodes every image: small batches keep all worker processes busy.
+CLEAN_BATCH_ROWS = 64
 
 
 @dataclass
@@ -94,10 +99,9 @@ def build_unified_samples(
     source = project.source(source_name)
 
     def mapped() -> Iterable[tuple[pa.Table, pa.Table]]:
-        for batch in storage.iter_batches(RAW, source_name, batch_size=source.batch_size):
+        batches = storage.iter_batches(RAW, source_name, batch_size=source.batch_size)
+        for batch in _counted(batches, progress):
             yield map_batch(batch, source.mapping)
-            if progress:
-                progress(batch.num_rows)
 
     return write_stage(
         storage,
@@ -106,4 +110,29 @@ def build_unified_samples(
         UNIFIED_SCHEMA,
         mapped(),
         lambda: storage.count_rows(RAW, source_name),
+    )
+
+
+def _counted(
+    batches: Iterable[pa.RecordBatch], progress: Progress | None
+) -> Iterable[pa.RecordBatch]:
+    for batch in batches:
+        yield batch
+        if progress:
+            progress(batch.num_rows)
+
+
+def build_cleaned_samples(
+    project: ProjectConfig, source_name: str, storage: Storage, progress: Progress | None = None
+) -> StageReport:
+    """FineVision / LAION / DanQing filters and resizing, in worker processes."""
+    project.source(source_name)  # an unknown source fails here, clearly
+    batches = storage.iter_batches(UNIFIED, source_name, batch_size=CLEAN_BATCH_ROWS)
+    return write_stage(
+        storage,
+        CLEANED,
+        source_name,
+        CLEANED_SCHEMA,
+        clean_batches(_counted(batches, progress), project.stages.clean),
+        lambda: storage.count_rows(UNIFIED, source_name),
     )

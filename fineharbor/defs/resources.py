@@ -43,4 +43,5 @@ class FineharborProject(dg.ConfigurableResource):
 STAGE_TABLES = [
     StageTable("raw_samples"),
     StageTable("unified_samples"),
+    StageTable("cleaned_samples"),
 ]

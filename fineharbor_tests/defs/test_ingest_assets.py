@@ -83,7 +83,7 @@ def test_per_source_stages_conserve_rows_and_report(project):
             result = materialize(project, instance, partition)
             assert result.success
             checks = result.get_asset_check_evaluations()
-            assert len(checks) == 6 and all(c.passed for c in checks)
+            assert len(checks) == 3 * len(PER_SOURCE_ASSETS) and all(c.passed for c in checks)
         storage = project.storage
         assert storage.count_rows("raw_samples", "charts") == 7
         assert storage.count_rows("unified_samples", "charts") == 6

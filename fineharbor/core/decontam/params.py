@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from fineharbor.core.config import _Strict
+from fineharbor.core.strict import StrictModel as _Strict
 
 
 class DecontamParams(_Strict):

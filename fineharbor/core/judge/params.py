@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fineharbor.core.config import _Strict
+from fineharbor.core.strict import StrictModel as _Strict
 from fineharbor.core.judge.prompts import AXES, Axis
 
 BackendKind = Literal["transformers", "openai", "none"]

@@ -1,0 +1,353 @@
+"""The cleaning stage: unified batch in, (kept rows, rejected rows) out.
+
+Rules run per sample in this order; the first that fails rejects the sample (one reject row per
+sample, ``REJECT_SCHEMA``, the detail giving the measured value and the threshold):
+
+ 1. ``domain_denied`` / ``domain_not_allowed``      source trust, from an http(s) ``origin_uri``
+ 2. ``text_empty``                                  no turns, or every answer empty (empty turns
+                                                    are dropped and counted in ``dropped_turns``)
+ 3. ``gui_action_unparseable``                      GUI sources: every answer must parse
+ 4. ``turn_too_long``                               turns over the token cap are dropped; the
+                                                    sample goes only when none remain
+ 5. ``text_unsafe``                                 configured safety terms
+ 6. ``alt_text_short``, ``caption_word_count``      caption pairs only
+ 7. ``text_unk_tokens``, ``text_special_chars``, ``text_repetitive``
+ 8. ``language_not_allowed``                        lingua, allowlist
+ 9. per image, in order: ``image_missing``, ``image_format_not_allowed``,
+    ``decompression_bomb``, ``too_many_pixels`` (all before decoding), then ``image_corrupt`` /
+    ``image_truncated`` (full decode) and ``image_decode_timeout`` (pool only), then
+    ``image_too_small_side``, ``aspect_ratio``, ``image_too_small_bytes``, ``image_low_entropy``,
+    ``image_blurry``; kept images are converted to RGB, resized and re-encoded
+10. GUI coordinates are normalised with the first screenshot's size (``gui_action_unparseable``
+    when pixel coordinates fall outside it)
+
+Text rules all run before any image is decoded. :func:`clean_batch` runs in the calling process
+(no time limit); :func:`clean_batches` runs batches in worker processes with a per-image time
+limit and survives decoder crashes (see :mod:`fineharbor.core.cleaning.pool`).
+"""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import PurePosixPath
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from fineharbor.core.cleaning import domains, gui_actions, text
+from fineharbor.core.cleaning.images import ImageResult, clean_image
+from fineharbor.core.cleaning.params import CleanParams
+from fineharbor.core.cleaning.reasons import (
+    GUI_ACTION_UNPARSEABLE,
+    IMAGE_MISSING,
+    TEXT_EMPTY,
+    TURN_TOO_LONG,
+    Reject,
+)
+from fineharbor.core.schema import UNIFIED_SCHEMA, reject_row, rejects_table
+
+IMAGE_INFO_TYPE = pa.struct(
+    [
+        pa.field("orig_width", pa.int32()),
+        pa.field("orig_height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("format", pa.string()),
+        pa.field("animated", pa.bool_()),
+        pa.field("resized", pa.bool_()),
+        pa.field("reencoded", pa.bool_()),
+        pa.field("encoded_format", pa.string()),
+        pa.field("laplacian_var", pa.float32()),
+        pa.field("entropy", pa.float32()),
+    ]
+)
+
+# Columns the cleaning stage appends to the unified schema.
+CLEANING_FIELDS = [
+    pa.field("image_info", pa.list_(IMAGE_INFO_TYPE)),
+    pa.field("language", pa.string()),
+    pa.field("language_confidence", pa.float32()),
+    pa.field("dropped_turns", pa.int32()),
+]
+
+CLEANED_SCHEMA = pa.schema([*UNIFIED_SCHEMA, *CLEANING_FIELDS])
+
+# (data, params, pair=...) -> ImageResult; replaceable for tests and custom decoders. It must be
+# a module-level function so that worker processes can import it.
+Decoder = Callable[..., ImageResult]
+
+_JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
+
+
+class Hooks(Protocol):
+    """Progress callbacks; the process pool uses them to enforce the per-image time limit."""
+
+    def image_start(self, index: int) -> None: ...
+
+    def image_end(self) -> None: ...
+
+
+class _NoHooks:
+    def image_start(self, index: int) -> None:
+        pass
+
+    def image_end(self) -> None:
+        pass
+
+
+NO_HOOKS = _NoHooks()
+
+
+def cleaned_schema(input_schema: pa.Schema) -> pa.Schema:
+    """The input columns (kept, in order) plus the cleaning columns."""
+    names = {f.name for f in CLEANING_FIELDS}
+    return pa.schema([f for f in input_schema if f.name not in names] + CLEANING_FIELDS)
+
+
+def _reject(row: dict, reject: Reject) -> dict:
+    out = reject_row(str(row.get("source") or ""), str(row.get("origin_key") or ""), *reject)
+    if row.get("sample_id"):
+        out["sample_id"] = row["sample_id"]
+    return out
+
+
+def _image_path(path: str | None, result: ImageResult) -> str | None:
+    if not path or result.info is None or not result.extension:
+        return path
+    suffix = PurePosixPath(path).suffix.lower()
+    encoded = result.info.encoded_format
+    fits = (
+        (encoded == "JPEG" and suffix in _JPEG_SUFFIXES)
+        or (encoded == "PNG" and suffix == ".png")
+        or (encoded == "WEBP" and suffix == ".webp")
+    )
+    if fits or not suffix:
+        return path
+    return path[: len(path) - len(suffix)] + result.extension
+
+
+def process_row(
+    row: dict[str, Any],
+    params: CleanParams,
+    *,
+    decoder: Decoder | None = None,
+    hooks: Hooks = NO_HOOKS,
+) -> tuple[dict | None, dict | None]:
+    """Clean one unified sample. Returns (kept row, None) or (None, reject row)."""
+    decode = decoder or clean_image
+    source = str(row.get("source") or "")
+
+    # 1. source trust
+    found = domains.rule_domain(row.get("origin_uri"), params)
+    if found:
+        return None, _reject(row, found)
+
+    # 2. turns
+    turns = [
+        {"user": text.text_of(t.get("user")), "assistant": text.text_of(t.get("assistant"))}
+        for t in (row.get("texts") or [])
+        if t is not None
+    ]
+    if not turns:
+        return None, _reject(row, Reject(TEXT_EMPTY, "no turns"))
+    kept, dropped = text.drop_empty_turns(turns, params)
+    if not kept:
+        return None, _reject(row, Reject(TEXT_EMPTY, f"all {len(turns)} turns have empty answers"))
+
+    # 3. GUI actions: parse now (cheap), normalise coordinates once the screenshot size is known
+    gui = source in params.gui_action_sources
+    parsed: dict[int, list] = {}
+    if gui:
+        for i, turn in enumerate(kept):
+            try:
+                parsed[id(turn)] = gui_actions.parse_actions(turn["assistant"])
+            except gui_actions.GuiActionError as error:
+                return None, _reject(row, Reject(GUI_ACTION_UNPARSEABLE, f"turn {i}: {error}"))
+
+    # 4. per-turn token cap (FineVision drops turns)
+    before = len(kept)
+    kept, n_long, longest = text.drop_long_turns(kept, params)
+    dropped += n_long
+    if not kept:
+        detail = f"turn tokens {longest} > {params.max_turn_tokens} (all {before} turns dropped)"
+        return None, _reject(row, Reject(TURN_TOO_LONG, detail))
+
+    users = [t["user"] for t in kept]
+    answers = [t["assistant"] for t in kept]
+    prose_answers = [] if gui else answers  # GUI answers are code, not language
+    all_text = "\n".join(users + answers)
+    prose = "\n".join(users + prose_answers)
+    pair = text.is_caption_pair(kept, source, params)
+
+    # 5-7. content
+    checks: list[Callable[[], Reject | None]] = [lambda: text.rule_unsafe(all_text, params)]
+    if pair:
+        caption = answers[0]
+        checks += [
+            lambda: text.rule_alt_text(caption, params),
+            lambda: text.rule_caption_words(caption, params),
+        ]
+    checks += [
+        lambda: text.rule_unk_tokens(all_text, params),
+        lambda: text.rule_special_chars(prose, params),
+        lambda: text.rule_repetition(prose_answers, params),
+    ]
+    for check in checks:
+        found = check()
+        if found:
+            return None, _reject(row, found)
+
+    # 8. language
+    found, language, confidence = text.rule_language(users + prose_answers, params)
+    if found:
+        return None, _reject(row, found)
+
+    # 9. images
+    images = row.get("images") or []
+    out_images: list[dict] = []
+    infos: list[dict] = []
+    for j, image in enumerate(images):
+        prefix = f"image {j}: " if len(images) > 1 else ""
+        data = image.get("bytes") if image else None
+        if not data:
+            path = image.get("path") if image else None
+            detail = f"no bytes (path {path!r})" if path else "no bytes"
+            return None, _reject(row, Reject(IMAGE_MISSING, prefix + detail))
+        hooks.image_start(j)
+        try:
+            result = decode(data, params, pair=pair)
+        finally:
+            hooks.image_end()
+        if not result.ok or result.info is None:
+            reason = result.reason or "image_corrupt"
+            return None, _reject(row, Reject(reason, prefix + (result.detail or "")))
+        out_images.append({"bytes": result.data, "path": _image_path(image.get("path"), result)})
+        infos.append(result.info.as_row())
+
+    # 10. GUI coordinates
+    out_turns = [{"user": t["user"], "assistant": t["assistant"]} for t in kept]
+    if gui:
+        size = (infos[0]["orig_width"], infos[0]["orig_height"]) if infos else None
+        for i, turn in enumerate(kept):
+            try:
+                out_turns[i]["assistant"] = gui_actions.render_items(parsed[id(turn)], size)
+            except gui_actions.GuiActionError as error:
+                return None, _reject(row, Reject(GUI_ACTION_UNPARSEABLE, f"turn {i}: {error}"))
+
+    out = dict(row)
+    out["images"] = out_images
+    out["texts"] = out_turns
+    out["image_info"] = infos
+    out["language"] = language
+    out["language_confidence"] = confidence
+    out["dropped_turns"] = dropped
+    return out, None
+
+
+def _rows(batch: pa.RecordBatch | pa.Table, start: int = 0) -> list[dict]:
+    return batch.slice(start).to_pylist() if start else batch.to_pylist()
+
+
+def iter_outcomes(
+    batch: pa.RecordBatch | pa.Table,
+    params: CleanParams,
+    *,
+    start: int = 0,
+    skip: dict[int, Reject] | None = None,
+    decoder: Decoder | None = None,
+    hooks: Hooks = NO_HOOKS,
+    on_row: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, dict | None, dict | None]]:
+    """(row index, kept row or None, reject row or None) for each row from ``start``.
+
+    Rows listed in ``skip`` are rejected with the given reason without being processed again
+    (the pool uses it for the sample whose image crashed or stalled a worker).
+    """
+    skip = skip or {}
+    for offset, row in enumerate(_rows(batch, start)):
+        index = start + offset
+        if on_row is not None:
+            on_row(index)
+        if index in skip:
+            yield index, None, _reject(row, skip[index])
+            continue
+        kept, rejected = process_row(row, params, decoder=decoder, hooks=hooks)
+        yield index, kept, rejected
+
+
+def kept_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def clean_batch(
+    batch: pa.RecordBatch | pa.Table,
+    params: CleanParams,
+    *,
+    decoder: Decoder | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """Clean one batch in this process. Returns (kept rows, rejected rows).
+
+    No time limit applies here (a decoder stuck in C cannot be interrupted in process); use
+    :func:`clean_batches` for untrusted images.
+    """
+    schema = cleaned_schema(batch.schema)
+    kept: list[dict] = []
+    rejected: list[dict] = []
+    for _, keep, reject in iter_outcomes(batch, params, decoder=decoder):
+        if keep is not None:
+            kept.append(keep)
+        else:
+            rejected.append(reject)  # type: ignore[arg-type]
+    return kept_table(kept, schema), rejects_table(rejected)
+
+
+def clean_batches(
+    batches: Iterable[pa.RecordBatch | pa.Table],
+    params: CleanParams,
+    *,
+    decoder: Decoder | None = None,
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """Clean batches in ``params.processes`` worker processes; yields (kept, rejected) per
+    input batch, in input order.
+
+    Each image is decoded under ``params.decode_timeout_s``; a worker that stalls is killed and
+    one that crashes (e.g. a segfault in a decoder) is replaced, costing only the sample being
+    processed (``image_decode_timeout`` / ``image_corrupt``). At most about two batches per
+    worker are held in memory. The pool outlives the call (see :func:`shared_pool`).
+    """
+    pool = shared_pool(params, decoder)
+    try:
+        yield from pool.map(batches)
+    except BaseException:
+        # An abandoned or failed map may leave work in flight: never hand that pool out again.
+        _discard_pools()
+        raise
+
+
+_POOLS: dict[tuple[str, Decoder | None], object] = {}
+
+
+def _discard_pools() -> None:
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
+
+
+def shared_pool(params: CleanParams, decoder: Decoder | None = None):
+    """One started pool per (params, decoder) and process, closed at exit.
+
+    Workers load lingua's models (~1.5 s, ~330 MB each) once; partitions cleaned one after the
+    other in a process (the demo, a multi-partition run) reuse them instead of paying it again.
+    """
+    from fineharbor.core.cleaning.pool import CleaningPool
+
+    key = (params.model_dump_json(), decoder)
+    pool = _POOLS.get(key)
+    if pool is None:
+        _discard_pools()
+        pool = CleaningPool(params, decoder=decoder)
+        pool.start()
+        atexit.register(pool.close)
+        _POOLS[key] = pool
+    return pool
