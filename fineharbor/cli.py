@@ -41,6 +41,7 @@ def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
     import dagster as dg
 
     from fineharbor.definitions import defs
+    from fineharbor.defs.jobs import PIPELINE
     from fineharbor.defs.partitions import source_partitions
 
     config = load_config()
@@ -48,24 +49,21 @@ def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
     instance = dg.DagsterInstance.get()
     known = set(instance.get_dynamic_partitions(source_partitions.name))
     instance.add_dynamic_partitions(source_partitions.name, [n for n in names if n not in known])
-    per_source = defs.resolve_job_def("per_source_job")
     # The run's events are in the instance (and the UI); the terminal gets warnings only.
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    failures = []
-    for name in names:
-        started = time.perf_counter()
-        result = per_source.execute_in_process(
-            partition_key=name, instance=instance, raise_on_error=False, run_config=quiet
-        )
-        status = "ok" if result.success else "FAILED"
-        print(f"  {name:<20} {status:<7} {time.perf_counter() - started:6.1f}s", flush=True)
-        if not result.success:
-            failures.append(name)
-    result = defs.resolve_job_def("global_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=quiet
-    )
-    if not result.success:
-        failures.append("global_job")
+    failures: list[str] = []
+    for job_name, per_partition in PIPELINE:
+        job = defs.resolve_job_def(job_name)
+        for name in [n for n in names if n not in failures] if per_partition else [None]:
+            started = time.perf_counter()
+            result = job.execute_in_process(
+                partition_key=name, instance=instance, raise_on_error=False, run_config=quiet
+            )
+            status = "ok" if result.success else "FAILED"
+            label = f"{job_name} {name}" if name else job_name
+            print(f"  {label:<36} {status:<7} {time.perf_counter() - started:6.1f}s", flush=True)
+            if not result.success:
+                failures.append(name or job_name)
     return failures
 
 

@@ -7,16 +7,19 @@ Dagster here, so the same functions run from the CLI, a process pool or a distri
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA, clean_batches
 from fineharbor.core.config import ProjectConfig
 from fineharbor.core.mapping import map_batch
 from fineharbor.core.readers import read_source
-from fineharbor.core.schema import RAW_SCHEMA, UNIFIED_SCHEMA
+from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, UNIFIED_SCHEMA
 from fineharbor.core.storage import Storage
 
 Progress = Callable[[int], None]
@@ -40,6 +43,8 @@ class StageReport:
     seconds: float
     schema: pa.Schema
     extra: dict = field(default_factory=dict)
+    # Columns that identify a row: per-image stages have several rows per sample.
+    key: tuple[str, ...] = ("sample_id",)
 
     @property
     def conserved(self) -> bool:
@@ -57,10 +62,11 @@ def write_stage(
     schema: pa.Schema,
     results: Iterable[tuple[pa.Table, pa.Table]],
     rows_in: Callable[[], int],
+    reject_schema: pa.Schema = REJECT_SCHEMA,
 ) -> StageReport:
     """Write a stream of (kept, rejected) tables atomically; `rows_in` is read after the stream."""
     started = time.perf_counter()
-    with storage.writer(asset, partition, schema) as writer:
+    with storage.writer(asset, partition, schema, reject_schema=reject_schema) as writer:
         for kept, rejected in results:
             writer.write(kept)
             writer.reject(rejected)
@@ -135,4 +141,269 @@ def build_cleaned_samples(
         CLEANED_SCHEMA,
         clean_batches(_counted(batches, progress), project.stages.clean),
         lambda: storage.count_rows(UNIFIED, source_name),
+    )
+
+
+# --------------------------------------------------------------------------- signatures, dedup,
+# decontamination. Cross-source stages work on compact tables (signatures, ids), never on images.
+
+SIGNATURES = "image_signatures"
+DUPLICATES = "duplicate_clusters"
+DEDUPLICATED = "deduplicated_samples"
+BENCHMARK_INDEX = "benchmark_index"
+DECONTAMINATED = "decontaminated_samples"
+SIGNATURE_BATCH_ROWS = 64
+
+
+def _image_count(storage: Storage, asset: str, source_name: str) -> int:
+    return sum(
+        sum(len(images or []) for images in batch.column("images").to_pylist())
+        for batch in storage.iter_batches(asset, source_name, columns=["images"], batch_size=512)
+    )
+
+
+def build_image_signatures(
+    project: ProjectConfig,
+    source_name: str,
+    storage: Storage,
+    progress: Progress | None = None,
+    embedders: Sequence = (),
+) -> StageReport:
+    """Per image: byte and pixel sha256, perceptual hashes, copy-detection and CLIP vectors."""
+    from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA, compute_signatures
+
+    project.source(source_name)
+    batches = storage.iter_batches(
+        CLEANED,
+        source_name,
+        columns=["sample_id", "source", "images"],
+        batch_size=SIGNATURE_BATCH_ROWS,
+    )
+    tables = compute_signatures(_counted(batches, progress), project.stages.signatures, embedders)
+    report = write_stage(
+        storage,
+        SIGNATURES,
+        source_name,
+        SIGNATURE_SCHEMA,
+        ((table, REJECT_SCHEMA.empty_table()) for table in tables),
+        lambda: _image_count(storage, CLEANED, source_name),
+    )
+    report.key = ("sample_id", "image_index")
+    return report
+
+
+def _train_sources(project: ProjectConfig, storage: Storage, asset: str) -> list[str]:
+    done = set(storage.partitions(asset))
+    return [s.name for s in project.sources if s.role == "train" and s.name in done]
+
+
+def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa.Table, dict]:
+    """Exact and near duplicates across every train source, union-found into clusters."""
+    from fineharbor.core.dedup.clusters import DUPLICATE_SCHEMA, find_duplicates
+    from fineharbor.core.dedup.diversity import diversity_score
+    from fineharbor.core.dedup.samples import compact_samples
+    from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
+
+    sources = _train_sources(project, storage, SIGNATURES)
+    signature_tables = [storage.read_table(SIGNATURES, s) for s in sources]
+    signatures = (
+        pa.concat_tables(signature_tables) if signature_tables else SIGNATURE_SCHEMA.empty_table()
+    )
+    samples = (
+        pa.concat_tables(
+            [compact_samples(storage.iter_batches(CLEANED, s, batch_size=256)) for s in sources]
+        )
+        if sources
+        else None
+    )
+    priorities = {s.name: s.priority for s in project.sources}
+    params = project.stages.dedup
+    clusters = (
+        find_duplicates(signatures, samples, params, priorities)
+        if samples is not None
+        else DUPLICATE_SCHEMA.empty_table()
+    )
+    dropped = set(
+        clusters.filter(pc.invert(clusters.column("is_kept"))).column("sample_id").to_pylist()
+    )
+    stats: dict = {"sources": sources, "signatures": signatures.num_rows}
+    for column in ("copy_embedding", "clip_embedding"):
+        kept_rows = signatures.filter(
+            pc.and_(
+                pc.is_valid(signatures.column(column)),
+                pc.invert(
+                    pc.is_in(signatures.column("sample_id"), pa.array(list(dropped), pa.string()))
+                ),
+            )
+        )
+        if kept_rows.num_rows > 1:
+            vectors = np.asarray(kept_rows.column(column).to_pylist(), dtype=np.float32)
+            stats[f"diversity_{column}"] = diversity_score(vectors)
+    with storage.writer(DUPLICATES, None, DUPLICATE_SCHEMA) as writer:
+        writer.write(clusters)
+    return clusters, stats
+
+
+def _duplicate_rejects(clusters: pa.Table, source_name: str) -> dict[str, dict]:
+    mine = clusters.filter(
+        pc.and_(
+            pc.equal(clusters.column("source"), source_name), pc.invert(clusters.column("is_kept"))
+        )
+    )
+    return {row["sample_id"]: row for row in mine.to_pylist()}
+
+
+DEDUP_REJECT_SCHEMA = pa.schema(
+    [
+        *REJECT_SCHEMA,
+        pa.field("duplicate_of", pa.string()),
+        pa.field("cluster_id", pa.string()),
+        pa.field("signal", pa.string()),
+        pa.field("similarity", pa.float32()),
+    ]
+)
+
+
+def _reason_for_signal(signal: str) -> str:
+    return (
+        "exact_duplicate"
+        if signal in ("exact_pixels", "text_exact", "url_caption")
+        else "near_duplicate"
+    )
+
+
+def build_deduplicated_samples(
+    project: ProjectConfig, source_name: str, storage: Storage, progress: Progress | None = None
+) -> StageReport:
+    """Cleaned samples minus the non-kept members of duplicate clusters (benchmarks pass)."""
+    from fineharbor.core.cleaning import CLEANED_SCHEMA
+
+    source = project.source(source_name)
+    dropped = (
+        _duplicate_rejects(storage.read_table(DUPLICATES), source_name)
+        if source.role == "train"
+        else {}
+    )
+
+    def split() -> Iterable[tuple[pa.Table, pa.Table]]:
+        for batch in _counted(storage.iter_batches(CLEANED, source_name, batch_size=256), progress):
+            ids = batch.column("sample_id").to_pylist()
+            keep = pa.array([i not in dropped for i in ids])
+            rejected = [
+                {
+                    "sample_id": row["sample_id"],
+                    "source": row["source"],
+                    "origin_key": row["origin_key"],
+                    "reason": _reason_for_signal(dropped[row["sample_id"]]["signal"]),
+                    "detail": (
+                        f"{dropped[row['sample_id']]['signal']} "
+                        f"{dropped[row['sample_id']]['similarity']:.3f} with "
+                        f"{dropped[row['sample_id']]['kept_sample_id']}"
+                    ),
+                    "duplicate_of": dropped[row["sample_id"]]["kept_sample_id"],
+                    "cluster_id": dropped[row["sample_id"]]["cluster_id"],
+                    "signal": dropped[row["sample_id"]]["signal"],
+                    "similarity": dropped[row["sample_id"]]["similarity"],
+                }
+                for row in batch.select(["sample_id", "source", "origin_key"]).to_pylist()
+                if row["sample_id"] in dropped
+            ]
+            yield (
+                pa.Table.from_batches([batch]).filter(keep),
+                pa.Table.from_pylist(rejected, schema=DEDUP_REJECT_SCHEMA),
+            )
+
+    return write_stage(
+        storage,
+        DEDUPLICATED,
+        source_name,
+        CLEANED_SCHEMA,
+        split(),
+        lambda: storage.count_rows(CLEANED, source_name),
+        reject_schema=DEDUP_REJECT_SCHEMA,
+    )
+
+
+def embedder_id(project: ProjectConfig, column: str | None) -> str:
+    """Names the model behind an embedding column, so imported vectors can be checked."""
+    params = project.stages.signatures
+    if column == "copy_embedding" and params.sscd_path:
+        return f"sscd:{Path(params.sscd_path).name}"
+    if column == "clip_embedding" and params.clip_model:
+        return f"open_clip:{params.clip_model}:{params.clip_pretrained}"
+    return "none"
+
+
+def build_benchmark_index(project: ProjectConfig, storage: Storage) -> tuple[pa.Table, dict]:
+    """Benchmarks' image signatures and question n-grams, plus imported benchmark embeddings."""
+    from fineharbor.core.decontam.index import (
+        BENCHMARK_INDEX_SCHEMA,
+        image_rows,
+        ngram_rows,
+        precomputed_rows,
+    )
+
+    params = project.stages.decontam
+    done = set(storage.partitions(SIGNATURES)) & set(storage.partitions(CLEANED))
+    benchmarks = [s.name for s in project.sources if s.role == "benchmark" and s.name in done]
+    parts = [BENCHMARK_INDEX_SCHEMA.empty_table()]
+    for name in benchmarks:
+        samples = storage.read_table(
+            CLEANED, name, columns=["sample_id", "source", "origin_key", "texts"]
+        )
+        keys = dict(
+            zip(
+                samples.column("sample_id").to_pylist(),
+                samples.column("origin_key").to_pylist(),
+                strict=True,
+            )
+        )
+        parts.append(image_rows(storage.read_table(SIGNATURES, name), keys, params))
+        parts.append(ngram_rows(samples.to_pylist(), params))
+    for path in params.precomputed_embeddings:
+        parts.append(precomputed_rows(Path(path), embedder_id(project, params.embedding), params))
+    index = pa.concat_tables(parts)
+    with storage.writer(BENCHMARK_INDEX, None, BENCHMARK_INDEX_SCHEMA) as writer:
+        writer.write(index)
+    kinds = pc.value_counts(index.column("kind")).to_pylist()
+    return index, {
+        "benchmarks": benchmarks,
+        **{f"{k['values']}_rows": k["counts"] for k in kinds},
+        "embedder": embedder_id(project, params.embedding),
+    }
+
+
+def build_decontaminated_samples(
+    project: ProjectConfig, source_name: str, storage: Storage, progress: Progress | None = None
+) -> StageReport:
+    """Deduplicated samples minus those matching a benchmark; benchmarks themselves are out."""
+    from fineharbor.core.cleaning import CLEANED_SCHEMA
+    from fineharbor.core.decontam.match import (
+        DECONTAM_REJECT_SCHEMA,
+        BenchmarkMatcher,
+        decontaminate_batch,
+        reject_benchmark_rows,
+    )
+
+    source = project.source(source_name)
+    batches = _counted(storage.iter_batches(DEDUPLICATED, source_name, batch_size=256), progress)
+    if source.role == "benchmark":
+        results = (
+            (CLEANED_SCHEMA.empty_table(), reject_benchmark_rows(pa.Table.from_batches([b])))
+            for b in batches
+        )
+    else:
+        matcher = BenchmarkMatcher(storage.read_table(BENCHMARK_INDEX), project.stages.decontam)
+        signatures = storage.read_table(SIGNATURES, source_name)
+        results = (
+            decontaminate_batch(pa.Table.from_batches([b]), signatures, matcher) for b in batches
+        )
+    return write_stage(
+        storage,
+        DECONTAMINATED,
+        source_name,
+        CLEANED_SCHEMA,
+        results,
+        lambda: storage.count_rows(DEDUPLICATED, source_name),
+        reject_schema=DECONTAM_REJECT_SCHEMA,
     )

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from fineharbor.core.catalog import refresh_catalog
-from fineharbor.defs.ingest import PER_SOURCE_ASSETS
+from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, PER_SOURCE_ASSETS
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
 from fineharbor.defs.sql_models import MODEL_TABLES, SQL_MODEL_ASSETS
 
@@ -11,7 +11,7 @@ from fineharbor.defs.sql_models import MODEL_TABLES, SQL_MODEL_ASSETS
 @dg.asset(
     group_name="catalog",
     kinds={"duckdb"},
-    deps=[*PER_SOURCE_ASSETS, *SQL_MODEL_ASSETS],
+    deps=[*PER_SOURCE_ASSETS, *CROSS_SOURCE_ASSETS, *SQL_MODEL_ASSETS],
     pool="duckdb_write",
     description=(
         "Refreshes `catalog.duckdb` under FINEHARBOR_HOME: a view over every stage's Parquet "

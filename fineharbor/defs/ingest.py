@@ -10,8 +10,8 @@ from fineharbor.core.config import ProjectConfig
 from fineharbor.core.stages import StageReport
 from fineharbor.core.storage import Storage
 from fineharbor.defs.partitions import source_partitions
-from fineharbor.defs.reporting import stage_check_specs, stage_result
-from fineharbor.defs.resources import FineharborProject
+from fineharbor.defs.reporting import column_schema, markdown_table, stage_check_specs, stage_result
+from fineharbor.defs.resources import EmbedderResource, FineharborProject
 
 StageBuilder = Callable[[ProjectConfig, str, Storage, Callable[[int], None]], StageReport]
 
@@ -107,4 +107,139 @@ cleaned_samples = per_source_stage(
 )
 
 
-PER_SOURCE_ASSETS = [raw_samples, unified_samples, cleaned_samples]
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name="dedup",
+    kinds={"parquet", "pytorch"},
+    deps=[cleaned_samples],
+    pool="gpu",
+    check_specs=stage_check_specs("image_signatures"),
+    code_version="1",
+    description=(
+        "Per image of the cleaned samples: sha256 of the bytes and of the decoded pixels (a "
+        "lossless re-encode still matches), a 64-bit perceptual hash and that of the mirror "
+        "image, a copy-detection embedding (SSCD TorchScript, 320x320, ImageNet norm, "
+        "L2-normalised, as FineVision) and a CLIP image embedding (open_clip), float16. The "
+        "GPU op: embedders load once per process, batch, and use CUDA + half precision."
+    ),
+)
+def image_signatures(
+    context: dg.AssetExecutionContext, project: FineharborProject, embedder: EmbedderResource
+):
+    params = project.config.stages.signatures
+    report = stages.build_image_signatures(
+        project.config,
+        context.partition_key,
+        project.storage,
+        ProgressLog(context.log, f"image_signatures {context.partition_key}"),
+        embedders=embedder.embedders(params),
+    )
+    report.extra["images_per_second"] = round(report.rows_per_second, 1)
+    return stage_result(report, project.storage)
+
+
+def _global_result(table, stats: dict, summary: str) -> dg.MaterializeResult:
+    metadata = {
+        "dagster/row_count": table.num_rows,
+        "dagster/column_schema": column_schema(table.schema),
+        "summary": dg.MetadataValue.md(summary),
+    }
+    for key, value in stats.items():
+        metadata[key] = (
+            value
+            if isinstance(value, int | float | str)
+            else dg.MetadataValue.json(value if isinstance(value, list | dict) else value.__dict__)
+        )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    group_name="dedup",
+    kinds={"parquet", "python"},
+    deps=[image_signatures, cleaned_samples],
+    code_version="1",
+    description=(
+        "Cross-source duplicate groups over every train source: exact (pixel sha256), near "
+        "(perceptual-hash Hamming, copy-detection / CLIP cosine with faiss), LAION's URL + "
+        "caption, and text-only (normalised hash, MinHash LSH). Pairs are union-found into "
+        "clusters (DanQing); the member kept is chosen by source priority, then resolution, then "
+        "quality, ties by sample_id. Metadata: duplicates per source pair, cluster sizes and "
+        "FineVision's diversity score."
+    ),
+)
+def duplicate_clusters(project: FineharborProject) -> dg.MaterializeResult:
+    clusters, stats = stages.build_duplicate_clusters(project.config, project.storage)
+    rows = clusters.select(["source", "cluster_id", "cluster_size", "is_kept"]).to_pylist()
+    source_of = {r["cluster_id"]: r["source"] for r in rows if r["is_kept"]}
+    pairs: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if not row["is_kept"]:
+            pair = (row["source"], source_of[row["cluster_id"]])
+            pairs[pair] = pairs.get(pair, 0) + 1
+    sizes: dict[int, int] = {}
+    for row in rows:
+        if row["is_kept"]:
+            sizes[row["cluster_size"]] = sizes.get(row["cluster_size"], 0) + 1
+    summary = (
+        f"{len(source_of)} clusters, {clusters.num_rows - len(source_of)} duplicates dropped\n\n"
+        "### Duplicates per source pair (dropped from, kept in)\n"
+        + markdown_table(
+            ["dropped from", "kept in", "samples"], [(*k, v) for k, v in sorted(pairs.items())]
+        )
+        + "\n\n### Cluster sizes\n"
+        + markdown_table(["size", "clusters"], sorted(sizes.items()))
+    )
+    return _global_result(clusters, stats, summary)
+
+
+deduplicated_samples = per_source_stage(
+    "deduplicated_samples",
+    stages.build_deduplicated_samples,
+    group="dedup",
+    deps=[cleaned_samples, duplicate_clusters],
+    description=(
+        "Cleaned samples minus the non-kept members of duplicate clusters. Each reject "
+        "(`exact_duplicate` / `near_duplicate`) names the kept sample (`duplicate_of`), the "
+        "signature type (`signal`) and the similarity. Benchmark sources pass unchanged."
+    ),
+)
+
+
+@dg.asset(
+    group_name="decontam",
+    kinds={"parquet", "python"},
+    deps=[image_signatures, cleaned_samples],
+    code_version="1",
+    description=(
+        "Every benchmark source's (role: benchmark) image signatures - the same copy-detection "
+        "and perceptual hashes as dedup - and its questions' word 13-grams, plus benchmark "
+        "embeddings imported from Parquet (e.g. FineVision's published lmms-eval embeddings), "
+        "checked to come from the same embedder."
+    ),
+)
+def benchmark_index(project: FineharborProject) -> dg.MaterializeResult:
+    index, stats = stages.build_benchmark_index(project.config, project.storage)
+    summary = (
+        f"benchmarks: {', '.join(stats['benchmarks']) or 'none'}; embedder {stats['embedder']}"
+    )
+    return _global_result(index, stats, summary)
+
+
+decontaminated_samples = per_source_stage(
+    "decontaminated_samples",
+    stages.build_decontaminated_samples,
+    group="decontam",
+    deps=[deduplicated_samples, benchmark_index, image_signatures],
+    description=(
+        "Deduplicated samples minus those matching a benchmark (FineVision): any image within "
+        "cosine >= 0.95 of a benchmark image (copy-detection embedding), or a close perceptual "
+        "hash, or any turn sharing a word 13-gram with a benchmark question. Each "
+        "`benchmark_match` reject names the benchmark, the matched sample, the signal and the "
+        "similarity. A benchmark source's own samples are rejected as `benchmark_source`."
+    ),
+)
+
+FIRST_PASS_ASSETS = [raw_samples, unified_samples, cleaned_samples, image_signatures]
+CROSS_SOURCE_ASSETS = [duplicate_clusters, benchmark_index]
+SECOND_PASS_ASSETS = [deduplicated_samples, decontaminated_samples]
+PER_SOURCE_ASSETS = [*FIRST_PASS_ASSETS, *SECOND_PASS_ASSETS]

@@ -1,19 +1,39 @@
-"""Jobs: per-source stages run per partition; global stages run once after them."""
+"""Jobs in pipeline order: per-source stages run per partition, cross-source stages once."""
 
 import dagster as dg
 
 from fineharbor.defs.catalog import duckdb_catalog
-from fineharbor.defs.ingest import PER_SOURCE_ASSETS
+from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECOND_PASS_ASSETS
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 
 per_source_job = dg.define_asset_job(
     "per_source_job",
-    selection=dg.AssetSelection.assets(*PER_SOURCE_ASSETS),
-    description="Every per-source stage for one source partition.",
+    selection=dg.AssetSelection.assets(*FIRST_PASS_ASSETS),
+    description="Ingest, clean and sign one source partition.",
+)
+
+cross_source_job = dg.define_asset_job(
+    "cross_source_job",
+    selection=dg.AssetSelection.assets(*CROSS_SOURCE_ASSETS),
+    description="Duplicate clusters and the benchmark index, over every source.",
+)
+
+filter_job = dg.define_asset_job(
+    "filter_job",
+    selection=dg.AssetSelection.assets(*SECOND_PASS_ASSETS),
+    description="Deduplicate and decontaminate one source partition.",
 )
 
 global_job = dg.define_asset_job(
     "global_job",
     selection=dg.AssetSelection.assets(*SQL_MODEL_ASSETS, duckdb_catalog),
-    description="Cross-source stages and the catalog, over all partitions.",
+    description="SQL statistics models and the DuckDB catalog.",
 )
+
+PIPELINE = [
+    ("per_source_job", True),
+    ("cross_source_job", False),
+    ("filter_job", True),
+    ("global_job", False),
+]
+"""Job names in the order that runs the whole pipeline, and whether each runs per partition."""

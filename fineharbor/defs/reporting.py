@@ -44,9 +44,11 @@ def _files_sql(files: list[str]) -> str:
 
 def stage_check_results(report: StageReport, storage: Storage) -> list[dg.AssetCheckResult]:
     files = storage.files(report.asset, report.partition)
+    key = ", ".join(report.key)
     with duckdb.connect() as connection:
         total, distinct = connection.execute(
-            f"select count(*), count(distinct sample_id) from read_parquet({_files_sql(files)})"
+            f"select (select count(*) from read_parquet({_files_sql(files)})), "
+            f"(select count(*) from (select distinct {key} from read_parquet({_files_sql(files)})))"
         ).fetchall()[0]
     written = storage.schema(report.asset, report.partition)
     mismatched = [
@@ -88,29 +90,31 @@ def markdown_table(headers: list[str], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def _preview_columns(schema: pa.Schema) -> tuple[list[str], str]:
+    """Headers and select list that show what a stage's rows hold, without bytes or vectors."""
+    names = set(schema.names)
+    if {"texts", "images"} <= names:
+        return (
+            ["origin_key", "images", "turns", "first user", "first assistant"],
+            "origin_key, len(images), len(texts), texts[1].user, texts[1].assistant",
+        )
+    if "record" in names:
+        return ["origin_key", "images", "record"], "origin_key, len(images), record"
+    shown = [
+        f.name for f in schema if not (pa.types.is_list(f.type) or pa.types.is_binary(f.type))
+    ][:8]
+    return shown, ", ".join(shown)
+
+
 def preview_markdown(storage: Storage, report: StageReport, rows: int = 5) -> str:
-    """A few kept samples and a few rejects, so a person sees what the stage did."""
-    kept_rows: list[tuple] = []
+    """A few kept rows and a few rejects, so a person sees what the stage did."""
     files = storage.files(report.asset, report.partition)
-    names = set(report.schema.names)
+    reject_files = storage.files(report.asset, report.partition, kind="rejects")
+    headers, columns = _preview_columns(report.schema)
     with duckdb.connect() as connection:
-        if files and {"texts", "images"} <= names:
-            kept_rows = connection.execute(
-                f"select origin_key, len(images), len(texts), texts[1].user, texts[1].assistant "
-                f"from read_parquet({_files_sql(files)}) limit {rows}"
-            ).fetchall()
-            kept_md = markdown_table(
-                ["origin_key", "images", "turns", "first user", "first assistant"], kept_rows
-            )
-        elif files:
-            kept_rows = connection.execute(
-                f"select origin_key, len(images), record from read_parquet({_files_sql(files)}) "
-                f"limit {rows}"
-            ).fetchall()
-            kept_md = markdown_table(["origin_key", "images", "record"], kept_rows)
-        else:
-            kept_md = "(none)"
-        reject_files = storage.files(report.asset, report.partition, kind="rejects")
+        kept = connection.execute(
+            f"select {columns} from read_parquet({_files_sql(files)}) limit {rows}"
+        ).fetchall()
         rejected = (
             connection.execute(
                 f"select reason, origin_key, detail from read_parquet({_files_sql(reject_files)}) "
@@ -123,7 +127,8 @@ def preview_markdown(storage: Storage, report: StageReport, rows: int = 5) -> st
     return (
         f"**{report.asset} / {report.partition}**: {report.rows_in} in, {report.kept} kept, "
         f"{report.rejected} rejected ({report.rows_per_second:.0f} rows/s)\n\n"
-        f"### Rejects by reason\n{reasons}\n\n### Kept (first {rows})\n{kept_md}\n\n"
+        f"### Rejects by reason\n{reasons}\n\n"
+        f"### Kept (first {rows})\n{markdown_table(headers, kept) if kept else '(none)'}\n\n"
         f"### Rejected (first {rows})\n"
         + (markdown_table(["reason", "origin_key", "detail"], rejected) if rejected else "(none)")
     )

@@ -9,6 +9,7 @@ import dagster as dg
 
 from fineharbor.core.catalog import StageTable
 from fineharbor.core.config import ProjectConfig, default_config_path, fineharbor_home, load_config
+from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.storage import Storage
 
 
@@ -44,4 +45,29 @@ STAGE_TABLES = [
     StageTable("raw_samples"),
     StageTable("unified_samples"),
     StageTable("cleaned_samples"),
+    StageTable("image_signatures"),
+    StageTable("duplicate_clusters", partitioned=False),
+    StageTable("deduplicated_samples"),
+    StageTable("benchmark_index", partitioned=False),
+    StageTable("decontaminated_samples"),
 ]
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """Copy-detection and CLIP embedders, loaded once per process and shared by every run.
+
+    The models are whatever `stages.signatures` in the project file names; they pick CUDA and
+    half precision when a GPU is present.
+    """
+
+    def embedders(self, params: SignatureParams) -> list:
+        key = params.model_dump_json()
+        if key not in _EMBEDDERS:
+            from fineharbor.core.signatures.embedders import build_embedders
+
+            _EMBEDDERS.clear()  # one model set per process: a changed config replaces it
+            _EMBEDDERS[key] = build_embedders(params)
+        return _EMBEDDERS[key]
+
+
+_EMBEDDERS: dict[str, list] = {}

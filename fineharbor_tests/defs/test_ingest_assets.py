@@ -8,10 +8,11 @@ import pytest
 
 from fineharbor.core.schema import IMAGE_TYPE, TURN_TYPE
 from fineharbor.defs.catalog import duckdb_catalog
-from fineharbor.defs.ingest import PER_SOURCE_ASSETS
+from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECOND_PASS_ASSETS
 from fineharbor.defs.partitions import source_partitions
-from fineharbor.defs.resources import FineharborProject
+from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.sensors import source_sensor
+from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 from fineharbor_tests.conftest import make_image_bytes
 
 CONFIG = """
@@ -66,14 +67,28 @@ def project(tmp_path, home):
     return FineharborProject(config_path=str(tmp_path / "fineharbor.yaml"), home=str(home))
 
 
-def materialize(project, instance, partition):
+def resources(project):
+    return {"project": project, "embedder": EmbedderResource()}
+
+
+def materialize(project, instance, partition, assets=FIRST_PASS_ASSETS):
     return dg.materialize(
-        PER_SOURCE_ASSETS,
+        assets,
         partition_key=partition,
         instance=instance,
-        resources={"project": project},
+        resources=resources(project),
         raise_on_error=False,
     )
+
+
+def run_pipeline(project, instance, partitions):
+    for partition in partitions:
+        assert materialize(project, instance, partition).success
+    assert dg.materialize(
+        CROSS_SOURCE_ASSETS, instance=instance, resources=resources(project)
+    ).success
+    for partition in partitions:
+        assert materialize(project, instance, partition, SECOND_PASS_ASSETS).success
 
 
 def test_per_source_stages_conserve_rows_and_report(project):
@@ -83,7 +98,7 @@ def test_per_source_stages_conserve_rows_and_report(project):
             result = materialize(project, instance, partition)
             assert result.success
             checks = result.get_asset_check_evaluations()
-            assert len(checks) == 3 * len(PER_SOURCE_ASSETS) and all(c.passed for c in checks)
+            assert len(checks) == 3 * len(FIRST_PASS_ASSETS) and all(c.passed for c in checks)
         storage = project.storage
         assert storage.count_rows("raw_samples", "charts") == 7
         assert storage.count_rows("unified_samples", "charts") == 6
@@ -123,18 +138,25 @@ def test_missing_location_fails_only_its_partition(project):
 def test_catalog_exposes_every_stage_and_rejects(project):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])
-        for partition in ("charts", "scenes"):
-            materialize(project, instance, partition)
+        run_pipeline(project, instance, ["charts", "scenes"])
         assert dg.materialize(
-            [duckdb_catalog], instance=instance, resources={"project": project}
+            [*SQL_MODEL_ASSETS, duckdb_catalog], instance=instance, resources=resources(project)
         ).success
     with duckdb.connect(str(project.catalog_path), read_only=True) as connection:
         counts = dict(
             connection.execute("select source, count(*) from unified_samples group by 1").fetchall()
         )
         reasons = connection.execute("select reason from raw_samples_rejects").fetchall()
+        funnel = connection.execute(
+            "select source, records, rejected_at_ingest, rejected_at_mapping, kept from source_funnel"
+        ).fetchall()
+        contamination = connection.execute(
+            "select samples, samples_flagged from contamination_report where source = '*'"
+        ).fetchall()
     assert counts == {"charts": 6, "scenes": 4}
     assert reasons == [("malformed_record",)]
+    assert [row[:4] for row in funnel] == [("charts", 7, 0, 1), ("scenes", 5, 1, 0)]
+    assert contamination[0][1] == 0 and contamination[0][0] == sum(row[4] for row in funnel)
 
 
 def test_sensor_adds_partitions_and_requests_runs_for_new_or_changed_sources(project, tmp_path):
