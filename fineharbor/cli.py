@@ -8,7 +8,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fineharbor.core.config import ConfigError, default_config_path, fineharbor_home, load_config
@@ -94,6 +94,37 @@ def funnel() -> tuple[list[str], list[tuple]]:
     return run_sql("select * from source_funnel")
 
 
+def demo_images(config) -> Iterator[bytes]:
+    """Every image of the demo's local train sources, read with the project's own readers."""
+    from fineharbor.core.readers import read_source
+
+    for source in config.sources:
+        if source.role != "train" or source.reader == "url_list":
+            continue
+        for kept, _ in read_source(source, config.stages.ingest):
+            for images in kept.column("images").to_pylist():
+                yield from (image["bytes"] for image in images or [])
+
+
+def train_demo_copy_detector(config, steps: int) -> None:
+    """The demo's SSCD stand-in: trained self-supervised on the demo images (no pair labels),
+    exported as TorchScript to the path `stages.signatures.sscd_path` names."""
+    from fineharbor.core.signatures.train_copy_detector import (
+        TrainConfig,
+        export_torchscript,
+        train_copy_detector,
+    )
+
+    target = config.stages.signatures.sscd_path
+    if not target or Path(target).exists():
+        return
+    started = time.perf_counter()
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    model = train_copy_detector(demo_images(config), TrainConfig(steps=steps))
+    export_torchscript(model, target)
+    print(f"      copy detector: {steps} steps in {time.perf_counter() - started:.0f}s", flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fineharbor.core.demo import generate_demo
     from fineharbor.core.demo.server import serve_directory
@@ -105,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     port = _free_port(args.port)
     base_url = f"http://127.0.0.1:{port}"
-    print(f"[1/3] generating demo sources under {home / 'demo'}", flush=True)
+    print(f"[1/4] generating demo sources under {home / 'demo'}", flush=True)
     summary = generate_demo(home, base_url, seed=args.seed, scale=args.scale)
     planted = sum(summary.defects.values())
     print(
@@ -113,11 +144,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{planted} planted defects (truth: {summary.ground_truth_path})",
         flush=True,
     )
+    config = load_config()
+    if config.stages.signatures.sscd_path:
+        print("[2/4] training the demo copy detector named in the config", flush=True)
+        Path(config.stages.signatures.sscd_path).unlink(missing_ok=True)  # new images, new model
+        train_demo_copy_detector(config, args.model_steps)
+    else:
+        print("[2/4] no demo models configured: hash signatures only", flush=True)
     served = home / "demo" / "sources" / "laion_urls" / "_served"
-    print(f"[2/3] materializing every asset (URL source served at {base_url})", flush=True)
+    print(f"[3/4] materializing every asset (URL source served at {base_url})", flush=True)
     with serve_directory(served, port=port):
         failures = materialize_all()
-    print("[3/3] summary", flush=True)
+    print("[4/4] summary", flush=True)
     _print_table(*funnel())
     elapsed = time.perf_counter() - started
     print(
@@ -143,7 +181,13 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    columns, rows = run_sql(args.query)
+    import duckdb
+
+    try:
+        columns, rows = run_sql(args.query)
+    except duckdb.Error as error:
+        print(f"fineharbor sql: {error}", file=sys.stderr)
+        return 2
     _print_table(columns, rows)
     return 0
 
@@ -158,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--scale", type=float, default=1.0, help="demo size multiplier")
     demo.add_argument("--port", type=int, default=8765, help="loopback port for the URL source")
+    demo.add_argument(
+        "--model-steps", type=int, default=200, help="training steps of the demo copy detector"
+    )
     demo.set_defaults(run=cmd_demo)
     materialize = commands.add_parser("materialize", help="run every stage for some sources")
     materialize.add_argument("source", nargs="*", help="source names (default: all)")

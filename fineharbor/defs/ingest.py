@@ -10,7 +10,13 @@ from fineharbor.core.config import ProjectConfig
 from fineharbor.core.stages import StageReport
 from fineharbor.core.storage import Storage
 from fineharbor.defs.partitions import source_partitions
-from fineharbor.defs.reporting import column_schema, markdown_table, stage_check_specs, stage_result
+from fineharbor.defs.reporting import (
+    cleaned_distributions,
+    column_schema,
+    markdown_table,
+    stage_check_specs,
+    stage_result,
+)
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 
 StageBuilder = Callable[[ProjectConfig, str, Storage, Callable[[int], None]], StageReport]
@@ -42,6 +48,7 @@ def per_source_stage(
     kinds: frozenset[str] = frozenset({"parquet", "python"}),
     pool: str | None = None,
     code_version: str = "1",
+    plots: Callable[[Storage, StageReport], dict] | None = None,
 ) -> dg.AssetsDefinition:
     """A partitioned asset around a core stage function, with the blocking data checks."""
 
@@ -59,6 +66,8 @@ def per_source_stage(
     def _stage(context: dg.AssetExecutionContext, project: FineharborProject):
         progress = ProgressLog(context.log, f"{name} {context.partition_key}")
         report = builder(project.config, context.partition_key, project.storage, progress)
+        if plots is not None:
+            report.extra.update(plots(project.storage, report))
         return stage_result(report, project.storage)
 
     return _stage
@@ -104,6 +113,7 @@ cleaned_samples = per_source_stage(
         "[UNK] junk and safety terms; domain trust; GUI actions normalised to one action space. "
         "Each reject names its rule, the measured value and the threshold."
     ),
+    plots=cleaned_distributions,
 )
 
 

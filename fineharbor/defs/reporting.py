@@ -155,3 +155,44 @@ def stage_result(report: StageReport, storage: Storage) -> dg.MaterializeResult:
         metadata=stage_metadata(report, storage),
         check_results=stage_check_results(report, storage),
     )
+
+
+def histogram_markdown(values: list[float], title: str, bins: int = 10) -> str:
+    """A bar chart as a markdown table: renders in the Dagster UI with no plotting library."""
+    if not values:
+        return f"### {title}\n(no values)"
+    low, high = min(values), max(values)
+    width = (high - low) / bins or 1.0
+    counts = [0] * bins
+    for value in values:
+        counts[min(int((value - low) / width), bins - 1)] += 1
+    peak = max(counts)
+    rows = [
+        (f"{low + i * width:.0f} - {low + (i + 1) * width:.0f}", n, "█" * round(30 * n / peak))
+        for i, n in enumerate(counts)
+    ]
+    return f"### {title}\n" + markdown_table(["range", "rows", ""], rows)
+
+
+def cleaned_distributions(storage: Storage, report: StageReport) -> dict:
+    """Image sizes and text lengths of what cleaning kept: where a threshold would bite."""
+    files = storage.files(report.asset, report.partition)
+    with duckdb.connect() as connection:
+        sides = connection.execute(
+            f"select greatest(i.width, i.height) from (select unnest(image_info) as i "
+            f"from read_parquet({_files_sql(files)}))"
+        ).fetchall()
+        lengths = connection.execute(
+            f"select list_sum(list_transform(texts, lambda t: length(t.user) + length(t.assistant))) "
+            f"from read_parquet({_files_sql(files)})"
+        ).fetchall()
+    return {
+        "image_sides": dg.MetadataValue.md(
+            histogram_markdown([s[0] for s in sides if s[0] is not None], "Longest image side (px)")
+        ),
+        "text_lengths": dg.MetadataValue.md(
+            histogram_markdown(
+                [n[0] for n in lengths if n[0] is not None], "Text length per sample (chars)"
+            )
+        ),
+    }

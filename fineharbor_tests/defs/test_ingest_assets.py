@@ -109,6 +109,10 @@ def test_per_source_stages_conserve_rows_and_report(project):
         assert metadata["dagster/row_count"].value == 4
         assert metadata["rows_in"].value == 4
         assert "Rejects by reason" in metadata["summary"].value
+        cleaned = instance.get_latest_materialization_event(dg.AssetKey("cleaned_samples"))
+        plots = cleaned.asset_materialization.metadata
+        assert "Longest image side" in plots["image_sides"].value and "█" in plots["image_sides"].value
+        assert "Text length" in plots["text_lengths"].value
         assert [c.name for c in metadata["dagster/column_schema"].schema.columns][:2] == [
             "sample_id",
             "source",

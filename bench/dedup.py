@@ -1,0 +1,345 @@
+"""Near-duplicate search at scale: faiss vs brute-force NumPy, and phash vs imagededup.
+
+    .venv/bin/python bench/dedup.py [--sizes 10000 100000 1000000] [--dim 256]
+                                    [--imagededup-python .venv-bench/bin/python]
+
+Part 1, synthetic signatures. ``n`` L2-normalised vectors drawn around 1,000 centres (real
+embeddings are clustered, which is what makes IVF lists uneven), with 2% of them planted as
+near-duplicates of another vector (cosine ~0.95-0.99). Every (method, n) runs in a fresh
+process so its peak RSS (``ru_maxrss``) is its own; the data's own size is printed beside it.
+
+* ``faiss``: what ``fineharbor.core.dedup.search.cosine_pairs`` does with the stage defaults:
+  exact ``IndexFlatIP`` range search up to ``DedupParams.exact_search_limit`` (50,000) vectors,
+  IVF-Flat (4 sqrt(n) lists, nprobe 4) above; recall of the approximate index is measured
+  against exact NumPy search on 1,000 sampled queries.
+* ``numpy``: blocked matrix products over the upper triangle (``brute_force_cosine_pairs``).
+  Where that takes too long (``--numpy-full-limit``), a measured prefix of query blocks is
+  extrapolated to the full triangle, and the output says so.
+
+Part 2, images: ``find_duplicates`` with phash + mirror phash + pixel hash against imagededup's
+``PHash.find_duplicates`` (max_distance_threshold 10, its default) on the same demo images,
+scored on the demo's planted pairs, when imagededup is importable in ``--imagededup-python``
+(it pulls in torch and matplotlib, so it lives in ``.venv-bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import multiprocessing as mp
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fineharbor.core.dedup import DedupParams
+
+REPO = Path(__file__).resolve().parents[1]
+THRESHOLD = 0.90
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+def synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Clustered unit vectors with 2% planted near-duplicates; returns (vectors, planted)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((1000, dim)).astype(np.float32)
+    x = centres[rng.integers(0, 1000, n)] + rng.standard_normal((n, dim)).astype(np.float32)
+    planted = n // 50
+    copies = rng.choice(n, planted, replace=False)
+    sources = rng.integers(0, n, planted)
+    noise = rng.uniform(0.1, 0.25, (planted, 1)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[copies] = x[sources] + rng.standard_normal((planted, dim)).astype(
+        np.float32
+    ) * noise / math.sqrt(dim)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x), planted
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_faiss(n: int, dim: int, exact_limit: int, out: mp.Queue) -> None:
+    import faiss
+
+    from fineharbor.core.dedup.search import (
+        approximate_cosine_pairs,
+        build_approximate_index,
+        exact_cosine_pairs,
+        measure_recall,
+    )
+
+    x, planted = synthetic(n, dim)
+    before = _peak_rss_mib()
+    started = time.perf_counter()
+    recall = None
+    if n <= exact_limit:
+        pairs = exact_cosine_pairs(x, THRESHOLD)
+        kind = "exact IndexFlatIP"
+    else:
+        index = build_approximate_index(x, kind="ivf", nprobe=DedupParams().ivf_nprobe)
+        pairs = approximate_cosine_pairs(x, THRESHOLD, index)
+        kind = f"IVF-Flat nlist={index.nlist} nprobe={index.nprobe}"
+    seconds = time.perf_counter() - started
+    if n > exact_limit:
+        recall = measure_recall(x, THRESHOLD, index, sample=1000).recall
+    out.put(
+        {
+            "method": "faiss",
+            "n": n,
+            "kind": kind,
+            "seconds": seconds,
+            "pairs": int(pairs[0].size),
+            "planted": planted,
+            "recall": recall,
+            "peak_rss_mib": _peak_rss_mib(),
+            "rss_before_mib": before,
+            "threads": faiss.omp_get_max_threads(),
+        }
+    )
+
+
+def run_numpy(n: int, dim: int, full_limit: int, out: mp.Queue) -> None:
+    from fineharbor.core.dedup.search import brute_force_cosine_pairs
+
+    x, planted = synthetic(n, dim)
+    before = _peak_rss_mib()
+    # rows per block: a block of similarities is block x n float32, kept near 1 GiB at most
+    block = int(max(256, min(2048, 2**28 // n)))
+    if n <= full_limit:
+        started = time.perf_counter()
+        pairs = brute_force_cosine_pairs(x, THRESHOLD, block=block)
+        seconds = time.perf_counter() - started
+        out.put(
+            {
+                "method": "numpy",
+                "n": n,
+                "kind": "blocked matmul, measured",
+                "seconds": seconds,
+                "pairs": int(pairs[0].size),
+                "planted": planted,
+                "peak_rss_mib": _peak_rss_mib(),
+                "rss_before_mib": before,
+            }
+        )
+        return
+    # Measure the first query blocks (full rows of the upper triangle, the most expensive)
+    # for about a minute, then scale by the share of the triangle's work they did.
+    started = time.perf_counter()
+    work = 0
+    start = 0
+    while start < n and (time.perf_counter() - started < 60 or start < 4 * block):
+        sims = x[start : start + block] @ x[start:].T
+        np.nonzero(sims >= THRESHOLD)
+        work += min(block, n - start) * (n - start)
+        start += block
+    measured = time.perf_counter() - started
+    total_work = n * (n + 1) / 2
+    out.put(
+        {
+            "method": "numpy",
+            "n": n,
+            "kind": f"EXTRAPOLATED from {start:,} query rows "
+            f"({work / total_work:.2%} of the triangle, {measured:.1f} s)",
+            "seconds": measured * total_work / work,
+            "pairs": None,
+            "planted": planted,
+            "peak_rss_mib": _peak_rss_mib(),
+            "rss_before_mib": before,
+        }
+    )
+
+
+def measure(target, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def part1(sizes: list[int], dim: int, full_limit: int, exact_limit: int) -> None:
+    print(f"\n== near-duplicate vector search, dim {dim}, cosine >= {THRESHOLD} ==")
+    rows = []
+    for n in sizes:
+        data_mib = n * dim * 4 / 2**20
+        faiss_row = measure(run_faiss, n, dim, exact_limit)
+        numpy_row = measure(run_numpy, n, dim, full_limit)
+        rows.append((n, faiss_row, numpy_row))
+        recall = "" if faiss_row["recall"] is None else f", recall {faiss_row['recall']:.4f}"
+        print(f"\nn = {n:,} (data {data_mib:,.0f} MiB float32, {faiss_row['planted']:,} planted)")
+        for row in (faiss_row, numpy_row):
+            pairs = "" if row["pairs"] is None else f", {row['pairs']:,} pairs"
+            print(
+                f"  {row['method']:<6} {row['seconds']:>10.2f} s  peak RSS "
+                f"{row['peak_rss_mib']:>8,.0f} MiB  [{row['kind']}{pairs}"
+                f"{recall if row is faiss_row else ''}]"
+            )
+        print(f"  speed-up faiss vs numpy: {numpy_row['seconds'] / faiss_row['seconds']:.1f}x")
+    if len(rows) > 1:
+        print("\ngrowth exponent (slope of log time vs log n):")
+        for (n0, f0, b0), (n1, f1, b1) in itertools.pairwise(rows):
+            k = math.log(n1 / n0)
+            print(
+                f"  {n0:,} -> {n1:,}: faiss {math.log(f1['seconds'] / f0['seconds']) / k:.2f}, "
+                f"numpy {math.log(b1['seconds'] / b0['seconds']) / k:.2f}"
+            )
+
+
+# --------------------------------------------------------------------------- part 2
+
+IMAGEDEDUP_SCRIPT = r"""
+import json, sys, time
+from imagededup.methods import PHash
+hasher = PHash(verbose=False)
+started = time.perf_counter()
+encodings = hasher.encode_images(image_dir=sys.argv[1], recursive=False, num_enc_workers=0)
+duplicates = hasher.find_duplicates(encoding_map=encodings, max_distance_threshold=10,
+                                    num_dist_workers=0)
+print(json.dumps({"seconds": time.perf_counter() - started, "duplicates": duplicates}))
+"""
+
+
+def part2(scale: float, imagededup_python: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from dedup_quality import prepare_demo, print_report
+
+    from fineharbor.core.dedup import DedupParams, compact_samples, find_duplicates
+    from fineharbor.core.dedup.evaluate import evaluate_clusters
+    from fineharbor.core.dedup.union_find import UnionFind, cluster_id
+    from fineharbor.core.signatures import SignatureParams, compute_signatures
+    from fineharbor.core.stages import UNIFIED
+
+    print(f"\n== phash dedup on demo images (scale {scale}): fineharbor vs imagededup ==")
+    with tempfile.TemporaryDirectory(prefix="fh-dedup-bench-") as tmp:
+        home = Path(tmp) / "home"
+        config, storage, names = prepare_demo(home, scale=scale, seed=0)
+        images_dir = Path(tmp) / "images"
+        images_dir.mkdir()
+        # single-image samples only, one file per sample, so both tools see the same set
+        owner: dict[str, str] = {}
+        for name in names:
+            for batch in storage.iter_batches(UNIFIED, name, columns=["sample_id", "images"]):
+                for sample_id, images in zip(
+                    batch.column("sample_id").to_pylist(),
+                    batch.column("images").to_pylist(),
+                    strict=True,
+                ):
+                    if images and len(images) == 1 and images[0]["bytes"]:
+                        (images_dir / f"{sample_id}.img").write_bytes(images[0]["bytes"])
+                        owner[f"{sample_id}.img"] = sample_id
+        truth = pq.read_table(home / "demo" / "ground_truth.parquet")
+        samples = pa.concat_tables(compact_samples(storage.iter_batches(UNIFIED, n)) for n in names)
+        single = [f"{s}.img" in owner for s in samples.column("sample_id").to_pylist()]
+        samples = samples.filter(pa.array(single))
+        present = set(samples.column("sample_id").to_pylist())
+        priorities = {s.name: s.priority for s in config.sources}
+
+        params = SignatureParams(num_workers=0)  # hashes only: no model
+        started = time.perf_counter()
+        signed = pa.concat_tables(
+            [t for n in names for t in compute_signatures(storage.iter_batches(UNIFIED, n), params)]
+        )
+        hash_seconds = time.perf_counter() - started
+        for distance in (4, 10):
+            started = time.perf_counter()
+            ours = find_duplicates(
+                signed,
+                samples,
+                DedupParams(
+                    copy_embedding=False,
+                    phash_max_distance=distance,
+                    phash_verify_min_cosine=None,
+                    url_caption=False,
+                    text_exact=False,
+                    text_minhash=False,
+                ),
+                priorities,
+            )
+            search_seconds = time.perf_counter() - started
+            print_report(
+                f"fineharbor phash<={distance} + mirror phash + pixel hash: hashing "
+                f"{hash_seconds:.1f} s (shared), search {search_seconds:.2f} s",
+                evaluate_clusters(ours, present, truth),
+            )
+
+        try:
+            done = subprocess.run(
+                [imagededup_python, "-c", IMAGEDEDUP_SCRIPT, str(images_dir)],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=True,
+            )
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+            detail = getattr(error, "stderr", "") or error
+            print(f"\nimagededup not run ({imagededup_python}): {str(detail).strip()[-300:]}")
+            return
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        files = sorted(owner)
+        position = {f: k for k, f in enumerate(files)}
+        union = UnionFind(len(files))
+        for name, matches in result["duplicates"].items():
+            for other in matches:
+                union.union(position[name], position[other])
+        rows = []
+        for members in union.components():
+            ids = [owner[files[m]] for m in members]
+            cid = cluster_id(ids)
+            rows += [{"sample_id": s, "cluster_id": cid} for s in ids]
+        theirs = pa.Table.from_pylist(
+            rows, schema=pa.schema([("sample_id", pa.string()), ("cluster_id", pa.string())])
+        )
+        print_report(
+            f"imagededup PHash.find_duplicates (max_distance_threshold=10, no mirror): "
+            f"encode + search {result['seconds']:.1f} s",
+            evaluate_clusters(theirs, present, truth),
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument(
+        "--numpy-full-limit",
+        type=int,
+        default=100_000,
+        help="largest n brute-forced completely; above it the time is extrapolated",
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="demo scale for part 2")
+    parser.add_argument("--imagededup-python", default=str(REPO / ".venv-bench" / "bin" / "python"))
+    parser.add_argument(
+        "--exact-limit",
+        type=int,
+        default=DedupParams().exact_search_limit,
+        help="largest n searched exactly by faiss (the stage's exact_search_limit)",
+    )
+    parser.add_argument("--skip-vectors", action="store_true")
+    parser.add_argument("--skip-images", action="store_true")
+    args = parser.parse_args(argv)
+    print(f"cpu cores: {os.cpu_count()}")
+    if not args.skip_vectors:
+        part1(args.sizes, args.dim, args.numpy_full_limit, args.exact_limit)
+    if not args.skip_images:
+        part2(args.scale, args.imagededup_python)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

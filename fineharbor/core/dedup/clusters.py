@@ -1,0 +1,459 @@
+"""Cross-source duplicate clusters: signals -> pairs -> union-find -> one kept member each.
+
+Every signal yields pairs of samples with a similarity:
+
+==================  ==============================================  ======================
+signal              pairs                                           similarity
+==================  ==============================================  ======================
+``exact_pixels``    images with the same decoded pixels             1.0
+``url_caption``     same normalised http(s) URL + caption (LAION)   1.0
+``text_exact``      text-only samples with the same normalised text 1.0
+``copy_embedding``  copy-detection cosine >= ``copy_threshold``     cosine
+``phash``           phash (or mirror phash) within the distance     1 - hamming / 64
+``clip_embedding``  CLIP cosine >= ``clip_threshold`` (off)         cosine
+``text_minhash``    text-only samples, shingle Jaccard >= threshold Jaccard
+==================  ==============================================  ======================
+
+Copy-embedding and phash candidates are verified by aligning the two images' pixels when the
+caller can load them (:mod:`~fineharbor.core.dedup.verify`): global descriptors also match
+look-alikes, the alignment does not. Samples of ``near_duplicate_exempt_sources`` are not
+near-matched among themselves (GUI screens). Image pairs become sample pairs (a sample is a
+duplicate when one of its images is). Pairs are unioned into clusters (DanQing), and the keep
+policy picks one member per cluster. Every member
+is reported with the strongest edge linking it to the kept member, or, when it reached the
+cluster only through others, its strongest edge to any neighbour. "Strongest" orders signals as
+listed above (exact before near), then by similarity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fineharbor.core.dedup.params import DedupParams
+from fineharbor.core.dedup.search import (
+    Pairs,
+    canonical_pairs,
+    cosine_pairs,
+    empty_pairs,
+    hamming_pairs,
+)
+from fineharbor.core.dedup.text import minhash_pairs, text_key, url_caption_key
+from fineharbor.core.dedup.union_find import UnionFind, cluster_id
+from fineharbor.core.dedup.verify import ImageKey, PairVerifier, ThumbnailLoader, VerifyConfig
+
+EXACT_PIXELS = "exact_pixels"
+URL_CAPTION = "url_caption"
+TEXT_EXACT = "text_exact"
+COPY = "copy_embedding"
+PHASH = "phash"
+CLIP = "clip_embedding"
+TEXT_MINHASH = "text_minhash"
+SIGNALS = (EXACT_PIXELS, URL_CAPTION, TEXT_EXACT, COPY, PHASH, CLIP, TEXT_MINHASH)
+_RANK = {signal: rank for rank, signal in enumerate(SIGNALS)}
+
+DUPLICATE_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("cluster_id", pa.string(), nullable=False),
+        pa.field("cluster_size", pa.int32(), nullable=False),
+        pa.field("kept_sample_id", pa.string(), nullable=False),
+        pa.field("is_kept", pa.bool_(), nullable=False),
+        pa.field("signal", pa.string(), nullable=False),
+        pa.field("similarity", pa.float32(), nullable=False),
+        pa.field("matched_sample_id", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Edge:
+    a: int
+    b: int
+    signal: str
+    similarity: float
+
+    def strength(self) -> tuple[int, float]:
+        """Sort key: smaller is stronger (exact signals first, then higher similarity)."""
+        return (_RANK[self.signal], -self.similarity)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Images:
+    """Valid signature rows, sorted by (sample_id, image_index), mapped to sample nodes."""
+
+    table: pa.Table
+    node: np.ndarray  # sample node of each image row
+
+
+def _sample_nodes(samples: pa.Table) -> tuple[list[str], dict[str, int]]:
+    ids = samples.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        raise ValueError("samples has repeated sample_id values")
+    return ids, {sample_id: node for node, sample_id in enumerate(ids)}
+
+
+def _image_rows(signatures: pa.Table, node_of: dict[str, int]) -> _Images:
+    """Decodable images of known samples. Signatures of samples absent from ``samples`` (dropped
+    by an earlier stage) are ignored: they cannot be kept or removed here."""
+    table = signatures
+    if "error" in table.column_names:
+        table = table.filter(pc.is_null(table.column("error")))
+    known = pa.array(list(node_of), pa.string())
+    table = table.filter(pc.is_in(table.column("sample_id"), value_set=known))
+    table = table.sort_by([("sample_id", "ascending"), ("image_index", "ascending")])
+    nodes = np.array([node_of[s] for s in table.column("sample_id").to_pylist()], dtype=np.int64)
+    return _Images(table, nodes)
+
+
+def _embeddings(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row positions with a vector, float32 matrix) of a list<float16> column."""
+    if column not in table.column_names:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    values = table.column(column).combine_chunks()
+    valid = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
+    if valid.size == 0:
+        return valid, np.zeros((0, 0), np.float32)
+    present = values.filter(values.is_valid())
+    dim = len(present[0])
+    flat = present.flatten().to_numpy(zero_copy_only=False)
+    if flat.size != dim * len(present):
+        raise ValueError(f"{column}: embeddings of different lengths")
+    return valid, flat.reshape(len(present), dim).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _group_pairs(keys: list[str | None]) -> Pairs:
+    """Star pairs (first member, other member) for every key shared by 2+ positions."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for position, key in enumerate(keys):
+        if key is not None:
+            groups[key].append(position)
+    i, j = [], []
+    for members in groups.values():
+        for other in members[1:]:
+            i.append(members[0])
+            j.append(other)
+    if not i:
+        return empty_pairs()
+    return canonical_pairs(np.array(i), np.array(j), np.ones(len(i), np.float32))
+
+
+def _to_nodes(pairs: Pairs, node: np.ndarray, signal: str) -> list[Edge]:
+    """Image (or subset) positions -> sample edges, dropping pairs inside one sample."""
+    i, j, sim = pairs
+    a, b = node[i], node[j]
+    return [
+        Edge(int(x), int(y), signal, float(s)) for x, y, s in zip(a, b, sim, strict=True) if x != y
+    ]
+
+
+def _verify_with_embedding(
+    pairs: Pairs, positions: np.ndarray, vectors: np.ndarray, min_cosine: float
+) -> Pairs:
+    """Drop pairs whose images both have a copy embedding and disagree with the hash."""
+    if positions.size == 0 or pairs[0].size == 0:
+        return pairs
+    top = max(positions.max(), pairs[0].max(), pairs[1].max())
+    row_of = np.full(int(top) + 1, -1, dtype=np.int64)
+    row_of[positions] = np.arange(positions.size)
+    ri, rj = row_of[pairs[0]], row_of[pairs[1]]
+    both = (ri >= 0) & (rj >= 0)
+    cosine = np.ones(ri.size, dtype=np.float32)
+    cosine[both] = np.einsum("ij,ij->i", vectors[ri[both]], vectors[rj[both]])
+    keep = ~both | (cosine >= min_cosine)
+    return pairs[0][keep], pairs[1][keep], pairs[2][keep]
+
+
+def _near_pairs(pairs: Pairs, node: np.ndarray, exempt: np.ndarray) -> Pairs:
+    """Image pairs that can become sample edges: not inside one sample, and not both from
+    sources exempt from near-duplicate matching."""
+    i, j, sim = pairs
+    a, b = node[i], node[j]
+    keep = (a != b) & ~(exempt[a] & exempt[b])
+    return i[keep], j[keep], sim[keep]
+
+
+def _cosine_candidates(table: pa.Table, column: str, threshold: float, params: DedupParams):
+    rows, vectors = _embeddings(table, column)
+    if rows.size < 2:
+        return empty_pairs(), rows, vectors
+    i, j, sim = cosine_pairs(
+        vectors,
+        threshold,
+        exact_limit=params.exact_search_limit,
+        kind=params.approximate_index,
+        nprobe=params.ivf_nprobe,
+    )
+    return (rows[i], rows[j], sim), rows, vectors
+
+
+def _phash_candidates(table: pa.Table, params: DedupParams) -> Pairs:
+    if "phash" not in table.column_names:
+        return empty_pairs()
+    hashed = np.flatnonzero(table.column("phash").is_valid().to_numpy(zero_copy_only=False))
+    if hashed.size < 2:
+        return empty_pairs()
+    # take() before to_numpy: a null would turn int64 into float64 and lose bits
+    rows = table.take(pa.array(hashed))
+    codes = rows.column("phash").to_numpy().astype(np.int64)
+    mirror = None
+    if params.phash_flip and "phash_flip" in table.column_names:
+        mirror = pc.coalesce(rows.column("phash_flip"), rows.column("phash")).to_numpy()
+        mirror = mirror.astype(np.int64)
+    i, j, sim = hamming_pairs(
+        codes, params.phash_max_distance, mirror_codes=mirror, exact_limit=params.binary_exact_limit
+    )
+    return hashed[i], hashed[j], sim
+
+
+def _pixel_verified(
+    candidates: list[tuple[str, Pairs]], table: pa.Table, verifier: PairVerifier
+) -> list[tuple[str, Pairs]]:
+    """Keep the candidate pairs whose pixels align (one loader call for all of them)."""
+    ids = table.column("sample_id").to_pylist()
+    indexes = table.column("image_index").to_pylist()
+
+    def key(position: int) -> ImageKey:
+        return (ids[position], int(indexes[position]))
+
+    flat = [(key(a), key(b)) for _, (i, j, _) in candidates for a, b in zip(i, j, strict=True)]
+    verdicts = iter(verifier.check(flat))
+    out = []
+    for signal, (i, j, sim) in candidates:
+        keep = np.fromiter((next(verdicts) for _ in range(i.size)), dtype=bool, count=i.size)
+        out.append((signal, (i[keep], j[keep], sim[keep])))
+    return out
+
+
+def image_edges(
+    images: _Images,
+    params: DedupParams,
+    exempt: np.ndarray,
+    verifier: PairVerifier | None = None,
+) -> list[Edge]:
+    """Edges from image signatures; ``exempt[node]`` marks samples of exempt sources.
+
+    Copy-detection and perceptual-hash candidates are checked by ``verifier`` (pixel alignment)
+    when one is given; CLIP pairs are semantic by intent and are not.
+    """
+    table, node = images.table, images.node
+    edges: list[Edge] = []
+    if params.exact_pixels and "sha256_pixels" in table.column_names:
+        keys = table.column("sha256_pixels").to_pylist()
+        edges += _to_nodes(_group_pairs(keys), node, EXACT_PIXELS)
+    candidates: list[tuple[str, Pairs]] = []
+    copy_rows, copy_vectors = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    if params.copy_embedding:
+        pairs, copy_rows, copy_vectors = _cosine_candidates(
+            table, COPY, params.copy_threshold, params
+        )
+        candidates.append((COPY, _near_pairs(pairs, node, exempt)))
+    elif params.phash and params.phash_verify_min_cosine is not None:
+        copy_rows, copy_vectors = _embeddings(table, COPY)
+    if params.phash:
+        pairs = _near_pairs(_phash_candidates(table, params), node, exempt)
+        if params.phash_verify_min_cosine is not None:
+            pairs = _verify_with_embedding(
+                pairs, copy_rows, copy_vectors, params.phash_verify_min_cosine
+            )
+        candidates.append((PHASH, pairs))
+    if verifier is not None:
+        candidates = _pixel_verified(candidates, table, verifier)
+    for signal, pairs in candidates:
+        edges += _to_nodes(pairs, node, signal)
+    if params.clip_embedding:
+        pairs, _, _ = _cosine_candidates(table, CLIP, params.clip_threshold, params)
+        edges += _to_nodes(_near_pairs(pairs, node, exempt), node, CLIP)
+    return edges
+
+
+def sample_edges(samples: pa.Table, params: DedupParams) -> list[Edge]:
+    nodes = np.arange(samples.num_rows, dtype=np.int64)
+    texts = samples.column("text").to_pylist()
+    edges: list[Edge] = []
+    if params.url_caption:
+        uris = samples.column("origin_uri").to_pylist()
+        keys = [url_caption_key(u, t) for u, t in zip(uris, texts, strict=True)]
+        edges += _to_nodes(_group_pairs(keys), nodes, URL_CAPTION)
+    n_images = samples.column("n_images").to_numpy(zero_copy_only=False)
+    text_only = np.flatnonzero(np.nan_to_num(n_images.astype(float), nan=0.0) == 0)
+    if text_only.size > 1:
+        only_texts = [texts[k] for k in text_only]
+        if params.text_exact:
+            pairs = _group_pairs([text_key(t) for t in only_texts])
+            edges += _to_nodes(pairs, text_only, TEXT_EXACT)
+        if params.text_minhash:
+            pairs = minhash_pairs(
+                only_texts,
+                threshold=params.minhash_threshold,
+                num_perm=params.minhash_num_perm,
+                shingle_size=params.shingle_size,
+                min_words=params.minhash_min_words,
+            )
+            edges += _to_nodes(pairs, text_only, TEXT_MINHASH)
+    return edges
+
+
+# --------------------------------------------------------------------------- keep policy
+
+
+def keep_rank_keys(
+    samples: pa.Table,
+    priorities: Mapping[str, int],
+    keep_order: tuple[str, ...],
+    max_pixels: np.ndarray | None = None,
+) -> list[tuple]:
+    """Per sample, a sort key where the smallest key is the member to keep.
+
+    Sources missing from ``priorities`` count as priority 0; missing resolution or quality
+    loses against any known value. The sample_id closes every tie.
+    """
+    sources = samples.column("source").to_pylist()
+    ids = samples.column("sample_id").to_pylist()
+    pixels = (
+        max_pixels
+        if max_pixels is not None
+        else samples.column("max_pixels").to_numpy(zero_copy_only=False)
+    )
+    quality = samples.column("quality").to_numpy(zero_copy_only=False)
+    keys = []
+    for k in range(samples.num_rows):
+        key: list = []
+        for criterion in keep_order:
+            if criterion == "priority":
+                key.append(-int(priorities.get(sources[k], 0)))
+            elif criterion == "resolution":
+                value = pixels[k]
+                key.append(-float(value) if value == value and value is not None else np.inf)
+            elif criterion == "quality":
+                value = quality[k]
+                key.append(-float(value) if value == value and value is not None else np.inf)
+        key.append(ids[k])
+        keys.append(tuple(key))
+    return keys
+
+
+def _max_pixels(samples: pa.Table, images: _Images) -> np.ndarray:
+    """The samples' ``max_pixels``, filled from signature sizes where the column is null."""
+    pixels = samples.column("max_pixels").to_numpy(zero_copy_only=False).astype(float)
+    table = images.table
+    if "width" in table.column_names and table.num_rows:
+        widths = table.column("width").to_numpy(zero_copy_only=False).astype(float)
+        heights = table.column("height").to_numpy(zero_copy_only=False).astype(float)
+        from_signatures = np.full(samples.num_rows, np.nan)
+        area = np.nan_to_num(widths * heights, nan=-1.0)
+        np.fmax.at(from_signatures, images.node, np.where(area >= 0, area, np.nan))
+        pixels = np.where(np.isnan(pixels), from_signatures, pixels)
+    return pixels
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def _best_edges(edges: list[Edge]) -> dict[tuple[int, int], Edge]:
+    best: dict[tuple[int, int], Edge] = {}
+    for edge in edges:
+        key = (min(edge.a, edge.b), max(edge.a, edge.b))
+        if key not in best or edge.strength() < best[key].strength():
+            best[key] = edge
+    return best
+
+
+def clusters_table(
+    ids: list[str],
+    sources: list[str],
+    edges: list[Edge],
+    rank_keys: list[tuple],
+) -> pa.Table:
+    """Union the edges and describe every member of every cluster (``DUPLICATE_SCHEMA``)."""
+    union = UnionFind(len(ids))
+    best = _best_edges(edges)
+    neighbours: dict[int, list[tuple[int, Edge]]] = defaultdict(list)
+    for (a, b), edge in sorted(best.items()):
+        union.union(a, b)
+        neighbours[a].append((b, edge))
+        neighbours[b].append((a, edge))
+    rows = []
+    for members in union.components(min_size=2):
+        kept = min(members, key=lambda m: rank_keys[m])
+        cid = cluster_id([ids[m] for m in members])
+        for member in sorted(members, key=lambda m: ids[m]):
+            links = neighbours[member]
+            direct = [(other, e) for other, e in links if other == kept]
+            other, edge = min(direct or links, key=lambda oe: (oe[1].strength(), ids[oe[0]]))
+            rows.append(
+                {
+                    "sample_id": ids[member],
+                    "source": sources[member],
+                    "cluster_id": cid,
+                    "cluster_size": len(members),
+                    "kept_sample_id": ids[kept],
+                    "is_kept": member == kept,
+                    "signal": edge.signal,
+                    "similarity": min(1.0, edge.similarity),
+                    "matched_sample_id": ids[other],
+                }
+            )
+    rows.sort(key=lambda r: (r["cluster_id"], r["sample_id"]))
+    return pa.Table.from_pylist(rows, schema=DUPLICATE_SCHEMA)
+
+
+def make_verifier(params: DedupParams, thumbnails: ThumbnailLoader | None) -> PairVerifier | None:
+    if thumbnails is None or not params.verify_pixels:
+        return None
+    config = VerifyConfig(fine=params.verify_size, max_crop_area=params.verify_max_crop_area)
+    return PairVerifier(
+        thumbnails,
+        config,
+        min_ncc=params.verify_min_ncc,
+        max_tile_residual=params.verify_max_tile_residual,
+    )
+
+
+def find_duplicates(
+    signatures: pa.Table,
+    samples: pa.Table,
+    params: DedupParams,
+    priorities: Mapping[str, int],
+    thumbnails: ThumbnailLoader | None = None,
+) -> pa.Table:
+    """One ``DUPLICATE_SCHEMA`` row per sample that belongs to a duplicate cluster.
+
+    ``signatures``: ``SIGNATURE_SCHEMA`` rows (extra columns ignored, embeddings optional).
+    ``samples``: ``SAMPLE_SCHEMA`` rows (see :func:`~fineharbor.core.dedup.samples.
+    compact_samples`) of every sample taking part. ``priorities``: source -> priority.
+    ``thumbnails``: loads verification thumbnails for ``(sample_id, image_index)`` keys (see
+    :func:`~fineharbor.core.dedup.verify.batches_thumbnail_loader`); with it, near-duplicate
+    candidates are verified pixel by pixel (``params.verify_*``), without it they are not.
+
+    Rows come sorted by (cluster_id, sample_id); the same inputs in any order give the same
+    table. The schema metadata ``fineharbor.dedup`` holds edge counts per signal and the
+    verification counts, as JSON.
+    """
+    samples = samples.sort_by([("sample_id", "ascending")])
+    ids, node_of = _sample_nodes(samples)
+    images = _image_rows(signatures, node_of)
+    exempt_sources = set(params.near_duplicate_exempt_sources)
+    exempt = np.array([s in exempt_sources for s in samples.column("source").to_pylist()], bool)
+    verifier = make_verifier(params, thumbnails)
+    edges = image_edges(images, params, exempt, verifier) + sample_edges(samples, params)
+    rank_keys = keep_rank_keys(samples, priorities, params.keep_order, _max_pixels(samples, images))
+    table = clusters_table(ids, samples.column("source").to_pylist(), edges, rank_keys)
+    report = {
+        "edges": dict(sorted(Counter(e.signal for e in edges).items())),
+        "verification": verifier.stats() if verifier is not None else None,
+    }
+    return table.replace_schema_metadata({"fineharbor.dedup": json.dumps(report)})

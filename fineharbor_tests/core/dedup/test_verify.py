@@ -1,0 +1,158 @@
+"""Pixel verification: copies (resize, JPEG, crop, flip) align; look-alikes do not."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image, ImageDraw
+
+from fineharbor.core.dedup import DedupParams, find_duplicates
+from fineharbor.core.dedup.samples import SAMPLE_SCHEMA
+from fineharbor.core.dedup.verify import (
+    PairVerifier,
+    align,
+    batches_thumbnail_loader,
+    thumbnail,
+)
+from fineharbor.core.signatures import SIGNATURE_SCHEMA
+
+PASS = {"min_ncc": 0.90, "max_tile_residual": 16.0}
+
+
+def scene(seed: int, shape: str = "circle", colour=(220, 40, 40), offset: int = 0) -> Image.Image:
+    """A textured background with grain and a few shapes, like the demo's scenes."""
+    rng = np.random.default_rng(seed)
+    w, h = 480, 360
+    base = np.linspace(150, 210, w, dtype=np.float32)[None, :, None].repeat(h, 0).repeat(3, 2)
+    base += rng.normal(0, 6, (h, w, 1)).astype(np.float32)
+    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    box = (140 + offset, 120, 240 + offset, 220)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    else:
+        draw.rectangle(box, fill=colour)
+    draw.rectangle((330, 60, 400, 130), fill=(30, 60, 200))
+    return image
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def passes(a: Image.Image, b: Image.Image) -> bool:
+    score, residual = align(thumbnail(a, 64), thumbnail(b, 64))
+    return score >= PASS["min_ncc"] and residual <= PASS["max_tile_residual"]
+
+
+@pytest.fixture(scope="module")
+def original() -> Image.Image:
+    return scene(1)
+
+
+def test_copies_pass(original):
+    w, h = original.size
+    copies = {
+        "resize": original.resize((w * 6 // 10, h * 6 // 10), Image.Resampling.LANCZOS),
+        "jpeg": jpeg(original, 30),
+        "crop": original.crop((20, 10, 20 + round(w * 0.9), 10 + round(h * 0.9))),
+        "uneven crop": original.crop((0, 0, round(w * 0.82), h)),
+        "flip": original.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        "flip of a crop": original.crop((30, 0, w, h - 20)).transpose(
+            Image.Transpose.FLIP_LEFT_RIGHT
+        ),
+    }
+    for name, copy in copies.items():
+        assert passes(original, copy), name
+        assert passes(copy, original), name  # symmetric: either image may be the crop
+
+
+def test_look_alikes_fail(original):
+    look_alikes = {
+        "other shape": scene(1, shape="square"),
+        "other colour": scene(1, colour=(40, 180, 60)),
+        "moved shape": scene(1, offset=60),
+        "other grain and layout": scene(2, offset=-40),
+    }
+    for name, other in look_alikes.items():
+        assert not passes(original, other), name
+
+
+def test_verifier_loads_once_caches_and_keeps_unverifiable_pairs(original):
+    calls = []
+    thumbs = {("a", 0): thumbnail(original, 64), ("b", 0): thumbnail(jpeg(original, 40), 64)}
+    thumbs[("c", 0)] = thumbnail(scene(1, shape="square"), 64)
+
+    def loader(keys):
+        calls.append(list(keys))
+        return {k: thumbs[k] for k in keys if k in thumbs}
+
+    verifier = PairVerifier(loader, **PASS)
+    pairs = [(("a", 0), ("b", 0)), (("a", 0), ("c", 0)), (("b", 0), ("zz", 0))]
+    assert verifier.check(pairs) == [True, False, True]
+    assert verifier.check([(("b", 0), ("a", 0))]) == [True]  # cached, either order
+    assert len(calls) == 1
+    assert verifier.stats()["pairs_refuted"] == 1 and verifier.stats()["unverifiable"] == 1
+
+
+def _encoded(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_find_duplicates_refutes_look_alikes_with_a_loader(original):
+    images = {
+        "orig": original,
+        "copy": original.crop((24, 18, 456, 342)),
+        "alike": scene(1, shape="square"),
+    }
+    same = np.zeros(8, np.float16)
+    same[0] = 1.0  # every embedding identical: the descriptor alone would merge all three
+    signatures = pa.Table.from_pylist(
+        [
+            {
+                "sample_id": sid,
+                "source": "s",
+                "image_index": 0,
+                "width": img.width,
+                "height": img.height,
+                "sha256_bytes": None,
+                "sha256_pixels": sid,
+                "phash": None,
+                "phash_flip": None,
+                "copy_embedding": same.tolist(),
+                "clip_embedding": None,
+                "error": None,
+            }
+            for sid, img in images.items()
+        ],
+        schema=SIGNATURE_SCHEMA,
+    )
+    samples = pa.Table.from_pylist(
+        [
+            {"sample_id": s, "source": "s", "origin_uri": None, "text": s, "n_images": 1,
+             "max_pixels": None, "quality": None}
+            for s in images
+        ],
+        schema=SAMPLE_SCHEMA,
+    )  # fmt: skip
+    batch = pa.table(
+        {
+            "sample_id": list(images),
+            "images": [[{"bytes": _encoded(img), "path": None}] for img in images.values()],
+        }
+    ).to_batches()
+    loader = batches_thumbnail_loader(lambda: iter(batch))
+    unverified = find_duplicates(signatures, samples, DedupParams(), {})
+    assert set(unverified.column("sample_id").to_pylist()) == set(images)
+    verified = find_duplicates(signatures, samples, DedupParams(), {}, thumbnails=loader)
+    assert set(verified.column("sample_id").to_pylist()) == {"orig", "copy"}
+    assert b'"pairs_refuted": 2' in verified.schema.metadata[b"fineharbor.dedup"]
+    off = find_duplicates(signatures, samples, DedupParams(verify_pixels=False), {}, loader)
+    assert off.num_rows == 3
