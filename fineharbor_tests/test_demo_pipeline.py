@@ -1,5 +1,6 @@
 """End to end: `fineharbor demo` on a small scale, through a persistent Dagster instance."""
 
+import itertools
 from pathlib import Path
 
 import duckdb
@@ -56,14 +57,20 @@ def test_every_source_reaches_the_catalog(demo_home):
 def test_every_partition_conserves_rows(demo_home):
     home, _ = demo_home
     storage = Storage(str(home))
-    chain = ["raw_samples", "unified_samples", "cleaned_samples"]
+    chain = [
+        "raw_samples",
+        "unified_samples",
+        "cleaned_samples",
+        "deduplicated_samples",
+        "decontaminated_samples",
+    ]
     for source in storage.partitions("raw_samples"):
         assert (
             storage.count_rows("raw_samples", source)
             + storage.count_rows("raw_samples", source, kind="rejects")
             > 0
         )
-        for upstream, stage in zip(chain, chain[1:]):
+        for upstream, stage in itertools.pairwise(chain):
             assert storage.count_rows(upstream, source) == storage.count_rows(
                 stage, source
             ) + storage.count_rows(stage, source, kind="rejects"), (stage, source)

@@ -183,8 +183,8 @@ def cleaned_distributions(storage: Storage, report: StageReport) -> dict:
             f"from read_parquet({_files_sql(files)}))"
         ).fetchall()
         lengths = connection.execute(
-            f"select list_sum(list_transform(texts, lambda t: length(t.user) + length(t.assistant))) "
-            f"from read_parquet({_files_sql(files)})"
+            "select list_sum(list_transform(texts, lambda t: length(t.user) + "
+            f"length(t.assistant))) from read_parquet({_files_sql(files)})"
         ).fetchall()
     return {
         "image_sides": dg.MetadataValue.md(
