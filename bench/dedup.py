@@ -222,6 +222,7 @@ def part2(scale: float, imagededup_python: str) -> None:
     from fineharbor.core.dedup import DedupParams, compact_samples, find_duplicates
     from fineharbor.core.dedup.evaluate import evaluate_clusters
     from fineharbor.core.dedup.union_find import UnionFind, cluster_id
+    from fineharbor.core.dedup.verify import batches_thumbnail_loader
     from fineharbor.core.signatures import SignatureParams, compute_signatures
     from fineharbor.core.stages import UNIFIED
 
@@ -256,7 +257,12 @@ def part2(scale: float, imagededup_python: str) -> None:
             [t for n in names for t in compute_signatures(storage.iter_batches(UNIFIED, n), params)]
         )
         hash_seconds = time.perf_counter() - started
-        for distance in (4, 10):
+        loader = batches_thumbnail_loader(
+            lambda: itertools.chain.from_iterable(
+                storage.iter_batches(UNIFIED, n, columns=["sample_id", "images"]) for n in names
+            )
+        )
+        for distance, thumbnails in ((4, None), (10, None), (4, loader), (10, loader)):
             started = time.perf_counter()
             ours = find_duplicates(
                 signed,
@@ -270,11 +276,13 @@ def part2(scale: float, imagededup_python: str) -> None:
                     text_minhash=False,
                 ),
                 priorities,
+                thumbnails,
             )
             search_seconds = time.perf_counter() - started
+            verified = "pixel-verified" if thumbnails else "unverified"
             print_report(
-                f"fineharbor phash<={distance} + mirror phash + pixel hash: hashing "
-                f"{hash_seconds:.1f} s (shared), search {search_seconds:.2f} s",
+                f"fineharbor phash<={distance} + mirror phash + pixel hash, {verified}: hashing "
+                f"{hash_seconds:.1f} s (shared), search + verification {search_seconds:.2f} s",
                 evaluate_clusters(ours, present, truth),
             )
 

@@ -6,6 +6,7 @@ Dagster here, so the same functions run from the CLI, a process pool or a distri
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -202,6 +203,7 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
     from fineharbor.core.dedup.clusters import DUPLICATE_SCHEMA, find_duplicates
     from fineharbor.core.dedup.diversity import diversity_score
     from fineharbor.core.dedup.samples import compact_samples
+    from fineharbor.core.dedup.verify import batches_thumbnail_loader
     from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
 
     sources = _train_sources(project, storage, SIGNATURES)
@@ -218,8 +220,15 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
     )
     priorities = {s.name: s.priority for s in project.sources}
     params = project.stages.dedup
+    # Candidate pairs are verified on small thumbnails (alignment + tile residuals), streamed
+    # from the cleaned partitions once: look-alikes that embeddings confuse are not copies.
+    thumbnails = batches_thumbnail_loader(
+        lambda: itertools.chain.from_iterable(
+            storage.iter_batches(CLEANED, s, columns=["sample_id", "images"]) for s in sources
+        )
+    )
     clusters = (
-        find_duplicates(signatures, samples, params, priorities)
+        find_duplicates(signatures, samples, params, priorities, thumbnails=thumbnails)
         if samples is not None
         else DUPLICATE_SCHEMA.empty_table()
     )

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fineharbor.core.strict import StrictModel as _Strict
 from fineharbor.core.judge.prompts import AXES, Axis
+from fineharbor.core.strict import StrictModel as _Strict
 
 BackendKind = Literal["transformers", "openai", "none"]
 
