@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import socket
@@ -108,21 +109,73 @@ def demo_images(config) -> Iterator[bytes]:
 
 def train_demo_copy_detector(config, steps: int) -> None:
     """The demo's SSCD stand-in: trained self-supervised on the demo images (no pair labels),
-    exported as TorchScript to the path `stages.signatures.sscd_path` names."""
+    exported as TorchScript to the path `stages.signatures.sscd_path` names. A model trained
+    on the same images with the same steps is reused (its fingerprint sits beside it)."""
     from fineharbor.core.signatures.train_copy_detector import (
         TrainConfig,
         export_torchscript,
         train_copy_detector,
     )
 
-    target = config.stages.signatures.sscd_path
-    if not target or Path(target).exists():
+    target = Path(config.stages.signatures.sscd_path)
+    images = list(demo_images(config))
+    digest = hashlib.sha256(f"steps={steps}".encode())
+    for image in images:
+        digest.update(hashlib.sha256(image).digest())
+    stamp = target.with_name(target.name + ".fingerprint")
+    if target.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest():
+        print(f"      copy detector: reused {target} (same images and steps)", flush=True)
         return
     started = time.perf_counter()
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    model = train_copy_detector(demo_images(config), TrainConfig(steps=steps))
-    export_torchscript(model, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model = train_copy_detector(iter(images), TrainConfig(steps=steps))
+    export_torchscript(model, str(target))
+    stamp.write_text(digest.hexdigest())
     print(f"      copy detector: {steps} steps in {time.perf_counter() - started:.0f}s", flush=True)
+
+
+def print_planted_defect_scores(config, home: Path) -> None:
+    """The demo knows its planted defects: show how many dedup and decontamination caught."""
+    from fineharbor.core.demo.quality import score_planted_defects
+    from fineharbor.core.storage import Storage
+
+    scores = score_planted_defects(
+        config, Storage(str(home)), home / "demo" / "ground_truth.parquet"
+    )
+    print("\nplanted duplicates caught (duplicate_clusters vs ground truth):")
+    _print_table(
+        ["transform", "planted", "found", "recall", "precision"],
+        [
+            (
+                r["transform"],
+                r["planted"],
+                r["found"],
+                f"{r['recall']:.3f}",
+                f"{r['precision']:.3f}",
+            )
+            for r in scores.dedup.rows()
+        ],
+    )
+    print(f"all predicted duplicate pairs: precision {scores.dedup.precision:.3f}")
+    print("\nplanted benchmark copies caught (decontaminated_samples vs ground truth):")
+    _print_table(
+        ["transform", "planted", "flagged", "recall", "matched original"],
+        [
+            (
+                r["transform"],
+                r["planted"],
+                r["flagged"],
+                f"{r['recall']:.3f}",
+                r["matched_original"],
+            )
+            for r in scores.decontam.rows()
+        ],
+    )
+    decontam = scores.decontam
+    print(
+        f"false positives: {len(decontam.false_positives)} of {decontam.clean_samples} clean "
+        f"samples ({decontam.false_positive_rate:.2%})"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -147,7 +200,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = load_config()
     if config.stages.signatures.sscd_path:
         print("[2/4] training the demo copy detector named in the config", flush=True)
-        Path(config.stages.signatures.sscd_path).unlink(missing_ok=True)  # new images, new model
         train_demo_copy_detector(config, args.model_steps)
     else:
         print("[2/4] no demo models configured: hash signatures only", flush=True)
@@ -157,6 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         failures = materialize_all()
     print("[4/4] summary", flush=True)
     _print_table(*funnel())
+    if not failures:
+        print_planted_defect_scores(config, home)
     elapsed = time.perf_counter() - started
     print(
         f"\ndone in {elapsed:.0f}s. Next:\n"

@@ -138,3 +138,117 @@ def test_cleaning_rejects_every_planted_defect_and_keeps_clean_samples(demo_home
     clean = [key for key in unified if key not in planted]
     wrongly = [key for key in clean if key in rejected]
     assert len(wrongly) <= 0.01 * len(clean), wrongly
+
+
+def planted_scores(home: Path):
+    from fineharbor.core.demo.quality import score_planted_defects
+
+    config = load_config(REPO / "fineharbor.yaml")
+    return score_planted_defects(config, Storage(str(home)), home / "demo" / "ground_truth.parquet")
+
+
+def test_planted_duplicates_are_clustered_per_transform(demo_home):
+    home, _ = demo_home
+    report = planted_scores(home).dedup
+    assert set(report.by_transform) == {"exact", "resize", "jpeg", "crop", "flip"}
+    for name, score in report.by_transform.items():
+        assert score.planted > 0, name
+        assert score.recall >= 0.98, (name, score.missed)
+        assert score.precision >= 0.99, (name, score.wrong)
+    assert report.precision >= 0.99, report.false_pairs
+
+
+def test_planted_benchmark_copies_are_removed_without_false_positives(demo_home):
+    home, _ = demo_home
+    report = planted_scores(home).decontam
+    every = report.by_transform["all"]
+    assert every.planted >= 8
+    assert every.recall >= 0.95, every.missed
+    assert every.matched_original == every.flagged  # each names the benchmark image copied
+    assert report.false_positive_rate <= 0.001, report.false_positives
+
+
+def test_contamination_report_totals_equal_a_count_over_the_rejects(demo_home):
+    home, _ = demo_home
+    storage = Storage(str(home))
+    report = {
+        (r["source"], r["benchmark"]): r
+        for r in storage.read_table("contamination_report").to_pylist()
+    }
+    with duckdb.connect() as connection:
+        flagged, images = connection.execute(
+            f"select count(*), sum(images_flagged) from read_parquet('{home}/rejects/decontaminated_samples/*/*.parquet') "
+            "where reason = 'benchmark_match'"
+        ).fetchall()[0]
+        checked = connection.execute(
+            f"select count(*) from read_parquet('{home}/data/deduplicated_samples/*/*.parquet', hive_partitioning=true) "
+            "where source <> 'bench_vqa'"
+        ).fetchall()[0][0]
+    overall = report[("*", "*")]
+    assert flagged > 0
+    assert (overall["samples_flagged"], overall["images_flagged"]) == (flagged, images)
+    assert overall["samples"] == checked
+    assert overall["sample_rate"] == round(flagged / checked, 5)
+    assert (
+        sum(r["samples_flagged"] for (s, b), r in report.items() if s != "*" and b == "*")
+        == flagged
+    )
+
+
+def test_contamination_rate_check_ran_on_every_train_partition(demo_home):
+    import dagster as dg
+
+    home, _ = demo_home
+    config = load_config(REPO / "fineharbor.yaml")
+    key = dg.AssetCheckKey(dg.AssetKey("decontaminated_samples"), "contamination_rate_within_limit")
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+        # check results returned with a partition's materialization carry its run's partition
+        partitions = {
+            instance.get_run_by_id(r.run_id).tags.get("dagster/partition") for r in records
+        }
+    evaluations = [r.event.dagster_event.event_specific_data for r in records if r.event]
+    assert partitions >= set(config.source_names)
+    assert all(e.passed for e in evaluations)
+    assert {e.metadata["max_contamination_rate"].value for e in evaluations} == {0.05}
+
+
+def test_a_changed_match_threshold_changes_the_next_materialization(demo_home, tmp_path):
+    import dagster as dg
+
+    from fineharbor.defs.ingest import decontaminated_samples
+    from fineharbor.defs.partitions import source_partitions
+    from fineharbor.defs.resources import EmbedderResource, FineharborProject
+
+    home, _ = demo_home
+    storage = Storage(str(home))
+    source = "cauldron_charts"
+
+    def flagged() -> int:
+        rejects = storage.read_table("decontaminated_samples", source, kind="rejects")
+        return rejects.column("reason").to_pylist().count("benchmark_match")
+
+    def materialize(config_path: Path) -> None:
+        project = FineharborProject(config_path=str(config_path), home=str(home))
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(source_partitions.name, [source])
+        result = dg.materialize(
+            [decontaminated_samples],
+            partition_key=source,
+            instance=instance,
+            resources={"project": project, "embedder": EmbedderResource()},
+        )
+        assert result.success
+
+    before = flagged()
+    strict = tmp_path / "fineharbor.yaml"
+    strict.write_text(
+        (REPO / "fineharbor.yaml").read_text()
+        + "  decontam:\n    image_threshold: 1.0\n    use_phash: false\n    use_text: false\n"
+    )
+    materialize(strict)
+    after = flagged()
+    materialize(REPO / "fineharbor.yaml")
+    assert before > 0
+    assert after < before
+    assert flagged() == before

@@ -11,6 +11,7 @@ from fineharbor.core.stages import StageReport
 from fineharbor.core.storage import Storage
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.reporting import (
+    StageCheck,
     cleaned_distributions,
     column_schema,
     markdown_table,
@@ -49,6 +50,7 @@ def per_source_stage(
     pool: str | None = None,
     code_version: str = "1",
     plots: Callable[[Storage, StageReport], dict] | None = None,
+    checks: Sequence[StageCheck] = (),
 ) -> dg.AssetsDefinition:
     """A partitioned asset around a core stage function, with the blocking data checks."""
 
@@ -59,7 +61,7 @@ def per_source_stage(
         kinds=set(kinds),
         deps=list(deps),
         pool=pool,
-        check_specs=stage_check_specs(name),
+        check_specs=[*stage_check_specs(name), *(c.spec(name) for c in checks)],
         code_version=code_version,
         description=description,
     )
@@ -68,7 +70,8 @@ def per_source_stage(
         report = builder(project.config, context.partition_key, project.storage, progress)
         if plots is not None:
             report.extra.update(plots(project.storage, report))
-        return stage_result(report, project.storage)
+        extra = [check.result(project.config, report) for check in checks]
+        return stage_result(report, project.storage, extra)
 
     return _stage
 
@@ -235,6 +238,28 @@ def benchmark_index(project: FineharborProject) -> dg.MaterializeResult:
     return _global_result(index, stats, summary)
 
 
+def _contamination_within_limit(config: ProjectConfig, report: StageReport) -> tuple[bool, dict]:
+    limit = config.stages.decontam.max_contamination_rate
+    if config.source(report.partition).role == "benchmark":
+        return True, {"role": "benchmark", "max_contamination_rate": limit}
+    flagged = report.reasons.get("benchmark_match", 0)
+    rate = flagged / report.rows_in if report.rows_in else 0.0
+    return rate <= limit, {
+        "samples_flagged": flagged,
+        "samples": report.rows_in,
+        "sample_rate": round(rate, 5),
+        "max_contamination_rate": limit,
+    }
+
+
+CONTAMINATION_RATE = StageCheck(
+    "contamination_rate_within_limit",
+    "share of the partition's samples matching a benchmark is at most "
+    "stages.decontam.max_contamination_rate (not blocking: the matches are already removed, "
+    "but a high rate says the source was built from test data)",
+    _contamination_within_limit,
+)
+
 decontaminated_samples = per_source_stage(
     "decontaminated_samples",
     stages.build_decontaminated_samples,
@@ -247,6 +272,7 @@ decontaminated_samples = per_source_stage(
         "`benchmark_match` reject names the benchmark, the matched sample, the signal and the "
         "similarity. A benchmark source's own samples are rejected as `benchmark_source`."
     ),
+    checks=[CONTAMINATION_RATE],
 )
 
 FIRST_PASS_ASSETS = [raw_samples, unified_samples, cleaned_samples, image_signatures]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import dagster as dg
 import duckdb
 import pyarrow as pa
 
+from fineharbor.core.config import ProjectConfig
 from fineharbor.core.stages import StageReport
 from fineharbor.core.storage import Storage
 
@@ -36,6 +40,28 @@ def stage_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
             description="the written Parquet schema holds every declared column with its type",
         ),
     ]
+
+
+@dataclass(frozen=True)
+class StageCheck:
+    """A stage's own check beside the data-protecting ones: a limit the project file sets.
+
+    ``evaluate`` returns whether the partition passed and the figures shown with the result.
+    """
+
+    name: str
+    description: str
+    evaluate: Callable[[ProjectConfig, StageReport], tuple[bool, dict]]
+    blocking: bool = False
+
+    def spec(self, asset: str) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(
+            self.name, asset=asset, blocking=self.blocking, description=self.description
+        )
+
+    def result(self, config: ProjectConfig, report: StageReport) -> dg.AssetCheckResult:
+        passed, figures = self.evaluate(config, report)
+        return dg.AssetCheckResult(check_name=self.name, passed=passed, metadata=figures)
 
 
 def _files_sql(files: list[str]) -> str:
@@ -150,10 +176,14 @@ def stage_metadata(report: StageReport, storage: Storage) -> dict:
     }
 
 
-def stage_result(report: StageReport, storage: Storage) -> dg.MaterializeResult:
+def stage_result(
+    report: StageReport,
+    storage: Storage,
+    extra_checks: list[dg.AssetCheckResult] | None = None,
+) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata=stage_metadata(report, storage),
-        check_results=stage_check_results(report, storage),
+        check_results=[*stage_check_results(report, storage), *(extra_checks or [])],
     )
 
 

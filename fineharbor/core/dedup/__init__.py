@@ -1,28 +1,52 @@
 """Cross-source deduplication: exact and near-duplicate signals, union-find clusters, keep
-policy, and FineVision's diversity score (the ``duplicate_clusters`` stage core)."""
+policy, and FineVision's diversity score (the ``duplicate_clusters`` stage core).
 
-from fineharbor.core.dedup.clusters import DUPLICATE_SCHEMA, SIGNALS, find_duplicates
-from fineharbor.core.dedup.diversity import CovarianceAccumulator, Diversity, diversity_score
-from fineharbor.core.dedup.params import DedupParams
-from fineharbor.core.dedup.samples import SAMPLE_SCHEMA, compact_samples
-from fineharbor.core.dedup.search import (
-    RecallReport,
-    brute_force_cosine_pairs,
-    build_approximate_index,
-    cosine_pairs,
-    exact_cosine_pairs,
-    hamming_pairs,
-    measure_recall,
-)
-from fineharbor.core.dedup.text import minhash_pairs, normalise_url, text_key, url_caption_key
-from fineharbor.core.dedup.union_find import UnionFind, cluster_id
-from fineharbor.core.dedup.verify import (
-    PairVerifier,
-    Thumbnail,
-    align,
-    batches_thumbnail_loader,
-    thumbnails_from_batches,
-)
+Names resolve on first use: the project config imports ``DedupParams`` and must not pay for
+faiss, datasketch and scipy at load time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "CovarianceAccumulator": "diversity",
+    "DUPLICATE_SCHEMA": "clusters",
+    "DedupParams": "params",
+    "Diversity": "diversity",
+    "PairVerifier": "verify",
+    "RecallReport": "search",
+    "SAMPLE_SCHEMA": "samples",
+    "SIGNALS": "clusters",
+    "Thumbnail": "verify",
+    "UnionFind": "union_find",
+    "align": "verify",
+    "batches_thumbnail_loader": "verify",
+    "brute_force_cosine_pairs": "search",
+    "build_approximate_index": "search",
+    "cluster_id": "union_find",
+    "compact_samples": "samples",
+    "cosine_pairs": "search",
+    "diversity_score": "diversity",
+    "exact_cosine_pairs": "search",
+    "find_duplicates": "clusters",
+    "hamming_pairs": "search",
+    "measure_recall": "search",
+    "minhash_pairs": "text",
+    "normalise_url": "text",
+    "text_key": "text",
+    "thumbnails_from_batches": "verify",
+    "url_caption_key": "text",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"fineharbor.core.dedup.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DUPLICATE_SCHEMA",
