@@ -18,6 +18,7 @@ from fineharbor.defs.reporting import (
     stage_result,
 )
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
+from fineharbor.defs.review import review_page_metadata, source_config
 
 StageBuilder = Callable[[ProjectConfig, str, Storage, Callable[[int], None]], StageReport]
 
@@ -49,8 +50,12 @@ def per_source_stage(
     pool: str | None = None,
     code_version: str = "1",
     plots: Callable[[Storage, StageReport], dict] | None = None,
+    review_page: bool = False,
 ) -> dg.AssetsDefinition:
-    """A partitioned asset around a core stage function, with the blocking data checks."""
+    """A partitioned asset around a core stage function, with the blocking data checks.
+
+    The stage runs with the source's reviewed overrides applied; `review_page` regenerates the
+    source's HTML review page after the stage and links it in the metadata."""
 
     @dg.asset(
         name=name,
@@ -65,9 +70,12 @@ def per_source_stage(
     )
     def _stage(context: dg.AssetExecutionContext, project: FineharborProject):
         progress = ProgressLog(context.log, f"{name} {context.partition_key}")
-        report = builder(project.config, context.partition_key, project.storage, progress)
+        config = source_config(project, context.partition_key)
+        report = builder(config, context.partition_key, project.storage, progress)
         if plots is not None:
             report.extra.update(plots(project.storage, report))
+        if review_page:
+            report.extra.update(review_page_metadata(project, context.partition_key))
         return stage_result(report, project.storage)
 
     return _stage
@@ -114,6 +122,7 @@ cleaned_samples = per_source_stage(
         "Each reject names its rule, the measured value and the threshold."
     ),
     plots=cleaned_distributions,
+    review_page=True,
 )
 
 
@@ -247,6 +256,7 @@ decontaminated_samples = per_source_stage(
         "`benchmark_match` reject names the benchmark, the matched sample, the signal and the "
         "similarity. A benchmark source's own samples are rejected as `benchmark_source`."
     ),
+    review_page=True,
 )
 
 FIRST_PASS_ASSETS = [raw_samples, unified_samples, cleaned_samples, image_signatures]
