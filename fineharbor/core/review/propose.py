@@ -630,9 +630,12 @@ def write_proposal(proposal: Proposal, config_path: str | Path) -> Path:
     if proposal.name in load_config(path).source_names:
         raise ProposalError(f"{path}: a source named {proposal.name!r} exists; pass --name")
     lines = path.read_text().splitlines()
-    start = next(
-        (i for i, line in enumerate(lines) if re.match(r"^sources\s*:\s*(#.*)?$", line)), None
-    )
+    heads = [i for i, line in enumerate(lines) if re.match(r"^sources\s*:", line)]
+    start = heads[0] if heads else None
+    if start is not None and re.match(r"^sources\s*:\s*\[\s*\]\s*(#.*)?$", lines[start]):
+        lines[start] = "sources:"  # a new project's empty flow list becomes a block list
+    elif start is not None and not re.match(r"^sources\s*:\s*(#.*)?$", lines[start]):
+        start = None
     if start is None:
         raise ProposalError(f"{path}: no block-style `sources:` list to add the source to")
     end = next((i for i in range(start + 1, len(lines)) if _TOP_KEY.match(lines[i])), len(lines))
