@@ -219,8 +219,8 @@ def _format_error(path: Path, error: ValidationError) -> str:
 
 
 def load_reviews(path: str | Path, project: ProjectConfig | None = None) -> ReviewLog:
-    """The decisions file (an absent file is an empty log). With `project`, every reviewed
-    source must be configured and every override must be valid for it."""
+    """The decisions file (an absent file is an empty log). With `project`, every override of
+    a configured source must be a valid stage parameter."""
     path = Path(path)
     if not path.exists():
         return ReviewLog()
@@ -238,29 +238,32 @@ def load_reviews(path: str | Path, project: ProjectConfig | None = None) -> Revi
 
 
 def check_against_project(log: ReviewLog, project: ProjectConfig, path: Path) -> None:
+    """Every configured source's overrides must be valid parameters. Decisions about sources
+    no longer configured are kept as history and ignored."""
     problems = []
     for name in log.sources:
         if name not in project.source_names:
-            problems.append(f"  sources.{name}: no such source in the project file")
             continue
         try:
             effective_stage_params(project.stages, log.state(name).overrides)
         except ValueError as error:
             problems.append(f"  sources.{name}: {error}")
     if problems:
-        raise ConfigError(
-            f"{path}: invalid reviews file ({len(problems)} problem(s))\n" + "\n".join(problems)
-        )
+        head = f"{path}: invalid reviews file ({len(problems)} problem(s))"
+        raise ConfigError("\n".join([head, *problems]))
 
 
 def save_reviews(log: ReviewLog, path: str | Path) -> None:
     """Write atomically (temp file + rename): a killed write leaves the previous file."""
     path = Path(path)
     data = log.model_dump(mode="json", exclude_defaults=False)
-    for entries in data["sources"].values():
-        for entry in entries:
-            if not entry.get("note"):
-                entry.pop("note", None)
+    data["sources"] = {
+        name: [
+            {"action": e["action"], **{k: v for k, v in e.items() if k != "action" and v != ""}}
+            for e in entries
+        ]
+        for name, entries in data["sources"].items()
+    }
     text = (
         "# Review decisions per source (fineharbor review SOURCE --approve|--reject|--flag|"
         "--override).\n# Append-only; commit it with the project file.\n"
