@@ -235,6 +235,16 @@ def _reviewer() -> str:
     return os.environ.get("FINEHARBOR_REVIEWER") or getpass.getuser()
 
 
+def _unknown_ids(storage, source: str, ids: Sequence[str]) -> list[str]:
+    """Ids not among the source's unified samples (none when it is not materialized yet)."""
+    if not storage.has_partition("unified_samples", source):
+        return []
+    wanted = set(ids)
+    for batch in storage.iter_batches("unified_samples", source, columns=["sample_id"]):
+        wanted -= set(batch.column("sample_id").to_pylist())
+    return sorted(wanted)
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     import yaml
 
@@ -269,6 +279,9 @@ def cmd_review(args: argparse.Namespace) -> int:
         decisions.append(Reject(action="reject", **stamp))
     if args.flag:
         decisions.append(Flag(action="flag", sample_ids=args.flag, **stamp))
+        unknown = _unknown_ids(Storage(str(fineharbor_home())), source.name, args.flag)
+        if unknown:
+            print(f"warning: not in unified_samples of {source.name}: {', '.join(unknown)}")
     if args.unflag:
         decisions.append(Flag(action="unflag", sample_ids=args.unflag, **stamp))
     for item in args.override or []:

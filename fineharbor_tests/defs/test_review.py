@@ -108,7 +108,11 @@ def test_new_source_reviewed_before_release(project, home, monkeypatch, capsys):
         assert main([*args, "--approve"]) == 0
         assert "approved by dana" in page.read_text()  # the command refreshes the page
         # Approved, one sample flagged: the rest enters the release.
+        capsys.readouterr()
         assert main([*args, "--flag", ids[0], "--note", "a watermark"]) == 0
+        assert "warning" not in capsys.readouterr().out
+        assert main([*args, "--flag", "no-such-id"]) == 0  # recorded, with a warning
+        assert "warning: not in unified_samples of critters: no-such-id" in capsys.readouterr().out
         check, released, rejects = release(resource, instance)
         assert check.passed and sorted(released.column("sample_id").to_pylist()) == ids[1:]
         assert rejects.schema == REJECT_SCHEMA

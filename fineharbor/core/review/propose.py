@@ -11,6 +11,7 @@ one that maps more of them wins, and the evidence says what was seen and why.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -46,6 +47,7 @@ from fineharbor.core.readers.url_list import iter_rows
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA
 
 SAMPLE_RECORDS = 16
+MAX_LISTED = 20_000
 FALLBACK = "no known text field"  # evidence of a low-confidence guess: an LLM may overrule it
 _PROBE = MappingSpec(caption="__probe__")  # readers need a mapping; inspection maps nothing
 
@@ -119,11 +121,14 @@ class Proposal:
 
 
 def _files(path: Path) -> list[Path]:
+    """The files of a location (hidden and `_`-prefixed ones skipped); a landing folder of
+    millions of images is judged by its first MAX_LISTED entries."""
     if path.is_file():
         return [path]
+    listed = itertools.islice(path.rglob("*"), MAX_LISTED)
     return sorted(
         p
-        for p in path.rglob("*")
+        for p in listed
         if p.is_file()
         and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
     )
@@ -205,7 +210,10 @@ def sample_raw(source: SourceConfig, n: int = SAMPLE_RECORDS) -> tuple[pa.Table,
         for index, row in enumerate(_take(iter_rows(Path(source.location), n), n)):
             key = get_path(row, source.mapping.origin_key) if source.mapping.origin_key else None
             key = str(key) if key not in (None, "") else f"{Path(source.location).name}:{index}"
-            builder.keep(key, row, [], origin_uri=str(root))
+            if "$malformed" in row:
+                builder.reject(key, "malformed_record", row["$malformed"])
+            else:
+                builder.keep(key, row, [], origin_uri=str(root))
         kept, rejected = builder.flush()
         return kept, rejected
     kept_parts, rejected_parts, count = [], [], 0
@@ -601,8 +609,8 @@ def _portable(location: str, config_dir: Path) -> str:
     return location
 
 
-def proposal_yaml(proposal: Proposal, config_path: str | Path) -> str:
-    """The proposal as a commented `sources:` list item, indented for the project file."""
+def proposal_yaml(proposal: Proposal, config_path: str | Path, indent: int = 2) -> str:
+    """The proposal as a commented `sources:` list item, indented as the file's items are."""
     config_dir = Path(config_path).expanduser().resolve().parent
     block = dict(proposal.block)
     for key in ("location", "image_root"):
@@ -614,9 +622,10 @@ def proposal_yaml(proposal: Proposal, config_path: str | Path) -> str:
         f"look at its review page, then `fineharbor review {proposal.name} --approve`.",
         *proposal.evidence,
     ]
-    lines = ["  # " + " ".join(c.split()) for c in comments]
+    pad = " " * indent
+    lines = [f"{pad}# " + " ".join(c.split()) for c in comments]
     body = yaml.safe_dump([block], sort_keys=False, allow_unicode=True, width=100)
-    lines += ["  " + line for line in body.splitlines()]
+    lines += [pad + line for line in body.splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -641,7 +650,9 @@ def write_proposal(proposal: Proposal, config_path: str | Path) -> Path:
     end = next((i for i in range(start + 1, len(lines)) if _TOP_KEY.match(lines[i])), len(lines))
     while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].startswith("#")):
         end -= 1
-    block = proposal_yaml(proposal, path).splitlines()
+    items = [re.match(r"^(\s*)- ", line) for line in lines[start + 1 : end]]
+    indent = next((len(m.group(1)) for m in items if m), 2)
+    block = proposal_yaml(proposal, path, indent).splitlines()
     new = [*lines[:end], "", *block, *lines[end:]]
     tmp = path.with_name(f".{path.name}.proposed")
     tmp.write_text("\n".join(new) + "\n")

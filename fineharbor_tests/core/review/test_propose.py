@@ -219,8 +219,8 @@ def test_llm_needs_a_configured_judge():
 def test_map_source_writes_a_block_that_loads(tmp_path, home, image_bytes, capsys):
     config = tmp_path / "fineharbor.yaml"
     config.write_text(
-        "# my project\nsources:\n  - name: old  # keep me\n    reader: image_folder\n"
-        "    location: old\n    mapping: {caption: txt}\n\n# stage settings\nstages: {}\n"
+        "# my project\nsources:\n- name: old  # keep me\n  reader: image_folder\n"
+        "  location: old\n  mapping: {caption: txt}\n\n# stage settings\nstages: {}\n"
     )
     path = _clinic(tmp_path, image_bytes)
     folder = tmp_path / "old"
@@ -238,6 +238,7 @@ def test_map_source_writes_a_block_that_loads(tmp_path, home, image_bytes, capsy
     added = loaded.source("clinic")
     assert added.reader == "json" and added.location == str(path)
     assert added.mapping.conversations == "dialog"
+    assert "\n- name: clinic\n  reader: json\n" in text  # indented like the file's items
     assert "location: clinic/cases.jsonl" in text  # relative to the project file
 
     assert main(["--config", str(config), "map-source", str(path), "--write"]) == 2
