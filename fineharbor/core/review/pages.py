@@ -61,7 +61,7 @@ h1{margin:0 0 4px}h2{margin-top:32px;border-bottom:1px solid #d0d7de;padding-bot
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d0d7de;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#eef1f4}
 .badge{display:inline-block;padding:2px 10px;border-radius:10px;font-weight:600}
-.approved{background:#d3f5dc}.rejected,.stale{background:#fbd5d5}.unreviewed{background:#fff0c2}
+.approved{background:#d3f5dc}.benchmark{background:#e4e7eb}.rejected,.stale{background:#fbd5d5}.unreviewed{background:#fff0c2}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
 .card{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px}
 .card img{max-width:100%;max-height:256px;display:block;margin:0 0 6px}
@@ -204,6 +204,8 @@ def _what(decision: Decision) -> str:
 
 
 def _status(source: SourceConfig, reviews: ReviewLog) -> tuple[str, str]:
+    if source.role == "benchmark":
+        return "benchmark", "a benchmark test set: never enters a release, needs no approval"
     gate = release_gate(reviews, [source.name], {source.name: mapping_fingerprint(source)})
     state = reviews.state(source.name)
     if source.name in gate.allowed:

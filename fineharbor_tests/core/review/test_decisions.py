@@ -161,7 +161,11 @@ def test_review_command_records_decisions(project_file, home, capsys, monkeypatc
     state = log.state("charts")
     assert state.status == "approved" and state.overrides == {"clean.caption_min_words": 2}
     assert set(state.flagged) == {"s1", "s2"}
-    assert (home / "review" / "charts.html").exists()  # the page follows the decision
+    assert "approved by carol" in (home / "review" / "charts.html").read_text()
+    assert main(["--config", str(project_file), "review-pages"]) == 0
+    assert "never enters a release" in (home / "review" / "bench.html").read_text()
+    index = (home / "review" / "index.html").read_text()
+    assert 'href="charts.html"' in index and 'href="bench.html"' in index
 
 
 def test_the_demo_sources_are_approved_for_their_current_mappings(home):
