@@ -1,4 +1,4 @@
-"""The `fineharbor` command: demo, materialize, sql."""
+"""The `fineharbor` command: demo, materialize, sql, map-source, review, review-pages."""
 
 from __future__ import annotations
 
@@ -246,6 +246,171 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- review
+
+
+def cmd_map_source(args: argparse.Namespace) -> int:
+    from fineharbor.core.review.propose import (
+        ProposalError,
+        proposal_backend,
+        proposal_yaml,
+        propose_source,
+        write_proposal,
+    )
+
+    config_path = default_config_path()
+    try:
+        backend = proposal_backend(load_config().stages.judge) if args.llm else None
+        proposal = propose_source(args.path, args.name, backend, args.records)
+    except ProposalError as error:
+        print(f"fineharbor map-source: {error}", file=sys.stderr)
+        return 2
+    print(proposal_yaml(proposal, config_path), end="")
+    for turns in proposal.dry_run.examples:
+        print(f"  # example: {turns[0]['user'][:80]!r} -> {turns[0]['assistant'][:80]!r}")
+    if not args.write:
+        print(f"(not written; add --write to append it to {config_path})")
+        return 0
+    try:
+        write_proposal(proposal, config_path)
+    except ProposalError as error:
+        print(f"fineharbor map-source: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"written to {config_path}. Next: fineharbor materialize {proposal.name}, look at its "
+        f"review page, then fineharbor review {proposal.name} --approve"
+    )
+    return 0
+
+
+def _reviewer() -> str:
+    import getpass
+
+    return os.environ.get("FINEHARBOR_REVIEWER") or getpass.getuser()
+
+
+def _unknown_ids(storage, source: str, ids: Sequence[str]) -> list[str]:
+    """Ids not among the source's unified samples (none when it is not materialized yet)."""
+    if not storage.has_partition("unified_samples", source):
+        return []
+    wanted = set(ids)
+    for batch in storage.iter_batches("unified_samples", source, columns=["sample_id"]):
+        wanted -= set(batch.column("sample_id").to_pylist())
+    return sorted(wanted)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import yaml
+
+    from fineharbor.core.review.decisions import (
+        Approve,
+        Flag,
+        Override,
+        Reject,
+        effective_stage_params,
+        load_reviews,
+        mapping_fingerprint,
+        now,
+        reviews_path,
+        save_reviews,
+    )
+    from fineharbor.core.review.pages import write_review_page
+    from fineharbor.core.storage import Storage
+
+    config = load_config()
+    path = reviews_path(default_config_path())
+    log = load_reviews(path, config)
+    try:
+        source = config.source(args.source)
+    except KeyError as error:
+        print(f"fineharbor review: {error.args[0]}", file=sys.stderr)
+        return 2
+    stamp = {"by": args.by or _reviewer(), "at": now(), "note": args.note or ""}
+    decisions = []
+    if args.approve:
+        decisions.append(Approve(action="approve", mapping=mapping_fingerprint(source), **stamp))
+    if args.reject:
+        decisions.append(Reject(action="reject", **stamp))
+    if args.flag:
+        decisions.append(Flag(action="flag", sample_ids=args.flag, **stamp))
+        unknown = _unknown_ids(Storage(str(fineharbor_home())), source.name, args.flag)
+        if unknown:
+            print(f"warning: not in unified_samples of {source.name}: {', '.join(unknown)}")
+    if args.unflag:
+        decisions.append(Flag(action="unflag", sample_ids=args.unflag, **stamp))
+    for item in args.override or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"fineharbor review: --override takes KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        decision = Override(action="override", key=key, value=yaml.safe_load(value), **stamp)
+        try:
+            effective_stage_params(config.stages, {decision.key: decision.value})
+        except ValueError as error:
+            print(f"fineharbor review: {error}", file=sys.stderr)
+            return 2
+        decisions.append(decision)
+    for decision in decisions:
+        log = log.with_decision(source.name, decision)
+    if decisions:
+        save_reviews(log, path)
+        print(f"recorded {len(decisions)} decision(s) for {source.name} in {path}")
+    state = log.state(source.name)
+    print(
+        f"{source.name}: {state.status}; {len(state.flagged)} flagged samples; "
+        f"overrides {state.overrides or 'none'}"
+    )
+    page = write_review_page(Storage(str(fineharbor_home())), config, log, source.name)
+    print(f"review page: {page}")
+    return 0
+
+
+def cmd_review_pages(args: argparse.Namespace) -> int:
+    from fineharbor.core.review.decisions import load_reviews, reviews_path
+    from fineharbor.core.review.pages import write_review_pages
+    from fineharbor.core.storage import Storage
+
+    config = load_config()
+    log = load_reviews(reviews_path(default_config_path()), config)
+    for page in write_review_pages(
+        Storage(str(fineharbor_home())), config, log, args.source or None
+    ):
+        print(page)
+    return 0
+
+
+def add_review_commands(commands: argparse._SubParsersAction) -> None:
+    mapper = commands.add_parser(
+        "map-source", help="inspect a new source and propose its config block"
+    )
+    mapper.add_argument("path", help="file or directory of the new source")
+    mapper.add_argument("--name", help="source name (default: from the path)")
+    mapper.add_argument("--write", action="store_true", help="append it to the project file")
+    mapper.add_argument(
+        "--llm", action="store_true", help="also ask the judge model (stages.judge) for a mapping"
+    )
+    mapper.add_argument("--records", type=int, default=16, help="records sampled")
+    mapper.set_defaults(run=cmd_map_source)
+    review = commands.add_parser("review", help="record a decision about a source")
+    review.add_argument("source")
+    verdict = review.add_mutually_exclusive_group()
+    verdict.add_argument("--approve", action="store_true", help="approve its mapping and samples")
+    verdict.add_argument("--reject", action="store_true", help="keep it out of releases")
+    review.add_argument("--flag", nargs="+", metavar="ID", help="sample ids to remove")
+    review.add_argument("--unflag", nargs="+", metavar="ID", help="sample ids to restore")
+    review.add_argument(
+        "--override", action="append", metavar="KEY=VALUE", help="e.g. clean.caption_min_words=3"
+    )
+    review.add_argument("--by", help="reviewer (default: $FINEHARBOR_REVIEWER or the user)")
+    review.add_argument("--note", help="why")
+    review.set_defaults(run=cmd_review)
+    pages = commands.add_parser(
+        "review-pages", help="write the HTML review pages under FINEHARBOR_HOME/review/"
+    )
+    pages.add_argument("source", nargs="*", help="source names (default: all)")
+    pages.set_defaults(run=cmd_review_pages)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fineharbor", description=__doc__)
     parser.add_argument(
@@ -266,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sql = commands.add_parser("sql", help="query stage outputs with DuckDB (in memory)")
     sql.add_argument("query")
     sql.set_defaults(run=cmd_sql)
+    add_review_commands(commands)
     args = parser.parse_args(argv)
     if args.config:
         os.environ["FINEHARBOR_CONFIG"] = str(Path(args.config).resolve())

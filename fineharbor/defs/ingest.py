@@ -19,6 +19,7 @@ from fineharbor.defs.reporting import (
     stage_result,
 )
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
+from fineharbor.defs.review import review_page_metadata, source_config
 
 StageBuilder = Callable[[ProjectConfig, str, Storage, Callable[[int], None]], StageReport]
 
@@ -51,8 +52,12 @@ def per_source_stage(
     code_version: str = "1",
     plots: Callable[[Storage, StageReport], dict] | None = None,
     checks: Sequence[StageCheck] = (),
+    review_page: bool = False,
 ) -> dg.AssetsDefinition:
-    """A partitioned asset around a core stage function, with the blocking data checks."""
+    """A partitioned asset around a core stage function, with the blocking data checks.
+
+    The stage runs with the source's reviewed overrides applied; `review_page` regenerates the
+    source's HTML review page after the stage and links it in the metadata."""
 
     @dg.asset(
         name=name,
@@ -67,10 +72,13 @@ def per_source_stage(
     )
     def _stage(context: dg.AssetExecutionContext, project: FineharborProject):
         progress = ProgressLog(context.log, f"{name} {context.partition_key}")
-        report = builder(project.config, context.partition_key, project.storage, progress)
+        config = source_config(project, context.partition_key)
+        report = builder(config, context.partition_key, project.storage, progress)
         if plots is not None:
             report.extra.update(plots(project.storage, report))
-        extra = [check.result(project.config, report) for check in checks]
+        if review_page:
+            report.extra.update(review_page_metadata(project, context.partition_key))
+        extra = [check.result(config, report) for check in checks]
         return stage_result(report, project.storage, extra)
 
     return _stage
@@ -117,6 +125,7 @@ cleaned_samples = per_source_stage(
         "Each reject names its rule, the measured value and the threshold."
     ),
     plots=cleaned_distributions,
+    review_page=True,
 )
 
 
@@ -273,6 +282,7 @@ decontaminated_samples = per_source_stage(
         "similarity. A benchmark source's own samples are rejected as `benchmark_source`."
     ),
     checks=[CONTAMINATION_RATE],
+    review_page=True,
 )
 
 FIRST_PASS_ASSETS = [raw_samples, unified_samples, cleaned_samples, image_signatures]

@@ -24,7 +24,8 @@ from fineharbor.core.readers.fields import get_path
 _SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
 
 
-def _rows(path: Path, batch_size: int) -> Iterator[dict]:
+def iter_rows(path: Path, batch_size: int) -> Iterator[dict]:
+    """A URL list's rows as dicts (malformed JSONL lines as {"$malformed": error})."""
     if path.suffix == ".parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
             yield from batch.to_pylist()
@@ -59,7 +60,7 @@ def read_url_list(
         """Feeds the downloader lazily; rows wait in `pending` until their result arrives."""
         for path in files:
             file_key = relative_key(root, path)
-            for index, row in enumerate(_rows(path, source.batch_size)):
+            for index, row in enumerate(iter_rows(path, source.batch_size)):
                 key = (
                     get_path(row, source.mapping.origin_key) if source.mapping.origin_key else None
                 )
