@@ -138,3 +138,36 @@ def test_cleaning_rejects_every_planted_defect_and_keeps_clean_samples(demo_home
     clean = [key for key in unified if key not in planted]
     wrongly = [key for key in clean if key in rejected]
     assert len(wrongly) <= 0.01 * len(clean), wrongly
+
+
+def test_demo_release_loads_and_holds_no_rejected_or_benchmark_sample(demo_home):
+    import datasets
+    import webdataset as wds
+
+    from fineharbor.core.release.writer import verify_manifest
+
+    home, _ = demo_home
+    config = load_config(REPO / "fineharbor.yaml")
+    root = home / "releases" / config.release.name / config.release.version
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(root / "data" / "*" / "*.parquet"), split="train"
+    )
+    assert loaded.column_names[:3] == ["images", "texts", "source"]
+    assert {"relevance_ratings", "relevance_min", "formatting_min"} <= set(loaded.column_names)
+    released = set(loaded["sample_id"])
+    assert len(released) == len(loaded) >= config.release.min_samples
+    benchmarks = {s.name for s in config.sources if s.role == "benchmark"}
+    assert not set(loaded["source"]) & benchmarks
+    with duckdb.connect() as connection:
+        rejected = {
+            r[0]
+            for r in connection.execute(
+                f"select sample_id from read_parquet('{home}/rejects/**/*.parquet', "
+                "union_by_name=true)"
+            ).fetchall()
+        }
+    assert rejected and not released & rejected
+    tars = sorted(str(p) for p in (root / "webdataset").glob("*.tar"))
+    pairs = list(wds.WebDataset(tars, shardshuffle=False))
+    assert pairs and {p["__key__"] for p in pairs} <= released
+    assert verify_manifest(Storage(str(home)).fs, str(root)) == []

@@ -253,11 +253,10 @@ def _write_source(
         files.write(tar_name(source, tar_index), tar_bytes(pairs), pair_count, "webdataset", source)
         tar_index, pairs, pair_count = tar_index + 1, [], 0
 
-    wanted = set(chosen)
+    wanted = pa.array(chosen, pa.string())
     for batch in storage.iter_batches(RELEASE_INPUT_ASSET, source, batch_size=256):
+        batch = batch.filter(pc.is_in(batch.column("sample_id"), wanted))
         for row in batch.to_pylist():
-            if row["sample_id"] not in wanted:
-                continue
             turns = candidates.turns[row["sample_id"]]
             out = release_row(row, turns, recipe.include_sample_id)
             entry = {
