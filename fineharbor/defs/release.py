@@ -9,13 +9,12 @@ from fineharbor.core.release.build import (
     build_concept_clusters,
     build_release_mix,
 )
-from fineharbor.defs.reporting import column_schema, markdown_table
+from fineharbor.defs.reporting import CHECK_CONSERVED, column_schema, markdown_table
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
 from fineharbor.defs.sql_models import SQL_DIR
 
 CHECK_SIZE = "release_size_within_limits"
 CHECK_CLEAN = "release_holds_no_rejected_or_benchmark_sample"
-CHECK_CONSERVED = "rows_conserved"
 
 
 @dg.asset(

@@ -34,6 +34,7 @@ from fineharbor.core.release.select import (
     filter_rows,
     min_column,
     ratings_column,
+    reject,
     rejects_table,
     score_columns,
 )
@@ -189,21 +190,11 @@ def _select(
                 row["n_turns"] = len(row.pop("texts") or [])
             if role == "benchmark":
                 candidates.rejects += [
-                    {
-                        **{k: r[k] for k in ("sample_id", "source", "origin_key")},
-                        "reason": "benchmark_source",
-                        "detail": "role: benchmark",
-                    }
-                    for r in rows
+                    reject(r, "benchmark_source", "role: benchmark") for r in rows
                 ]
             elif listed and source not in listed:
                 candidates.rejects += [
-                    {
-                        **{k: r[k] for k in ("sample_id", "source", "origin_key")},
-                        "reason": "source_not_in_recipe",
-                        "detail": "not in release.sources",
-                    }
-                    for r in rows
+                    reject(r, "source_not_in_recipe", "not in release.sources") for r in rows
                 ]
             else:
                 filter_rows(rows, recipe, candidates)

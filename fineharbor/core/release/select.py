@@ -63,7 +63,8 @@ def score_columns(schema: pa.Schema) -> list[str]:
     return [n for n in names if schema.get_field_index(n) >= 0]
 
 
-def _reject(row: dict, reason: str, detail: str) -> dict:
+def reject(row: dict, reason: str, detail: str) -> dict:
+    """A reject ledger row for an input row (needs sample_id, source, origin_key)."""
     return {
         "sample_id": row["sample_id"],
         "source": row["source"],
@@ -130,13 +131,13 @@ def filter_rows(rows: list[dict], recipe: ReleaseRecipe, into: Candidates) -> No
     for row in rows:
         failed = _threshold_reason(row, recipe)
         if failed:
-            into.rejects.append(_reject(row, *failed))
+            into.rejects.append(reject(row, *failed))
             continue
         turns = kept_turns(row, recipe, row["n_turns"])
         if turns is not None and not turns:
             limits = ", ".join(f"{a} >= {m}" for a, m in minimums.items())
             into.rejects.append(
-                _reject(row, "rating_below_min", f"all {row['n_turns']} turns below {limits}")
+                reject(row, "rating_below_min", f"all {row['n_turns']} turns below {limits}")
             )
             continue
         into.turns[row["sample_id"]] = turns
@@ -165,7 +166,7 @@ def apply_source_mix(candidates: Candidates, recipe: ReleaseRecipe, origin: dict
             dropped |= {ids[i]: ("source_cap", f"cap {spec.cap}") for i in order[spec.cap : keep_n]}
         for sample_id, (reason, detail) in sorted(dropped.items()):
             row = {"sample_id": sample_id, "source": source, "origin_key": origin[sample_id]}
-            candidates.rejects.append(_reject(row, reason, detail))
+            candidates.rejects.append(reject(row, reason, detail))
             del candidates.turns[sample_id]
             del candidates.source_of[sample_id]
 
@@ -199,9 +200,9 @@ def balance(
         sample_id = ids[row]
         source = candidates.source_of.pop(sample_id)
         del candidates.turns[sample_id]
-        reject = {"sample_id": sample_id, "source": source, "origin_key": origin[sample_id]}
+        left_out = {"sample_id": sample_id, "source": source, "origin_key": origin[sample_id]}
         candidates.rejects.append(
-            _reject(reject, "concept_balance", f"target {target} of {rows.size} clustered")
+            reject(left_out, "concept_balance", f"target {target} of {rows.size} clustered")
         )
     return flatness(hierarchy, chosen)
 
