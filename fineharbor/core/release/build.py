@@ -209,6 +209,15 @@ def _select(
     return candidates, flat
 
 
+CAPTION_PRESETS = ("laion", "webdataset_caption")
+
+
+def is_caption_source(project: ProjectConfig, source: str) -> bool:
+    """Sources mapped from a caption (image-text pairs): their one-turn samples go to tars."""
+    mapping = project.source(source).mapping
+    return mapping.caption is not None or mapping.preset in CAPTION_PRESETS
+
+
 def _write_source(
     project: ProjectConfig,
     storage: Storage,
@@ -224,6 +233,7 @@ def _write_source(
     schema = release_schema(recipe.include_sample_id)
     total = math.ceil(len(chosen) / recipe.shard_rows)
     license_ = project.source(source).license
+    caption_source = is_caption_source(project, source)
     shard_rows: list[dict] = []
     pairs: list[tuple[str, bytes]] = []
     pair_count = 0
@@ -269,7 +279,7 @@ def _write_source(
                     for k in (ratings_column(axis), min_column(axis))
                 },
             }
-            if recipe.webdataset:
+            if recipe.webdataset and caption_source:
                 extra = {
                     "clip_score": row.get("clip_score"),
                     "quality_score": row.get("quality_score"),

@@ -99,8 +99,9 @@ class ReleaseRecipe(_Strict):
     shard_rows: int = Field(1000, ge=1, description="samples per Parquet shard")
     webdataset: bool = Field(
         False,
-        description="also write caption pairs (one image, one turn) as WebDataset tar shards "
-        "(.jpg/.png + .txt + .json)",
+        description="also write caption pairs (samples with one image and one turn from sources "
+        "mapped from a caption: a `caption` field or the laion / webdataset_caption preset) as "
+        "WebDataset tar shards (.jpg/.png + .txt + .json)",
     )
     webdataset_shard_rows: int = Field(1000, ge=1, description="pairs per tar shard")
     include_sample_id: bool = Field(

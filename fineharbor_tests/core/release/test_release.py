@@ -74,15 +74,15 @@ def test_release_loads_with_datasets_and_webdataset_and_verifies(tmp_path, stora
     assert set(chats["source"]) == {"chats"}
 
     tars = sorted(f.path for f in result.files if f.kind == "webdataset")
-    assert "webdataset/pairs-00001.tar" in tars  # 8 pairs per shard
+    assert tars == ["webdataset/pairs-00000.tar", "webdataset/pairs-00001.tar"]  # 8 per shard
     samples = list(wds.WebDataset([f"{root}/{t}" for t in tars], shardshuffle=False).decode("pil"))
-    # caption pairs: one image and one turn (a chat left with one turn after filtering is one)
-    pairs = [r for r in result.index.to_pylist() if r["n_images"] == 1 and r["n_turns"] == 1]
+    # caption pairs come from caption sources only (chats left with one turn are not pairs)
+    pairs = [r for r in result.index.to_pylist() if r["source"] == "pairs"]
     assert len(samples) == len(pairs)
     assert {s["__key__"] for s in samples} == {r["sample_id"] for r in pairs}
     assert {r["webdataset_shard"] for r in pairs} == set(tars)
     assert samples[0]["jpg"].size == (64, 48)
-    assert re.fullmatch(r"(pairs|chats) answer \d+\.\d", samples[0]["txt"])
+    assert re.fullmatch(r"pairs answer \d+\.0", samples[0]["txt"])
     assert samples[0]["json"]["sample_id"] == samples[0]["__key__"]
 
     assert verify_manifest(storage.fs, root) == []
