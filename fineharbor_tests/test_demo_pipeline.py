@@ -6,6 +6,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from fineharbor import cli
 from fineharbor.core.config import load_config
@@ -242,13 +243,45 @@ def test_a_changed_match_threshold_changes_the_next_materialization(demo_home, t
 
     before = flagged()
     strict = tmp_path / "fineharbor.yaml"
-    strict.write_text(
-        (REPO / "fineharbor.yaml").read_text()
-        + "  decontam:\n    image_threshold: 1.0\n    use_phash: false\n    use_text: false\n"
-    )
+    settings = yaml.safe_load((REPO / "fineharbor.yaml").read_text())
+    settings["stages"]["decontam"] = {"image_threshold": 1.0, "use_phash": False, "use_text": False}
+    strict.write_text(yaml.safe_dump(settings))
     materialize(strict)
     after = flagged()
     materialize(REPO / "fineharbor.yaml")
     assert before > 0
     assert after < before
     assert flagged() == before
+
+
+def test_demo_release_loads_and_holds_no_rejected_or_benchmark_sample(demo_home):
+    import datasets
+    import webdataset as wds
+
+    from fineharbor.core.release.writer import verify_manifest
+
+    home, _ = demo_home
+    config = load_config(REPO / "fineharbor.yaml")
+    root = home / "releases" / config.release.name / config.release.version
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(root / "data" / "*" / "*.parquet"), split="train"
+    )
+    assert loaded.column_names[:3] == ["images", "texts", "source"]
+    assert {"relevance_ratings", "relevance_min", "formatting_min"} <= set(loaded.column_names)
+    released = set(loaded["sample_id"])
+    assert len(released) == len(loaded) >= config.release.min_samples
+    benchmarks = {s.name for s in config.sources if s.role == "benchmark"}
+    assert not set(loaded["source"]) & benchmarks
+    with duckdb.connect() as connection:
+        rejected = {
+            r[0]
+            for r in connection.execute(
+                f"select sample_id from read_parquet('{home}/rejects/**/*.parquet', "
+                "union_by_name=true)"
+            ).fetchall()
+        }
+    assert rejected and not released & rejected
+    tars = sorted(str(p) for p in (root / "webdataset").glob("*.tar"))
+    pairs = list(wds.WebDataset(tars, shardshuffle=False))
+    assert pairs and {p["__key__"] for p in pairs} <= released
+    assert verify_manifest(Storage(str(home)).fs, str(root)) == []

@@ -19,9 +19,11 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fineharbor.core.cleaning.params import CleanParams
+from fineharbor.core.concepts.params import ConceptParams
 from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.judge.params import JudgeParams
+from fineharbor.core.release.params import ReleaseRecipe
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.strict import StrictModel
 
@@ -198,12 +200,14 @@ class StageParams(_Strict):
     dedup: DedupParams = DedupParams()
     decontam: DecontamParams = DecontamParams()
     judge: JudgeParams = JudgeParams()
+    concepts: ConceptParams = ConceptParams()
 
 
 class ProjectConfig(_Strict):
     name: str = "fineharbor"
     sources: list[SourceConfig]
     stages: StageParams = StageParams()
+    release: ReleaseRecipe = ReleaseRecipe()
 
     @field_validator("sources")
     @classmethod

@@ -71,3 +71,26 @@ def load_models(directory: Path, tables: set[str]) -> list[SqlModel]:
 def run_model(connection, model: SqlModel) -> pa.Table:
     """Execute a model on a connection whose views already cover its refs."""
     return connection.sql(model.render()).to_arrow_table()
+
+
+def run_models(connection, models: list[SqlModel], names: list[str]) -> dict[str, pa.Table]:
+    """Run `names` and the models they ref (in dependency order) on one connection; each result
+    is registered under its model's name so models that ref it see it. `models` as loaded."""
+    by_name = {m.name: m for m in models}
+    needed: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name not in by_name:
+            raise SqlModelError(
+                f"no SQL model named {name!r} (known: {', '.join(sorted(by_name))})"
+            )
+        if name not in needed:
+            needed.add(name)
+            pending += [r for r in by_name[name].refs if r in by_name]
+    results = {}
+    for model in models:
+        if model.name in needed:
+            results[model.name] = run_model(connection, model)
+            connection.register(model.name, results[model.name])
+    return {name: results[name] for name in names}

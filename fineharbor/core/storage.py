@@ -186,6 +186,18 @@ class Storage:
             writer.abort()
             self._delete_dir(staging)
 
+    @contextlib.contextmanager
+    def staged_directory(self, *parts: str) -> Iterator[str]:
+        """A staging directory for arbitrary files (a release); published at ``path(*parts)``
+        only if the block succeeds, replacing what was there."""
+        staging = self.path(_STAGING, f"{'-'.join(parts)}-{uuid.uuid4().hex}")
+        self.fs.create_dir(staging, recursive=True)
+        try:
+            yield staging
+            self._publish(staging, self.path(*parts))
+        finally:
+            self._delete_dir(staging)
+
     def _publish(self, staged: str, final: str) -> None:
         parent = posixpath.dirname(final)
         self.fs.create_dir(parent, recursive=True)

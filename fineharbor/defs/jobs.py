@@ -4,6 +4,7 @@ import dagster as dg
 
 from fineharbor.defs.catalog import duckdb_catalog
 from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECOND_PASS_ASSETS
+from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 
 per_source_job = dg.define_asset_job(
@@ -26,8 +27,8 @@ filter_job = dg.define_asset_job(
 
 global_job = dg.define_asset_job(
     "global_job",
-    selection=dg.AssetSelection.assets(*SQL_MODEL_ASSETS, duckdb_catalog),
-    description="SQL statistics models and the DuckDB catalog.",
+    selection=dg.AssetSelection.assets(*RELEASE_ASSETS, *SQL_MODEL_ASSETS, duckdb_catalog),
+    description="Concept clusters, the release mix, SQL statistics models and the DuckDB catalog.",
 )
 
 PIPELINE = [

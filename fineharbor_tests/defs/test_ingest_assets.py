@@ -10,6 +10,7 @@ from fineharbor.core.schema import IMAGE_TYPE, TURN_TYPE
 from fineharbor.defs.catalog import duckdb_catalog
 from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECOND_PASS_ASSETS
 from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.sensors import source_sensor
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
@@ -146,7 +147,9 @@ def test_catalog_exposes_every_stage_and_rejects(project):
         instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])
         run_pipeline(project, instance, ["charts", "scenes"])
         assert dg.materialize(
-            [*SQL_MODEL_ASSETS, duckdb_catalog], instance=instance, resources=resources(project)
+            [*RELEASE_ASSETS, *SQL_MODEL_ASSETS, duckdb_catalog],
+            instance=instance,
+            resources=resources(project),
         ).success
     with duckdb.connect(str(project.catalog_path), read_only=True) as connection:
         counts = dict(

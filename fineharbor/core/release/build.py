@@ -1,0 +1,389 @@
+"""The two global stages of the release: `concept_clusters` and `release_mix`.
+
+Both read the release input (``RELEASE_INPUT_ASSET``) of every train source. The release is
+built in two passes over it: the first reads only ids, turn counts and score columns and decides
+what enters (filters, source mix, balanced sampling); the second streams the chosen rows, one
+shard at a time, into a staging directory that is renamed into place when everything (shards,
+card, manifest) is written.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fineharbor.core.catalog import StageTable, connect_in_memory
+from fineharbor.core.concepts import hierarchical_kmeans
+from fineharbor.core.concepts.embeddings import sample_embeddings
+from fineharbor.core.dedup.diversity import CovarianceAccumulator
+from fineharbor.core.release.card import CARD_MODELS, CardFacts, render_card
+from fineharbor.core.release.params import RATING_AXES
+from fineharbor.core.release.select import (
+    Candidates,
+    apply_source_mix,
+    balance,
+    check_input,
+    filter_rows,
+    min_column,
+    ratings_column,
+    reject,
+    rejects_table,
+    score_columns,
+)
+from fineharbor.core.release.writer import (
+    ReleaseFiles,
+    caption_pair_members,
+    parquet_bytes,
+    release_row,
+    release_schema,
+    shard_name,
+    tar_bytes,
+    tar_name,
+)
+from fineharbor.core.schema import REJECT_SCHEMA
+from fineharbor.core.sql_models import load_models, run_models
+from fineharbor.core.storage import Storage
+
+if TYPE_CHECKING:
+    from fineharbor.core.config import ProjectConfig
+
+# The stage the release reads. It becomes "scored_samples" once quality scoring exists (same
+# rows plus clip_score, quality_score and the judge ratings); filters on those columns fail
+# with a clear error until then.
+RELEASE_INPUT_ASSET = "decontaminated_samples"
+SIGNATURES = "image_signatures"
+CONCEPTS = "concept_clusters"
+RELEASE = "release_mix"
+RELEASES_DIR = "releases"
+
+CONCEPT_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("clusters", pa.list_(pa.int64()), nullable=False),
+        pa.field("distance", pa.float32(), nullable=False),
+    ]
+)
+
+RELEASE_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("origin_key", pa.string(), nullable=False),
+        pa.field("license", pa.string()),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("webdataset_shard", pa.string()),
+        pa.field("n_images", pa.int64(), nullable=False),
+        pa.field("n_turns", pa.int64(), nullable=False),
+        pa.field("n_turns_dropped", pa.int64(), nullable=False),
+        pa.field("clip_score", pa.float32()),
+        pa.field("quality_score", pa.float32()),
+        *[
+            f
+            for axis in RATING_AXES
+            for f in (
+                pa.field(ratings_column(axis), pa.list_(pa.int64())),
+                pa.field(min_column(axis), pa.int64()),
+            )
+        ],
+    ]
+)
+
+
+def _input_sources(project: ProjectConfig, storage: Storage) -> list[str]:
+    done = set(storage.partitions(RELEASE_INPUT_ASSET))
+    return [s.name for s in project.sources if s.name in done]
+
+
+def _train_input_sources(project: ProjectConfig, storage: Storage) -> list[str]:
+    return [s for s in _input_sources(project, storage) if project.source(s).role == "train"]
+
+
+def build_concept_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa.Table, dict]:
+    """Hierarchical k-means over one vector per release-input sample (mean of its images)."""
+    params = project.stages.concepts
+    sources = [
+        s for s in _train_input_sources(project, storage) if storage.has_partition(SIGNATURES, s)
+    ]
+    ids: set[str] = set()
+    for source in sources:
+        ids.update(
+            storage.read_table(RELEASE_INPUT_ASSET, source, columns=["sample_id"])
+            .column(0)
+            .to_pylist()
+        )
+    columns = ["sample_id", "source", "phash", "copy_embedding", "clip_embedding"]
+    tables = [storage.read_table(SIGNATURES, s, columns=columns) for s in sources]
+    signatures = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+    sample_ids, sample_sources, vectors, column = sample_embeddings(
+        signatures, ids, params.embedding
+    )
+    stats: dict = {"embedding": column, "samples": len(ids), "clustered": len(sample_ids)}
+    if sample_ids:
+        hierarchy = hierarchical_kmeans(vectors, params)
+        paths = np.stack(hierarchy.labels, axis=1)
+        table = pa.table(
+            {
+                "sample_id": sample_ids,
+                "source": sample_sources,
+                "clusters": pa.array(paths.tolist(), pa.list_(pa.int64())),
+                "distance": pa.array(hierarchy.distances, pa.float32()),
+            },
+            schema=CONCEPT_SCHEMA,
+        )
+        stats["levels"] = [
+            {
+                "level": level + 1,
+                "clusters": hierarchy.n_clusters[level],
+                "max_size": int(hierarchy.sizes(level).max()),
+                "median_size": float(np.median(hierarchy.sizes(level))),
+            }
+            for level in range(hierarchy.n_levels)
+        ]
+    else:
+        table = CONCEPT_SCHEMA.empty_table()
+        stats["levels"] = []
+    with storage.writer(CONCEPTS, None, CONCEPT_SCHEMA) as writer:
+        writer.write(table)
+    return table, stats
+
+
+@dataclass
+class ReleaseResult:
+    index: pa.Table
+    rejects: pa.Table
+    path: str
+    files: list
+    tables: dict[str, pa.Table]
+    facts: CardFacts
+    input_rows: int
+    extra: dict = field(default_factory=dict)
+
+
+def _select(
+    project: ProjectConfig, storage: Storage, sources: list[str], origin: dict[str, str]
+) -> tuple[Candidates, list]:
+    recipe = project.release
+    listed = {s.name for s in recipe.sources}
+    candidates = Candidates()
+    for source in sources:
+        schema = storage.schema(RELEASE_INPUT_ASSET, source)
+        wanted = ["sample_id", "source", "origin_key", "texts", *score_columns(schema)]
+        role = project.source(source).role
+        if role == "train" and (not listed or source in listed):
+            check_input(schema, recipe, RELEASE_INPUT_ASSET)
+        for batch in storage.iter_batches(
+            RELEASE_INPUT_ASSET, source, columns=wanted, batch_size=1024
+        ):
+            rows = batch.to_pylist()
+            for row in rows:
+                origin[row["sample_id"]] = row["origin_key"]
+                row["n_turns"] = len(row.pop("texts") or [])
+            if role == "benchmark":
+                candidates.rejects += [
+                    reject(r, "benchmark_source", "role: benchmark") for r in rows
+                ]
+            elif listed and source not in listed:
+                candidates.rejects += [
+                    reject(r, "source_not_in_recipe", "not in release.sources") for r in rows
+                ]
+            else:
+                filter_rows(rows, recipe, candidates)
+    apply_source_mix(candidates, recipe, origin)
+    flat = []
+    if recipe.balancing.enabled:
+        if not storage.has_partition(CONCEPTS):
+            raise FileNotFoundError(
+                "release.balancing is enabled but concept_clusters has no output: materialize it"
+            )
+        flat = balance(candidates, recipe, storage.read_table(CONCEPTS), origin)
+    return candidates, flat
+
+
+CAPTION_PRESETS = ("laion", "webdataset_caption")
+
+
+def is_caption_source(project: ProjectConfig, source: str) -> bool:
+    """Sources mapped from a caption (image-text pairs): their one-turn samples go to tars."""
+    mapping = project.source(source).mapping
+    return mapping.caption is not None or mapping.preset in CAPTION_PRESETS
+
+
+def _write_source(
+    project: ProjectConfig,
+    storage: Storage,
+    source: str,
+    candidates: Candidates,
+    files: ReleaseFiles,
+    index: list[dict],
+) -> None:
+    recipe = project.release
+    chosen = sorted(i for i, s in candidates.source_of.items() if s == source)
+    if not chosen:
+        return
+    schema = release_schema(recipe.include_sample_id)
+    total = math.ceil(len(chosen) / recipe.shard_rows)
+    license_ = project.source(source).license
+    caption_source = is_caption_source(project, source)
+    shard_rows: list[dict] = []
+    pairs: list[tuple[str, bytes]] = []
+    pair_count = 0
+    shard_index = 0
+    tar_index = 0
+
+    def flush_shard() -> None:
+        nonlocal shard_index, shard_rows
+        path = shard_name(source, shard_index, total)
+        table = pa.Table.from_pylist(shard_rows, schema=schema)
+        files.write(path, parquet_bytes(table), table.num_rows, "parquet", source)
+        for row_number, entry in enumerate(index[len(index) - len(shard_rows) :]):
+            entry["shard"], entry["row"] = path, row_number
+        shard_index, shard_rows = shard_index + 1, []
+
+    def flush_tar() -> None:
+        nonlocal tar_index, pairs, pair_count
+        files.write(tar_name(source, tar_index), tar_bytes(pairs), pair_count, "webdataset", source)
+        tar_index, pairs, pair_count = tar_index + 1, [], 0
+
+    wanted = pa.array(chosen, pa.string())
+    for batch in storage.iter_batches(RELEASE_INPUT_ASSET, source, batch_size=256):
+        batch = batch.filter(pc.is_in(batch.column("sample_id"), wanted))
+        for row in batch.to_pylist():
+            turns = candidates.turns[row["sample_id"]]
+            out = release_row(row, turns, recipe.include_sample_id)
+            entry = {
+                "sample_id": row["sample_id"],
+                "source": source,
+                "origin_key": row["origin_key"],
+                "license": license_,
+                "shard": "",
+                "row": 0,
+                "webdataset_shard": None,
+                "n_images": len(out["images"]),
+                "n_turns": len(out["texts"]),
+                "n_turns_dropped": len(row["texts"] or []) - len(out["texts"]),
+                "clip_score": row.get("clip_score"),
+                "quality_score": row.get("quality_score"),
+                **{
+                    k: out[k]
+                    for axis in RATING_AXES
+                    for k in (ratings_column(axis), min_column(axis))
+                },
+            }
+            if recipe.webdataset and caption_source:
+                extra = {
+                    "clip_score": row.get("clip_score"),
+                    "quality_score": row.get("quality_score"),
+                }
+                members = caption_pair_members(
+                    {**out, "sample_id": row["sample_id"]}, row["sample_id"], extra
+                )
+                if members:
+                    pairs += members
+                    pair_count += 1
+                    entry["webdataset_shard"] = tar_name(source, tar_index)
+                    if pair_count >= recipe.webdataset_shard_rows:
+                        flush_tar()
+            index.append(entry)
+            shard_rows.append(out)
+            if len(shard_rows) >= recipe.shard_rows:
+                flush_shard()
+    if shard_rows:
+        flush_shard()
+    if pairs:
+        flush_tar()
+
+
+def _diversity(
+    storage: Storage, sources: list[str], released: set[str]
+) -> tuple[float | None, str]:
+    for column in ("copy_embedding", "clip_embedding"):
+        accumulator = CovarianceAccumulator()
+        for source in sources:
+            if not storage.has_partition(SIGNATURES, source):
+                continue
+            table = storage.read_table(SIGNATURES, source, columns=["sample_id", column])
+            keep = pc.is_in(table.column("sample_id"), pa.array(sorted(released), pa.string()))
+            accumulator.update_table(table.filter(keep), column)
+        if accumulator.n >= 2:
+            return accumulator.result().score, column
+    return None, "none"
+
+
+def card_tables(
+    storage: Storage,
+    stage_tables: Iterable[StageTable],
+    sql_dir: Path,
+    index: pa.Table,
+    rejects: pa.Table,
+) -> dict[str, pa.Table]:
+    """The card's SQL models, run over the stages and over this release's own rows."""
+    stage_tables = [t for t in stage_tables if t.asset != RELEASE]
+    views = {t.asset for t in stage_tables} | {f"{t.asset}_rejects" for t in stage_tables}
+    models = load_models(sql_dir, views | {RELEASE, f"{RELEASE}_rejects"})
+    with connect_in_memory(storage, stage_tables) as connection:
+        connection.register(RELEASE, index)
+        connection.register(f"{RELEASE}_rejects", rejects)
+        return run_models(connection, models, list(CARD_MODELS))
+
+
+def build_release_mix(
+    project: ProjectConfig, storage: Storage, stage_tables: Iterable[StageTable], sql_dir: Path
+) -> ReleaseResult:
+    """Select, write shards + card + manifest atomically, and record the release index."""
+    recipe = project.release
+    known = set(project.source_names)
+    unknown = [s.name for s in recipe.sources if s.name not in known]
+    if unknown:
+        raise ValueError(f"release.sources names {unknown[0]!r}, which is not a configured source")
+    sources = _input_sources(project, storage)
+    origin: dict[str, str] = {}
+    candidates, flat = _select(project, storage, sources, origin)
+    rejects = rejects_table(candidates.rejects)
+    index_rows: list[dict] = []
+    with storage.staged_directory(RELEASES_DIR, recipe.name, recipe.version) as staging:
+        files = ReleaseFiles(storage.fs, staging)
+        configs = []
+        for source in sorted(set(candidates.source_of.values())):
+            _write_source(project, storage, source, candidates, files, index_rows)
+            configs.append(source)
+        index = pa.Table.from_pylist(index_rows, schema=RELEASE_INDEX_SCHEMA)
+        tables = card_tables(storage, stage_tables, sql_dir, index, rejects)
+        diversity, embedding = _diversity(storage, sources, set(candidates.source_of))
+        facts = CardFacts(
+            RELEASE_INPUT_ASSET, configs, diversity, embedding, [f.as_dict() for f in flat]
+        )
+        card = render_card(recipe, tables, facts).encode()
+        files.write("README.md", card, 0, "card")
+        header = {
+            "name": recipe.name,
+            "version": recipe.version,
+            "seed": recipe.seed,
+            "input_asset": RELEASE_INPUT_ASSET,
+            "samples": index.num_rows,
+            "recipe": recipe.model_dump(mode="json"),
+        }
+        with storage.fs.open_output_stream(posixpath.join(staging, "manifest.json")) as stream:
+            stream.write(files.manifest(header))
+    with storage.writer(RELEASE, None, RELEASE_INDEX_SCHEMA, reject_schema=REJECT_SCHEMA) as writer:
+        writer.write(index)
+        writer.reject(rejects)
+    input_rows = sum(storage.count_rows(RELEASE_INPUT_ASSET, s) for s in sources)
+    return ReleaseResult(
+        index=index,
+        rejects=rejects,
+        path=storage.uri(RELEASES_DIR, recipe.name, recipe.version),
+        files=files.files,
+        tables=tables,
+        facts=facts,
+        input_rows=input_rows,
+    )

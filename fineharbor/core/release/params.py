@@ -1,0 +1,143 @@
+"""The release recipe (``release:`` in ``fineharbor.yaml``): what goes into a release and how.
+
+Filters apply in this order: source selection, quality thresholds (CLIP bounds, learned quality,
+judge minimums with FineVision's turn-level filtering), per-source weight and cap, then
+balanced concept sampling. A threshold left at None is not applied. A threshold whose score
+column the release input lacks is an error naming the stage that produces the column.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fineharbor.core.strict import StrictModel as _Strict
+
+RATING_AXES = ("relevance", "image_correspondence", "visual_dependency", "formatting")
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._\-]{0,63}$")
+
+
+class SourceMix(_Strict):
+    """One source's share of the release."""
+
+    name: str
+    weight: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="fraction of the source's samples that passed the filters kept (a seeded "
+        "random subset); never above 1, so a release holds no repeated samples",
+    )
+    cap: int | None = Field(None, ge=0, description="at most this many samples from the source")
+
+
+class RatingMinimums(_Strict):
+    """FineVision judge minimums per axis (1-5; nanoVLM's `*_min_rating`, default 1 = off)."""
+
+    relevance: int | None = Field(None, ge=1, le=5)
+    image_correspondence: int | None = Field(None, ge=1, le=5)
+    visual_dependency: int | None = Field(None, ge=1, le=5)
+    formatting: int | None = Field(None, ge=1, le=5)
+
+    def active(self) -> dict[str, int]:
+        return {axis: getattr(self, axis) for axis in RATING_AXES if getattr(self, axis)}
+
+
+class BalancingParams(_Strict):
+    """Vo et al.'s balanced top-down sampling over `concept_clusters`."""
+
+    enabled: bool = Field(False, description="sample balanced across concepts")
+    target_size: int | None = Field(
+        None, ge=1, description="samples to keep from the clustered pool (None: target_fraction)"
+    )
+    target_fraction: float = Field(
+        0.5, gt=0, le=1, description="fraction of the clustered pool kept when no target_size"
+    )
+    strategy: Literal["r", "c"] = Field(
+        "r",
+        description="within a level-1 cluster: r = random (paper CLI default), c = closest to "
+        "the centroid",
+    )
+
+
+class ReleaseRecipe(_Strict):
+    """Name, version, sources, thresholds, sampling and output layout of one release."""
+
+    name: str = Field("fineharbor-release", description="release and dataset name")
+    version: str = Field("0.1.0", description="release version; the directory name")
+    description: str = Field("", description="free text for the dataset card")
+    seed: int = Field(0, description="seeds every random choice: same recipe + seed = same bytes")
+    sources: list[SourceMix] = Field(
+        default_factory=list,
+        description="train sources to include with weight / cap; empty = every train source",
+    )
+    clip_score_min: float | None = Field(
+        None, description="drop pairs below this CLIP cosine (LAION-400M: 0.30, LAION-5B: 0.28)"
+    )
+    clip_score_max: float | None = Field(
+        None,
+        description="drop pairs above this CLIP cosine (DanQing's upper bound: text that "
+        "copies the image's own text, OCR-dominated pairs)",
+    )
+    quality_min: float | None = Field(
+        None, ge=0, le=3, description="minimum UniFilter-style quality score (0-3)"
+    )
+    min_ratings: RatingMinimums = Field(
+        RatingMinimums(),
+        description="per axis: turns rated below the minimum are dropped, samples left without "
+        "turns are rejected (FineVision / nanoVLM turn-level filtering)",
+    )
+    require_scores: bool = Field(
+        False,
+        description="when a threshold is set, a sample (or turn) with no score fails it; by "
+        "default a missing score means not applicable (text-only samples have no CLIP score) "
+        "and passes",
+    )
+    balancing: BalancingParams = BalancingParams()
+    shard_rows: int = Field(1000, ge=1, description="samples per Parquet shard")
+    webdataset: bool = Field(
+        False,
+        description="also write caption pairs (samples with one image and one turn from sources "
+        "mapped from a caption: a `caption` field or the laion / webdataset_caption preset) as "
+        "WebDataset tar shards (.jpg/.png + .txt + .json)",
+    )
+    webdataset_shard_rows: int = Field(1000, ge=1, description="pairs per tar shard")
+    include_sample_id: bool = Field(
+        True,
+        description="append `sample_id` to FineVision's columns in the shards (provenance)",
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="blocking check: the release may hold at most this many samples"
+    )
+    min_samples: int = Field(
+        1, ge=0, description="blocking check: the release must hold at least this many samples"
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not _VERSION.match(value):
+            raise ValueError(f"{value!r} is not a usable version (letters, digits, . _ -)")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, sources: list[SourceMix]) -> list[SourceMix]:
+        names = [s.name for s in sources]
+        if len(set(names)) != len(names):
+            raise ValueError("a source is listed twice in the release recipe")
+        return sources
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReleaseRecipe:
+        if (
+            self.clip_score_min is not None
+            and self.clip_score_max is not None
+            and self.clip_score_min >= self.clip_score_max
+        ):
+            raise ValueError("clip_score_min must be below clip_score_max")
+        if self.max_samples is not None and self.max_samples < self.min_samples:
+            raise ValueError("max_samples must be at least min_samples")
+        return self

@@ -1,0 +1,212 @@
+"""Which samples of the release input enter the release, and which of their turns.
+
+Every candidate is either selected or rejected with a stable reason, so the release accounts
+for its whole input: ``source_not_in_recipe``, ``benchmark_source``, ``clip_score_low``,
+``clip_score_high``, ``quality_low``, ``rating_below_min`` (every turn fell below a judge
+minimum), ``source_weight``, ``source_cap``, ``concept_balance``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from fineharbor.core.concepts.kmeans import ConceptHierarchy
+from fineharbor.core.concepts.sampling import Flatness, balanced_sample, flatness
+from fineharbor.core.release.params import RATING_AXES, ReleaseRecipe
+from fineharbor.core.schema import REJECT_SCHEMA
+
+SCORED_STAGE = "scored_samples (quality scoring: CLIP score, UniFilter score, judge ratings)"
+
+
+class ReleaseInputError(ValueError):
+    """The recipe asks for a filter whose score column the release input does not hold."""
+
+
+def ratings_column(axis: str) -> str:
+    return f"{axis}_ratings"
+
+
+def min_column(axis: str) -> str:
+    return f"{axis}_min"
+
+
+def required_columns(recipe: ReleaseRecipe) -> list[str]:
+    needed = []
+    if recipe.clip_score_min is not None or recipe.clip_score_max is not None:
+        needed.append("clip_score")
+    if recipe.quality_min is not None:
+        needed.append("quality_score")
+    needed += [ratings_column(axis) for axis in recipe.min_ratings.active()]
+    return needed
+
+
+def check_input(schema: pa.Schema, recipe: ReleaseRecipe, input_asset: str) -> None:
+    """Fail, naming the column and its stage, when a configured filter cannot be applied."""
+    missing = [c for c in required_columns(recipe) if schema.get_field_index(c) < 0]
+    if missing:
+        raise ReleaseInputError(
+            f"the release recipe filters on {', '.join(missing)} but the release input "
+            f"{input_asset!r} has no such column: it is produced by {SCORED_STAGE}; "
+            "materialize that stage and make it the release input, or remove the threshold"
+        )
+
+
+def score_columns(schema: pa.Schema) -> list[str]:
+    """The contract's score columns present in the input (all are optional)."""
+    names = ["clip_score", "quality_score"]
+    for axis in RATING_AXES:
+        names += [ratings_column(axis), min_column(axis)]
+    return [n for n in names if schema.get_field_index(n) >= 0]
+
+
+def reject(row: dict, reason: str, detail: str) -> dict:
+    """A reject ledger row for an input row (needs sample_id, source, origin_key)."""
+    return {
+        "sample_id": row["sample_id"],
+        "source": row["source"],
+        "origin_key": row["origin_key"],
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def _fails(value: float | None, limit: float | None, below: bool, strict: bool) -> bool:
+    if limit is None:
+        return False
+    if value is None:
+        return strict
+    return value < limit if below else value > limit
+
+
+def _threshold_reason(row: dict, recipe: ReleaseRecipe) -> tuple[str, str] | None:
+    score, quality, strict = row.get("clip_score"), row.get("quality_score"), recipe.require_scores
+    if _fails(score, recipe.clip_score_min, True, strict):
+        return "clip_score_low", f"clip_score {score} < {recipe.clip_score_min}"
+    if _fails(score, recipe.clip_score_max, False, strict):
+        return "clip_score_high", f"clip_score {score} > {recipe.clip_score_max}"
+    if _fails(quality, recipe.quality_min, True, strict):
+        return "quality_low", f"quality_score {quality} < {recipe.quality_min}"
+    return None
+
+
+def kept_turns(row: dict, recipe: ReleaseRecipe, n_turns: int) -> list[int] | None:
+    """Indices of turns meeting every judge minimum; None = all turns (no minimum set)."""
+    minimums = recipe.min_ratings.active()
+    if not minimums:
+        return None
+    keep = []
+    for turn in range(n_turns):
+        ok = True
+        for axis, minimum in minimums.items():
+            ratings = row.get(ratings_column(axis))
+            rating = ratings[turn] if ratings is not None and turn < len(ratings) else None
+            if rating is None:
+                ok = ok and not recipe.require_scores
+            elif rating < minimum:
+                ok = False
+        if ok:
+            keep.append(turn)
+    return keep
+
+
+@dataclass
+class Candidates:
+    """Samples that passed the thresholds, with the turns kept; and the rejected rows."""
+
+    turns: dict[str, list[int] | None] = field(default_factory=dict)
+    source_of: dict[str, str] = field(default_factory=dict)
+    rejects: list[dict] = field(default_factory=list)
+
+
+def filter_rows(rows: list[dict], recipe: ReleaseRecipe, into: Candidates) -> None:
+    """Apply CLIP bounds, the quality threshold and turn-level judge minimums to input rows.
+
+    Rows need sample_id, source, origin_key, n_turns and whichever score columns exist.
+    """
+    minimums = recipe.min_ratings.active()
+    for row in rows:
+        failed = _threshold_reason(row, recipe)
+        if failed:
+            into.rejects.append(reject(row, *failed))
+            continue
+        turns = kept_turns(row, recipe, row["n_turns"])
+        if turns is not None and not turns:
+            limits = ", ".join(f"{a} >= {m}" for a, m in minimums.items())
+            into.rejects.append(
+                reject(row, "rating_below_min", f"all {row['n_turns']} turns below {limits}")
+            )
+            continue
+        into.turns[row["sample_id"]] = turns
+        into.source_of[row["sample_id"]] = row["source"]
+
+
+def _source_rng(seed: int, source: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(source.encode())])
+
+
+def apply_source_mix(candidates: Candidates, recipe: ReleaseRecipe, origin: dict[str, str]) -> None:
+    """Per source: keep a seeded `weight` fraction, then at most `cap` samples."""
+    by_source: dict[str, list[str]] = {}
+    for sample_id, source in candidates.source_of.items():
+        by_source.setdefault(source, []).append(sample_id)
+    mix = {s.name: s for s in recipe.sources}
+    for source, ids in sorted(by_source.items()):
+        spec = mix.get(source)
+        if spec is None:
+            continue
+        ids = sorted(ids)
+        order = _source_rng(recipe.seed, source).permutation(len(ids))
+        keep_n = round(spec.weight * len(ids))
+        dropped = {ids[i]: ("source_weight", f"weight {spec.weight}") for i in order[keep_n:]}
+        if spec.cap is not None and keep_n > spec.cap:
+            dropped |= {ids[i]: ("source_cap", f"cap {spec.cap}") for i in order[spec.cap : keep_n]}
+        for sample_id, (reason, detail) in sorted(dropped.items()):
+            row = {"sample_id": sample_id, "source": source, "origin_key": origin[sample_id]}
+            candidates.rejects.append(reject(row, reason, detail))
+            del candidates.turns[sample_id]
+            del candidates.source_of[sample_id]
+
+
+def balance(
+    candidates: Candidates,
+    recipe: ReleaseRecipe,
+    clusters: pa.Table,
+    origin: dict[str, str],
+) -> list[Flatness]:
+    """Vo et al.'s balanced sampling over the candidates that have a concept; others pass."""
+    ids = clusters.column("sample_id").to_pylist()
+    rows = np.array([i for i, s in enumerate(ids) if s in candidates.turns], dtype=np.int64)
+    if rows.size == 0:
+        return []
+    paths = clusters.column("clusters").to_pylist()
+    n_levels = len(paths[0])
+    labels = [np.array([p[level] for p in paths], dtype=np.int64) for level in range(n_levels)]
+    hierarchy = ConceptHierarchy(
+        labels,
+        [int(level.max()) + 1 for level in labels],
+        clusters.column("distance").to_numpy(zero_copy_only=False),
+    ).subset(rows)
+    policy = recipe.balancing
+    target = policy.target_size or max(1, round(policy.target_fraction * rows.size))
+    chosen = balanced_sample(hierarchy, target, policy.strategy, recipe.seed)
+    chosen_set = set(chosen.tolist())
+    for position, row in enumerate(rows.tolist()):
+        if position in chosen_set:
+            continue
+        sample_id = ids[row]
+        source = candidates.source_of.pop(sample_id)
+        del candidates.turns[sample_id]
+        left_out = {"sample_id": sample_id, "source": source, "origin_key": origin[sample_id]}
+        candidates.rejects.append(
+            reject(left_out, "concept_balance", f"target {target} of {rows.size} clustered")
+        )
+    return flatness(hierarchy, chosen)
+
+
+def rejects_table(rows: list[dict]) -> pa.Table:
+    rows = sorted(rows, key=lambda r: (r["source"], r["sample_id"]))
+    return pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)

@@ -1,0 +1,172 @@
+"""Release files: Parquet shards in the Hugging Face `datasets` / FineVision layout, WebDataset
+tar shards for caption pairs, and a manifest with a sha256 per file.
+
+Every file is built in memory (one shard at a time) and written once, so its checksum is known
+without reading it back; nothing written depends on time or machine, so the same input, recipe
+and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from fineharbor.core.release.params import RATING_AXES
+from fineharbor.core.release.select import min_column, ratings_column
+
+SPLIT = "train"
+
+
+def _features(include_sample_id: bool) -> pa.Schema:
+    """FineVision's columns, typed as `datasets` features so images load as PIL images."""
+    import datasets
+
+    spec: dict = {
+        "images": datasets.List(datasets.Image()),
+        "texts": datasets.List(
+            {"user": datasets.Value("string"), "assistant": datasets.Value("string")}
+        ),
+        "source": datasets.Value("string"),
+    }
+    for axis in RATING_AXES:
+        spec[ratings_column(axis)] = datasets.List(datasets.Value("int64"))
+        spec[min_column(axis)] = datasets.Value("int64")
+    if include_sample_id:
+        spec["sample_id"] = datasets.Value("string")
+    return datasets.Features(spec).arrow_schema
+
+
+def release_schema(include_sample_id: bool) -> pa.Schema:
+    """The shards' schema; `images` and `texts` are the unified schema's own types."""
+    return _features(include_sample_id)
+
+
+def release_row(row: dict, turns: list[int] | None, include_sample_id: bool) -> dict:
+    """A FineVision row from an input row: turns filtered, ratings aligned, minimums recomputed."""
+    texts = row["texts"] or []
+    keep = range(len(texts)) if turns is None else turns
+    out = {
+        "images": row["images"] or [],
+        "texts": [texts[i] for i in keep],
+        "source": row["source"],
+    }
+    for axis in RATING_AXES:
+        ratings = row.get(ratings_column(axis))
+        if ratings is None:
+            out[ratings_column(axis)] = None
+            out[min_column(axis)] = None
+            continue
+        kept = [ratings[i] if i < len(ratings) else None for i in keep]
+        present = [r for r in kept if r is not None]
+        out[ratings_column(axis)] = kept
+        out[min_column(axis)] = min(present) if present else None
+    if include_sample_id:
+        out["sample_id"] = row["sample_id"]
+    return out
+
+
+def shard_name(source: str, index: int, total: int) -> str:
+    return posixpath.join("data", source, f"{SPLIT}-{index:05d}-of-{total:05d}.parquet")
+
+
+def tar_name(source: str, index: int) -> str:
+    return posixpath.join("webdataset", f"{source}-{index:05d}.tar")
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=256)
+    return sink.getvalue().to_pybytes()
+
+
+def image_extension(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "img"
+
+
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """A tar with fixed owner, mode and mtime, so equal members give equal bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def caption_pair_members(row: dict, key: str, extra: dict) -> list[tuple[str, bytes]] | None:
+    """WebDataset members of a caption pair (one image, one turn); None for other samples."""
+    images, texts = row["images"] or [], row["texts"] or []
+    if len(images) != 1 or len(texts) != 1 or not (images[0] or {}).get("bytes"):
+        return None
+    data = images[0]["bytes"]
+    meta = {
+        "sample_id": row["sample_id"],
+        "source": row["source"],
+        "user": texts[0]["user"],
+        **extra,
+    }
+    return [
+        (f"{key}.{image_extension(data)}", data),
+        (f"{key}.txt", (texts[0]["assistant"] or "").encode()),
+        (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+    ]
+
+
+@dataclass
+class ReleaseFile:
+    path: str
+    sha256: str
+    bytes: int
+    rows: int
+    kind: str
+    source: str | None = None
+
+
+@dataclass
+class ReleaseFiles:
+    """Writes files under a (staging) directory and records each one's checksum."""
+
+    fs: pafs.FileSystem
+    root: str
+    files: list[ReleaseFile] = field(default_factory=list)
+
+    def write(
+        self, path: str, data: bytes, rows: int, kind: str, source: str | None = None
+    ) -> None:
+        target = posixpath.join(self.root, path)
+        self.fs.create_dir(posixpath.dirname(target), recursive=True)
+        with self.fs.open_output_stream(target) as stream:
+            stream.write(data)
+        digest = hashlib.sha256(data).hexdigest()
+        self.files.append(ReleaseFile(path, digest, len(data), rows, kind, source))
+
+    def manifest(self, header: dict) -> bytes:
+        body = {**header, "files": [asdict(f) for f in self.files]}
+        return (json.dumps(body, indent=2, sort_keys=False) + "\n").encode()
+
+
+def verify_manifest(fs: pafs.FileSystem, root: str) -> list[str]:
+    """Paths whose bytes no longer match the manifest's sha256 (empty: the release is intact)."""
+    with fs.open_input_stream(posixpath.join(root, "manifest.json")) as stream:
+        manifest = json.loads(stream.read())
+    bad = []
+    for entry in manifest["files"]:
+        with fs.open_input_stream(posixpath.join(root, entry["path"])) as stream:
+            if hashlib.sha256(stream.read()).hexdigest() != entry["sha256"]:
+                bad.append(entry["path"])
+    return bad

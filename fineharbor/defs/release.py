@@ -1,0 +1,167 @@
+"""Concept clusters and the release: the last global stages, before the SQL models and catalog."""
+
+import dagster as dg
+
+from fineharbor.core.release.build import (
+    CONCEPTS,
+    RELEASE,
+    RELEASE_INPUT_ASSET,
+    build_concept_clusters,
+    build_release_mix,
+)
+from fineharbor.defs.reporting import CHECK_CONSERVED, column_schema, markdown_table
+from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
+from fineharbor.defs.sql_models import SQL_DIR
+
+CHECK_SIZE = "release_size_within_limits"
+CHECK_CLEAN = "release_holds_no_rejected_or_benchmark_sample"
+
+
+@dg.asset(
+    name=CONCEPTS,
+    group_name="release",
+    kinds={"parquet", "faiss"},
+    deps=[dg.AssetKey(RELEASE_INPUT_ASSET), dg.AssetKey("image_signatures")],
+    code_version="1",
+    description=(
+        "Hierarchical k-means (Vo et al. 2024) over one vector per release-input sample (the "
+        "mean of its images' copy-detection or CLIP embeddings from image_signatures): level 1 "
+        "clusters the samples, each higher level clusters the previous level's centroids; "
+        "k-means++ seeding, 50 faiss iterations, resampling steps with a per-level sample size. "
+        "Holds each sample's cluster at every level (`clusters`, level 1 first) and its squared "
+        "distance to its level-1 centroid."
+    ),
+)
+def concept_clusters(project: FineharborProject) -> dg.MaterializeResult:
+    table, stats = build_concept_clusters(project.config, project.storage)
+    levels = stats["levels"]
+    summary = (
+        f"{stats['clustered']} of {stats['samples']} samples clustered on "
+        f"`{stats['embedding']}`\n\n"
+        + markdown_table(
+            ["level", "clusters", "largest", "median"],
+            [(lv["level"], lv["clusters"], lv["max_size"], lv["median_size"]) for lv in levels],
+        )
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.num_rows,
+            "dagster/column_schema": column_schema(table.schema),
+            "embedding": stats["embedding"],
+            "samples_without_embedding": stats["samples"] - stats["clustered"],
+            "levels": dg.MetadataValue.json(levels),
+            "summary": dg.MetadataValue.md(summary),
+        }
+    )
+
+
+@dg.asset(
+    name=RELEASE,
+    group_name="release",
+    kinds={"parquet", "duckdb"},
+    deps=[dg.AssetKey(RELEASE_INPUT_ASSET), concept_clusters],
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_SIZE,
+            asset=RELEASE,
+            blocking=True,
+            description="the release holds between release.min_samples and release.max_samples",
+        ),
+        dg.AssetCheckSpec(
+            CHECK_CLEAN,
+            asset=RELEASE,
+            blocking=True,
+            description="no released sample is a rejected one or comes from a benchmark source",
+        ),
+        dg.AssetCheckSpec(
+            CHECK_CONSERVED,
+            asset=RELEASE,
+            blocking=True,
+            description="release input rows = released + left out (with a reason)",
+        ),
+    ],
+    description=(
+        "The release written by the recipe in `release:`: train sources with weights and caps, "
+        "CLIP score bounds (LAION lower, DanQing upper), the learned quality threshold, judge "
+        "minimums with FineVision's turn-level filtering, and optional balanced concept sampling "
+        "(Vo et al.). Writes `releases/<name>/<version>/` atomically: Parquet shards in the "
+        "`datasets` layout with FineVision's columns, WebDataset tars for caption pairs on "
+        "request, a dataset card whose numbers come from the SQL models, and manifest.json "
+        "with a sha256 per file. This table indexes the released samples; left-out samples "
+        "are in its rejects with a reason."
+    ),
+)
+def release_mix(project: FineharborProject) -> dg.MaterializeResult:
+    config, storage = project.config, project.storage
+    recipe = config.release
+    result = build_release_mix(config, storage, STAGE_TABLES, SQL_DIR)
+    released = result.index.num_rows
+    ids = set(result.index.column("sample_id").to_pylist())
+    rejected_ids = set(result.rejects.column("sample_id").to_pylist())
+    benchmarks = {s.name for s in config.sources if s.role == "benchmark"}
+    from_benchmark = [s for s in result.index.column("source").to_pylist() if s in benchmarks]
+    too_big = recipe.max_samples is not None and released > recipe.max_samples
+    composition = result.tables["release_composition"]
+    checks = [
+        dg.AssetCheckResult(
+            check_name=CHECK_SIZE,
+            passed=not too_big and released >= recipe.min_samples,
+            metadata={
+                "samples": released,
+                "min_samples": recipe.min_samples,
+                "max_samples": recipe.max_samples or -1,
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_CLEAN,
+            passed=not (ids & rejected_ids) and not from_benchmark,
+            metadata={
+                "released_and_rejected": len(ids & rejected_ids),
+                "from_benchmark_sources": len(from_benchmark),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_CONSERVED,
+            passed=result.input_rows == released + result.rejects.num_rows,
+            metadata={
+                "input_rows": result.input_rows,
+                "released": released,
+                "left_out": result.rejects.num_rows,
+            },
+        ),
+    ]
+    reasons: dict[str, int] = {}
+    for reason in result.rejects.column("reason").to_pylist():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    files = [(f.path, f.rows, f.bytes, f.sha256[:12]) for f in result.files]
+    summary = (
+        f"**{recipe.name} {recipe.version}**: {released} samples of {result.input_rows} in "
+        f"`{RELEASE_INPUT_ASSET}` at `{result.path}`\n\n### Composition\n"
+        + markdown_table(
+            composition.column_names, [tuple(r.values()) for r in composition.to_pylist()]
+        )
+        + "\n\n### Left out\n"
+        + markdown_table(["reason", "samples"], sorted(reasons.items()))
+        + "\n\n### Files\n"
+        + markdown_table(["path", "rows", "bytes", "sha256"], files)
+    )
+    metadata = {
+        "dagster/row_count": released,
+        "dagster/column_schema": column_schema(result.index.schema),
+        "path": dg.MetadataValue.path(result.path),
+        "left_out_by_reason": dg.MetadataValue.json(reasons),
+        "files": len(result.files),
+        "summary": dg.MetadataValue.md(summary),
+    }
+    if result.facts.diversity is not None:
+        metadata["diversity"] = round(result.facts.diversity, 4)
+    if result.facts.flatness:
+        top = result.facts.flatness[-1]
+        metadata["concept_max_median_ratio_before"] = top["max_median_ratio_before"]
+        metadata["concept_max_median_ratio_after"] = top["max_median_ratio_after"]
+        metadata["concept_flatness"] = dg.MetadataValue.json(result.facts.flatness)
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+RELEASE_ASSETS = [concept_clusters, release_mix]

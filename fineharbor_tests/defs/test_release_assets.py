@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from fineharbor.defs.catalog import duckdb_catalog
+from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.release import RELEASE_ASSETS
+from fineharbor.defs.resources import FineharborProject
+from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
+from fineharbor_tests.defs.test_ingest_assets import project as ingest_project  # noqa: F401
+from fineharbor_tests.defs.test_ingest_assets import resources, run_pipeline
+
+RELEASE = """
+release:
+  name: tiny
+  version: "2"
+  sources: [{name: charts, cap: 4}, {name: scenes}]
+  balancing: {enabled: true, target_size: 6}
+  shard_rows: 3
+  max_samples: 100
+stages:
+  concepts:
+    n_iters: 10
+    levels: [{n_clusters: 4}, {n_clusters: 2}]
+"""
+
+
+@pytest.fixture
+def project(ingest_project, tmp_path):  # noqa: F811
+    config = tmp_path / "fineharbor.yaml"
+    config.write_text(config.read_text() + RELEASE)
+    return ingest_project
+
+
+def test_release_assets_write_the_release_models_and_checks(project):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])
+        run_pipeline(project, instance, ["charts", "scenes"])
+        result = dg.materialize(
+            [*RELEASE_ASSETS, *SQL_MODEL_ASSETS, duckdb_catalog],
+            instance=instance,
+            resources=resources(project),
+        )
+        assert result.success
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks["release_size_within_limits"] and checks["rows_conserved"]
+        assert checks["release_holds_no_rejected_or_benchmark_sample"]
+        event = instance.get_latest_materialization_event(dg.AssetKey("release_mix"))
+        metadata = event.asset_materialization.metadata
+        assert metadata["dagster/row_count"].value == 6
+        assert (
+            metadata["concept_max_median_ratio_after"].value
+            <= metadata["concept_max_median_ratio_before"].value
+        )
+        concepts = instance.get_latest_materialization_event(dg.AssetKey("concept_clusters"))
+        assert concepts.asset_materialization.metadata["embedding"].value == "phash"
+
+        # a release below its configured minimum size fails its blocking check
+        config = Path(project.config_path)
+        config.write_text(config.read_text().replace("max_samples: 100", "min_samples: 50"))
+        strict = FineharborProject(config_path=project.config_path, home=project.home)
+        failed = dg.materialize(
+            RELEASE_ASSETS, instance=instance, resources=resources(strict), raise_on_error=False
+        )
+        checks = {c.check_name: c.passed for c in failed.get_asset_check_evaluations()}
+        assert checks["release_size_within_limits"] is False
+    root = project.storage.path("releases", "tiny", "2")
+    with duckdb.connect(str(project.catalog_path), read_only=True) as connection:
+        composition = connection.execute(
+            "select source, samples from release_composition order by source = '*', source"
+        ).fetchall()
+        shards = connection.execute(
+            f"select count(*) from read_parquet('{root}/data/*/*.parquet')"
+        ).fetchall()[0][0]
+        matrix = connection.execute("select count(*) from duplicate_matrix").fetchall()
+    assert composition[-1] == ("*", 6) and shards == 6
+    assert matrix[0][0] >= 0
