@@ -9,12 +9,15 @@ from fineharbor.core.release.build import (
     build_concept_clusters,
     build_release_mix,
 )
+from fineharbor.core.review.gate import release_violations, review_release_gate
 from fineharbor.defs.reporting import CHECK_CONSERVED, column_schema, markdown_table
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
+from fineharbor.defs.review import project_reviews
 from fineharbor.defs.sql_models import SQL_DIR
 
 CHECK_SIZE = "release_size_within_limits"
 CHECK_CLEAN = "release_holds_no_rejected_or_benchmark_sample"
+CHECK_REVIEWED = "reviewed_sources_only"
 
 
 @dg.asset(
@@ -80,6 +83,13 @@ def concept_clusters(project: FineharborProject) -> dg.MaterializeResult:
             blocking=True,
             description="release input rows = released + left out (with a reason)",
         ),
+        dg.AssetCheckSpec(
+            CHECK_REVIEWED,
+            asset=RELEASE,
+            blocking=True,
+            description="every released sample comes from a source a person approved in "
+            "reviews.yaml (for its current mapping) and was not flagged by a reviewer",
+        ),
     ],
     description=(
         "The release written by the recipe in `release:`: train sources with weights and caps, "
@@ -95,7 +105,10 @@ def concept_clusters(project: FineharborProject) -> dg.MaterializeResult:
 def release_mix(project: FineharborProject) -> dg.MaterializeResult:
     config, storage = project.config, project.storage
     recipe = config.release
-    result = build_release_mix(config, storage, STAGE_TABLES, SQL_DIR)
+    reviews = project_reviews(project)
+    gate = review_release_gate(reviews, config) if recipe.require_review else None
+    result = build_release_mix(config, storage, STAGE_TABLES, SQL_DIR, gate)
+    violations = release_violations(result.index, reviews, config) if gate else []
     released = result.index.num_rows
     ids = set(result.index.column("sample_id").to_pylist())
     rejected_ids = set(result.rejects.column("sample_id").to_pylist())
@@ -128,6 +141,17 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
                 "input_rows": result.input_rows,
                 "released": released,
                 "left_out": result.rejects.num_rows,
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_REVIEWED,
+            passed=not violations,
+            metadata={
+                "require_review": recipe.require_review,
+                "blocked_sources": dg.MetadataValue.json(dict(gate.blocked) if gate else {}),
+                "violations": dg.MetadataValue.md(
+                    "\n".join(f"- {v}" for v in violations) or "none"
+                ),
             },
         ),
     ]

@@ -1,10 +1,9 @@
-"""Review wiring for Dagster: per-source overrides, review pages, and the release gate check."""
+"""Review wiring for Dagster: per-source overrides and review pages (the release applies the
+gate itself, see defs/release.py)."""
 
-from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 
 from fineharbor.core.config import ProjectConfig, default_config_path
 from fineharbor.core.review.decisions import (
@@ -13,9 +12,7 @@ from fineharbor.core.review.decisions import (
     project_for_source,
     reviews_path,
 )
-from fineharbor.core.review.gate import project_gate, release_violations
 from fineharbor.core.review.pages import write_review_page
-from fineharbor.core.storage import Storage
 from fineharbor.defs.resources import FineharborProject
 
 
@@ -35,41 +32,3 @@ def review_page_metadata(project: FineharborProject, source: str) -> dict:
     path = write_review_page(project.storage, project.config, project_reviews(project), source)
     link = f"file://{path}" if project.storage.is_local else path
     return {"review_page": dg.MetadataValue.url(link)}
-
-
-def read_release_sources(storage: Storage, asset: str) -> pa.Table:
-    """`sample_id` and `source` of an unpartitioned release written through Storage."""
-    return storage.read_table(asset, columns=["sample_id", "source"])
-
-
-def release_review_check(
-    asset: str = "release_mix",
-    read_release: Callable[[Storage, str], pa.Table] = read_release_sources,
-) -> dg.AssetChecksDefinition:
-    """A blocking check for the release: no sample of an unreviewed, rejected or stale-approved
-    source, and no human-flagged sample. The release itself should select sources with
-    ``project_gate`` and filter rows with ``apply_human_flags``; this check proves it did."""
-
-    @dg.asset_check(
-        asset=asset,
-        name="reviewed_sources_only",
-        blocking=True,
-        description=(
-            "every released sample comes from a source a person approved (for its current "
-            "mapping) and was not flagged by a reviewer (reviews.yaml)"
-        ),
-    )
-    def _check(project: FineharborProject) -> dg.AssetCheckResult:
-        reviews = project_reviews(project)
-        gate = project_gate(reviews, project.config)
-        problems = release_violations(read_release(project.storage, asset), reviews, project.config)
-        return dg.AssetCheckResult(
-            passed=not problems,
-            metadata={
-                "allowed_sources": ", ".join(gate.allowed) or "none",
-                "blocked_sources": dg.MetadataValue.json(gate.blocked),
-                "violations": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
-            },
-        )
-
-    return _check

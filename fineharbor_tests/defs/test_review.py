@@ -1,44 +1,28 @@
 """The review loop end to end: a new source added with `map-source --write` is ingested, gets a
 review page linked from its metadata, stays out of the release until approved, enters it after
-approval, and a flagged sample lands in the release's rejects as `human_flagged`. The release
-here is a stand-in for release_mix that uses the core gate and filter as the real one must."""
+approval, and a flagged sample lands in the release's rejects as `human_flagged`."""
+
+from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 import pytest
 
 from fineharbor.cli import main
-from fineharbor.core.review.gate import HUMAN_FLAGGED, apply_human_flags, project_gate
-from fineharbor.core.schema import REJECT_SCHEMA
-from fineharbor.defs.ingest import cleaned_samples, raw_samples, unified_samples
+from fineharbor.core.release.select import HUMAN_FLAGGED
+from fineharbor.core.review.gate import project_gate
 from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.release import CHECK_REVIEWED, RELEASE_ASSETS
 from fineharbor.defs.resources import FineharborProject
-from fineharbor.defs.review import project_reviews, release_review_check, source_config
+from fineharbor.defs.review import project_reviews, source_config
 from fineharbor_tests.conftest import make_image_bytes
+from fineharbor_tests.defs.test_ingest_assets import resources, run_pipeline
 
-RELEASE_SCHEMA = pa.schema([("sample_id", pa.string()), ("source", pa.string())])
 CAPTIONS = [
     "A small red ball lies on the green grass next to a wooden fence.",
     "Two brown dogs run across a sandy beach under a bright blue sky.",
     "An old stone bridge crosses a quiet river in the early morning light.",
     "A yellow taxi waits at a busy street corner in the middle of the city.",
 ]
-
-
-def stand_in_release(respect_reviews: bool) -> dg.AssetsDefinition:
-    @dg.asset(name="release_mix")
-    def release_mix(project: FineharborProject) -> None:
-        config, storage = project.config, project.storage
-        reviews = project_reviews(project)
-        names = project_gate(reviews, config).allowed if respect_reviews else config.source_names
-        with storage.writer("release_mix", None, RELEASE_SCHEMA) as writer:
-            for name in names:
-                for batch in storage.iter_batches("cleaned_samples", name):
-                    kept, rejected = apply_human_flags(batch, reviews.state(name).flagged)
-                    writer.write(kept)
-                    writer.reject(rejected)
-
-    return release_mix
 
 
 @pytest.fixture
@@ -56,14 +40,18 @@ def project(tmp_path, home):
     return config, folder
 
 
-def release(project, instance, respect_reviews=True):
+def release(project, instance, require_review=True):
+    """Materialize release_mix over what decontamination kept; its reviewed-sources check."""
+    if not require_review:
+        config = Path(project.config_path)
+        config.write_text(config.read_text() + "release: {require_review: false}\n")
+        project = FineharborProject(config_path=project.config_path, home=project.home)
     result = dg.materialize(
-        [stand_in_release(respect_reviews), release_review_check()],
-        instance=instance,
-        resources={"project": project},
-        raise_on_error=False,
+        RELEASE_ASSETS, instance=instance, resources=resources(project), raise_on_error=False
     )
-    (check,) = result.get_asset_check_evaluations()
+    if not require_review:
+        config.write_text(config.read_text().replace("release: {require_review: false}\n", ""))
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == CHECK_REVIEWED]
     released = project.storage.read_table("release_mix")
     rejects = project.storage.read_table("release_mix", kind="rejects")
     return check, released, rejects
@@ -79,13 +67,7 @@ def test_new_source_reviewed_before_release(project, home, monkeypatch, capsys):
 
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["critters"])
-        result = dg.materialize(
-            [raw_samples, unified_samples, cleaned_samples],
-            partition_key="critters",
-            instance=instance,
-            resources={"project": resource},
-        )
-        assert result.success
+        run_pipeline(resource, instance, ["critters"])
         event = instance.get_latest_materialization_event(dg.AssetKey("cleaned_samples"))
         link = event.asset_materialization.metadata["review_page"].value
         page = home / "review" / "critters.html"
@@ -94,14 +76,15 @@ def test_new_source_reviewed_before_release(project, home, monkeypatch, capsys):
         ids = sorted(cleaned.column("sample_id").to_pylist())
         assert len(ids) >= 2
 
-        # A release that ignores the reviews is stopped by the blocking check.
-        check, released, _ = release(resource, instance, respect_reviews=False)
-        assert not check.passed and released.num_rows == len(ids)
-        assert "critters: unreviewed" in check.metadata["violations"].value
-
-        # Unreviewed: kept out.
-        check, released, _ = release(resource, instance)
+        # Unreviewed: kept out, every sample in the rejects with the reason.
+        check, released, rejects = release(resource, instance)
         assert check.passed and released.num_rows == 0
+        assert set(rejects.column("reason").to_pylist()) == {"source_not_approved"}
+        assert sorted(rejects.column("sample_id").to_pylist()) == ids
+        # Opting out of review releases it (the check reports no gate was applied).
+        check, released, _ = release(resource, instance, require_review=False)
+        assert check.passed and released.num_rows == len(ids)
+        assert check.metadata["require_review"].value is False
 
         monkeypatch.setenv("FINEHARBOR_REVIEWER", "dana")
         args = ["--config", str(config), "review", "critters"]
@@ -115,7 +98,6 @@ def test_new_source_reviewed_before_release(project, home, monkeypatch, capsys):
         assert "warning: not in unified_samples of critters: no-such-id" in capsys.readouterr().out
         check, released, rejects = release(resource, instance)
         assert check.passed and sorted(released.column("sample_id").to_pylist()) == ids[1:]
-        assert rejects.schema == REJECT_SCHEMA
         (row,) = rejects.to_pylist()
         assert row["sample_id"] == ids[0] and row["reason"] == HUMAN_FLAGGED
         assert row["detail"].startswith("flagged by dana at ") and "a watermark" in row["detail"]

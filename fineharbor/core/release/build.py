@@ -28,6 +28,7 @@ from fineharbor.core.release.card import CARD_MODELS, CardFacts, render_card
 from fineharbor.core.release.params import RATING_AXES
 from fineharbor.core.release.select import (
     Candidates,
+    ReleaseGate,
     apply_source_mix,
     balance,
     check_input,
@@ -170,7 +171,11 @@ class ReleaseResult:
 
 
 def _select(
-    project: ProjectConfig, storage: Storage, sources: list[str], origin: dict[str, str]
+    project: ProjectConfig,
+    storage: Storage,
+    sources: list[str],
+    origin: dict[str, str],
+    gate: ReleaseGate,
 ) -> tuple[Candidates, list]:
     recipe = project.release
     listed = {s.name for s in recipe.sources}
@@ -197,6 +202,8 @@ def _select(
                     reject(r, "source_not_in_recipe", "not in release.sources") for r in rows
                 ]
             else:
+                rows, refused = gate.split(source, rows)
+                candidates.rejects += refused
                 filter_rows(rows, recipe, candidates)
     apply_source_mix(candidates, recipe, origin)
     flat = []
@@ -337,9 +344,14 @@ def card_tables(
 
 
 def build_release_mix(
-    project: ProjectConfig, storage: Storage, stage_tables: Iterable[StageTable], sql_dir: Path
+    project: ProjectConfig,
+    storage: Storage,
+    stage_tables: Iterable[StageTable],
+    sql_dir: Path,
+    gate: ReleaseGate | None = None,
 ) -> ReleaseResult:
-    """Select, write shards + card + manifest atomically, and record the release index."""
+    """Select, write shards + card + manifest atomically, and record the release index.
+    ``gate`` holds the reviewers' decisions (none: every train source may enter)."""
     recipe = project.release
     known = set(project.source_names)
     unknown = [s.name for s in recipe.sources if s.name not in known]
@@ -347,7 +359,7 @@ def build_release_mix(
         raise ValueError(f"release.sources names {unknown[0]!r}, which is not a configured source")
     sources = _input_sources(project, storage)
     origin: dict[str, str] = {}
-    candidates, flat = _select(project, storage, sources, origin)
+    candidates, flat = _select(project, storage, sources, origin, gate or ReleaseGate())
     rejects = rejects_table(candidates.rejects)
     index_rows: list[dict] = []
     with storage.staged_directory(RELEASES_DIR, recipe.name, recipe.version) as staging:

@@ -95,6 +95,12 @@ class ReleaseRecipe(_Strict):
         "default a missing score means not applicable (text-only samples have no CLIP score) "
         "and passes",
     )
+    require_review: bool = Field(
+        True,
+        description="only train sources a person approved in reviews.yaml (for their current "
+        "mapping) enter, minus the samples reviewers flagged (FineVision's human review); "
+        "false releases every train source unreviewed",
+    )
     balancing: BalancingParams = BalancingParams()
     shard_rows: int = Field(1000, ge=1, description="samples per Parquet shard")
     webdataset: bool = Field(

@@ -3,12 +3,14 @@
 Every candidate is either selected or rejected with a stable reason, so the release accounts
 for its whole input: ``source_not_in_recipe``, ``benchmark_source``, ``clip_score_low``,
 ``clip_score_high``, ``quality_low``, ``rating_below_min`` (every turn fell below a judge
-minimum), ``source_weight``, ``source_cap``, ``concept_balance``.
+minimum), ``source_weight``, ``source_cap``, ``concept_balance``, and what reviewers decided:
+``source_not_approved`` and ``human_flagged``.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +22,32 @@ from fineharbor.core.release.params import RATING_AXES, ReleaseRecipe
 from fineharbor.core.schema import REJECT_SCHEMA
 
 SCORED_STAGE = "scored_samples (quality scoring: CLIP score, UniFilter score, judge ratings)"
+
+
+SOURCE_NOT_APPROVED = "source_not_approved"
+HUMAN_FLAGGED = "human_flagged"
+
+
+@dataclass(frozen=True)
+class ReleaseGate:
+    """What people decided about the release input (``reviews.yaml``): train sources that may
+    not enter and why, and flagged samples per source (sample_id -> who flagged it and why)."""
+
+    blocked: Mapping[str, str] = field(default_factory=dict)
+    flagged: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def split(self, source: str, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(rows that may enter, rejects for the others)."""
+        if source in self.blocked:
+            return [], [reject(r, SOURCE_NOT_APPROVED, self.blocked[source]) for r in rows]
+        flagged = self.flagged.get(source, {})
+        kept = [r for r in rows if r["sample_id"] not in flagged]
+        dropped = [
+            reject(r, HUMAN_FLAGGED, flagged[r["sample_id"]])
+            for r in rows
+            if r["sample_id"] in flagged
+        ]
+        return kept, dropped
 
 
 class ReleaseInputError(ValueError):

@@ -1,7 +1,8 @@
 """What the release takes from the reviews: which sources may enter, and which samples not.
 
-``release_gate`` decides per source; ``apply_human_flags`` is the stage function the release
-applies to each source's rows (kept rows, and rejects with reason ``human_flagged``).
+``release_gate`` decides per source; ``review_release_gate`` hands the decisions to the release,
+which rejects the rows of blocked sources (``source_not_approved``) and flagged samples
+(``human_flagged``); ``release_violations`` checks a written release against the reviews.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fineharbor.core.config import ProjectConfig
+from fineharbor.core.release.select import ReleaseGate
 from fineharbor.core.review.decisions import Approve, ReviewLog, mapping_fingerprint
-from fineharbor.core.schema import REJECT_SCHEMA
-
-HUMAN_FLAGGED = "human_flagged"
 
 
 @dataclass(frozen=True)
@@ -65,24 +64,13 @@ def project_gate(reviews: ReviewLog, project: ProjectConfig) -> GateResult:
     )
 
 
-def apply_human_flags(
-    batch: pa.RecordBatch | pa.Table, flagged: Mapping[str, str]
-) -> tuple[pa.Table, pa.Table]:
-    """(rows not flagged, rejects for flagged rows with reason `human_flagged`).
-
-    `flagged` maps sample_id to the detail recorded (who flagged it, when, why), as
-    ``ReviewLog.state(source).flagged`` gives it. Rows in = kept + rejected.
-    """
-    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    hit = pc.is_in(table.column("sample_id"), value_set=pa.array(list(flagged), pa.string()))
-    hit = pc.fill_null(hit, False)
-    kept = table.filter(pc.invert(hit))
-    dropped = table.filter(hit).select(["sample_id", "source", "origin_key"]).to_pylist()
-    rejected = pa.Table.from_pylist(
-        [{**row, "reason": HUMAN_FLAGGED, "detail": flagged[row["sample_id"]]} for row in dropped],
-        schema=REJECT_SCHEMA,
+def review_release_gate(reviews: ReviewLog, project: ProjectConfig) -> ReleaseGate:
+    """The reviewers' decisions as the release applies them: blocked sources, flagged samples."""
+    gate = project_gate(reviews, project)
+    return ReleaseGate(
+        blocked=gate.blocked,
+        flagged={name: reviews.state(name).flagged for name in gate.allowed},
     )
-    return kept, rejected
 
 
 def release_violations(released: pa.Table, reviews: ReviewLog, project: ProjectConfig) -> list[str]:

@@ -9,15 +9,14 @@ import pyarrow as pa
 import pytest
 
 from fineharbor.core.config import parse_config
+from fineharbor.core.release.select import HUMAN_FLAGGED, SOURCE_NOT_APPROVED
 from fineharbor.core.review.decisions import Approve, Flag, Reject, ReviewLog, mapping_fingerprint
 from fineharbor.core.review.gate import (
-    HUMAN_FLAGGED,
-    apply_human_flags,
     project_gate,
     release_gate,
     release_violations,
+    review_release_gate,
 )
-from fineharbor.core.schema import REJECT_SCHEMA
 
 T = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -98,23 +97,24 @@ def rows(ids, source="a") -> pa.Table:
     )
 
 
-def test_human_flagged_filter_accounts_for_every_row():
-    flagged = {"2": "flagged by ann at 2026-11-01: blurry", "9": "not in this batch"}
-    kept, rejected = apply_human_flags(rows(["1", "2", "3"]).to_batches()[0], flagged)
-    assert kept.column("sample_id").to_pylist() == ["1", "3"]
-    assert kept.schema.names == ["sample_id", "source", "origin_key", "texts"]
-    assert rejected.schema == REJECT_SCHEMA
-    assert rejected.to_pylist() == [
-        {
-            "sample_id": "2",
-            "source": "a",
-            "origin_key": "k2",
-            "reason": HUMAN_FLAGGED,
-            "detail": "flagged by ann at 2026-11-01: blurry",
-        }
-    ]
-    kept, rejected = apply_human_flags(rows(["1"]), {})
-    assert kept.num_rows == 1 and rejected.num_rows == 0
+def test_release_gate_rejects_blocked_sources_and_flagged_samples_accounting_for_every_row():
+    project = _project()
+    log = ReviewLog().with_decision("a", approve(mapping_fingerprint(project.source("a"))))
+    log = log.with_decision(
+        "a", Flag(action="flag", by="ann", at=T, sample_ids=["2", "9"], note="blurry")
+    )
+    gate = review_release_gate(log, project)
+    assert set(gate.blocked) == {"b"} and set(gate.flagged["a"]) == {"2", "9"}
+
+    kept, rejected = gate.split("a", rows(["1", "2", "3"]).to_pylist())
+    assert [r["sample_id"] for r in kept] == ["1", "3"]
+    (flag,) = rejected
+    assert (flag["sample_id"], flag["origin_key"], flag["reason"]) == ("2", "k2", HUMAN_FLAGGED)
+    assert flag["detail"].startswith("flagged by ann at ") and "blurry" in flag["detail"]
+
+    kept, rejected = gate.split("b", rows(["5", "6"], "b").to_pylist())
+    assert kept == [] and [r["reason"] for r in rejected] == [SOURCE_NOT_APPROVED] * 2
+    assert "unreviewed" in rejected[0]["detail"]
 
 
 @pytest.mark.parametrize(
