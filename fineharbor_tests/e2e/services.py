@@ -438,7 +438,8 @@ def chromium(
         "--disable-extensions",
         "--hide-scrollbars",
         f"--user-data-dir={profile}",
-        "--window-size=1600,1000",
+        # the graph culls nodes outside the viewport: a window wide enough for every stage
+        "--window-size=3200,3200",
         f"--virtual-time-budget={budget_ms}",
         *extra,
         url,

@@ -184,8 +184,8 @@ def assert_published_once(storage: Storage, asset: str, partition: str) -> None:
         assert entries and all(e.startswith("part-") and e.endswith(".parquet") for e in entries), (
             f"{directory} holds more than published part files: {entries}"
         )
-        siblings = sorted(p.name for p in directory.parent.iterdir())
-        assert siblings == [directory.name], f"more than one output next to {directory}: {siblings}"
+        leftovers = [p.name for p in directory.parent.glob(f"{directory.name}.*")]
+        assert not leftovers, f"retired outputs left next to {directory}: {leftovers}"
 
 
 def assert_conserved(storage: Storage, partition: str, records: int) -> None:
@@ -303,14 +303,14 @@ def test_asset_graph_page_shows_every_asset(stack, chromium_binary, artifacts, t
         {"expanded": ",".join(expanded)}
     )
 
+    screenshot = artifacts / "asset-graph.png"
+    screenshot.unlink(missing_ok=True)
+    chromium(chromium_binary, url, tmp_path / "profile-png", f"--screenshot={screenshot}")
+    print(f"\nscreenshot: {screenshot}")
+    assert screenshot.exists() and screenshot.stat().st_size > 10_000, screenshot
+
     dom = chromium(chromium_binary, url, tmp_path / "profile-dom", "--dump-dom")
     (artifacts / "asset-graph.html").write_text(dom)
     assert "Global asset lineage" in dom, "the lineage page did not render"
     absent = [name for name in names if name not in dom]
     assert not absent, f"asset graph page lacks {absent}; DOM saved to {artifacts}"
-
-    screenshot = artifacts / "asset-graph.png"
-    screenshot.unlink(missing_ok=True)
-    chromium(chromium_binary, url, tmp_path / "profile-png", f"--screenshot={screenshot}")
-    assert screenshot.exists() and screenshot.stat().st_size > 10_000, screenshot
-    print(f"\nscreenshot: {screenshot}")
