@@ -208,7 +208,7 @@ def _group_alive(group: int) -> bool:
     return True
 
 
-def stop_groups(groups: Sequence[int], grace: float = 15) -> None:
+def stop_groups(groups: Sequence[int], grace: float = 5) -> None:
     """SIGTERM every process group, SIGKILL what is left after ``grace`` seconds."""
     for group in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -260,12 +260,6 @@ class Service:
         assert self.process is not None
         self.process.kill()
         self.process.wait(timeout=30)
-
-    def stop(self, grace: float = 15) -> None:
-        stop_groups(self.groups, grace)
-        if self.process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
 
     def diagnostics(self) -> str:
         if self.process is None:
