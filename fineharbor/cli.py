@@ -221,6 +221,9 @@ def stage_status(instance, graph, storage) -> tuple[list[str], list[tuple]]:
             continue
         name = key.to_user_string()
         keys = partitions if graph.get(key).is_partitioned else [None]
+        if not keys:
+            rows.append((name, "0/0", 0, 0, "never", "no partitions"))
+            continue
         on_disk = sum(1 for p in keys if storage.files(name, p))
         kept = sum(storage.count_rows(name, p) for p in keys)
         rejected = sum(storage.count_rows(name, p, kind="rejects") for p in keys)
@@ -231,7 +234,7 @@ def stage_status(instance, graph, storage) -> tuple[list[str], list[tuple]]:
         rows.append(
             (
                 name,
-                f"{on_disk}/{len(keys)}" if keys != [None] else str(on_disk),
+                f"{on_disk}/{len(keys)}" if keys != [None] else "-",
                 kept,
                 rejected,
                 _ago(event.timestamp) if event else "never",
