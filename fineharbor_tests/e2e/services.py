@@ -415,7 +415,13 @@ def find_chromium() -> str | None:
 
 
 def chromium(
-    binary: str, url: str, profile: Path, *extra: str, budget_ms: int = 20000, timeout: float = 90
+    binary: str,
+    url: str,
+    profile: Path,
+    *extra: str,
+    window: int = 1600,
+    budget_ms: int = 20000,
+    timeout: float = 90,
 ) -> str:
     """One headless Chromium run (``--dump-dom`` or ``--screenshot=PATH``); returns stdout."""
     argv = [
@@ -432,8 +438,7 @@ def chromium(
         "--disable-extensions",
         "--hide-scrollbars",
         f"--user-data-dir={profile}",
-        # the graph culls nodes outside the viewport: a window wide enough for every stage
-        "--window-size=3200,3200",
+        f"--window-size={window},{window}",
         f"--virtual-time-budget={budget_ms}",
         *extra,
         url,

@@ -303,13 +303,17 @@ def test_asset_graph_page_shows_every_asset(stack, chromium_binary, artifacts, t
         {"expanded": ",".join(expanded)}
     )
 
+    # The graph draws no node outside the viewport: a window large enough for every stage.
+    window = max(1600, 270 * len(names))
     screenshot = artifacts / "asset-graph.png"
     screenshot.unlink(missing_ok=True)
-    chromium(chromium_binary, url, tmp_path / "profile-png", f"--screenshot={screenshot}")
+    chromium(
+        chromium_binary, url, tmp_path / "profile-png", f"--screenshot={screenshot}", window=window
+    )
     print(f"\nscreenshot: {screenshot}")
     assert screenshot.exists() and screenshot.stat().st_size > 10_000, screenshot
 
-    dom = chromium(chromium_binary, url, tmp_path / "profile-dom", "--dump-dom")
+    dom = chromium(chromium_binary, url, tmp_path / "profile-dom", "--dump-dom", window=window)
     (artifacts / "asset-graph.html").write_text(dom)
     assert "Global asset lineage" in dom, "the lineage page did not render"
     absent = [name for name in names if name not in dom]
