@@ -1,4 +1,4 @@
-"""The `fineharbor` command: demo, materialize, sql, map-source, review, review-pages."""
+"""The `fineharbor` command: demo, materialize, sql, status, map-source, review, review-pages."""
 
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
     from fineharbor.defs.partitions import source_partitions
 
     config = load_config()
+    if sys.stderr.isatty():  # progress bars of reading, downloading, decoding, embedding
+        from fineharbor.defs.ingest import PROGRESS_ENV
+
+        os.environ.setdefault(PROGRESS_ENV, "1")
     names = list(sources) if sources else config.source_names
     instance = dg.DagsterInstance.get()
     known = set(instance.get_dynamic_partitions(source_partitions.name))
@@ -411,6 +415,69 @@ def add_review_commands(commands: argparse._SubParsersAction) -> None:
     pages.set_defaults(run=cmd_review_pages)
 
 
+def _ago(timestamp: float) -> str:
+    seconds = max(0, int(time.time() - timestamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def stage_status(instance, graph, storage) -> tuple[list[str], list[tuple]]:
+    """One row per stage in lineage order: partitions on disk, rows kept and rejected (Parquet
+    footers), the last materialization the Dagster instance recorded, and the partitions that
+    are stale (stage config, code or inputs changed since) or missing."""
+    from collections import Counter
+
+    from fineharbor.defs.automation import stale_status_resolver
+    from fineharbor.defs.partitions import source_partitions
+
+    resolver = stale_status_resolver(instance, graph)
+    partitions = instance.get_dynamic_partitions(source_partitions.name)
+    rows = []
+    for key in graph.toposorted_asset_keys:
+        if key not in graph.materializable_asset_keys:
+            continue
+        name = key.to_user_string()
+        keys = partitions if graph.get(key).is_partitioned else [None]
+        if not keys:
+            rows.append((name, "0/0", 0, 0, "never", "no partitions"))
+            continue
+        on_disk = sum(1 for p in keys if storage.files(name, p))
+        kept = sum(storage.count_rows(name, p) for p in keys)
+        rejected = sum(storage.count_rows(name, p, kind="rejects") for p in keys)
+        event = instance.get_latest_materialization_event(key)
+        counts = Counter(resolver.get_status(key, p).value.lower() for p in keys)
+        stale = {s: n for s, n in counts.items() if s != "fresh"}
+        freshness = ", ".join(f"{n} {s}" for s, n in sorted(stale.items())) if stale else "fresh"
+        rows.append(
+            (
+                name,
+                f"{on_disk}/{len(keys)}" if keys != [None] else "-",
+                kept,
+                rejected,
+                _ago(event.timestamp) if event else "never",
+                freshness,
+            )
+        )
+    columns = ["stage", "partitions", "rows", "rejects", "materialized", "freshness"]
+    return columns, rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from fineharbor.core.storage import Storage
+    from fineharbor.definitions import defs
+
+    _use_persistent_instance(fineharbor_home())
+    with dg.DagsterInstance.get() as instance:
+        _print_table(
+            *stage_status(instance, defs.resolve_asset_graph(), Storage(str(fineharbor_home())))
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fineharbor", description=__doc__)
     parser.add_argument(
@@ -432,6 +499,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sql.add_argument("query")
     sql.set_defaults(run=cmd_sql)
     add_review_commands(commands)
+    status = commands.add_parser(
+        "status", help="one line per stage: rows, rejects, last run, stale partitions"
+    )
+    status.set_defaults(run=cmd_status)
     args = parser.parse_args(argv)
     if args.config:
         os.environ["FINEHARBOR_CONFIG"] = str(Path(args.config).resolve())

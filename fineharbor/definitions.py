@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from fineharbor.defs.automation import stale_partitions_schedule, with_config_versions
 from fineharbor.defs.catalog import duckdb_catalog
 from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, PER_SOURCE_ASSETS
 from fineharbor.defs.jobs import cross_source_job, filter_job, global_job, per_source_job
@@ -21,4 +22,9 @@ defs = dg.Definitions(
     jobs=[per_source_job, cross_source_job, filter_job, global_job],
     sensors=[source_sensor],
     resources={"project": FineharborProject(), "embedder": EmbedderResource()},
+)
+
+# Stage parameters in the code versions, and the stale-partition schedule (defs/automation.py).
+defs = with_config_versions(
+    dg.Definitions.merge(defs, dg.Definitions(schedules=[stale_partitions_schedule]))
 )

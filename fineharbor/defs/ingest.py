@@ -1,9 +1,11 @@
 """Per-source stages as assets: each reads its upstream partition, calls core, writes, reports."""
 
+import os
 import time
 from collections.abc import Callable, Sequence
 
 import dagster as dg
+from tqdm import tqdm
 
 from fineharbor.core import stages
 from fineharbor.core.config import ProjectConfig
@@ -21,17 +23,24 @@ from fineharbor.defs.reporting import (
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.review import review_page_metadata, source_config
 
+PROGRESS_ENV = "FINEHARBOR_PROGRESS"
+
 StageBuilder = Callable[[ProjectConfig, str, Storage, Callable[[int], None]], StageReport]
 
 
 class ProgressLog:
-    """Logs progress of long work at most every few seconds, so the run log stays readable."""
+    """Logs progress of long work at most every few seconds, so the run log stays readable, and
+    draws a progress bar on the terminal when the CLI asks for one (FINEHARBOR_PROGRESS=1)."""
 
     def __init__(self, log: dg.DagsterLogManager, what: str, every_s: float = 5.0) -> None:
         self.log, self.what, self.every_s = log, what, every_s
         self.done, self.started, self.last = 0, time.monotonic(), 0.0
+        self.bar = tqdm(
+            desc=what, unit=" rows", leave=False, disable=os.environ.get(PROGRESS_ENV) != "1"
+        )
 
     def __call__(self, rows: int) -> None:
+        self.bar.update(rows)
         self.done += rows
         now = time.monotonic()
         if now - self.last >= self.every_s:

@@ -1,0 +1,144 @@
+"""Stale-partition automation.
+
+Each stage's code version carries a hash of the parameters it reads from `fineharbor.yaml`, so
+after the code location reloads a changed config, Dagster's data-version machinery marks exactly
+the partitions whose stage config, code version or inputs changed as stale (the UI shows it on
+every asset). `stale_partitions_schedule` re-materializes those, and only those: it walks the
+pipeline's jobs in order and requests the first job that has stale or missing work, one run per
+stale partition for per-source jobs (only that partition's stale assets and what they feed within
+the job) and one run for a global job. Later jobs wait for a later tick, when their inputs are
+fresh; a tick with runs of this schedule still in flight requests nothing.
+"""
+
+import hashlib
+import warnings
+from collections.abc import Callable, Sequence
+
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilter
+from dagster._time import get_current_datetime
+
+from fineharbor.core.config import ConfigError, ProjectConfig, load_config
+from fineharbor.defs.jobs import PIPELINE
+from fineharbor.defs.partitions import source_partitions
+
+# The `stages.*` sections of the project file that each asset reads. New stages add theirs.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "raw_samples": ("ingest",),
+    "cleaned_samples": ("clean",),
+    "image_signatures": ("signatures",),
+    "duplicate_clusters": ("dedup",),
+    "deduplicated_samples": ("dedup",),
+    "benchmark_index": ("decontam", "signatures"),
+    "decontaminated_samples": ("decontam",),
+}
+
+SCHEDULE_NAME = "stale_partitions_schedule"
+
+
+def params_hash(config: ProjectConfig, sections: Sequence[str]) -> str:
+    dumped = "\n".join(getattr(config.stages, s).model_dump_json() for s in sections)
+    return hashlib.sha256(dumped.encode()).hexdigest()[:10]
+
+
+def with_config_versions(
+    defs: dg.Definitions, config_loader: Callable[[], ProjectConfig] = load_config
+) -> dg.Definitions:
+    """The definitions with `<code version>+<params hash>` as code version of every stage that
+    reads parameters. An invalid project file leaves the versions as they are (the source sensor
+    and every run report the error)."""
+    try:
+        config = config_loader()
+    except ConfigError:
+        return defs
+
+    def versioned(spec: dg.AssetSpec) -> dg.AssetSpec:
+        sections = STAGE_PARAMS.get(spec.key.to_user_string())
+        if not sections:
+            return spec
+        code_version = f"{spec.code_version or '1'}+{params_hash(config, sections)}"
+        return spec.replace_attributes(code_version=code_version)
+
+    with warnings.catch_warnings():  # stable in practice; "preview" in Dagster's terms
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return defs.map_asset_specs(func=versioned)
+
+
+def stale_status_resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver:
+    """What the UI uses to show an asset partition stale, fresh or missing, as of now."""
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    return CachingStaleStatusResolver(instance, asset_graph=graph, loading_context=view)
+
+
+def _stale_keys(
+    resolver: CachingStaleStatusResolver,
+    graph,
+    keys: Sequence[dg.AssetKey],
+    partition: str | None,
+) -> list[dg.AssetKey]:
+    """The stale or missing keys and, within ``keys``, everything downstream of them."""
+    stale = {
+        key
+        for key in keys
+        if resolver.get_status(key, partition) in (StaleStatus.STALE, StaleStatus.MISSING)
+    }
+    frontier = list(stale)
+    while frontier:
+        for child in graph.get(frontier.pop()).child_keys:
+            if child in keys and child not in stale:
+                stale.add(child)
+                frontier.append(child)
+    return [key for key in keys if key in stale]
+
+
+def stale_run_requests(
+    instance: dg.DagsterInstance, repository: dg.RepositoryDefinition
+) -> list[dg.RunRequest]:
+    """Runs for the first job of the pipeline that has stale or missing partitions."""
+    graph = repository.asset_graph
+    resolver = stale_status_resolver(instance, graph)
+    partitions = instance.get_dynamic_partitions(source_partitions.name)
+    for job_name, per_partition in PIPELINE:
+        keys = sorted(repository.get_job(job_name).asset_layer.executable_asset_keys)
+        requests = []
+        for partition in partitions if per_partition else [None]:
+            stale = _stale_keys(resolver, graph, keys, partition)
+            if stale:
+                requests.append(
+                    dg.RunRequest(
+                        partition_key=partition,
+                        asset_selection=stale,
+                        tags={"fineharbor/trigger": "stale", "fineharbor/job": job_name},
+                    )
+                )
+        if requests:
+            return requests
+    return []
+
+
+@dg.schedule(
+    name=SCHEDULE_NAME,
+    cron_schedule="0 * * * *",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description=(
+        "Hourly: re-materializes stale partitions only - a partition is stale when its stage's "
+        "parameters (part of the code version), its code version or its inputs' data versions "
+        "changed, or it was never materialized. Per-source stages get one run per stale "
+        "partition; global stages run once, on a later tick, after them."
+    ),
+)
+def stale_partitions_schedule(context: dg.ScheduleEvaluationContext):
+    in_flight = context.instance.get_runs_count(
+        RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES, tags={"dagster/schedule_name": SCHEDULE_NAME})
+    )
+    if in_flight:
+        return dg.SkipReason(f"{in_flight} run(s) of the previous tick still in flight")
+    requests = stale_run_requests(context.instance, context.repository_def)
+    return requests or dg.SkipReason("every partition is fresh")

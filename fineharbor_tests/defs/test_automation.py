@@ -1,0 +1,119 @@
+import dagster as dg
+
+from fineharbor.cli import stage_status
+from fineharbor.core.config import load_config
+from fineharbor.defs.automation import (
+    stale_partitions_schedule,
+    stale_run_requests,
+    with_config_versions,
+)
+from fineharbor.defs.catalog import duckdb_catalog
+from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, PER_SOURCE_ASSETS
+from fineharbor.defs.jobs import PIPELINE, cross_source_job, filter_job, global_job, per_source_job
+from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
+from fineharbor_tests.defs.test_ingest_assets import project, resources  # noqa: F401
+
+PARTITIONS = ["charts", "scenes"]
+
+
+def repository(project) -> dg.RepositoryDefinition:  # noqa: F811
+    """The project's definitions as the code location builds them from its current config."""
+    assets = [*PER_SOURCE_ASSETS, *CROSS_SOURCE_ASSETS, *SQL_MODEL_ASSETS, duckdb_catalog]
+    defs = dg.Definitions(
+        assets=assets,
+        jobs=[per_source_job, cross_source_job, filter_job, global_job],
+        schedules=[stale_partitions_schedule],
+        resources=resources(project),
+    )
+    return with_config_versions(defs, lambda: load_config(project.config_path)).get_repository_def()
+
+
+def requested(requests: list[dg.RunRequest]) -> list[tuple[str | None, list[str]]]:
+    return sorted(
+        (r.partition_key, sorted(k.to_user_string() for k in r.asset_selection)) for r in requests
+    )
+
+
+def run(repo: dg.RepositoryDefinition, instance, requests: list[dg.RunRequest]) -> None:
+    for request in requests:
+        job = repo.get_job(request.tags["fineharbor/job"])
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=request.partition_key,
+            asset_selection=request.asset_selection,
+        )
+        assert result.success
+
+
+def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project):  # noqa: F811
+    first_pass = ["cleaned_samples", "image_signatures", "raw_samples", "unified_samples"]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, PARTITIONS)
+        repo = repository(project)
+        # Nothing materialized: the first job of the pipeline, every partition, every asset.
+        requests = stale_run_requests(instance, repo)
+        assert requested(requests) == [(p, first_pass) for p in PARTITIONS]
+        for job_name, per_partition in PIPELINE:
+            for partition in PARTITIONS if per_partition else [None]:
+                result = repo.get_job(job_name).execute_in_process(
+                    instance=instance, partition_key=partition
+                )
+                assert result.success
+        assert stale_run_requests(instance, repo) == []
+        with dg.build_schedule_context(instance=instance, repository_def=repo) as context:
+            assert isinstance(stale_partitions_schedule(context), dg.SkipReason)
+
+        # A cleaning threshold changes: cleaned_samples and what it feeds in its job, for every
+        # partition; ingest stages stay fresh and are not requested.
+        path = project.config_path
+        with open(path, "a") as config:
+            config.write("stages:\n  clean:\n    jpeg_quality: 90\n")
+        repo = repository(project)
+        requests = stale_run_requests(instance, repo)
+        assert requested(requests) == [
+            (p, ["cleaned_samples", "image_signatures"]) for p in PARTITIONS
+        ]
+        with dg.build_schedule_context(instance=instance, repository_def=repo) as context:
+            assert requested(stale_partitions_schedule(context)) == requested(requests)
+
+        # Once those ran, the global stage fed by them is next, once, then the second pass.
+        run(repo, instance, requests)
+        requests = stale_run_requests(instance, repo)
+        assert requested(requests) == [(None, ["benchmark_index", "duplicate_clusters"])]
+        run(repo, instance, requests)
+        requests = stale_run_requests(instance, repo)
+        assert requested(requests) == [
+            (p, ["decontaminated_samples", "deduplicated_samples"]) for p in PARTITIONS
+        ]
+
+
+def test_status_has_a_line_per_stage_with_rows_rejects_and_freshness(project):  # noqa: F811
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, PARTITIONS)
+        repo = repository(project)
+        for partition in PARTITIONS:
+            assert (
+                repo.get_job("per_source_job")
+                .execute_in_process(instance=instance, partition_key=partition)
+                .success
+            )
+        columns, rows = stage_status(instance, repo.asset_graph, project.storage)
+        by_stage = {row[0]: dict(zip(columns, row, strict=True)) for row in rows}
+        assert set(by_stage) == {
+            k.to_user_string() for k in repo.asset_graph.materializable_asset_keys
+        }
+        raw = by_stage["raw_samples"]
+        assert (raw["partitions"], raw["rows"], raw["rejects"]) == ("2/2", 11, 1)
+        assert raw["materialized"].endswith("s ago") and raw["freshness"] == "fresh"
+        assert by_stage["deduplicated_samples"]["materialized"] == "never"
+        assert by_stage["deduplicated_samples"]["freshness"] == "2 missing"
+        assert by_stage["duplicate_clusters"]["freshness"] == "1 missing"
+
+        with open(project.config_path, "a") as config:
+            config.write("stages:\n  clean:\n    jpeg_quality: 90\n")
+        repo = repository(project)
+        _, rows = stage_status(instance, repo.asset_graph, project.storage)
+        freshness = {row[0]: row[-1] for row in rows}
+        assert freshness["cleaned_samples"] == "2 stale"
+        assert freshness["unified_samples"] == "fresh"
