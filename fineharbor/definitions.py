@@ -3,28 +3,17 @@
 import dagster as dg
 
 from fineharbor.defs.automation import stale_partitions_schedule, with_config_versions
-from fineharbor.defs.catalog import duckdb_catalog
-from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, PER_SOURCE_ASSETS
-from fineharbor.defs.jobs import cross_source_job, filter_job, global_job, per_source_job
-from fineharbor.defs.release import RELEASE_ASSETS
+from fineharbor.defs.jobs import ASSETS, JOBS
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.sensors import source_sensor
-from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
-
-defs = dg.Definitions(
-    assets=[
-        *PER_SOURCE_ASSETS,
-        *CROSS_SOURCE_ASSETS,
-        *RELEASE_ASSETS,
-        *SQL_MODEL_ASSETS,
-        duckdb_catalog,
-    ],
-    jobs=[per_source_job, cross_source_job, filter_job, global_job],
-    sensors=[source_sensor],
-    resources={"project": FineharborProject(), "embedder": EmbedderResource()},
-)
 
 # Stage parameters in the code versions, and the stale-partition schedule (defs/automation.py).
 defs = with_config_versions(
-    dg.Definitions.merge(defs, dg.Definitions(schedules=[stale_partitions_schedule]))
+    dg.Definitions(
+        assets=ASSETS,
+        jobs=JOBS,
+        schedules=[stale_partitions_schedule],
+        sensors=[source_sensor],
+        resources={"project": FineharborProject(), "embedder": EmbedderResource()},
+    )
 )

@@ -33,13 +33,19 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "deduplicated_samples": ("dedup",),
     "benchmark_index": ("decontam", "signatures"),
     "decontaminated_samples": ("decontam",),
+    "concept_clusters": ("concepts",),
+    "release_mix": ("release", "concepts"),
 }
 
 SCHEDULE_NAME = "stale_partitions_schedule"
 
 
 def params_hash(config: ProjectConfig, sections: Sequence[str]) -> str:
-    dumped = "\n".join(getattr(config.stages, s).model_dump_json() for s in sections)
+    # sections live under `stages:`, but for the release recipe, which is top-level
+    dumped = "\n".join(
+        (config.release if s == "release" else getattr(config.stages, s)).model_dump_json()
+        for s in sections
+    )
     return hashlib.sha256(dumped.encode()).hexdigest()[:10]
 
 

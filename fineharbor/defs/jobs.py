@@ -38,3 +38,15 @@ PIPELINE = [
     ("global_job", False),
 ]
 """Job names in the order that runs the whole pipeline, and whether each runs per partition."""
+
+ASSETS = [
+    *FIRST_PASS_ASSETS,
+    *CROSS_SOURCE_ASSETS,
+    *SECOND_PASS_ASSETS,
+    *RELEASE_ASSETS,
+    *SQL_MODEL_ASSETS,
+    duckdb_catalog,
+]
+"""Every asset of the project, in pipeline order."""
+
+JOBS = [per_source_job, cross_source_job, filter_job, global_job]

@@ -7,11 +7,8 @@ from fineharbor.defs.automation import (
     stale_run_requests,
     with_config_versions,
 )
-from fineharbor.defs.catalog import duckdb_catalog
-from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, PER_SOURCE_ASSETS
-from fineharbor.defs.jobs import PIPELINE, cross_source_job, filter_job, global_job, per_source_job
+from fineharbor.defs.jobs import ASSETS, JOBS, PIPELINE
 from fineharbor.defs.partitions import source_partitions
-from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 from fineharbor_tests.defs.test_ingest_assets import project, resources  # noqa: F401
 
 PARTITIONS = ["charts", "scenes"]
@@ -19,10 +16,9 @@ PARTITIONS = ["charts", "scenes"]
 
 def repository(project) -> dg.RepositoryDefinition:  # noqa: F811
     """The project's definitions as the code location builds them from its current config."""
-    assets = [*PER_SOURCE_ASSETS, *CROSS_SOURCE_ASSETS, *SQL_MODEL_ASSETS, duckdb_catalog]
     defs = dg.Definitions(
-        assets=assets,
-        jobs=[per_source_job, cross_source_job, filter_job, global_job],
+        assets=ASSETS,
+        jobs=JOBS,
         schedules=[stale_partitions_schedule],
         resources=resources(project),
     )

@@ -30,6 +30,7 @@ sources:
     reader: image_folder
     location: does_not_exist
     mapping: {caption: txt}
+release: {require_review: false}  # these tests are about the stages, not the review gate
 """
 
 

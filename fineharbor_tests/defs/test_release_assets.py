@@ -31,7 +31,8 @@ stages:
 @pytest.fixture
 def project(ingest_project, tmp_path):  # noqa: F811
     config = tmp_path / "fineharbor.yaml"
-    config.write_text(config.read_text() + RELEASE)
+    default = "release: {require_review: false}"
+    config.write_text(config.read_text().replace(default, "") + RELEASE)
     return ingest_project
 
 
