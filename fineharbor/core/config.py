@@ -22,6 +22,7 @@ from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.judge.params import JudgeParams
+from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.strict import StrictModel
 
@@ -198,6 +199,8 @@ class StageParams(_Strict):
     dedup: DedupParams = DedupParams()
     decontam: DecontamParams = DecontamParams()
     judge: JudgeParams = JudgeParams()
+    clip_score: ClipScoreParams = ClipScoreParams()
+    quality_classifier: QualityClassifierParams = QualityClassifierParams()
 
 
 class ProjectConfig(_Strict):
