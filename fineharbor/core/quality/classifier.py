@@ -168,7 +168,9 @@ def build_quality_training_set(
     Per sample with at least one image and one non-empty turn: level 3 its own segments; level 2
     the same with one attribute made wrong in one segment (skipped when no segment has a
     colour, shape, count, position, yes/no or number to change); level 1 a vague text (generic
-    caption, or the first question with a non-answer); level 0 the segments of another sample.
+    caption, or the first question with a non-answer); level 0 the segments of another sample of
+    the same ``source`` when the samples have that column (an off-topic text from the same kind
+    of data, so the model cannot tell level 0 by its style alone), else of any sample.
     ``rewrite`` (e.g. :func:`llm_rewriter`) rewrites the segments of levels 1 and 2 in one
     batched call; keep it None for the rule-based texts. ``max_samples`` caps how many real
     samples are used (the set holds their image bytes in memory).
@@ -176,11 +178,12 @@ def build_quality_training_set(
     rng = np.random.default_rng(seed)
     images: list[list[bytes]] = []
     sample_ids: list[str | None] = []
+    groups: list[str | None] = []
     true_segments: list[list[str]] = []
     questions: list[str | None] = []
     for table in _iter_tables(samples):
         names = table.schema.names
-        rows = table.select([n for n in ("sample_id", "images", "texts") if n in names])
+        rows = table.select([n for n in ("sample_id", "source", "images", "texts") if n in names])
         for row in rows.to_pylist():
             data = image_bytes(row.get("images"))
             segments = sample_segments(row.get("texts"))
@@ -188,6 +191,7 @@ def build_quality_training_set(
                 continue
             images.append(data)
             sample_ids.append(row.get("sample_id"))
+            groups.append(row.get("source"))
             true_segments.append(segments)
             questions.append(_question_of(row.get("texts")))
             if max_samples is not None and len(images) >= max_samples:
@@ -204,7 +208,9 @@ def build_quality_training_set(
         columns["rule"].append(rule)
         columns["segments"].append(segments)
 
-    n = len(images)
+    members: dict[str | None, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
     for i, segments in enumerate(true_segments):
         add(i, 3, "true", list(segments))
         # Level 2: try segments in random order until one has an attribute to change.
@@ -217,14 +223,13 @@ def build_quality_training_set(
                 add(i, 2, kind, wrong)
                 break
         add(i, 1, "vague", [vague_text(rng, questions[i])])
-        if n > 1:
-            # Level 0: a random other sample whose text differs (duplicates can share texts).
-            for _ in range(10):
-                j = int(rng.integers(n - 1))
-                j = j + 1 if j >= i else j
-                if true_segments[j] != segments:
-                    add(i, 0, "other_image", list(true_segments[j]))
-                    break
+        # Level 0: a random other sample whose text differs (duplicates can share texts).
+        pool = members[groups[i]] if len(members[groups[i]]) > 1 else range(len(images))
+        for _ in range(10):
+            j = int(pool[int(rng.integers(len(pool)))])
+            if j != i and true_segments[j] != segments:
+                add(i, 0, "other_image", list(true_segments[j]))
+                break
     failures = _apply_rewrite(columns, rewrite) if rewrite is not None else 0
     examples = pa.table(columns, schema=EXAMPLE_SCHEMA)
     return QualityTrainingSet(images=images, examples=examples, rewrite_failures=failures)

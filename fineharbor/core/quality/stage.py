@@ -95,7 +95,10 @@ def _train_samples(
         for name in sources:
             taken = 0
             for batch in storage.iter_batches(
-                DECONTAMINATED, name, columns=["sample_id", "images", "texts"], batch_size=256
+                DECONTAMINATED,
+                name,
+                columns=["sample_id", "source", "images", "texts"],
+                batch_size=256,
             ):
                 batch = batch.slice(0, per_source - taken)
                 taken += batch.num_rows
