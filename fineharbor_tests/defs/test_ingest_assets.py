@@ -111,9 +111,7 @@ def test_per_source_stages_conserve_rows_and_report(project):
         assert "Rejects by reason" in metadata["summary"].value
         cleaned = instance.get_latest_materialization_event(dg.AssetKey("cleaned_samples"))
         plots = cleaned.asset_materialization.metadata
-        assert (
-            "Longest image side" in plots["image_sides"].value and "█" in plots["image_sides"].value
-        )
+        assert "Longest image side" in plots["image_sides"].value and "█" in plots["image_sides"].value
         assert "Text length" in plots["text_lengths"].value
         assert [c.name for c in metadata["dagster/column_schema"].schema.columns][:2] == [
             "sample_id",
