@@ -182,6 +182,45 @@ def print_planted_defect_scores(config, home: Path) -> None:
     )
 
 
+def train_demo_clip_model(config, home: Path, seed: int, steps: int | None) -> None:
+    """The demo CLIP: when `stages.clip_score.model` names a local directory that does not exist
+    yet, train a tiny open_clip model there on the demo's own pairs (deterministic for a seed,
+    a few minutes at most) and print how well it ranks the planted mismatched captions below
+    held-out true ones."""
+    from fineharbor.core.quality.demo_clip import (
+        DemoClipConfig,
+        demo_clip_auc,
+        demo_pairs,
+        load_demo_clip,
+        train_demo_clip,
+    )
+
+    model = config.stages.clip_score.model or ""
+    if not model.startswith("local-dir:"):
+        return
+    target = Path(model.removeprefix("local-dir:")).expanduser()
+    if target.exists():
+        print(f"      demo CLIP: using {target}", flush=True)
+        return
+    started = time.perf_counter()
+    pairs = demo_pairs(config, home / "demo" / "ground_truth.parquet")
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    clip_config = DemoClipConfig() if steps is None else DemoClipConfig(steps=steps)
+    train_demo_clip(pairs.training(), staging, seed=seed, config=clip_config)
+    os.replace(staging, target)  # a killed run leaves no half-written model behind
+    embedder = load_demo_clip(target)
+    auc, positives, negatives = demo_clip_auc(embedder, pairs)
+    auc_all, all_true, _ = demo_clip_auc(embedder, pairs, heldout_only=False)
+    print(
+        f"      demo CLIP: {clip_config.steps} steps on {len(pairs.training())} pairs in "
+        f"{time.perf_counter() - started:.0f}s; ROC AUC of true vs planted mismatched captions "
+        f"({negatives}): {auc:.3f} against {positives} held-out true pairs, {auc_all:.3f} "
+        f"against all {all_true} true pairs",
+        flush=True,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fineharbor.core.demo import generate_demo
     from fineharbor.core.demo.server import serve_directory
@@ -207,6 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         train_demo_copy_detector(config, args.model_steps)
     else:
         print("[2/4] no demo models configured: hash signatures only", flush=True)
+    train_demo_clip_model(config, home, args.seed, args.clip_steps)
     served = home / "demo" / "sources" / "laion_urls" / "_served"
     print(f"[3/4] materializing every asset (URL source served at {base_url})", flush=True)
     with serve_directory(served, port=port):
@@ -490,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--port", type=int, default=8765, help="loopback port for the URL source")
     demo.add_argument(
         "--model-steps", type=int, default=200, help="training steps of the demo copy detector"
+    )
+    demo.add_argument(
+        "--clip-steps", type=int, default=None, help="training steps of the demo CLIP (default 300)"
     )
     demo.set_defaults(run=cmd_demo)
     materialize = commands.add_parser("materialize", help="run every stage for some sources")

@@ -4,6 +4,7 @@ import dagster as dg
 
 from fineharbor.defs.automation import stale_partitions_schedule, with_config_versions
 from fineharbor.defs.jobs import ASSETS, JOBS
+from fineharbor.defs.quality import QualityModelsResource
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.sensors import source_sensor
 
@@ -14,6 +15,10 @@ defs = with_config_versions(
         jobs=JOBS,
         schedules=[stale_partitions_schedule],
         sensors=[source_sensor],
-        resources={"project": FineharborProject(), "embedder": EmbedderResource()},
+        resources={
+            "project": FineharborProject(),
+            "embedder": EmbedderResource(),
+            "models": QualityModelsResource(),
+        },
     )
 )

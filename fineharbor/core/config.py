@@ -23,6 +23,7 @@ from fineharbor.core.concepts.params import ConceptParams
 from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.judge.params import JudgeParams
+from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
 from fineharbor.core.release.params import ReleaseRecipe
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.strict import StrictModel
@@ -201,6 +202,8 @@ class StageParams(_Strict):
     decontam: DecontamParams = DecontamParams()
     judge: JudgeParams = JudgeParams()
     concepts: ConceptParams = ConceptParams()
+    clip_score: ClipScoreParams = ClipScoreParams()
+    quality_classifier: QualityClassifierParams = QualityClassifierParams()
 
 
 class ProjectConfig(_Strict):

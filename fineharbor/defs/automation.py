@@ -33,6 +33,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "deduplicated_samples": ("dedup",),
     "benchmark_index": ("decontam", "signatures"),
     "decontaminated_samples": ("decontam",),
+    "quality_classifier": ("clip_score", "quality_classifier"),
+    "scored_samples": ("clip_score", "quality_classifier", "judge"),
     "concept_clusters": ("concepts",),
     "release_mix": ("release", "concepts"),
 }

@@ -4,6 +4,7 @@ import dagster as dg
 
 from fineharbor.defs.catalog import duckdb_catalog
 from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECOND_PASS_ASSETS
+from fineharbor.defs.quality import QUALITY_MODEL_ASSETS, SCORING_ASSETS
 from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 
@@ -25,6 +26,18 @@ filter_job = dg.define_asset_job(
     description="Deduplicate and decontaminate one source partition.",
 )
 
+quality_model_job = dg.define_asset_job(
+    "quality_model_job",
+    selection=dg.AssetSelection.assets(*QUALITY_MODEL_ASSETS),
+    description="Train the learned quality classifier over every train source.",
+)
+
+scoring_job = dg.define_asset_job(
+    "scoring_job",
+    selection=dg.AssetSelection.assets(*SCORING_ASSETS),
+    description="CLIP score, learned quality score and judge ratings of one source partition.",
+)
+
 global_job = dg.define_asset_job(
     "global_job",
     selection=dg.AssetSelection.assets(*RELEASE_ASSETS, *SQL_MODEL_ASSETS, duckdb_catalog),
@@ -35,6 +48,8 @@ PIPELINE = [
     ("per_source_job", True),
     ("cross_source_job", False),
     ("filter_job", True),
+    ("quality_model_job", False),
+    ("scoring_job", True),
     ("global_job", False),
 ]
 """Job names in the order that runs the whole pipeline, and whether each runs per partition."""
@@ -43,10 +58,12 @@ ASSETS = [
     *FIRST_PASS_ASSETS,
     *CROSS_SOURCE_ASSETS,
     *SECOND_PASS_ASSETS,
+    *QUALITY_MODEL_ASSETS,
+    *SCORING_ASSETS,
     *RELEASE_ASSETS,
     *SQL_MODEL_ASSETS,
     duckdb_catalog,
 ]
 """Every asset of the project, in pipeline order."""
 
-JOBS = [per_source_job, cross_source_job, filter_job, global_job]
+JOBS = [per_source_job, cross_source_job, filter_job, quality_model_job, scoring_job, global_job]

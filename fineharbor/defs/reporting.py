@@ -187,8 +187,9 @@ def stage_result(
     )
 
 
-def histogram_markdown(values: list[float], title: str, bins: int = 10) -> str:
-    """A bar chart as a markdown table: renders in the Dagster UI with no plotting library."""
+def histogram_markdown(values: list[float], title: str, bins: int = 10, digits: int = 0) -> str:
+    """A bar chart as a markdown table: renders in the Dagster UI with no plotting library.
+    ``digits``: decimals of the bin edges (scores in [0, 1] need 2)."""
     if not values:
         return f"### {title}\n(no values)"
     low, high = min(values), max(values)
@@ -198,7 +199,11 @@ def histogram_markdown(values: list[float], title: str, bins: int = 10) -> str:
         counts[min(int((value - low) / width), bins - 1)] += 1
     peak = max(counts)
     rows = [
-        (f"{low + i * width:.0f} - {low + (i + 1) * width:.0f}", n, "█" * round(30 * n / peak))
+        (
+            f"{low + i * width:.{digits}f} - {low + (i + 1) * width:.{digits}f}",
+            n,
+            "█" * round(30 * n / peak),
+        )
         for i, n in enumerate(counts)
     ]
     return f"### {title}\n" + markdown_table(["range", "rows", ""], rows)

@@ -50,6 +50,7 @@ STAGE_TABLES = [
     StageTable("deduplicated_samples"),
     StageTable("benchmark_index", partitioned=False),
     StageTable("decontaminated_samples"),
+    StageTable("scored_samples"),
     StageTable("concept_clusters", partitioned=False),
     StageTable("release_mix", partitioned=False),
 ]

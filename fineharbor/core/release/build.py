@@ -56,10 +56,9 @@ from fineharbor.core.storage import Storage
 if TYPE_CHECKING:
     from fineharbor.core.config import ProjectConfig
 
-# The stage the release reads. It becomes "scored_samples" once quality scoring exists (same
-# rows plus clip_score, quality_score and the judge ratings); filters on those columns fail
-# with a clear error until then.
-RELEASE_INPUT_ASSET = "decontaminated_samples"
+# The stage the release reads: decontaminated rows plus clip_score, quality_score and the judge
+# ratings. A filter on a score column the input lacks fails with a clear error.
+RELEASE_INPUT_ASSET = "scored_samples"
 SIGNATURES = "image_signatures"
 CONCEPTS = "concept_clusters"
 RELEASE = "release_mix"

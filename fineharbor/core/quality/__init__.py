@@ -1,0 +1,13 @@
+"""Quality scores (no Dagster here): the CLIP score of LAION / DanQing (:mod:`.clip_score`), a
+demo CLIP trained offline on the demo's own pairs (:mod:`.demo_clip`), and a UniFilter-style
+learned quality classifier (:mod:`.classifier`, training texts from :mod:`.perturb`).
+
+Import from the submodules: this package stays free of torch imports so the project config can
+mount :mod:`.params` cheaply. Typical use (the scoring asset does this per record batch)::
+
+    embedder = load_clip_embedder(params)            # once per process
+    scores = clip_scores(batch, embedder, params)    # float32, null without image or text
+    train_set = build_quality_training_set(batches, seed=0)
+    model = train_quality_classifier(train_set, embedder, QualityClassifierParams())
+    quality = score_quality(batch, model, embedder)  # float32 in [0, 3]
+"""

@@ -1,0 +1,135 @@
+"""Parameters of the quality scores: CLIP score (LAION, DanQing) and the learned classifier
+(UniFilter). Defaults come from ``/work/shared/reference/papers.md``; where a paper gives no
+number the description says how the default was chosen.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fineharbor.core.quality.text import ImageRule, TextRule
+from fineharbor.core.strict import StrictModel as _Strict
+
+LAION_400M_THRESHOLD = 0.30  # OpenAI CLIP ViT-B/32; "0.28-0.29 also seemed okay"
+LAION_5B_THRESHOLD = 0.28  # English subset, ViT-B/32
+LAION_5B_MULTI_THRESHOLD = 0.26  # multilingual / no-language subsets, mCLIP
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ClipScoreParams(_Strict):
+    """Image-text cosine similarity with an open_clip model, and the bounds that filter on it.
+
+    Thresholds belong to a model: LAION's 0.30 / 0.28 are for OpenAI CLIP ViT-B/32 and mean
+    nothing for another model (a small demo CLIP has its own scale; its directory records a
+    suggested bound, see :mod:`fineharbor.core.quality.demo_clip`).
+    """
+
+    model: str | None = Field(
+        "ViT-B-32",
+        description="open_clip model name (LAION used OpenAI ViT-B/32), 'local-dir:/path' for a "
+        "saved model directory (open_clip_config.json + weights, e.g. the demo CLIP), or "
+        "'hf-hub:org/repo'; null turns CLIP scoring and the learned classifier off (their "
+        "columns are null)",
+    )
+    pretrained: str | None = Field(
+        "openai",
+        description="open_clip pretrained tag or checkpoint file; ignored with local-dir:/hf-hub:",
+    )
+    model_config_path: str | None = Field(
+        None,
+        description="JSON architecture config to register with open_clip before loading (custom "
+        "architectures given as name + checkpoint file)",
+    )
+    lower: float | None = Field(
+        LAION_400M_THRESHOLD,
+        ge=-1.0,
+        le=1.0,
+        description="drop pairs scoring below (LAION-400M: 0.30; LAION-5B English: 0.28; "
+        "multilingual mCLIP: 0.26); null: no lower bound",
+    )
+    upper: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="drop pairs scoring above (DanQing: pairs whose text is mostly rendered in "
+        "the image, OCR-dominated, score implausibly high). DanQing publishes no value and it "
+        "is model-specific, so it is off by default; for ViT-B/32 start around 0.45-0.50 after "
+        "looking at the score histogram",
+    )
+    text_rule: TextRule = Field(
+        "all_turns",
+        description="text scored per sample: all_turns (every turn 'user assistant' joined, "
+        "truncated by the tokenizer to the model's context), first_turn, first_answer (the "
+        "caption of a caption pair), or turn_mean (mean of per-turn scores)",
+    )
+    image_rule: ImageRule = Field(
+        "max",
+        description="several images: max (the text is justified by its best-matching image; "
+        "interleaved documents talk about one image at a time) or mean",
+    )
+    batch_size: int = Field(64, ge=1, le=8192, description="images or texts per forward pass")
+    device: Device = Field("auto", description="auto = cuda when available, else cpu")
+    half_precision: bool = Field(True, description="fp16 autocast on CUDA (never on CPU)")
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> ClipScoreParams:
+        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+
+class QualityClassifierParams(_Strict):
+    """The UniFilter-style scorer: an MLP on frozen CLIP features, trained on four levels.
+
+    UniFilter itself fine-tunes a SigLIP + Qwen classifier; the paper's recipe kept here is the
+    data (real images with texts written at levels 0-3) and the objective (regression on the
+    level with MSE, ``num_labels = 1`` in its released script).
+    """
+
+    objective: Literal["mse", "classification"] = Field(
+        "mse",
+        description="mse: regression on the level 0-3 (UniFilter's released script); "
+        "classification: 4-way cross-entropy, score = expected level",
+    )
+    hidden: int = Field(256, ge=8, le=8192, description="hidden units of the two-layer MLP")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(60, ge=1, le=10000, description="passes over the training examples")
+    batch_size: int = Field(256, ge=8, le=65536)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    holdout_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="share of source images (with all their texts) held out to report accuracy",
+    )
+    chunk_words: int = Field(
+        50,
+        ge=4,
+        le=4096,
+        description="words per text chunk; longer texts are split and their chunk embeddings "
+        "averaged (~0.7 x the text encoder's context: 50 words for CLIP's 77 tokens)",
+    )
+    seed: int = 0
+    max_training_samples: int = Field(
+        20000,
+        ge=2,
+        description="real samples the semi-synthetic set is built from (spread evenly over the "
+        "train sources; their image bytes are held in memory while features are computed)",
+    )
+    rewrite_with_judge: bool = Field(
+        False,
+        description="have the judge's text model (stages.judge) rewrite the synthetic level 1 "
+        "and 2 texts in its own words, as UniFilter had Claude write its training texts; off: "
+        "the rule-based texts only (offline, reproducible)",
+    )
+    min_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=3.0,
+        description="drop samples scoring below; UniFilter keeps a top-k% whose k is not "
+        "published, so the default only scores",
+    )

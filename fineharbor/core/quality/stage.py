@@ -1,0 +1,280 @@
+"""The quality stages as plain functions: train the learned classifier over every train source,
+then score each source partition (CLIP score, learned quality score, judge ratings).
+
+``scored_samples`` keeps every row of ``decontaminated_samples`` (no rejects: thresholds are
+applied when the release is mixed) and appends ``clip_score``, ``quality_score`` and FineVision's
+``*_ratings`` / ``*_min`` columns. A score that is switched off is a null column, never a missing
+one, so every partition has the same schema.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from fineharbor.core.cleaning import CLEANED_SCHEMA
+from fineharbor.core.config import ProjectConfig, StageParams
+from fineharbor.core.judge.backend import JudgeBackend
+from fineharbor.core.judge.cache import JudgmentCache
+from fineharbor.core.judge.prompts import AXES
+from fineharbor.core.judge.rate import (
+    RATINGS_SCHEMA,
+    JudgeStats,
+    rate_samples,
+    ratings_column,
+)
+from fineharbor.core.quality.classifier import (
+    REWRITE_PROMPT_VERSION,
+    QualityModel,
+    build_quality_training_set,
+    llm_rewriter,
+    score_quality,
+    train_quality_classifier,
+)
+from fineharbor.core.quality.clip_score import ImageTextEmbedder, clip_scores
+from fineharbor.core.schema import REJECT_SCHEMA
+from fineharbor.core.stages import DECONTAMINATED, Progress, StageReport, write_stage
+from fineharbor.core.storage import Storage
+
+SCORED = "scored_samples"
+QUALITY_MODEL_DIR = ("models", "quality_classifier")
+SCORE_BATCH_ROWS = 64
+
+SCORED_SCHEMA = pa.schema(
+    [
+        *CLEANED_SCHEMA,
+        pa.field("clip_score", pa.float32()),
+        pa.field("quality_score", pa.float32()),
+        *(f for f in RATINGS_SCHEMA if f.name != "sample_id"),
+    ]
+)
+
+
+def quality_model_dir(storage: Storage) -> Path:
+    """Where the trained classifier lives: ``FINEHARBOR_HOME/models/quality_classifier``."""
+    if not storage.is_local:
+        raise ValueError(
+            f"models are saved on a local FINEHARBOR_HOME; {storage.root} is object storage"
+        )
+    return Path(storage.path(*QUALITY_MODEL_DIR))
+
+
+def _save_atomically(model: QualityModel, target: Path) -> None:
+    """Write into a sibling directory and swap it in: a killed run leaves the old model."""
+    staged = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    model.save(staged)
+    retired = target.with_name(f".{target.name}.retired-{uuid.uuid4().hex}")
+    if target.exists():
+        os.replace(target, retired)
+    os.replace(staged, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _train_samples(
+    project: ProjectConfig, storage: Storage, cap: int
+) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+    """Decontaminated samples of every train source, at most ``cap`` in all, spread evenly."""
+    sources = [
+        s.name
+        for s in project.sources
+        if s.role == "train" and storage.has_partition(DECONTAMINATED, s.name)
+    ]
+    per_source = math.ceil(cap / max(1, len(sources)))
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for name in sources:
+            taken = 0
+            for batch in storage.iter_batches(
+                DECONTAMINATED,
+                name,
+                columns=["sample_id", "source", "images", "texts"],
+                batch_size=256,
+            ):
+                batch = batch.slice(0, per_source - taken)
+                taken += batch.num_rows
+                yield batch
+                if taken >= per_source:
+                    break
+
+    return sources, batches()
+
+
+def train_quality_model(
+    project: ProjectConfig,
+    storage: Storage,
+    embedder: ImageTextEmbedder,
+    text_judge: JudgeBackend | None = None,
+) -> tuple[QualityModel, dict]:
+    """Build the four-level semi-synthetic set from decontaminated train samples (levels 1 and 2
+    rewritten by ``text_judge`` when ``rewrite_with_judge`` is on), train the scorer on frozen
+    CLIP features of ``embedder``, save it; returns it and its statistics."""
+    params = project.stages.quality_classifier
+    if params.rewrite_with_judge and text_judge is None:
+        raise ValueError(
+            "stages.quality_classifier.rewrite_with_judge needs a text judge: set "
+            "stages.judge.backend (openai or transformers) and text_model"
+        )
+    sources, batches = _train_samples(project, storage, params.max_training_samples)
+    train_set = build_quality_training_set(
+        batches,
+        seed=params.seed,
+        max_samples=params.max_training_samples,
+        rewrite=llm_rewriter(text_judge) if params.rewrite_with_judge else None,
+    )
+    if len(train_set.images) < 2:
+        raise ValueError(
+            f"the quality classifier needs at least 2 decontaminated samples with an image and "
+            f"text; the train sources ({', '.join(sources) or 'none'}) have "
+            f"{len(train_set.images)}: materialize decontaminated_samples first"
+        )
+    model = train_quality_classifier(train_set, embedder, params)
+    target = quality_model_dir(storage)
+    _save_atomically(model, target)
+    stats = {
+        "sources": sources,
+        "real_samples": len(train_set.images),
+        "examples_by_level": train_set.level_counts(),
+        "examples_by_rule": train_set.rule_counts(),
+        "rewritten_by": f"{text_judge.name} ({REWRITE_PROMPT_VERSION})"
+        if params.rewrite_with_judge and text_judge is not None
+        else "rules only",
+        "rewrite_failures": train_set.rewrite_failures,
+        "path": str(target),
+    }
+    return model, stats
+
+
+@dataclass
+class ScoringStats:
+    """What scoring a partition measured, for the asset's metadata."""
+
+    clip_scores: list[float] = field(default_factory=list)
+    quality_scores: list[float] = field(default_factory=list)
+    rating_counts: dict[str, Counter] = field(default_factory=lambda: {a: Counter() for a in AXES})
+    judge: JudgeStats = field(default_factory=JudgeStats)
+    images: int = 0
+    clip_seconds: float = 0.0
+    classifier_seconds: float = 0.0
+
+
+class _BatchMemo:
+    """One batch's embeddings, so the CLIP score and the classifier embed each image and text
+    once (and a repeated image once). Made per batch: memory follows the batch."""
+
+    def __init__(self, embedder: ImageTextEmbedder) -> None:
+        self.embedder, self.dim = embedder, embedder.dim
+        self.images: dict[bytes, np.ndarray] = {}
+        self.texts: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def _lookup(items: list, memo: dict, embed) -> np.ndarray:
+        missing = [item for item in dict.fromkeys(items) if item not in memo]
+        if missing:
+            memo.update(zip(missing, embed(missing), strict=True))
+        if not items:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([memo[item] for item in items])
+
+    def embed_images(self, images) -> np.ndarray:
+        out = self._lookup(list(images), self.images, self.embedder.embed_images)
+        return out.reshape(-1, self.dim)
+
+    def embed_texts(self, texts) -> np.ndarray:
+        out = self._lookup(list(texts), self.texts, self.embedder.embed_texts)
+        return out.reshape(-1, self.dim)
+
+
+def _null_ratings(rows: int) -> dict[str, pa.Array]:
+    return {f.name: pa.nulls(rows, f.type) for f in RATINGS_SCHEMA if f.name != "sample_id"}
+
+
+def _score_batch(
+    batch: pa.RecordBatch,
+    embedder: ImageTextEmbedder | None,
+    model: QualityModel | None,
+    judges: tuple,
+    params: StageParams,
+    cache: JudgmentCache | None,
+    stats: ScoringStats,
+) -> pa.Table:
+    table = pa.Table.from_batches([batch])
+    rows = table.num_rows
+    stats.images += sum(len(images or []) for images in table.column("images").to_pylist())
+    clip = pa.nulls(rows, pa.float32())
+    quality = pa.nulls(rows, pa.float32())
+    if embedder is not None:
+        embedder = _BatchMemo(embedder)
+        started = time.perf_counter()
+        clip = clip_scores(table, embedder, params.clip_score)
+        stats.clip_seconds += time.perf_counter() - started
+    if model is not None and embedder is not None:
+        started = time.perf_counter()
+        quality = score_quality(table, model, embedder)
+        stats.classifier_seconds += time.perf_counter() - started
+    stats.clip_scores += [v for v in clip.to_pylist() if v is not None]
+    stats.quality_scores += [v for v in quality.to_pylist() if v is not None]
+    columns = {"clip_score": clip, "quality_score": quality}
+    if any(judges):
+        ratings, judge_stats = rate_samples(table, *judges, params.judge, cache)
+        stats.judge = stats.judge.merge(judge_stats)
+        for axis in AXES:
+            for turn_ratings in ratings.column(ratings_column(axis)).to_pylist():
+                stats.rating_counts[axis].update(r for r in turn_ratings or [] if r is not None)
+        columns.update(
+            {f.name: ratings.column(f.name) for f in RATINGS_SCHEMA if f.name != "sample_id"}
+        )
+    else:
+        columns.update(_null_ratings(rows))
+    for name, values in columns.items():
+        table = table.append_column(SCORED_SCHEMA.field(name), values)
+    return table.select(SCORED_SCHEMA.names)
+
+
+def build_scored_samples(
+    project: ProjectConfig,
+    source_name: str,
+    storage: Storage,
+    progress: Progress | None = None,
+    *,
+    embedder: ImageTextEmbedder | None = None,
+    model: QualityModel | None = None,
+    judges: tuple = (None, None),
+    judge_cache_dir: str | Path | None = None,
+) -> tuple[StageReport, ScoringStats]:
+    """Every decontaminated sample of ``source_name`` with its scores appended (no rejects)."""
+    project.source(source_name)
+    stats = ScoringStats()
+    cache = JudgmentCache(judge_cache_dir) if judge_cache_dir and any(judges) else None
+
+    def scored() -> Iterator[tuple[pa.Table, pa.Table]]:
+        for batch in storage.iter_batches(DECONTAMINATED, source_name, batch_size=SCORE_BATCH_ROWS):
+            yield (
+                _score_batch(batch, embedder, model, judges, project.stages, cache, stats),
+                REJECT_SCHEMA.empty_table(),
+            )
+            if progress:
+                progress(batch.num_rows)
+
+    try:
+        report = write_stage(
+            storage,
+            SCORED,
+            source_name,
+            SCORED_SCHEMA,
+            scored(),
+            lambda: storage.count_rows(DECONTAMINATED, source_name),
+        )
+    finally:
+        if cache is not None:
+            cache.close()
+    return report, stats

@@ -1,0 +1,182 @@
+"""Quality assets: the UniFilter-style classifier (global) and scored_samples (per source)."""
+
+import dagster as dg
+
+from fineharbor.core.judge.params import JudgeParams
+from fineharbor.core.judge.prompts import AXES, PROMPT_VERSIONS
+from fineharbor.core.judge.rate import make_backends
+from fineharbor.core.quality.classifier import LEVELS, QualityModel
+from fineharbor.core.quality.params import ClipScoreParams
+from fineharbor.core.quality.stage import (
+    SCORED,
+    build_scored_samples,
+    quality_model_dir,
+    train_quality_model,
+)
+from fineharbor.defs.ingest import ProgressLog, decontaminated_samples
+from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.reporting import (
+    histogram_markdown,
+    markdown_table,
+    stage_check_specs,
+    stage_result,
+)
+from fineharbor.defs.resources import FineharborProject
+
+
+class QualityModelsResource(dg.ConfigurableResource):
+    """The scoring CLIP (`stages.clip_score`) and the judge backends (`stages.judge`), each
+    loaded once per process and shared by every run; CUDA and half precision when present."""
+
+    def clip(self, params: ClipScoreParams):
+        """The open_clip embedder, or None when `stages.clip_score.model` is null."""
+        key = ("clip", params.model_dump_json())
+        if key not in _LOADED:
+            from fineharbor.core.quality.clip_score import load_clip_embedder
+
+            _LOADED[key] = load_clip_embedder(params) if params.model else None
+        return _LOADED[key]
+
+    def judges(self, params: JudgeParams) -> tuple:
+        """(text backend, vision backend); (None, None) when the judge is off."""
+        key = ("judge", params.model_dump_json())
+        if key not in _LOADED:
+            _LOADED[key] = make_backends(params)
+        return _LOADED[key]
+
+
+_LOADED: dict[tuple[str, str], object] = {}
+
+
+@dg.asset(
+    group_name="quality",
+    kinds={"pytorch", "python"},
+    deps=[decontaminated_samples],
+    pool="gpu",
+    code_version="1",
+    description=(
+        "UniFilter-style learned quality classifier, saved under "
+        "FINEHARBOR_HOME/models/quality_classifier. Built from the decontaminated samples of "
+        "every train source: each real image is paired with texts at four quality levels (3 its "
+        "own text, 2 one attribute made wrong, 1 vague or generic, 0 another image's text), and "
+        "a two-layer MLP regresses the level from frozen CLIP image and text features "
+        "(`stages.clip_score` model; interleaved documents: mean-pooled images, chunked texts). "
+        "Metadata: held-out accuracy and confusion matrix over whole held-out images."
+    ),
+)
+def quality_classifier(
+    context: dg.AssetExecutionContext, project: FineharborProject, models: QualityModelsResource
+) -> dg.MaterializeResult:
+    embedder = models.clip(project.config.stages.clip_score)
+    if embedder is None:
+        context.log.info("stages.clip_score.model is null: no classifier is trained")
+        return dg.MaterializeResult(metadata={"trained": False})
+    text_judge, _ = models.judges(project.config.stages.judge)
+    model, stats = train_quality_model(project.config, project.storage, embedder, text_judge)
+    report = model.report
+    assert report is not None
+    confusion = markdown_table(
+        ["true \\ predicted", *map(str, LEVELS)],
+        [(level, *row) for level, row in zip(LEVELS, report.confusion, strict=True)],
+    )
+    accuracy = report.heldout_accuracy
+    return dg.MaterializeResult(
+        metadata={
+            "trained": True,
+            "embedder": model.embedder,
+            "heldout_accuracy": round(accuracy, 4) if accuracy is not None else "n/a",
+            "heldout_mae": round(report.heldout_mae, 4) if report.heldout_mae is not None else "",
+            "train_accuracy": round(report.train_accuracy, 4),
+            "training_examples": report.n_train,
+            "heldout_examples": report.n_heldout,
+            "real_samples": stats["real_samples"],
+            "examples_by_level": dg.MetadataValue.json(
+                {str(k): v for k, v in stats["examples_by_level"].items()}
+            ),
+            "examples_by_rule": dg.MetadataValue.json(stats["examples_by_rule"]),
+            "texts_rewritten_by": stats["rewritten_by"],
+            "rewrite_failures": stats["rewrite_failures"],
+            "mean_score_by_level": dg.MetadataValue.json(report.level_mean_score),
+            "sources": dg.MetadataValue.json(stats["sources"]),
+            "seconds": round(report.seconds, 2),
+            "path": dg.MetadataValue.path(stats["path"]),
+            "summary": dg.MetadataValue.md(
+                f"{report.summary().splitlines()[0]}\n\n### Held-out confusion matrix\n{confusion}"
+            ),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name="quality",
+    kinds={"parquet", "pytorch"},
+    deps=[decontaminated_samples, quality_classifier],
+    pool="gpu",
+    check_specs=stage_check_specs(SCORED),
+    code_version="1",
+    description=(
+        "Every decontaminated sample (none dropped: thresholds apply in the release mix) with "
+        "`clip_score` (image-text cosine of the `stages.clip_score` open_clip model: LAION keeps "
+        ">= 0.30 with ViT-B/32, DanQing also drops implausibly high OCR-dominated pairs; text = "
+        "every turn joined, image = best-matching image), `quality_score` (the learned "
+        "classifier, 0-3) and FineVision's judge ratings 1-5 per turn (`formatting`, "
+        "`relevance`, `visual_dependency`, `image_correspondence` as `*_ratings` lists aligned "
+        "with `texts`, and `*_min`), null when `stages.judge.backend` is none. Judgments are "
+        "cached by (model, prompt version, sample, turn) under FINEHARBOR_HOME/judge_cache. The "
+        "GPU op: models load once per process, batch, CUDA + half precision."
+    ),
+)
+def scored_samples(
+    context: dg.AssetExecutionContext, project: FineharborProject, models: QualityModelsResource
+):
+    stages = project.config.stages
+    embedder = models.clip(stages.clip_score)
+    model = QualityModel.load(quality_model_dir(project.storage)) if embedder else None
+    judges = models.judges(stages.judge)
+    report, stats = build_scored_samples(
+        project.config,
+        context.partition_key,
+        project.storage,
+        ProgressLog(context.log, f"scored_samples {context.partition_key}"),
+        embedder=embedder,
+        model=model,
+        judges=judges,
+        judge_cache_dir=project.home_path / "judge_cache",
+    )
+    extra = {
+        "samples_per_second": round(report.rows_per_second, 1),
+        "images_per_second_clip": round(stats.images / stats.clip_seconds, 1)
+        if stats.clip_seconds
+        else 0.0,
+        "clip_model": str(stages.clip_score.model),
+        "clip_score_histogram": dg.MetadataValue.md(
+            histogram_markdown(stats.clip_scores, "CLIP score", digits=2)
+        ),
+        "quality_score_histogram": dg.MetadataValue.md(
+            histogram_markdown(stats.quality_scores, "Learned quality score (0-3)", digits=1)
+        ),
+        "judge_backend": stages.judge.backend,
+    }
+    if any(judges):
+        extra["judge_prompt_versions"] = dg.MetadataValue.json(dict(PROMPT_VERSIONS))
+        extra["ratings_distribution"] = dg.MetadataValue.md(
+            markdown_table(
+                ["axis", *map(str, range(1, 6)), "parse failures"],
+                [
+                    (
+                        axis,
+                        *(stats.rating_counts[axis][r] for r in range(1, 6)),
+                        stats.judge.parse_failures[axis],
+                    )
+                    for axis in AXES
+                ],
+            )
+        )
+        extra.update(stats.judge.as_metadata())
+    report.extra.update(extra)
+    return stage_result(report, project.storage)
+
+
+QUALITY_MODEL_ASSETS = [quality_classifier]
+SCORING_ASSETS = [scored_samples]
