@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import dagster as dg
 
 from fineharbor.cli import stage_status
@@ -23,6 +25,13 @@ def repository(project) -> dg.RepositoryDefinition:  # noqa: F811
         resources=resources(project),
     )
     return with_config_versions(defs, lambda: load_config(project.config_path)).get_repository_def()
+
+
+def change_cleaning_threshold(project) -> None:  # noqa: F811
+    config = Path(project.config_path)
+    config.write_text(
+        config.read_text().replace("stages:\n", "stages:\n  clean:\n    jpeg_quality: 90\n")
+    )
 
 
 def requested(requests: list[dg.RunRequest]) -> list[tuple[str | None, list[str]]]:
@@ -62,9 +71,7 @@ def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project
 
         # A cleaning threshold changes: cleaned_samples and what it feeds in its job, for every
         # partition; ingest stages stay fresh and are not requested.
-        path = project.config_path
-        with open(path, "a") as config:
-            config.write("stages:\n  clean:\n    jpeg_quality: 90\n")
+        change_cleaning_threshold(project)
         repo = repository(project)
         requests = stale_run_requests(instance, repo)
         assert requested(requests) == [
@@ -106,8 +113,7 @@ def test_status_has_a_line_per_stage_with_rows_rejects_and_freshness(project):  
         assert by_stage["deduplicated_samples"]["freshness"] == "2 missing"
         assert by_stage["duplicate_clusters"]["freshness"] == "1 missing"
 
-        with open(project.config_path, "a") as config:
-            config.write("stages:\n  clean:\n    jpeg_quality: 90\n")
+        change_cleaning_threshold(project)
         repo = repository(project)
         _, rows = stage_status(instance, repo.asset_graph, project.storage)
         freshness = {row[0]: row[-1] for row in rows}

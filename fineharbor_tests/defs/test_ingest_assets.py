@@ -10,6 +10,7 @@ from fineharbor.core.schema import IMAGE_TYPE, TURN_TYPE
 from fineharbor.defs.catalog import duckdb_catalog
 from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECOND_PASS_ASSETS
 from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.quality import QUALITY_MODEL_ASSETS, SCORING_ASSETS, QualityModelsResource
 from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.sensors import source_sensor
@@ -30,6 +31,8 @@ sources:
     reader: image_folder
     location: does_not_exist
     mapping: {caption: txt}
+stages:
+  clip_score: {model: null}  # no CLIP: scores are null (quality scoring has its own tests)
 release: {require_review: false}  # these tests are about the stages, not the review gate
 """
 
@@ -70,7 +73,7 @@ def project(tmp_path, home):
 
 
 def resources(project):
-    return {"project": project, "embedder": EmbedderResource()}
+    return {"project": project, "embedder": EmbedderResource(), "models": QualityModelsResource()}
 
 
 def materialize(project, instance, partition, assets=FIRST_PASS_ASSETS):
@@ -91,6 +94,11 @@ def run_pipeline(project, instance, partitions):
     ).success
     for partition in partitions:
         assert materialize(project, instance, partition, SECOND_PASS_ASSETS).success
+    assert dg.materialize(
+        QUALITY_MODEL_ASSETS, instance=instance, resources=resources(project)
+    ).success
+    for partition in partitions:
+        assert materialize(project, instance, partition, SCORING_ASSETS).success
 
 
 def test_per_source_stages_conserve_rows_and_report(project):

@@ -21,7 +21,8 @@ release:
   shard_rows: 3
   max_samples: 100
   require_review: false  # the review gate has its own test (test_review.py)
-stages:
+"""
+CONCEPTS = """stages:
   concepts:
     n_iters: 10
     levels: [{n_clusters: 4}, {n_clusters: 2}]
@@ -32,7 +33,8 @@ stages:
 def project(ingest_project, tmp_path):  # noqa: F811
     config = tmp_path / "fineharbor.yaml"
     default = "release: {require_review: false}"
-    config.write_text(config.read_text().replace(default, "") + RELEASE)
+    text = config.read_text().replace(default, "").replace("stages:\n", CONCEPTS)
+    config.write_text(text + RELEASE)
     return ingest_project
 
 

@@ -35,7 +35,7 @@ def project(tmp_path, home):
     config = tmp_path / "fineharbor.yaml"
     # one cleaning worker, no language model: this test is about the review loop
     config.write_text(
-        "# the project\nsources: []\n\nstages:\n  clean: {processes: 1, check_language: false}\n"
+        "# the project\nsources: []\n\nstages:\n  clean: {processes: 1, check_language: false}\n  clip_score: {model: null}\n"
     )
     return config, folder
 

@@ -78,8 +78,10 @@ def write_input(
     rng = np.random.default_rng(0)
     for source, samples in data.items():
         table = pa.Table.from_pylist(samples, schema=schema)
+        with storage.writer(RELEASE_INPUT_ASSET, source, schema) as w:
+            w.write(table)  # scoring keeps every row
         with storage.writer(
-            RELEASE_INPUT_ASSET, source, schema, reject_schema=DECONTAM_REJECT_SCHEMA
+            "decontaminated_samples", source, schema, reject_schema=DECONTAM_REJECT_SCHEMA
         ) as w:
             w.write(table)
             if source == "bench":
