@@ -68,9 +68,17 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = {key: values[0] for key, values in parse_qs(parts.query).items()}
         self.state.enter(parts.path)
+        self.counted = True
         try:
             self.route(parts.path, query)
         finally:
+            self.leave()
+
+    def leave(self) -> None:
+        """Counted out once, before the body goes out: a client that has read the whole body
+        may start its next request before this thread runs again, which is not concurrency."""
+        if self.counted:
+            self.counted = False
             self.state.leave()
 
     def route(self, path: str, query: dict[str, str]) -> None:
@@ -115,6 +123,7 @@ class Handler(BaseHTTPRequestHandler):
         if content_length:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()  # HTTP/1.0: the connection closes, ending a body without a length
+        self.leave()
         with contextlib.suppress(ConnectionError):  # the client may hang up (too_large)
             self.wfile.write(body)
 
