@@ -7,8 +7,7 @@ faiss, datasketch and scipy at load time.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fineharbor.core.lazy import lazy_getattr
 
 _LAZY = {
     "CovarianceAccumulator": "diversity",
@@ -41,11 +40,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f"fineharbor.core.dedup.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

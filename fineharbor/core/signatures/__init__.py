@@ -8,9 +8,7 @@ pay for importing torch (~0.5 GB of resident memory per process).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from fineharbor.core.lazy import lazy_getattr
 from fineharbor.core.signatures.hashing import (
     ImageDecodeError,
     ImageHashes,
@@ -40,11 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f"fineharbor.core.signatures.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
