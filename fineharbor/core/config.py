@@ -206,11 +206,25 @@ class StageParams(_Strict):
     quality_classifier: QualityClassifierParams = QualityClassifierParams()
 
 
+class OrchestrationParams(_Strict):
+    """How Dagster groups work into runs (read when the definitions load)."""
+
+    partitions_per_run: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="source partitions one backfill run of a per-source stage materializes: "
+        "each run pays a fixed start-up cost (process, imports, models), so a few partitions "
+        "per run amortise it while a failure still costs only that run's partitions",
+    )
+
+
 class ProjectConfig(_Strict):
     name: str = "fineharbor"
     sources: list[SourceConfig]
     stages: StageParams = StageParams()
     release: ReleaseRecipe = ReleaseRecipe()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
     @field_validator("sources")
     @classmethod

@@ -4,10 +4,10 @@ Each stage's code version carries a hash of the parameters it reads from `fineha
 after the code location reloads a changed config, Dagster's data-version machinery marks exactly
 the partitions whose stage config, code version or inputs changed as stale (the UI shows it on
 every asset). `stale_partitions_schedule` re-materializes those, and only those: it walks the
-pipeline's jobs in order and requests the first job that has stale or missing work, one run per
-stale partition for per-source jobs (only that partition's stale assets and what they feed within
-the job) and one run for a global job. Later jobs wait for a later tick, when their inputs are
-fresh; a tick with runs of this schedule still in flight requests nothing.
+pipeline's jobs in order and requests the first job that has stale or missing work: for a
+per-source job, one run per few consecutive partitions with the same stale assets (only those
+assets and what they feed within the job), for a global job one run. Later jobs wait for a later
+tick, when their inputs are fresh; a tick with runs of this schedule still in flight requests nothing.
 """
 
 import hashlib
@@ -22,7 +22,7 @@ from dagster._time import get_current_datetime
 
 from fineharbor.core.config import ConfigError, ProjectConfig, load_config
 from fineharbor.defs.jobs import PIPELINE
-from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 
 # The `stages.*` sections of the project file that each asset reads. New stages add theirs.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
@@ -105,28 +105,62 @@ def _stale_keys(
     return [key for key in keys if key in stale]
 
 
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def _partition_groups(
+    stale_by_partition: list[tuple[str, list[dg.AssetKey]]], per_run: int
+) -> list[tuple[list[str], list[dg.AssetKey]]]:
+    """Consecutive partitions (in the partitions definition's order) with the same stale assets,
+    at most ``per_run`` to a group: one run each, as a backfill of the per-source stages runs
+    them. A fresh partition between two stale ones ends a group: a run's range is contiguous."""
+    groups: list[tuple[list[str], list[dg.AssetKey]]] = []
+    for partition, stale in stale_by_partition:
+        if groups and groups[-1][1] == stale and len(groups[-1][0]) < per_run:
+            groups[-1][0].append(partition)
+        else:
+            groups.append(([partition], stale))
+    return groups
+
+
+def _run_request(
+    partitions: list[str] | None, stale: list[dg.AssetKey], job_name: str
+) -> dg.RunRequest:
+    tags = {"fineharbor/trigger": "stale", "fineharbor/job": job_name}
+    if partitions and len(partitions) > 1:
+        tags |= {RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1]}
+        return dg.RunRequest(asset_selection=stale, tags=tags)
+    return dg.RunRequest(
+        partition_key=partitions[0] if partitions else None, asset_selection=stale, tags=tags
+    )
+
+
 def stale_run_requests(
     instance: dg.DagsterInstance, repository: dg.RepositoryDefinition
 ) -> list[dg.RunRequest]:
-    """Runs for the first job of the pipeline that has stale or missing partitions."""
+    """Runs for the first job of the pipeline that has stale or missing partitions: for a
+    per-source job, one run per few consecutive partitions with the same stale assets
+    (`orchestration.partitions_per_run`); for a global job, one run."""
     graph = repository.asset_graph
     resolver = stale_status_resolver(instance, graph)
     partitions = instance.get_dynamic_partitions(source_partitions.name)
+    per_run = per_source_backfill_policy.max_partitions_per_run or 1
     for job_name, per_partition in PIPELINE:
         keys = sorted(repository.get_job(job_name).asset_layer.executable_asset_keys)
-        requests = []
-        for partition in partitions if per_partition else [None]:
-            stale = _stale_keys(resolver, graph, keys, partition)
+        if not per_partition:
+            stale = _stale_keys(resolver, graph, keys, None)
             if stale:
-                requests.append(
-                    dg.RunRequest(
-                        partition_key=partition,
-                        asset_selection=stale,
-                        tags={"fineharbor/trigger": "stale", "fineharbor/job": job_name},
-                    )
-                )
-        if requests:
-            return requests
+                return [_run_request(None, stale, job_name)]
+            continue
+        found = [(p, _stale_keys(resolver, graph, keys, p)) for p in partitions]
+        runs = [
+            _run_request(group, stale, job_name)
+            for group, stale in _partition_groups(found, per_run)
+            if stale
+        ]
+        if runs:
+            return runs
     return []
 
 
@@ -138,8 +172,9 @@ def stale_run_requests(
     description=(
         "Hourly: re-materializes stale partitions only - a partition is stale when its stage's "
         "parameters (part of the code version), its code version or its inputs' data versions "
-        "changed, or it was never materialized. Per-source stages get one run per stale "
-        "partition; global stages run once, on a later tick, after them."
+        "changed, or it was never materialized. Per-source stages get one run per few "
+        "consecutive stale partitions (orchestration.partitions_per_run); global stages run "
+        "once, on a later tick, after them."
     ),
 )
 def stale_partitions_schedule(context: dg.ScheduleEvaluationContext):

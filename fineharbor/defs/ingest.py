@@ -11,14 +11,14 @@ from fineharbor.core import stages
 from fineharbor.core.config import ProjectConfig
 from fineharbor.core.stages import StageReport
 from fineharbor.core.storage import Storage
-from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 from fineharbor.defs.reporting import (
     StageCheck,
     cleaned_distributions,
     column_schema,
     markdown_table,
+    partitions_result,
     stage_check_specs,
-    stage_result,
 )
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.review import review_page_metadata, source_config
@@ -71,6 +71,7 @@ def per_source_stage(
     @dg.asset(
         name=name,
         partitions_def=source_partitions,
+        backfill_policy=per_source_backfill_policy,
         group_name=group,
         kinds=set(kinds),
         deps=list(deps),
@@ -80,15 +81,17 @@ def per_source_stage(
         description=description,
     )
     def _stage(context: dg.AssetExecutionContext, project: FineharborProject):
-        progress = ProgressLog(context.log, f"{name} {context.partition_key}")
-        config = source_config(project, context.partition_key)
-        report = builder(config, context.partition_key, project.storage, progress)
-        if plots is not None:
-            report.extra.update(plots(project.storage, report))
-        if review_page:
-            report.extra.update(review_page_metadata(project, context.partition_key))
-        extra = [check.result(config, report) for check in checks]
-        return stage_result(report, project.storage, extra)
+        outcomes = []
+        for partition in context.partition_keys:
+            progress = ProgressLog(context.log, f"{name} {partition}")
+            config = source_config(project, partition)
+            report = builder(config, partition, project.storage, progress)
+            if plots is not None:
+                report.extra.update(plots(project.storage, report))
+            if review_page:
+                report.extra.update(review_page_metadata(project, partition))
+            outcomes.append((report, [check.result(config, report) for check in checks]))
+        return partitions_result(context, project.storage, outcomes)
 
     return _stage
 
@@ -140,6 +143,7 @@ cleaned_samples = per_source_stage(
 
 @dg.asset(
     partitions_def=source_partitions,
+    backfill_policy=per_source_backfill_policy,
     group_name="dedup",
     kinds={"parquet", "pytorch"},
     deps=[cleaned_samples],
@@ -157,16 +161,19 @@ cleaned_samples = per_source_stage(
 def image_signatures(
     context: dg.AssetExecutionContext, project: FineharborProject, embedder: EmbedderResource
 ):
-    params = project.config.stages.signatures
-    report = stages.build_image_signatures(
-        project.config,
-        context.partition_key,
-        project.storage,
-        ProgressLog(context.log, f"image_signatures {context.partition_key}"),
-        embedders=embedder.embedders(params),
-    )
-    report.extra["images_per_second"] = round(report.rows_per_second, 1)
-    return stage_result(report, project.storage)
+    embedders = embedder.embedders(project.config.stages.signatures)
+    outcomes = []
+    for partition in context.partition_keys:
+        report = stages.build_image_signatures(
+            project.config,
+            partition,
+            project.storage,
+            ProgressLog(context.log, f"image_signatures {partition}"),
+            embedders=embedders,
+        )
+        report.extra["images_per_second"] = round(report.rows_per_second, 1)
+        outcomes.append((report, []))
+    return partitions_result(context, project.storage, outcomes)
 
 
 def _global_result(table, stats: dict, summary: str) -> dg.MaterializeResult:

@@ -14,12 +14,12 @@ from fineharbor.core.quality.stage import (
     train_quality_model,
 )
 from fineharbor.defs.ingest import ProgressLog, decontaminated_samples
-from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 from fineharbor.defs.reporting import (
     histogram_markdown,
     markdown_table,
+    partitions_result,
     stage_check_specs,
-    stage_result,
 )
 from fineharbor.defs.resources import FineharborProject
 
@@ -109,6 +109,7 @@ def quality_classifier(
 
 @dg.asset(
     partitions_def=source_partitions,
+    backfill_policy=per_source_backfill_policy,
     group_name="quality",
     kinds={"parquet", "pytorch"},
     deps=[decontaminated_samples, quality_classifier],
@@ -134,16 +135,24 @@ def scored_samples(
     embedder = models.clip(stages.clip_score)
     model = QualityModel.load(quality_model_dir(project.storage)) if embedder else None
     judges = models.judges(stages.judge)
-    report, stats = build_scored_samples(
-        project.config,
-        context.partition_key,
-        project.storage,
-        ProgressLog(context.log, f"scored_samples {context.partition_key}"),
-        embedder=embedder,
-        model=model,
-        judges=judges,
-        judge_cache_dir=project.home_path / "judge_cache",
-    )
+    outcomes = []
+    for partition in context.partition_keys:
+        report, stats = build_scored_samples(
+            project.config,
+            partition,
+            project.storage,
+            ProgressLog(context.log, f"scored_samples {partition}"),
+            embedder=embedder,
+            model=model,
+            judges=judges,
+            judge_cache_dir=project.home_path / "judge_cache",
+        )
+        report.extra.update(_scoring_metadata(stages, stats, report, judges))
+        outcomes.append((report, []))
+    return partitions_result(context, project.storage, outcomes)
+
+
+def _scoring_metadata(stages, stats, report, judges) -> dict:
     extra = {
         "samples_per_second": round(report.rows_per_second, 1),
         "images_per_second_clip": round(stats.images / stats.clip_seconds, 1)
@@ -174,8 +183,7 @@ def scored_samples(
             )
         )
         extra.update(stats.judge.as_metadata())
-    report.extra.update(extra)
-    return stage_result(report, project.storage)
+    return extra
 
 
 QUALITY_MODEL_ASSETS = [quality_classifier]

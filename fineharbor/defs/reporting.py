@@ -176,14 +176,52 @@ def stage_metadata(report: StageReport, storage: Storage) -> dict:
     }
 
 
-def stage_result(
-    report: StageReport,
+def _combined_check(name: str, results: dict[str, dg.AssetCheckResult]) -> dg.AssetCheckResult:
+    """One result for a check over the partitions of a multi-partition run: it passes when every
+    partition passed, and its metadata holds each partition's figures."""
+    failed = [partition for partition, result in results.items() if not result.passed]
+    first = next(iter(results.values()))
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=not failed,
+        severity=first.severity,
+        metadata={
+            "partitions": len(results),
+            "failed_partitions": ", ".join(failed) or "none",
+            "by_partition": dg.MetadataValue.json(
+                {
+                    partition: {key: value.value for key, value in result.metadata.items()}
+                    for partition, result in results.items()
+                }
+            ),
+        },
+    )
+
+
+def partitions_result(
+    context: dg.AssetExecutionContext,
     storage: Storage,
-    extra_checks: list[dg.AssetCheckResult] | None = None,
+    outcomes: list[tuple[StageReport, list[dg.AssetCheckResult]]],
 ) -> dg.MaterializeResult:
+    """The materialization of a per-source stage over the run's partitions, from each
+    partition's report and its own check results (beside the data-protecting ones).
+
+    A backfill runs several partitions in one run (`orchestration.partitions_per_run`): each
+    partition's materialization event still gets its own metadata (row counts, rejects,
+    previews), and each check reports once for the run, failing when any partition failed."""
+    results = [
+        (report, [*stage_check_results(report, storage), *extra]) for report, extra in outcomes
+    ]
+    if context.has_partition_key:
+        report, checks = results[0]
+        return dg.MaterializeResult(metadata=stage_metadata(report, storage), check_results=checks)
+    by_check: dict[str, dict[str, dg.AssetCheckResult]] = {}
+    for report, checks in results:
+        context.add_asset_metadata(stage_metadata(report, storage), partition_key=report.partition)
+        for check in checks:
+            by_check.setdefault(check.check_name, {})[str(report.partition)] = check
     return dg.MaterializeResult(
-        metadata=stage_metadata(report, storage),
-        check_results=[*stage_check_results(report, storage), *(extra_checks or [])],
+        check_results=[_combined_check(name, found) for name, found in by_check.items()]
     )
 
 

@@ -5,6 +5,9 @@ import dagster as dg
 from fineharbor.cli import stage_status
 from fineharbor.core.config import load_config
 from fineharbor.defs.automation import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    _partition_groups,
     stale_partitions_schedule,
     stale_run_requests,
     with_config_versions,
@@ -14,6 +17,7 @@ from fineharbor.defs.partitions import source_partitions
 from fineharbor_tests.defs.test_ingest_assets import project, resources  # noqa: F401
 
 PARTITIONS = ["charts", "scenes"]
+BOTH = "charts..scenes"
 
 
 def repository(project) -> dg.RepositoryDefinition:  # noqa: F811
@@ -35,8 +39,15 @@ def change_cleaning_threshold(project) -> None:  # noqa: F811
 
 
 def requested(requests: list[dg.RunRequest]) -> list[tuple[str | None, list[str]]]:
+    """(partition or "first..last" range, assets) of each request."""
+
+    def partitions(r: dg.RunRequest) -> str | None:
+        if RANGE_START_TAG in r.tags:
+            return f"{r.tags[RANGE_START_TAG]}..{r.tags[RANGE_END_TAG]}"
+        return r.partition_key
+
     return sorted(
-        (r.partition_key, sorted(k.to_user_string() for k in r.asset_selection)) for r in requests
+        (partitions(r), sorted(k.to_user_string() for k in r.asset_selection)) for r in requests
     )
 
 
@@ -47,6 +58,7 @@ def run(repo: dg.RepositoryDefinition, instance, requests: list[dg.RunRequest]) 
             instance=instance,
             partition_key=request.partition_key,
             asset_selection=request.asset_selection,
+            tags={k: v for k, v in request.tags.items() if k.startswith("dagster/")},
         )
         assert result.success
 
@@ -57,8 +69,9 @@ def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project
         instance.add_dynamic_partitions(source_partitions.name, PARTITIONS)
         repo = repository(project)
         # Nothing materialized: the first job of the pipeline, every partition, every asset.
+        # Consecutive partitions share a run (orchestration.partitions_per_run).
         requests = stale_run_requests(instance, repo)
-        assert requested(requests) == [(p, first_pass) for p in PARTITIONS]
+        assert requested(requests) == [(BOTH, first_pass)]
         for job_name, per_partition in PIPELINE:
             for partition in PARTITIONS if per_partition else [None]:
                 result = repo.get_job(job_name).execute_in_process(
@@ -74,9 +87,7 @@ def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project
         change_cleaning_threshold(project)
         repo = repository(project)
         requests = stale_run_requests(instance, repo)
-        assert requested(requests) == [
-            (p, ["cleaned_samples", "image_signatures"]) for p in PARTITIONS
-        ]
+        assert requested(requests) == [(BOTH, ["cleaned_samples", "image_signatures"])]
         with dg.build_schedule_context(instance=instance, repository_def=repo) as context:
             assert requested(stale_partitions_schedule(context)) == requested(requests)
 
@@ -86,9 +97,7 @@ def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project
         assert requested(requests) == [(None, ["benchmark_index", "duplicate_clusters"])]
         run(repo, instance, requests)
         requests = stale_run_requests(instance, repo)
-        assert requested(requests) == [
-            (p, ["decontaminated_samples", "deduplicated_samples"]) for p in PARTITIONS
-        ]
+        assert requested(requests) == [(BOTH, ["decontaminated_samples", "deduplicated_samples"])]
 
 
 def test_status_has_a_line_per_stage_with_rows_rejects_and_freshness(project):  # noqa: F811
@@ -119,3 +128,10 @@ def test_status_has_a_line_per_stage_with_rows_rejects_and_freshness(project):  
         freshness = {row[0]: row[-1] for row in rows}
         assert freshness["cleaned_samples"] == "2 stale"
         assert freshness["unified_samples"] == "fresh"
+
+
+def test_stale_partitions_group_into_contiguous_runs_of_at_most_per_run():
+    a, b = [dg.AssetKey("x")], [dg.AssetKey("x"), dg.AssetKey("y")]
+    found = [("p1", a), ("p2", a), ("p3", a), ("p4", []), ("p5", a), ("p6", b), ("p7", b)]
+    groups = [(names, stale) for names, stale in _partition_groups(found, 2) if stale]
+    assert groups == [(["p1", "p2"], a), (["p3"], a), (["p5"], a), (["p6", "p7"], b)]

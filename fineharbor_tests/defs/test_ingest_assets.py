@@ -12,6 +12,7 @@ from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECON
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.quality import QUALITY_MODEL_ASSETS, SCORING_ASSETS, QualityModelsResource
 from fineharbor.defs.release import RELEASE_ASSETS
+from fineharbor.defs.reporting import _combined_check
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.sensors import source_sensor
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
@@ -129,6 +130,59 @@ def test_per_source_stages_conserve_rows_and_report(project):
             "sample_id",
             "source",
         ]
+
+
+def test_one_run_materializes_a_range_of_partitions_with_their_own_metadata(project):
+    """A backfill run over several partitions (orchestration.partitions_per_run) records one
+    materialization per partition with that partition's figures, and each check once, over all
+    of them."""
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])
+        result = dg.materialize(
+            FIRST_PASS_ASSETS,
+            instance=instance,
+            resources=resources(project),
+            tags={
+                "dagster/asset_partition_range_start": "charts",
+                "dagster/asset_partition_range_end": "scenes",
+            },
+        )
+        assert result.success
+        unified = {
+            e.partition: e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key == dg.AssetKey("unified_samples")
+        }
+        assert {p: m["dagster/row_count"].value for p, m in unified.items()} == {
+            "charts": 6,
+            "scenes": 4,
+        }
+        assert unified["charts"]["rows_rejected"].value == 1
+        assert "**unified_samples / scenes**" in unified["scenes"]["summary"].value
+        checks = result.get_asset_check_evaluations()
+        assert len(checks) == 3 * len(FIRST_PASS_ASSETS) and all(c.passed for c in checks)
+        conserved = next(
+            c
+            for c in checks
+            if c.asset_key == dg.AssetKey("unified_samples") and c.check_name == "rows_conserved"
+        )
+        assert conserved.metadata["partitions"].value == 2
+        assert conserved.metadata["by_partition"].value["charts"] == {
+            "rows_in": 7,
+            "kept": 6,
+            "rejected": 1,
+        }
+        for asset in ("raw_samples", "unified_samples", "cleaned_samples", "image_signatures"):
+            assert project.storage.partitions(asset) == ["charts", "scenes"]
+
+
+def test_a_failed_partition_fails_the_combined_check():
+    ok = dg.AssetCheckResult(check_name="rows_conserved", passed=True, metadata={"kept": 3})
+    bad = dg.AssetCheckResult(check_name="rows_conserved", passed=False, metadata={"kept": 1})
+    combined = _combined_check("rows_conserved", {"a": ok, "b": bad, "c": ok})
+    assert not combined.passed
+    assert combined.metadata["failed_partitions"].value == "b"
+    assert combined.metadata["by_partition"].value["b"] == {"kept": 1}
 
 
 def test_rematerializing_gives_the_same_rows(project):

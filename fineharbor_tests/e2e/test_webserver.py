@@ -14,6 +14,7 @@ Expected assets come from `fineharbor.definitions.defs`, so new stages are cover
 
 from __future__ import annotations
 
+import math
 import time
 import urllib.parse
 from collections import Counter
@@ -22,7 +23,9 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+import yaml
 
+from fineharbor.core.config import OrchestrationParams
 from fineharbor.core.storage import Storage
 from fineharbor.definitions import defs
 from fineharbor_tests.e2e.services import DagsterStack, chromium, wait_for
@@ -126,8 +129,18 @@ def backfill_runs(stack: DagsterStack, backfill_id: str) -> list[dict]:
     runs = stack.graphql(BACKFILL_RUNS, id=backfill_id)["runsOrError"]["results"]
     for run in runs:
         tags = {t["key"]: t["value"] for t in run.pop("tags")}
-        run["partition"] = tags.get("dagster/partition")
+        single = tags.get("dagster/partition")
+        start = tags.get("dagster/asset_partition_range_start", single)
+        end = tags.get("dagster/asset_partition_range_end", single)
+        run["range"] = (start, end)
+        run["partition"] = single or f"{start}..{end}"
     return runs
+
+
+def partitions_of(run: dict, order: list[str]) -> list[str]:
+    """The partitions a run materialized: its range in the partitions definition's order."""
+    start, end = run["range"]
+    return order[order.index(start) : order.index(end) + 1]
 
 
 def failure_report(stack: DagsterStack, runs: list[dict]) -> str:
@@ -221,6 +234,10 @@ def test_backfill_of_every_source_partition_survives_a_killed_daemon(stack, demo
     assets = job_assets(BACKFILL_JOB)
     nodes = asset_nodes(stack)
     assert all(BACKFILL_JOB in nodes[a]["jobNames"] for a in assets), "server and defs disagree"
+    order = nodes[assets[0]]["partitionKeys"]
+    settings = yaml.safe_load(demo.config.read_text()).get("orchestration") or {}
+    per_run = OrchestrationParams(**settings).partitions_per_run
+    expected_runs = math.ceil(len(partitions) / per_run)
     started = time.monotonic()
     backfill_id = launch_backfill(stack, assets, partitions)
 
@@ -232,7 +249,7 @@ def test_backfill_of_every_source_partition_survives_a_killed_daemon(stack, demo
              diagnostics=stack.diagnostics)  # fmt: skip
     stack.daemon.kill_leader()
     at_kill = backfill_runs(stack, backfill_id)
-    assert sum(r["status"] == "SUCCESS" for r in at_kill) < len(partitions), "killed too late"
+    assert sum(r["status"] == "SUCCESS" for r in at_kill) < expected_runs, "killed too late"
     assert backfill_status(stack, backfill_id) == "REQUESTED"
     time.sleep(2)
     restarted = time.time()
@@ -245,8 +262,11 @@ def test_backfill_of_every_source_partition_survives_a_killed_daemon(stack, demo
           f"{time.monotonic() - started:.0f}s; at kill: "
           f"{sorted((r['partition'], r['status']) for r in at_kill)}")  # fmt: skip
     assert status == "COMPLETED_SUCCESS", failure_report(stack, runs)
-    # exactly one run per partition: the restarted daemon submitted nothing twice
-    assert sorted(r["partition"] for r in runs) == sorted(partitions), runs
+    # a few partitions per run (orchestration.partitions_per_run), each partition in exactly
+    # one run: the restarted daemon submitted nothing twice
+    assert len(runs) == expected_runs, runs
+    covered = [p for run in runs for p in partitions_of(run, order)]
+    assert sorted(covered) == sorted(partitions), runs
     assert all(r["status"] == "SUCCESS" for r in runs), failure_report(stack, runs)
 
     # What the Postgres-backed instance recorded: one materialization per (asset, partition),

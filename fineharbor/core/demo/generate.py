@@ -841,6 +841,31 @@ def _finish_gui_worker(worker) -> tuple[list[dict], list[dict]] | None:
         out.with_name(out.name + ".part").unlink(missing_ok=True)
 
 
+# The pretraining corpus mixes content and text the way the demo's caption-bearing sources do.
+_CORPUS_KINDS = (("scene", "caption", 0.55), ("scene", "qa", 0.25), ("chart", "qa", 0.20))
+
+
+def pretraining_corpus(count: int, seed: int) -> list[tuple[bytes, list[dict]]]:
+    """``count`` clean (image, turns) samples drawn like the demo's image-text sources (scene
+    captions, scene and chart Q&A) but from a seed of their own and without defects: the demo's
+    stand-in for the web-scale data a real CLIP is pretrained on. Turns are unified
+    ``{"user", "assistant"}`` dicts (a caption is an answer with no question)."""
+    g = _Generator(seed, 1.0, "")
+    weights = np.array([w for _, _, w in _CORPUS_KINDS])
+    samples = []
+    for i in range(count):
+        rng = g.rng("pretraining", i)
+        kind, text, _ = _CORPUS_KINDS[int(rng.choice(len(_CORPUS_KINDS), p=weights))]
+        visual = g.clean_visual(rng, kind)
+        if text == "caption":
+            turns = [{"user": None, "assistant": g.caption_for(visual.content, rng)}]  # type: ignore[arg-type]
+        else:
+            qa = g.qa_for(visual.content, rng)[: int(rng.integers(1, 4))]  # type: ignore[arg-type]
+            turns = [{"user": q, "assistant": a} for q, a in qa]
+        samples.append((visual.data, turns))
+    return samples
+
+
 def generate_demo(
     home: Path, base_url: str, *, seed: int = 0, scale: float = 1.0, workers: int | None = None
 ) -> DemoSummary:
