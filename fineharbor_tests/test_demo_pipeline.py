@@ -288,10 +288,11 @@ def test_demo_release_loads_and_holds_no_rejected_or_benchmark_sample(demo_home)
 
 
 def test_scores_rank_planted_mismatched_captions_below_true_pairs(demo_home):
-    """scored_samples over the demo: the demo CLIP score and the learned quality score both put
-    the planted mismatched captions below the true pairs of the same sources (ROC AUC). Measured at
-    scale 0.3 (9 mismatches), seed 0, default 300 CLIP steps: CLIP 0.898, classifier 0.910; at
-    scale 1.0: 0.97 and 0.96."""
+    """scored_samples over the demo: the demo CLIP score (a model that never saw the demo's
+    samples) and the learned quality score both put the planted mismatched captions below the
+    true captions of the same sources (ROC AUC >= 0.9). Question-answer samples are printed, not
+    asserted: their mismatches are single claims, many about chart labels the demo CLIP's 32 px
+    cannot read."""
     from fineharbor.core.quality.metrics import roc_auc
 
     home, _ = demo_home
@@ -299,14 +300,20 @@ def test_scores_rank_planted_mismatched_captions_below_true_pairs(demo_home):
     planted = {(r["source"], r["origin_key"]): r["defect"] for r in truth}
     with duckdb.connect() as connection:
         rows = connection.execute(
-            "select source, origin_key, clip_score, quality_score "
+            "select source, origin_key, clip_score, quality_score, "
+            "len(texts) = 1 and coalesce(texts[1].user, '') = '' "
             f"from read_parquet('{home}/data/scored_samples/*/*.parquet')"
         ).fetchall()
     mismatched = {s for (s, _), d in planted.items() if d == "mismatched_caption"}
     scored = [r for r in rows if r[0] in mismatched and r[2] is not None]
-    negative = [r for r in scored if planted.get((r[0], r[1])) == "mismatched_caption"]
-    positive = [r for r in scored if (r[0], r[1]) not in planted]
-    assert len(negative) >= 5 and len(positive) >= 50
-    for column in (2, 3):
-        auc = roc_auc([r[column] for r in positive], [r[column] for r in negative])
-        assert auc >= 0.85, (column, auc)
+    aucs = {}
+    for kind, keep in (("captions", True), ("question-answer", False)):
+        negative = [
+            r for r in scored if r[4] is keep and planted.get(r[:2]) == "mismatched_caption"
+        ]
+        positive = [r for r in scored if r[4] is keep and r[:2] not in planted]
+        assert len(negative) >= 3 and len(positive) >= 30, kind
+        for column, name in ((2, "clip"), (3, "quality")):
+            aucs[kind, name] = roc_auc([r[column] for r in positive], [r[column] for r in negative])
+    print(f"\nROC AUC true vs planted mismatched: {aucs}")
+    assert aucs["captions", "clip"] >= 0.9 and aucs["captions", "quality"] >= 0.9, aucs

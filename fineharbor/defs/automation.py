@@ -7,7 +7,8 @@ every asset). `stale_partitions_schedule` re-materializes those, and only those:
 pipeline's jobs in order and requests the first job that has stale or missing work: for a
 per-source job, one run per few consecutive partitions with the same stale assets (only those
 assets and what they feed within the job), for a global job one run. Later jobs wait for a later
-tick, when their inputs are fresh; a tick with runs of this schedule still in flight requests nothing.
+tick, when their inputs are fresh; a tick with runs of this schedule still in flight requests
+nothing.
 """
 
 import hashlib
