@@ -37,6 +37,12 @@ def _free_port(preferred: int) -> int:
     raise RuntimeError("no free loopback port")
 
 
+def _partition_keys(config, name: str) -> list[str]:
+    """A source's partitions (all its shards), or the one partition a shard key names."""
+    source = config.source(name)  # an unknown name fails, naming the configured sources
+    return source.partitions if name == source.name else [name]
+
+
 def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
     """Run every per-source stage for each source, then the global stages; returns failures."""
     import dagster as dg
@@ -50,7 +56,11 @@ def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
         from fineharbor.defs.ingest import PROGRESS_ENV
 
         os.environ.setdefault(PROGRESS_ENV, "1")
-    names = list(sources) if sources else config.source_names
+    names = (
+        [key for name in sources for key in _partition_keys(config, name)]
+        if sources
+        else config.partition_keys
+    )
     instance = dg.DagsterInstance.get()
     known = set(instance.get_dynamic_partitions(source_partitions.name))
     instance.add_dynamic_partitions(source_partitions.name, [n for n in names if n not in known])
@@ -274,7 +284,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     _use_persistent_instance(fineharbor_home())
-    failures = materialize_all(args.source or None)
+    try:
+        failures = materialize_all(args.source or None)
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
     if failures:
         print(f"FAILED: {', '.join(failures)}", file=sys.stderr)
         return 1

@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -32,6 +34,26 @@ DEFAULT_HOME = ".fineharbor"
 DEFAULT_CONFIG = "fineharbor.yaml"
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+T = TypeVar("T")
+SHARD_MARK = ".shard-"  # source names cannot hold a ".", so a shard key parses unambiguously
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` of a source: it reads every ``count``-th file from
+    ``index`` on (files sorted), so the shards partition the source's records."""
+
+    index: int
+    count: int
+
+    def pick(self, items: Sequence[T]) -> list[T]:
+        return list(items[self.index :: self.count])
+
+
+def shard_partition(name: str, index: int, count: int) -> str:
+    return f"{name}{SHARD_MARK}{index:0{max(3, len(str(count - 1)))}d}"
 
 
 class ConfigError(ValueError):
@@ -102,6 +124,20 @@ class _SourceBase(_Strict):
     priority: int = Field(0, description="higher wins when duplicates across sources are resolved")
     license: str = "unknown"
     batch_size: int = Field(256, ge=1, le=65536)
+    shards: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="split the source into this many partitions (`<name>.shard-NNN`), each "
+        "reading every shards-th file, so one source's backfill runs in parallel",
+    )
+
+    @property
+    def partitions(self) -> list[str]:
+        """The source's partition keys: its name, or one key per shard."""
+        if self.shards == 1:
+            return [self.name]
+        return [shard_partition(self.name, i, self.shards) for i in range(self.shards)]
 
     @field_validator("name")
     @classmethod
@@ -237,15 +273,38 @@ class ProjectConfig(_Strict):
         return sources
 
     def source(self, name: str) -> SourceConfig:
+        """The source named ``name``, or the source a partition key (a shard) belongs to."""
+        base = name.split(SHARD_MARK)[0]
         for source in self.sources:
-            if source.name == name:
+            if source.name == base and name in (base, *source.partitions):
                 return source
         known = ", ".join(s.name for s in self.sources) or "none"
-        raise KeyError(f"no source named {name!r} in the config (configured: {known})")
+        raise KeyError(f"no source or partition {name!r} in the config (configured: {known})")
+
+    def shard(self, partition: str) -> Shard | None:
+        """Which shard of its source a partition key is (None: the whole source)."""
+        source = self.source(partition)
+        if source.shards == 1:
+            return None
+        return Shard(source.partitions.index(partition), source.shards)
 
     @property
     def source_names(self) -> list[str]:
         return [s.name for s in self.sources]
+
+    @property
+    def partition_keys(self) -> list[str]:
+        """Every source's partition keys, in config order (what the sensor adds)."""
+        return [key for s in self.sources for key in s.partitions]
+
+    def role_partitions(self, role: str) -> list[str]:
+        """The partition keys of every ``train`` or ``benchmark`` source, in config order."""
+        return [key for s in self.sources if s.role == role for key in s.partitions]
+
+    def partitions_of(self, names: Iterable[str]) -> list[str]:
+        """The partition keys of the named sources, in config order."""
+        wanted = set(names)
+        return [key for s in self.sources if s.name in wanted for key in s.partitions]
 
 
 def source_fingerprint(source: SourceConfig) -> str:

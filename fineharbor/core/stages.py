@@ -92,7 +92,8 @@ def build_raw_samples(
 
     def counted() -> Iterable[tuple[pa.Table, pa.Table]]:
         nonlocal seen
-        for kept, rejected in read_source(source, project.stages.ingest, progress):
+        shard = project.shard(source_name)
+        for kept, rejected in read_source(source, project.stages.ingest, progress, shard):
             seen += kept.num_rows + rejected.num_rows
             yield kept, rejected
 
@@ -195,7 +196,7 @@ def build_image_signatures(
 
 def _train_sources(project: ProjectConfig, storage: Storage, asset: str) -> list[str]:
     done = set(storage.partitions(asset))
-    return [s.name for s in project.sources if s.role == "train" and s.name in done]
+    return [p for p in project.role_partitions("train") if p in done]
 
 
 def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa.Table, dict]:
@@ -354,7 +355,7 @@ def build_benchmark_index(project: ProjectConfig, storage: Storage) -> tuple[pa.
 
     params = project.stages.decontam
     done = set(storage.partitions(SIGNATURES)) & set(storage.partitions(CLEANED))
-    benchmarks = [s.name for s in project.sources if s.role == "benchmark" and s.name in done]
+    benchmarks = [p for p in project.role_partitions("benchmark") if p in done]
     parts = [BENCHMARK_INDEX_SCHEMA.empty_table()]
     for name in benchmarks:
         samples = storage.read_table(

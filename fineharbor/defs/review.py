@@ -23,8 +23,10 @@ def project_reviews(project: FineharborProject) -> ReviewLog:
 
 
 def source_config(project: FineharborProject, source: str) -> ProjectConfig:
-    """The config a per-source stage of `source` runs with: reviewers' overrides applied."""
-    return project_for_source(project.config, project_reviews(project), source)
+    """The config a per-source stage of `source` (a partition key) runs with: the reviewers'
+    overrides of its source applied."""
+    config = project.config
+    return project_for_source(config, project_reviews(project), config.source(source).name)
 
 
 def review_page_metadata(project: FineharborProject, source: str) -> dict:

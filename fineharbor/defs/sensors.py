@@ -17,8 +17,8 @@ from fineharbor.defs.resources import FineharborProject
     default_status=dg.DefaultSensorStatus.STOPPED,
     description=(
         "Watches fineharbor.yaml and each source's location. Adds a `source` partition for every "
-        "configured source and requests a per-source run when a source is new, its config "
-        "changed, or files in its location changed."
+        "configured source (one per shard of a sharded source) and requests a per-source run "
+        "when a source is new, its config changed, or files in its location changed."
     ),
 )
 def source_sensor(context: dg.SensorEvaluationContext, project: FineharborProject):
@@ -28,7 +28,7 @@ def source_sensor(context: dg.SensorEvaluationContext, project: FineharborProjec
         return dg.SkipReason(f"project file is invalid, nothing requested:\n{error}")
     previous = json.loads(context.cursor) if context.cursor else {}
     existing = set(context.instance.get_dynamic_partitions(source_partitions.name))
-    current = {source.name: source_state(source) for source in config.sources}
+    current = {key: source_state(source) for source in config.sources for key in source.partitions}
     new_partitions = [name for name in current if name not in existing]
     changed = [name for name, state in current.items() if previous.get(name) != state]
     return dg.SensorResult(

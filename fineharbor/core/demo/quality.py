@@ -38,7 +38,7 @@ def score_planted_defects(
     config: ProjectConfig, storage: Storage, ground_truth: Path
 ) -> PlantedDefectScores:
     truth = pq.read_table(ground_truth)
-    train = [s.name for s in config.sources if s.role == "train"]
+    train = config.role_partitions("train")
     dedup = evaluate_clusters(
         storage.read_table(DUPLICATES), _sample_ids(storage, CLEANED, train), truth
     )

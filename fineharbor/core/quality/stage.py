@@ -85,9 +85,7 @@ def _train_samples(
 ) -> tuple[list[str], Iterator[pa.RecordBatch]]:
     """Decontaminated samples of every train source, at most ``cap`` in all, spread evenly."""
     sources = [
-        s.name
-        for s in project.sources
-        if s.role == "train" and storage.has_partition(DECONTAMINATED, s.name)
+        p for p in project.role_partitions("train") if storage.has_partition(DECONTAMINATED, p)
     ]
     per_source = math.ceil(cap / max(1, len(sources)))
 

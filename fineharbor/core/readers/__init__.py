@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from fineharbor.core.config import IngestParams, SourceConfig, source_fingerprint
+from fineharbor.core.config import IngestParams, Shard, SourceConfig, source_fingerprint
 from fineharbor.core.readers.common import Progress, RawBatch, SourceLocationError
 from fineharbor.core.readers.hf_dataset import read_hf_dataset
 from fineharbor.core.readers.hf_parquet import read_hf_parquet
@@ -25,10 +25,14 @@ READERS: dict[str, Callable[..., Iterator[RawBatch]]] = {
 
 
 def read_source(
-    source: SourceConfig, params: IngestParams, progress: Progress | None = None
+    source: SourceConfig,
+    params: IngestParams,
+    progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[RawBatch]:
-    """Stream a source as (raw rows, rejected rows) batches of about `source.batch_size`."""
-    return READERS[source.reader](source, params, progress)
+    """Stream a source, or one shard of it, as (raw rows, rejected rows) batches of about
+    `source.batch_size`."""
+    return READERS[source.reader](source, params, progress, shard)
 
 
 __all__ = [

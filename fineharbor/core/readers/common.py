@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from fineharbor.core.config import Shard
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, make_sample_id, reject_row
 
 RawBatch = tuple[pa.Table, pa.Table]
@@ -150,8 +151,24 @@ def _walk(directory: str) -> list[str]:
     return found
 
 
-def list_files(location: str, suffixes: tuple[str, ...]) -> tuple[Path, list[Path]]:
-    """Files of a source location (a file, a directory searched recursively, or a glob).
+def shard_files(files: list[Path], shard: Shard | None, location: str) -> list[Path]:
+    """The files of one shard: every ``count``-th from ``index`` on. A shard must have files to
+    read, so a source cannot have more shards than files."""
+    if shard is None:
+        return files
+    if shard.count > len(files):
+        raise SourceLocationError(
+            f"source location {location} holds {len(files)} files: it cannot be split into "
+            f"{shard.count} shards (sources shard by file; set `shards` to at most {len(files)})"
+        )
+    return shard.pick(files)
+
+
+def list_files(
+    location: str, suffixes: tuple[str, ...], shard: Shard | None = None
+) -> tuple[Path, list[Path]]:
+    """Files of a source location (a file, a directory searched recursively, or a glob), or of
+    one shard of it.
 
     Returns the root that origin keys are made relative to, and the sorted files.
     """
@@ -174,7 +191,7 @@ def list_files(location: str, suffixes: tuple[str, ...]) -> tuple[Path, list[Pat
     )
     if not files:
         raise SourceLocationError(f"source location {location} holds no {'/'.join(suffixes)} files")
-    return root, files
+    return root, shard_files(files, shard, location)
 
 
 def relative_key(root: Path, path: Path) -> str:

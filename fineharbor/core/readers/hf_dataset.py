@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fineharbor.core.config import HfDatasetSource, IngestParams
+from fineharbor.core.config import HfDatasetSource, IngestParams, Shard
 from fineharbor.core.readers.common import BatchBuilder, Progress, RawBatch, SourceLocationError
 from fineharbor.core.readers.fields import get_path
 
@@ -21,7 +21,10 @@ def _image_columns(features) -> list[str]:
 
 
 def read_hf_dataset(
-    source: HfDatasetSource, params: IngestParams, progress: Progress | None = None
+    source: HfDatasetSource,
+    params: IngestParams,
+    progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[RawBatch]:
     import datasets
 
@@ -38,6 +41,13 @@ def read_hf_dataset(
             f"datasets.load_dataset({source.location!r}, {source.subset!r}, "
             f"split={source.split!r}) failed: {error}"
         ) from error
+    if shard is not None:
+        if shard.count > dataset.num_shards:
+            raise SourceLocationError(
+                f"{source.location!r} streams from {dataset.num_shards} files: it cannot be split "
+                f"into {shard.count} shards (set `shards` to at most {dataset.num_shards})"
+            )
+        dataset = dataset.shard(num_shards=shard.count, index=shard.index)
     if dataset.features is None:
         dataset = dataset._resolve_features()
     columns = _image_columns(dataset.features)

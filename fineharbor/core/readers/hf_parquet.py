@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fineharbor.core.config import HfParquetSource, IngestParams
+from fineharbor.core.config import HfParquetSource, IngestParams, Shard
 from fineharbor.core.readers.common import (
     BatchBuilder,
     ImageFetchError,
@@ -98,9 +98,12 @@ def embedded_images(batch: pa.RecordBatch, columns: list[str]) -> pa.Array | Non
 
 
 def read_hf_parquet(
-    source: HfParquetSource, params: IngestParams, progress: Progress | None = None
+    source: HfParquetSource,
+    params: IngestParams,
+    progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[RawBatch]:
-    root, files = list_files(source.location, (".parquet",))
+    root, files = list_files(source.location, (".parquet",), shard)
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
     declared = source.mapping.images
     for path in files:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from fineharbor.core.config import ImageFolderSource, IngestParams
+from fineharbor.core.config import ImageFolderSource, IngestParams, Shard
 from fineharbor.core.readers.common import (
     IMAGE_SUFFIXES,
     BatchBuilder,
@@ -17,6 +17,7 @@ from fineharbor.core.readers.common import (
     list_files,
     read_local_image,
     relative_key,
+    shard_files,
 )
 
 
@@ -26,13 +27,17 @@ def _sidecar(path: Path, present: set[Path]) -> str | None:
 
 
 def read_image_folder(
-    source: ImageFolderSource, params: IngestParams, progress: Progress | None = None
+    source: ImageFolderSource,
+    params: IngestParams,
+    progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[RawBatch]:
     root, listed = list_files(source.location, (*IMAGE_SUFFIXES, ".txt", ".json"))
     present = set(listed)
     files = [f for f in listed if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise SourceLocationError(f"source location {source.location} holds no image files")
+    files = shard_files(files, shard, source.location)  # an image and its sidecars stay together
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
     for path in files:
         origin_key = relative_key(root, path)

@@ -9,7 +9,7 @@ from typing import Any
 
 import ijson
 
-from fineharbor.core.config import IngestParams, JsonSource
+from fineharbor.core.config import IngestParams, JsonSource, Shard
 from fineharbor.core.readers.common import (
     BatchBuilder,
     ImageFetchError,
@@ -76,9 +76,12 @@ def _image_references(record: dict, field: str) -> list[str]:
 
 
 def read_json(
-    source: JsonSource, params: IngestParams, progress: Progress | None = None
+    source: JsonSource,
+    params: IngestParams,
+    progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[RawBatch]:
-    root, files = list_files(source.location, (".json", ".jsonl"))
+    root, files = list_files(source.location, (".json", ".jsonl"), shard)
     image_root = Path(source.image_root) if source.image_root else root
     image_field = source.mapping.images or DEFAULT_IMAGE_FIELD
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fineharbor.core.config import IngestParams, UrlListSource
+from fineharbor.core.config import IngestParams, Shard, UrlListSource
 from fineharbor.core.download import Downloader
 from fineharbor.core.readers.common import (
     BatchBuilder,
@@ -50,9 +50,12 @@ def iter_rows(path: Path, batch_size: int) -> Iterator[dict]:
 
 
 def read_url_list(
-    source: UrlListSource, params: IngestParams, progress: Progress | None = None
+    source: UrlListSource,
+    params: IngestParams,
+    progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[RawBatch]:
-    root, files = list_files(source.location, _SUFFIXES)
+    root, files = list_files(source.location, _SUFFIXES, shard)
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
     pending: collections.deque[tuple[str, dict, str]] = collections.deque()
 

@@ -7,7 +7,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fineharbor.core.config import IngestParams, WebDatasetSource
+from fineharbor.core.config import IngestParams, Shard, WebDatasetSource
 from fineharbor.core.readers.common import (
     IMAGE_SUFFIXES,
     BatchBuilder,
@@ -64,9 +64,12 @@ def _sample_from_members(members: dict[str, bytes]) -> tuple[dict, list[dict]]:
 
 
 def read_webdataset(
-    source: WebDatasetSource, params: IngestParams, progress: Progress | None = None
+    source: WebDatasetSource,
+    params: IngestParams,
+    progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[RawBatch]:
-    root, shards = list_files(source.location, (".tar", ".tar.gz", ".tgz"))
+    root, shards = list_files(source.location, (".tar", ".tar.gz", ".tgz"), shard)
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
     for shard in shards:
         shard_key = relative_key(root, shard)

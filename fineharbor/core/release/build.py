@@ -99,20 +99,20 @@ RELEASE_INDEX_SCHEMA = pa.schema(
 )
 
 
-def _input_sources(project: ProjectConfig, storage: Storage) -> list[str]:
+def _input_partitions(project: ProjectConfig, storage: Storage) -> list[str]:
     done = set(storage.partitions(RELEASE_INPUT_ASSET))
-    return [s.name for s in project.sources if s.name in done]
+    return [p for p in project.partition_keys if p in done]
 
 
-def _train_input_sources(project: ProjectConfig, storage: Storage) -> list[str]:
-    return [s for s in _input_sources(project, storage) if project.source(s).role == "train"]
+def _train_input_partitions(project: ProjectConfig, storage: Storage) -> list[str]:
+    return [s for s in _input_partitions(project, storage) if project.source(s).role == "train"]
 
 
 def build_concept_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa.Table, dict]:
     """Hierarchical k-means over one vector per release-input sample (mean of its images)."""
     params = project.stages.concepts
     sources = [
-        s for s in _train_input_sources(project, storage) if storage.has_partition(SIGNATURES, s)
+        s for s in _train_input_partitions(project, storage) if storage.has_partition(SIGNATURES, s)
     ]
     ids: set[str] = set()
     for source in sources:
@@ -172,21 +172,21 @@ class ReleaseResult:
 def _select(
     project: ProjectConfig,
     storage: Storage,
-    sources: list[str],
+    partitions: list[str],
     origin: dict[str, str],
     gate: ReleaseGate,
 ) -> tuple[Candidates, list]:
     recipe = project.release
     listed = {s.name for s in recipe.sources}
     candidates = Candidates()
-    for source in sources:
-        schema = storage.schema(RELEASE_INPUT_ASSET, source)
+    for partition in partitions:
+        schema = storage.schema(RELEASE_INPUT_ASSET, partition)
         wanted = ["sample_id", "source", "origin_key", "texts", *score_columns(schema)]
-        role = project.source(source).role
+        source, role = project.source(partition).name, project.source(partition).role
         if role == "train" and (not listed or source in listed):
             check_input(schema, recipe, RELEASE_INPUT_ASSET)
         for batch in storage.iter_batches(
-            RELEASE_INPUT_ASSET, source, columns=wanted, batch_size=1024
+            RELEASE_INPUT_ASSET, partition, columns=wanted, batch_size=1024
         ):
             rows = batch.to_pylist()
             for row in rows:
@@ -261,7 +261,12 @@ def _write_source(
         tar_index, pairs, pair_count = tar_index + 1, [], 0
 
     wanted = pa.array(chosen, pa.string())
-    for batch in storage.iter_batches(RELEASE_INPUT_ASSET, source, batch_size=256):
+    batches = (
+        batch
+        for partition in project.partitions_of([source])
+        for batch in storage.iter_batches(RELEASE_INPUT_ASSET, partition, batch_size=256)
+    )
+    for batch in batches:
         batch = batch.filter(pc.is_in(batch.column("sample_id"), wanted))
         for row in batch.to_pylist():
             turns = candidates.turns[row["sample_id"]]
@@ -356,7 +361,7 @@ def build_release_mix(
     unknown = [s.name for s in recipe.sources if s.name not in known]
     if unknown:
         raise ValueError(f"release.sources names {unknown[0]!r}, which is not a configured source")
-    sources = _input_sources(project, storage)
+    sources = _input_partitions(project, storage)
     origin: dict[str, str] = {}
     candidates, flat = _select(project, storage, sources, origin, gate or ReleaseGate())
     rejects = rejects_table(candidates.rejects)

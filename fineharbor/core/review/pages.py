@@ -262,14 +262,14 @@ def render_review_page(
     sample_size: int = SAMPLE_SIZE,
     seed: int = SEED,
 ) -> str:
-    source = project.source(source_name)
-    state = reviews.state(source_name)
+    source = project.source(source_name)  # a shard's page shows its partition, decided per source
+    state = reviews.state(source.name)
     status, why = _status(source, reviews)
     mapping = yaml.safe_dump(
         source.mapping.model_dump(mode="json", exclude_defaults=True), sort_keys=False
     )
     decisions = [
-        (d.at.isoformat(), d.by, d.action, _what(d), d.note) for d in reviews.decisions(source_name)
+        (d.at.isoformat(), d.by, d.action, _what(d), d.note) for d in reviews.decisions(source.name)
     ]
     funnel = []
     for asset in _assets(storage, source_name, DATA):
@@ -282,10 +282,10 @@ def render_review_page(
         funnel.append((asset, kept + rejected, kept, rejected))
     commands = "\n".join(
         [
-            f"fineharbor review {source_name} --approve --note 'mapping and samples look right'",
-            f"fineharbor review {source_name} --reject --note 'why'",
-            f"fineharbor review {source_name} --flag SAMPLE_ID ...",
-            f"fineharbor review {source_name} --override clean.caption_min_words=3",
+            f"fineharbor review {source.name} --approve --note 'mapping and samples look right'",
+            f"fineharbor review {source.name} --reject --note 'why'",
+            f"fineharbor review {source.name} --flag SAMPLE_ID ...",
+            f"fineharbor review {source.name} --override clean.caption_min_words=3",
         ]
     )
     generated = datetime.now(UTC).isoformat(timespec="seconds")
@@ -361,5 +361,5 @@ def write_review_pages(
 ) -> list[str]:
     return [
         write_review_page(storage, project, reviews, name)
-        for name in (sources or project.source_names)
+        for name in (sources or project.partition_keys)
     ]
