@@ -39,6 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Measurement, growth_exponent
 from fineharbor.core.dedup import DedupParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,13 +174,40 @@ def measure(target, *args) -> dict:
     return result
 
 
+def measure_pair(n: int, dim: int, full_limit: int, exact_limit: int) -> tuple[dict, dict]:
+    """faiss (the stage's search) and NumPy brute force on the same n vectors, each in its own
+    process."""
+    return measure(run_faiss, n, dim, exact_limit), measure(run_numpy, n, dim, full_limit)
+
+
+SIZES = {"tiny": 1_000, "small": 4_000, "large": 32_000}
+SUITE_DIM = 128
+
+
+def run(size: int, dim: int = SUITE_DIM) -> list[Measurement]:
+    exact_limit = DedupParams().exact_search_limit
+    faiss_row, numpy_row = measure_pair(size, dim, size, exact_limit)
+    recall = "" if faiss_row["recall"] is None else f", recall {faiss_row['recall']:.4f}"
+    note = f"dim {dim}, {faiss_row['kind']}, {faiss_row['pairs']:,} pairs{recall}"
+    return [
+        Measurement(
+            "dedup/cosine_search",
+            size,
+            faiss_row["seconds"],
+            "NumPy blocked brute force",
+            numpy_row["seconds"],
+            "vectors",
+            note,
+        )
+    ]
+
+
 def part1(sizes: list[int], dim: int, full_limit: int, exact_limit: int) -> None:
     print(f"\n== near-duplicate vector search, dim {dim}, cosine >= {THRESHOLD} ==")
     rows = []
     for n in sizes:
         data_mib = n * dim * 4 / 2**20
-        faiss_row = measure(run_faiss, n, dim, exact_limit)
-        numpy_row = measure(run_numpy, n, dim, full_limit)
+        faiss_row, numpy_row = measure_pair(n, dim, full_limit, exact_limit)
         rows.append((n, faiss_row, numpy_row))
         recall = "" if faiss_row["recall"] is None else f", recall {faiss_row['recall']:.4f}"
         print(f"\nn = {n:,} (data {data_mib:,.0f} MiB float32, {faiss_row['planted']:,} planted)")
@@ -191,11 +222,9 @@ def part1(sizes: list[int], dim: int, full_limit: int, exact_limit: int) -> None
     if len(rows) > 1:
         print("\ngrowth exponent (slope of log time vs log n):")
         for (n0, f0, b0), (n1, f1, b1) in itertools.pairwise(rows):
-            k = math.log(n1 / n0)
-            print(
-                f"  {n0:,} -> {n1:,}: faiss {math.log(f1['seconds'] / f0['seconds']) / k:.2f}, "
-                f"numpy {math.log(b1['seconds'] / b0['seconds']) / k:.2f}"
-            )
+            fast = growth_exponent(n0, f0["seconds"], n1, f1["seconds"])
+            slow = growth_exponent(n0, b0["seconds"], n1, b1["seconds"])
+            print(f"  {n0:,} -> {n1:,}: faiss {fast:.2f}, numpy {slow:.2f}")
 
 
 # --------------------------------------------------------------------------- part 2
