@@ -31,12 +31,11 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Measurement, best_time
-from fineharbor.core.decontam.index import image_rows, ngram_rows
+from fineharbor.core.decontam.index import BENCHMARK_INDEX_SCHEMA, image_rows, ngram_rows
 from fineharbor.core.decontam.match import BenchmarkMatcher, decontaminate_batch
 from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.decontam.text import turn_ngrams
 from fineharbor.core.schema import UNIFIED_SCHEMA
-from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
 
 SIZES = {"tiny": 200, "small": 5_000, "large": 40_000}
 BENCHMARK = 1_000
@@ -51,7 +50,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _signatures(source: str, ids: list[str], phash: np.ndarray, vectors: np.ndarray) -> pa.Table:
     n = len(ids)
-    embedding = SIGNATURE_SCHEMA.field("copy_embedding").type
+    embedding = BENCHMARK_INDEX_SCHEMA.field("embedding").type  # the signatures column type
     return pa.table(
         {
             "sample_id": ids,
@@ -85,13 +84,14 @@ def make_data(n: int, m: int, seed: int = 0):
     )
     phash[copies] = bench_phash[originals] ^ np.int64(0b101)  # 2 bits off
     questions = [_question(rng, 12) for _ in range(n)]
-    for i, b in zip(rng.choice(n, max(1, n // 100), replace=False), rng.integers(0, m, n // 100 or 1), strict=False):  # fmt: skip
+    contaminated = rng.choice(n, max(1, n // 100), replace=False)
+    for i, b in zip(contaminated, rng.integers(0, m, contaminated.size), strict=True):
         questions[i] = f"{questions[i]} {bench_questions[b]}"
     ids = [f"t{i}" for i in range(n)]
     bench_samples = [
-        {"sample_id": s, "source": "bench", "origin_key": s, "texts": [{"user": q, "assistant": "a"}]}
+        {"sample_id": s, "source": "bench", "origin_key": s, "texts": [{"user": q}]}
         for s, q in zip(bench_ids, bench_questions, strict=True)
-    ]  # fmt: skip
+    ]
     samples = pa.Table.from_pylist(
         [
             {
@@ -102,7 +102,7 @@ def make_data(n: int, m: int, seed: int = 0):
                 "texts": [{"user": q, "assistant": "an answer"}],
             }
             for s, q in zip(ids, questions, strict=True)
-        ],  # fmt: skip
+        ],
         schema=UNIFIED_SCHEMA,
     )
     return (
