@@ -200,7 +200,7 @@ def longest(row: dict) -> int:
         return max(image.size)
 
 
-SIZES = {"tiny": 4, "small": 16, "large": 128}
+SIZES = {"tiny": 4, "small": 12, "large": 96}
 
 
 def run(size: int, rounds: int = 1, batch: int = 16) -> list[Measurement]:

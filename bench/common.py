@@ -13,6 +13,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,17 @@ def best_time(function: Callable[[], object], repeats: int = 1) -> tuple[float, 
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its finished children, MiB (Linux)."""
+    """Peak resident memory of this process and of the children it waited for, MiB (Linux).
+
+    This process's own peak is ``VmHWM`` from /proc: ``ru_maxrss`` survives ``exec``, so a
+    process started by a large parent would report the parent's peak."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1])
+    except OSError:
+        pass
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024
 

@@ -1,14 +1,17 @@
 """Every stage's benchmark at two sizes, in one table, with a history to compare runs.
 
     python -m bench [--sizes small,large] [--stages ingest,dedup,...] [--out FILE]
-                    [--compare] [--no-save] [--timeout 600]
+                    [--compare] [--no-save] [--threads 1] [--timeout 600]
 
 Each stage module (``bench/<module>.py``) exposes ``SIZES`` (named sizes: tiny, small, large)
 and ``run(size) -> list[Measurement]``: the stage's time and a baseline doing the same job
 another way, measured in the same process on the same data. Every (stage, size) runs in a fresh
 Python process, so the peak resident memory printed (``ru_maxrss`` of that process and of the
 worker processes it waited for) belongs to that stage at that size alone; it includes the
-synthetic data the benchmark generated.
+synthetic data the benchmark generated. Stage processes get one OpenMP/BLAS thread by default
+(``--threads``): on a 2-core machine shared with other work, torch's and faiss's default two
+threads measured 10-60x slower than one (threads spinning while the other core is busy), which
+would make the figures measure the neighbours. ``--threads 0`` leaves the libraries' defaults.
 
 The growth exponent is log(t_large / t_small) / log(n_large / n_small) between the smallest and
 the largest size; the verdict compares it with what n log n gives between the same sizes
@@ -80,12 +83,14 @@ def resolve_size(stage: str, token: str) -> int:
 # --------------------------------------------------------------------------- one measurement
 
 
-def worker(stage: str, size: int) -> int:
+def worker(stage: str, token: str) -> int:
     """Run one stage at one size in this process and print its result line."""
     module = importlib.import_module(STAGES[stage])
+    size = resolve_size(stage, token)
     started = time.perf_counter()
     measurements = module.run(size)
     result = {
+        "size": size,
         "measurements": [m.as_dict() for m in measurements],
         "peak_mb": peak_rss_mb(),
         "wall_s": time.perf_counter() - started,
@@ -94,13 +99,21 @@ def worker(stage: str, size: int) -> int:
     return 0
 
 
-def measure(stage: str, size: int, timeout: float) -> dict:
-    """One (stage, size) in a fresh interpreter: its measurements, peak MB, or the error."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def measure(stage: str, size: str, timeout: float, threads: int = 1) -> dict:
+    """One (stage, size) in a fresh interpreter: its measurements, peak MB, or the error.
+    ``size`` is a named size or an integer, resolved in that process (this one stays small: its
+    imports would count in the children's ``ru_maxrss``).
+    ``threads`` > 0 caps the OpenMP / BLAS threads of torch, faiss and NumPy (0: their default)."""
+    capped = {name: str(threads) for name in THREAD_VARIABLES} if threads > 0 else {}
     env = {
         **os.environ,
+        **capped,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    command = [sys.executable, "-m", "bench.suite", "--worker", stage, str(size)]
+    command = [sys.executable, "-m", "bench.suite", "--worker", stage, size]
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -117,7 +130,7 @@ def measure(stage: str, size: int, timeout: float) -> dict:
             "error": " | ".join(tail) or f"exit {done.returncode}",
         }
     result = json.loads(lines[-1][len(MARKER) :])
-    return {"stage": stage, "size": size, "process_s": time.perf_counter() - started, **result}
+    return {"stage": stage, "process_s": time.perf_counter() - started, **result}
 
 
 # --------------------------------------------------------------------------- the table
@@ -188,7 +201,7 @@ def table(rows: list[dict]) -> str:
             exponent = r.get("exponent")
             verdict = ""
             if "within_n_log_n" in r:
-                verdict = "≤ n log n" if r["within_n_log_n"] else "FASTER than n log n"
+                verdict = "≤ n log n" if r["within_n_log_n"] else "> n log n"
             cells = [
                 r["name"],
                 f"{r['rows']:,} {r['unit']}",
@@ -224,7 +237,7 @@ def git_commit() -> str | None:
     return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def entry(rows: list[dict], sizes: list[str], stages: list[str]) -> dict:
+def entry(rows: list[dict], sizes: list[str], stages: list[str], threads: int) -> dict:
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": git_commit(),
@@ -236,6 +249,7 @@ def entry(rows: list[dict], sizes: list[str], stages: list[str]) -> dict:
         },
         "sizes": sizes,
         "stages": stages,
+        "threads": threads,
         "rows": rows,
     }
 
@@ -290,25 +304,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true", help="do not append to the history")
     parser.add_argument("--compare", action="store_true", help="print the change vs the last run")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per stage and size")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="OpenMP/BLAS threads per stage process (torch, faiss, NumPy); 0 = library default",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("STAGE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.worker[0], int(args.worker[1]))
+        return worker(*args.worker)
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    print(f"cpus {os.cpu_count()}, loadavg {os.getloadavg()[0]:.2f}, sizes {sizes}", flush=True)
+    print(
+        f"cpus {os.cpu_count()}, loadavg {os.getloadavg()[0]:.2f}, sizes {sizes}, "
+        f"threads {args.threads or 'default'}",
+        flush=True,
+    )
     results = []
     for stage in stages:
         for token in sizes:
-            size = resolve_size(stage, token)
-            result = measure(stage, size, args.timeout)
+            result = measure(stage, token, args.timeout, args.threads)
             took = result.get("process_s")
-            status = result.get("error") or f"{took:.1f} s with start-up"
-            print(f"  {stage} n={size}: {status}", flush=True)
+            status = result.get("error") or f"n={result['size']:,}, {took:.1f} s with start-up"
+            print(f"  {stage} {token}: {status}", flush=True)
             results.append(result)
     rows = rows_of(results)
     print()
@@ -318,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(compare(rows, history[-1]) if history else f"no previous run in {args.out}")
     if not args.no_save:
-        append_history(args.out, entry(rows, sizes, stages))
+        append_history(args.out, entry(rows, sizes, stages, args.threads))
         print(f"\nfigures appended to {args.out}")
     return 1 if any("error" in r for r in rows) else 0
 
