@@ -18,10 +18,12 @@ the largest size; the verdict compares it with what n log n gives between the sa
 (1 + log(log n_l / log n_s) / log(n_l / n_s)) plus a tolerance for timing noise. It is printed,
 never asserted.
 
-Each run's figures are appended, with the git commit, date, CPU count and sizes, to a JSON-lines
-history (default ``bench/results/history.jsonl``, in the repository so that figures travel with
-the commits they measure; every entry names its machine). ``--compare`` prints each figure's
-change against the previous entry.
+Each run's figures are appended, with the git commit, date, machine (CPU count, platform, load)
+and sizes, to a JSON-lines history, by default ``bench/results/history.jsonl``: in the checkout,
+next to the code it measures, but git-ignored, because figures belong to the machine that
+measured them and an append-only file committed from several branches conflicts at every merge
+(the README keeps a reference table). ``--compare`` prints each figure's change against the
+previous entry; ``--out`` names another history file.
 """
 
 from __future__ import annotations
