@@ -94,7 +94,7 @@ def measure(method: str, n: int, levels: list[int], iters: int) -> tuple[float, 
     return result
 
 
-SIZES = {"tiny": 2_000, "small": 10_000, "large": 80_000}
+SIZES = {"tiny": 2_000, "small": 25_000, "large": 200_000}
 SUITE_LEVELS = [200, 20, 4]  # fixed cluster counts: time should grow linearly in n
 SUITE_ITERS = 20
 

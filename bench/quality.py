@@ -34,7 +34,7 @@ from fineharbor.core.quality.clip_score import clip_scores, load_clip_embedder
 from fineharbor.core.quality.params import ClipScoreParams
 from fineharbor.core.schema import UNIFIED_SCHEMA
 
-SIZES = {"tiny": 16, "small": 64, "large": 512}
+SIZES = {"tiny": 16, "small": 256, "large": 2048}
 BATCH = 256
 
 
