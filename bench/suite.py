@@ -218,7 +218,8 @@ def table(rows: list[dict]) -> str:
                 verdict,
             ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    notes = [f"- {r['name']}, n={r['rows']:,}: {r['note']}" for r in rows if r.get("note")]
+    return "\n".join(lines + (["", "notes:", *notes] if notes else []))
 
 
 # --------------------------------------------------------------------------- history
