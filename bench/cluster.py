@@ -14,6 +14,9 @@ with long-tailed concept sizes, float32) and, each in a fresh process so peak me
 and prints wall time, the time ratio and what clustering added to each process's peak RSS
 (peak minus the RSS after the data alone).
 
+``run(size)`` (the suite's ``cluster`` stage) does the same at one size with fixed levels
+200/20/4 and 20 iterations, so the time should grow linearly in N.
+
 Usage: python bench/cluster.py [--sizes 100000 1000000] [--levels 1000 100 10] [--iters 50]
 """
 

@@ -16,6 +16,9 @@ process so its peak RSS (``ru_maxrss``) is its own; the data's own size is print
   Where that takes too long (``--numpy-full-limit``), a measured prefix of query blocks is
   extrapolated to the full triangle, and the output says so.
 
+``run(size)`` (the suite's ``dedup`` stage) is part 1 at one size, dim 128, for both the stage's
+default search and its IVF path, against the same NumPy brute force.
+
 Part 2, images: ``find_duplicates`` with phash + mirror phash + pixel hash against imagededup's
 ``PHash.find_duplicates`` (max_distance_threshold 10, its default) on the same demo images,
 scored on the demo's planted pairs, when imagededup is importable in ``--imagededup-python``
