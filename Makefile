@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export FINEHARBOR_HOME ?= $(CURDIR)/.fineharbor
 export DAGSTER_HOME ?= $(FINEHARBOR_HOME)/dagster
 
-.PHONY: demo test ui lint format clean
+.PHONY: demo test bench ui lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# every stage's benchmark at two sizes, one table; figures appended to bench/results/history.jsonl
+bench: $(STAMP)
+	$(BIN)/python -m bench --compare $(BENCH_ARGS)
 
 ui: $(STAMP)
 	$(BIN)/dagster dev -w workspace.yaml

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Measurement, best_time
 from fineharbor.core.cleaning import CleanParams
 from fineharbor.core.cleaning.images import REDUCING_GAP, encode, target_size
 from fineharbor.core.cleaning.pool import CleaningPool
@@ -193,6 +198,24 @@ def warm_pool(
 def longest(row: dict) -> int:
     with Image.open(io.BytesIO(row["images"][0]["bytes"])) as image:
         return max(image.size)
+
+
+SIZES = {"tiny": 4, "small": 12, "large": 96}
+
+
+def run(size: int, rounds: int = 1, batch: int = 16) -> list[Measurement]:
+    """``clean_batches`` in one worker process against the bare decode + RGB loop."""
+    rows = make_rows(size)
+    batches = to_batches(rows, batch)
+    pool, _ = warm_pool(CleanParams(), 1, to_batches(rows[:1], 1))
+    try:
+        seconds, stats = best_time(lambda: clean_run(pool, batches), rounds)
+    finally:
+        pool.close()
+    bare, _ = best_time(lambda: bare_loop(rows), rounds)
+    stats = stats[1]
+    note = f"kept {stats['kept']}, rejected {stats['rejected']}, resized {stats['resized']}"
+    return [Measurement("clean", size, seconds, "decode + RGB loop", bare, "images", note)]
 
 
 def main() -> None:

@@ -11,8 +11,11 @@ with long-tailed concept sizes, float32) and, each in a fresh process so peak me
                 iterations, trained on every point (max_points_per_centroid raised, as the
                 hierarchy's level 1 is), then assignment of every point
 
-and prints wall time, peak RSS, RSS after the data alone, their difference (what clustering
-added) and the time ratio.
+and prints wall time, the time ratio and what clustering added to each process's peak RSS
+(peak minus the RSS after the data alone).
+
+``run(size)`` (the suite's ``cluster`` stage) does the same at one size with fixed levels
+200/20/4 and 20 iterations, so the time should grow linearly in N.
 
 Usage: python bench/cluster.py [--sizes 100000 1000000] [--levels 1000 100 10] [--iters 50]
 """
@@ -22,9 +25,16 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Measurement
 
 DIM = 64
 
@@ -87,6 +97,32 @@ def measure(method: str, n: int, levels: list[int], iters: int) -> tuple[float, 
     return result
 
 
+SIZES = {"tiny": 2_000, "small": 25_000, "large": 200_000}
+SUITE_LEVELS = [200, 20, 4]  # fixed cluster counts: time should grow linearly in n
+SUITE_ITERS = 20
+
+
+def run(size: int, levels: list[int] = SUITE_LEVELS, iters: int = SUITE_ITERS) -> list[Measurement]:
+    """Hierarchical against flat k-means on ``size`` vectors, each in its own process."""
+    hier, peak_h, data_h, clusters = measure("hierarchical", size, levels, iters)
+    flat, peak_f, data_f, _ = measure("flat", size, levels, iters)
+    note = (
+        f"levels {levels}, {iters} iters; extra MB hierarchical {peak_h - data_h:.0f}, "
+        f"flat {peak_f - data_f:.0f}"
+    )
+    return [
+        Measurement(
+            "cluster/hierarchical",
+            size,
+            hier,
+            f"flat faiss k-means, k={clusters}",
+            flat,
+            "vectors",
+            note,
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -96,21 +132,13 @@ def main() -> None:
     import faiss
 
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, d={DIM}, CPU")
-    header = (
-        f"{'N':>9} {'method':<13} {'clusters':>8} {'seconds':>9} {'peak MB':>9} {'data MB':>8} "
-        f"{'extra MB':>9}"
-    )
-    print(header)
+    print(f"{'N':>9} {'hierarchical s':>15} {'flat s':>9} {'ratio':>7}  memory")
     for n in args.sizes:
-        times = {}
-        for method in ("hierarchical", "flat"):
-            seconds, peak, data, clusters = measure(method, n, args.levels, args.iters)
-            times[method] = seconds
-            print(
-                f"{n:>9} {method:<13} {clusters:>8} {seconds:>9.1f} {peak:>9.0f} {data:>8.0f} "
-                f"{peak - data:>9.0f}"
-            )
-        print(f"{n:>9} ratio hierarchical / flat time: {times['hierarchical'] / times['flat']:.2f}")
+        (m,) = run(n, args.levels, args.iters)
+        print(
+            f"{n:>9} {m.seconds:>15.1f} {m.baseline_seconds:>9.1f} "
+            f"{m.seconds / m.baseline_seconds:>7.2f}  {m.note}"
+        )
 
 
 if __name__ == "__main__":

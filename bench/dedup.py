@@ -16,6 +16,9 @@ process so its peak RSS (``ru_maxrss``) is its own; the data's own size is print
   Where that takes too long (``--numpy-full-limit``), a measured prefix of query blocks is
   extrapolated to the full triangle, and the output says so.
 
+``run(size)`` (the suite's ``dedup`` stage) is part 1 at one size, dim 128, for both the stage's
+default search and its IVF path, against the same NumPy brute force.
+
 Part 2, images: ``find_duplicates`` with phash + mirror phash + pixel hash against imagededup's
 ``PHash.find_duplicates`` (max_distance_threshold 10, its default) on the same demo images,
 scored on the demo's planted pairs, when imagededup is importable in ``--imagededup-python``
@@ -39,6 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Measurement, growth_exponent
 from fineharbor.core.dedup import DedupParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,13 +177,45 @@ def measure(target, *args) -> dict:
     return result
 
 
+def measure_pair(n: int, dim: int, full_limit: int, exact_limit: int) -> tuple[dict, dict]:
+    """faiss (the stage's search) and NumPy brute force on the same n vectors, each in its own
+    process."""
+    return measure(run_faiss, n, dim, exact_limit), measure(run_numpy, n, dim, full_limit)
+
+
+SIZES = {"tiny": 1_000, "small": 4_000, "large": 32_000}
+SUITE_DIM = 128
+
+
+def run(size: int, dim: int = SUITE_DIM) -> list[Measurement]:
+    """The stage's search (exact below ``exact_search_limit``) and its approximate path (IVF,
+    what it uses above the limit), both against NumPy brute force on the same vectors."""
+    exact_limit = DedupParams().exact_search_limit
+    faiss_row, numpy_row = measure_pair(size, dim, size, exact_limit)
+    ivf_row = measure(run_faiss, size, dim, 0)
+    out = []
+    for name, row in (("dedup/cosine_search", faiss_row), ("dedup/cosine_search_ivf", ivf_row)):
+        recall = "" if row["recall"] is None else f", recall {row['recall']:.4f}"
+        out.append(
+            Measurement(
+                name,
+                size,
+                row["seconds"],
+                "NumPy blocked brute force",
+                numpy_row["seconds"],
+                "vectors",
+                f"dim {dim}, {row['kind']}, {row['pairs']:,} pairs{recall}",
+            )
+        )
+    return out
+
+
 def part1(sizes: list[int], dim: int, full_limit: int, exact_limit: int) -> None:
     print(f"\n== near-duplicate vector search, dim {dim}, cosine >= {THRESHOLD} ==")
     rows = []
     for n in sizes:
         data_mib = n * dim * 4 / 2**20
-        faiss_row = measure(run_faiss, n, dim, exact_limit)
-        numpy_row = measure(run_numpy, n, dim, full_limit)
+        faiss_row, numpy_row = measure_pair(n, dim, full_limit, exact_limit)
         rows.append((n, faiss_row, numpy_row))
         recall = "" if faiss_row["recall"] is None else f", recall {faiss_row['recall']:.4f}"
         print(f"\nn = {n:,} (data {data_mib:,.0f} MiB float32, {faiss_row['planted']:,} planted)")
@@ -191,11 +230,9 @@ def part1(sizes: list[int], dim: int, full_limit: int, exact_limit: int) -> None
     if len(rows) > 1:
         print("\ngrowth exponent (slope of log time vs log n):")
         for (n0, f0, b0), (n1, f1, b1) in itertools.pairwise(rows):
-            k = math.log(n1 / n0)
-            print(
-                f"  {n0:,} -> {n1:,}: faiss {math.log(f1['seconds'] / f0['seconds']) / k:.2f}, "
-                f"numpy {math.log(b1['seconds'] / b0['seconds']) / k:.2f}"
-            )
+            fast = growth_exponent(n0, f0["seconds"], n1, f1["seconds"])
+            slow = growth_exponent(n0, b0["seconds"], n1, b1["seconds"])
+            print(f"  {n0:,} -> {n1:,}: faiss {fast:.2f}, numpy {slow:.2f}")
 
 
 # --------------------------------------------------------------------------- part 2

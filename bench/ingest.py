@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Measurement, best_time
 from fineharbor.core.config import IngestParams, parse_config
 from fineharbor.core.readers import read_source
 from fineharbor.core.schema import IMAGE_TYPE, TURN_TYPE
@@ -87,14 +89,37 @@ def sources(root: Path) -> dict:
     return {s.name: s for s in parse_config({"sources": raw}, root).sources}
 
 
-def best_rate(n: int, repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        rows = run()
-        times.append(time.perf_counter() - started)
-        assert rows == n, f"read {rows} rows, expected {n}"
-    return n / min(times), statistics.median(times)
+SIZES = {"tiny": 40, "small": 300, "large": 2400}
+
+
+def run(size: int, repeats: int = 2) -> list[Measurement]:
+    """Each reader against plain pyarrow reading the same Parquet, on ``size`` samples."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        generate(root, size)
+        parquet_path = root / "parquet" / "train.parquet"
+
+        def baseline() -> int:
+            parquet = pq.ParquetFile(parquet_path)
+            return sum(b.num_rows for b in parquet.iter_batches(batch_size=256))
+
+        base_seconds, rows = best_time(baseline, repeats)
+        assert rows == size, f"pyarrow read {rows} rows, expected {size}"
+        params = IngestParams()
+        out = []
+        for name, source in sources(root).items():
+
+            def read(source=source) -> int:
+                return sum(k.num_rows + r.num_rows for k, r in read_source(source, params))
+
+            seconds, rows = best_time(read, repeats)
+            assert rows == size, f"{name} read {rows} rows, expected {size}"
+            out.append(
+                Measurement(
+                    f"ingest/{name}", size, seconds, "pyarrow iter_batches", base_seconds, "samples"
+                )
+            )
+        return out
 
 
 def main() -> None:
@@ -103,28 +128,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-download", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        generate(root, args.n)
-        parquet_path = root / "parquet" / "train.parquet"
-
-        def baseline() -> int:
-            parquet = pq.ParquetFile(parquet_path)
-            return sum(b.num_rows for b in parquet.iter_batches(batch_size=256))
-
-        base_rate, _ = best_rate(args.n, args.repeats, baseline)
-        print(f"samples: {args.n} (~{parquet_path.stat().st_size / args.n / 1024:.0f} KB each)")
-        print(f"{'reader':<14}{'samples/s':>12}{'vs pyarrow':>12}")
-        print(f"{'pyarrow':<14}{base_rate:>12.0f}{1.0:>11.2f}x")
-        params = IngestParams()
-        for name, source in sources(root).items():
-
-            def read(source=source) -> int:
-                return sum(k.num_rows + r.num_rows for k, r in read_source(source, params))
-
-            rate, _ = best_rate(args.n, args.repeats, read)
-            verdict = "ok" if rate / base_rate >= 0.5 else "below 0.5x target"
-            print(f"{name:<14}{rate:>12.0f}{rate / base_rate:>11.2f}x  {verdict}")
+    measurements = run(args.n, args.repeats)
+    base_rate = args.n / measurements[0].baseline_seconds
+    print(f"samples: {args.n}")
+    print(f"{'reader':<14}{'samples/s':>12}{'vs pyarrow':>12}")
+    print(f"{'pyarrow':<14}{base_rate:>12.0f}{1.0:>11.2f}x")
+    for m in measurements:
+        verdict = "ok" if m.ratio >= 0.5 else "below 0.5x target"
+        print(f"{m.name.split('/')[1]:<14}{m.rate:>12.0f}{m.ratio:>11.2f}x  {verdict}")
     if not args.skip_download:
         print("\ndownload (bench/ingest_download.py):", flush=True)
         script = Path(__file__).with_name("ingest_download.py")

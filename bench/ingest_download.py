@@ -9,7 +9,9 @@ a LAION-style URL list (Parquet), then measures images/s for
       ``--resize_mode no`` (it still decodes and re-encodes every image) and once with
       ``--disable_all_reencoding True`` (pure download + write, the closest like-for-like),
 
-and prints both and the ratio ours / img2dataset. img2dataset's rate uses the duration in its
+and prints both and the ratio ours / img2dataset, with a plain aiohttp loop (the same
+concurrency, no retries or checks) as the floor. ``run(size)`` (the suite's ``download`` stage)
+compares the Downloader with that plain loop only. img2dataset's rate uses the duration in its
 own shard stats (so its interpreter start-up is not counted against it); its wall time, start-up
 included, is printed beside it.
 
@@ -42,8 +44,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(REPO))
 
+from bench.common import Measurement, best_time  # noqa: E402
 from fineharbor.core.config import DownloadParams  # noqa: E402
 from fineharbor.core.download import Downloader  # noqa: E402
 
@@ -126,6 +130,65 @@ def bench_ours(urls: list[str], sizes: list[int], concurrency: int) -> tuple[flo
         for result, size in zip(downloader.map(urls), sizes, strict=True):
             ok += result.ok and result.content is not None and len(result.content) == size
     return time.perf_counter() - started, ok
+
+
+def bench_plain_aiohttp(urls: list[str], sizes: list[int], concurrency: int) -> tuple[float, int]:
+    """The naive baseline: one aiohttp session, ``concurrency`` requests in flight, bodies read
+    into memory; no retries, size limits, rate limits, content checks or ordering."""
+    import asyncio
+
+    import aiohttp
+
+    async def fetch_all() -> int:
+        limit = asyncio.Semaphore(concurrency)
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def fetch(url: str, size: int) -> bool:
+                async with limit, session.get(url) as response:
+                    return len(await response.read()) == size
+
+            done = await asyncio.gather(*(fetch(u, s) for u, s in zip(urls, sizes, strict=True)))
+            return sum(done)
+
+    started = time.perf_counter()
+    ok = asyncio.run(fetch_all())
+    return time.perf_counter() - started, ok
+
+
+SIZES = {"tiny": 50, "small": 300, "large": 2400}
+
+
+def run(size: int, concurrency: int | None = None, repeats: int = 2) -> list[Measurement]:
+    """Our Downloader against the plain aiohttp loop, on one loopback server (1 process)."""
+    concurrency = concurrency or DownloadParams().concurrency
+    images = [make_jpeg(i % 256) for i in range(min(size, 256))]
+    images = (images * (size // len(images) + 1))[:size]
+    sizes = [len(image) for image in images]
+    base, workers = start_servers(images, 1)
+    try:
+        urls = [f"{base}/img/{i}.jpg" for i in range(size)]
+        seconds, ok = best_time(lambda: bench_ours(urls, sizes, concurrency)[1], repeats)
+        plain, plain_ok = best_time(
+            lambda: bench_plain_aiohttp(urls, sizes, concurrency)[1], repeats
+        )
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(timeout=5)
+    assert ok == plain_ok == size, f"downloaded {ok} and {plain_ok} of {size}"
+    return [
+        Measurement(
+            "download",
+            size,
+            seconds,
+            f"plain aiohttp, {concurrency} in flight",
+            plain,
+            "images",
+            "loopback aiohttp server, 1 process, same machine",
+        )
+    ]
 
 
 def bench_img2dataset(
@@ -212,6 +275,10 @@ def run_all(
         print(f"fineharbor run {run + 1}: {seconds:.2f} s, {ok}/{n} ok, {n / seconds:.0f} img/s")
     ours_rate = statistics.median(ours)
     print(f"fineharbor Downloader (concurrency {concurrency}): {ours_rate:.0f} images/s (median)")
+    plain = statistics.median(
+        n / bench_plain_aiohttp(urls, sizes, concurrency)[0] for _ in range(args.repeats)
+    )
+    print(f"plain aiohttp loop (same concurrency): {plain:.0f} images/s (median)")
 
     if not IMG2DATASET.exists():
         print(
