@@ -22,6 +22,7 @@ from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.concepts.params import ConceptParams
 from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.dedup.params import DedupParams
+from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
 from fineharbor.core.release.params import ReleaseRecipe
@@ -211,6 +212,7 @@ class ProjectConfig(_Strict):
     sources: list[SourceConfig]
     stages: StageParams = StageParams()
     release: ReleaseRecipe = ReleaseRecipe()
+    execution: ExecutionParams = ExecutionParams()
 
     @field_validator("sources")
     @classmethod
