@@ -224,6 +224,16 @@ class ProjectConfig(_Strict):
             seen.add(source.name)
         return sources
 
+    @model_validator(mode="after")
+    def _judge_stays_local(self) -> ProjectConfig:
+        if self.execution.on_ray("scored_samples") and self.stages.judge.backend != "none":
+            raise ValueError(
+                "execution.stages: scored_samples runs on Ray only with stages.judge.backend "
+                "none (the judgment cache is one local SQLite file); drop it from the list to "
+                "judge locally"
+            )
+        return self
+
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
             if source.name == name:

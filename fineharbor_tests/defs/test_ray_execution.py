@@ -16,6 +16,8 @@ import pyarrow.compute as pc
 import pytest
 
 import fineharbor
+from fineharbor.core.cleaning import CLEANED_SCHEMA
+from fineharbor.core.quality.stage import build_scored_samples
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.resources import FineharborProject
 from fineharbor_tests.defs.test_ingest_assets import CONFIG, materialize, project  # noqa: F401
@@ -92,7 +94,8 @@ def test_ray_engine_matches_local_and_runs_on_ray_workers(project, ray_address, 
     config = Path(project.config_path).with_name("fineharbor_ray.yaml")
     config.write_text(
         CONFIG + f"execution: {{engine: ray, address: '{ray_address}', batch_rows: 3, "
-        "cpu_actors: 2, gpus_per_actor: 0}\n"
+        "cpu_actors: 2, gpus_per_actor: 0, stages: [unified_samples, cleaned_samples, "
+        "image_signatures, scored_samples]}\n"
     )
     (tmp_path / "ray_home").mkdir()
     on_ray = FineharborProject(config_path=str(config), home=str(tmp_path / "ray_home"))
@@ -124,3 +127,14 @@ def test_ray_engine_matches_local_and_runs_on_ray_workers(project, ray_address, 
         workers = meta["ray_worker_ids"].value.split(", ")
         assert workers and all(not w.endswith(f":{os.getpid()}") for w in workers)
     assert signed_metadata["engine"].value == "ray" and signed_metadata["rows_in"].value == 6
+    # scored_samples (CLIP and classifier; the judge stays local) over the cleaned rows.
+    reports = []
+    for config, storage in ((project.config, local), (on_ray.config, remote)):
+        with storage.writer("decontaminated_samples", "charts", CLEANED_SCHEMA) as writer:
+            writer.write(storage.read_table("cleaned_samples", "charts"))
+        reports.append(build_scored_samples(config, "charts", storage)[0])
+    assert local.read_table("scored_samples", "charts").equals(
+        remote.read_table("scored_samples", "charts")
+    )
+    assert reports[0].extra == {} and reports[1].extra["engine"] == "ray"
+    assert reports[1].conserved and reports[1].kept == 6

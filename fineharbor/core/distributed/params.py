@@ -16,7 +16,8 @@ from pydantic import Field
 from fineharbor.core.strict import StrictModel
 
 RAY_STAGES = ("unified_samples", "cleaned_samples", "image_signatures")
-RayStage = Literal["unified_samples", "cleaned_samples", "image_signatures"]
+# scored_samples is opt-in: on Ray it scores CLIP and the classifier; the judge stays local.
+RayStage = Literal["unified_samples", "cleaned_samples", "image_signatures", "scored_samples"]
 
 
 class ExecutionParams(StrictModel):
@@ -47,7 +48,9 @@ class ExecutionParams(StrictModel):
     cpus_per_actor: float = Field(
         1.0, gt=0, le=256, description="CPUs per CPU-stage actor; cleaning runs that many processes"
     )
-    gpu_actors: int = Field(1, ge=1, le=4096, description="actors per model stage (embedding)")
+    gpu_actors: int = Field(
+        1, ge=1, le=4096, description="actors per model stage (embedding, scoring)"
+    )
     gpus_per_actor: float = Field(
         1.0,
         ge=0,

@@ -74,3 +74,11 @@ def test_execution_section_is_validated(tmp_path):
         parse_config({"sources": SOURCES, "execution": {"engine": "spark"}}, tmp_path)
     with pytest.raises(ConfigError, match=r"execution\.stages"):
         parse_config({"sources": SOURCES, "execution": {"stages": ["release_mix"]}}, tmp_path)
+
+
+def test_scoring_on_ray_refuses_a_judge(tmp_path):
+    ray_scoring = {"engine": "ray", "stages": ["scored_samples"]}
+    assert parse_config({"sources": SOURCES, "execution": ray_scoring}, tmp_path)
+    judged = {"judge": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1"}}
+    with pytest.raises(ConfigError, match="judgment cache is one local SQLite file"):
+        parse_config({"sources": SOURCES, "execution": ray_scoring, "stages": judged}, tmp_path)
