@@ -12,14 +12,18 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 
 import fineharbor
 from fineharbor.core.cleaning import CLEANED_SCHEMA
 from fineharbor.core.quality.stage import build_scored_samples
+from fineharbor.core.signatures.embedders import build_embedders
+from fineharbor.core.stages import build_image_signatures
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.resources import FineharborProject
+from fineharbor_tests.core.signatures.conftest import tiny_sscd  # noqa: F401
 from fineharbor_tests.defs.test_ingest_assets import CONFIG, materialize, project  # noqa: F401
 
 ray = pytest.importorskip("ray")
@@ -90,7 +94,9 @@ def _rows(storage, asset, partition, kind="data"):
     return sorted(zip(*(table.column(c).to_pylist() for c in keys), strict=True))
 
 
-def test_ray_engine_matches_local_and_runs_on_ray_workers(project, ray_address, tmp_path):  # noqa: F811
+def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):  # noqa: F811
+    """Unified, cleaned, signatures (hashes, then a model) and scored partitions on Ray equal the
+    local ones, rows, rejects and reasons; the work ran in Ray's worker processes."""
     config = Path(project.config_path).with_name("fineharbor_ray.yaml")
     config.write_text(
         CONFIG + f"execution: {{engine: ray, address: '{ray_address}', batch_rows: 3, "
@@ -138,3 +144,18 @@ def test_ray_engine_matches_local_and_runs_on_ray_workers(project, ray_address, 
     )
     assert reports[0].extra == {} and reports[1].extra["engine"] == "ray"
     assert reports[1].conserved and reports[1].kept == 6
+    # A model stage: the copy-detection embedder (a tiny TorchScript file) loads in each actor.
+    vectors, reports = [], []
+    for config, storage in ((project.config, local), (on_ray.config, remote)):
+        params = config.stages.signatures.model_copy(
+            update={"sscd_path": str(tiny_sscd), "num_workers": 0}
+        )
+        config = config.model_copy(
+            update={"stages": config.stages.model_copy(update={"signatures": params})}
+        )
+        embedders = build_embedders(params) if storage is local else ()  # Ray actors load theirs
+        reports.append(build_image_signatures(config, "charts", storage, embedders=embedders))
+        table = storage.read_table("image_signatures", "charts")
+        vectors.append(np.asarray(table.column("copy_embedding").to_pylist(), dtype=np.float32))
+    assert vectors[0].shape == (6, 24) and np.allclose(vectors[0], vectors[1], atol=2e-3)
+    assert reports[1].extra["engine"] == "ray" and reports[1].conserved
