@@ -16,7 +16,6 @@ each unit's input row count for progress and the worker that ran it.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -30,8 +29,6 @@ from fineharbor.core.storage import Storage
 
 Pairs = Iterable[tuple[pa.Table, pa.Table]]
 StreamFn = Callable[[Iterable[pa.RecordBatch]], Pairs]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,11 +89,11 @@ def map_partition(
         return MappedPartition(run(batches))
     from fineharbor.core.distributed.ray_engine import ray_map_partition
 
-    mapped = MappedPartition(iter(()))
-    mapped.pairs = ray_map_partition(
-        execution, storage, asset, partition, work, batch_size, columns, progress, mapped.info
+    info: dict = {}  # filled as the pairs are consumed
+    pairs = ray_map_partition(
+        execution, storage, asset, partition, work, batch_size, columns, progress, info
     )
-    return mapped
+    return MappedPartition(pairs, info)
 
 
 # --------------------------------------------------------------------------- units of work
