@@ -1,7 +1,8 @@
 """engine: ray gives the same partitions as the local engine, computed on a Ray cluster.
 
-A one-node Ray cluster with two worker slots is started on loopback for the module (skipped when
-ray is not installed: `pip install -e '.[ray]'`)."""
+A one-node Ray cluster with two CPU slots and one logical GPU (model actors ask for half of it
+each) is started on loopback for the module (skipped when ray is not installed:
+`pip install -e '.[ray]'`)."""
 
 import os
 import signal
@@ -53,7 +54,7 @@ def ray_address():
             "--node-ip-address=127.0.0.1",
             f"--port={port}",
             "--num-cpus=2",
-            "--num-gpus=0",
+            "--num-gpus=1",  # a logical GPU: actors are scheduled on shares of it, torch uses CPU
             "--include-dashboard=false",
             "--disable-usage-stats",
         ],
@@ -100,7 +101,7 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):  # noqa: 
     config = Path(project.config_path).with_name("fineharbor_ray.yaml")
     config.write_text(
         CONFIG + f"execution: {{engine: ray, address: '{ray_address}', batch_rows: 3, "
-        "cpu_actors: 2, gpus_per_actor: 0, stages: [unified_samples, cleaned_samples, "
+        "cpu_actors: 2, gpu_actors: 2, gpus_per_actor: 0.5, stages: [unified_samples, cleaned_samples, "
         "image_signatures, scored_samples]}\n"
     )
     (tmp_path / "ray_home").mkdir()
