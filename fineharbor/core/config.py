@@ -24,6 +24,7 @@ from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.concepts.params import ConceptParams
 from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.dedup.params import DedupParams
+from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
 from fineharbor.core.release.params import ReleaseRecipe
@@ -261,6 +262,7 @@ class ProjectConfig(_Strict):
     stages: StageParams = StageParams()
     release: ReleaseRecipe = ReleaseRecipe()
     orchestration: OrchestrationParams = OrchestrationParams()
+    execution: ExecutionParams = ExecutionParams()
 
     @field_validator("sources")
     @classmethod
@@ -271,6 +273,16 @@ class ProjectConfig(_Strict):
                 raise ValueError(f"source name {source.name!r} is used twice")
             seen.add(source.name)
         return sources
+
+    @model_validator(mode="after")
+    def _judge_stays_local(self) -> ProjectConfig:
+        if self.execution.on_ray("scored_samples") and self.stages.judge.backend != "none":
+            raise ValueError(
+                "execution.stages: scored_samples runs on Ray only with stages.judge.backend "
+                "none (the judgment cache is one local SQLite file); drop it from the list to "
+                "judge locally"
+            )
+        return self
 
     def source(self, name: str) -> SourceConfig:
         """The source named ``name``, or the source a partition key (a shard) belongs to."""

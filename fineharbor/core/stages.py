@@ -10,6 +10,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA, clean_batches
-from fineharbor.core.config import ProjectConfig
+from fineharbor.core.cleaning.params import CleanParams
+from fineharbor.core.config import MappingSpec, ProjectConfig
+from fineharbor.core.distributed.engine import (
+    BatchWork,
+    MappedPartition,
+    StreamFn,
+    cpu_processes,
+    map_partition,
+)
 from fineharbor.core.mapping import map_batch
 from fineharbor.core.readers import read_source
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, UNIFIED_SCHEMA
@@ -100,23 +109,46 @@ def build_raw_samples(
     return write_stage(storage, RAW, source_name, RAW_SCHEMA, counted(), lambda: seen)
 
 
+def _map_records(mapping: MappingSpec) -> StreamFn:
+    return lambda batches: (map_batch(batch, mapping) for batch in batches)
+
+
+def _write_mapped(
+    storage: Storage,
+    asset: str,
+    partition: str,
+    schema: pa.Schema,
+    mapped: MappedPartition,
+    rows_in: Callable[[], int],
+    reject_schema: pa.Schema = REJECT_SCHEMA,
+) -> StageReport:
+    """:func:`write_stage` of a mapped partition; the report says where it ran."""
+    report = write_stage(storage, asset, partition, schema, mapped, rows_in, reject_schema)
+    report.extra.update(mapped.info)
+    return report
+
+
 def build_unified_samples(
     project: ProjectConfig, source_name: str, storage: Storage, progress: Progress | None = None
 ) -> StageReport:
     """Map raw records into the unified schema with the source's declared mapping."""
     source = project.source(source_name)
-
-    def mapped() -> Iterable[tuple[pa.Table, pa.Table]]:
-        batches = storage.iter_batches(RAW, source_name, batch_size=source.batch_size)
-        for batch in _counted(batches, progress):
-            yield map_batch(batch, source.mapping)
-
-    return write_stage(
+    work = BatchWork(UNIFIED, _map_records, (source.mapping,))
+    mapped = map_partition(
+        project.execution,
+        storage,
+        RAW,
+        source_name,
+        work,
+        batch_size=source.batch_size,
+        progress=progress,
+    )
+    return _write_mapped(
         storage,
         UNIFIED,
         source_name,
         UNIFIED_SCHEMA,
-        mapped(),
+        mapped,
         lambda: storage.count_rows(RAW, source_name),
     )
 
@@ -130,18 +162,38 @@ def _counted(
             progress(batch.num_rows)
 
 
+def _clean_in_worker(params: CleanParams, processes: int) -> StreamFn:
+    """Cleaning on a Ray worker: its own pool of ``processes`` (time limits, crash isolation)."""
+    return partial(clean_batches, params=params.model_copy(update={"processes": processes}))
+
+
 def build_cleaned_samples(
     project: ProjectConfig, source_name: str, storage: Storage, progress: Progress | None = None
 ) -> StageReport:
     """FineVision / LAION / DanQing filters and resizing, in worker processes."""
     project.source(source_name)  # an unknown source fails here, clearly
-    batches = storage.iter_batches(UNIFIED, source_name, batch_size=CLEAN_BATCH_ROWS)
-    return write_stage(
+    params = project.stages.clean
+    work = BatchWork(
+        CLEANED,
+        _clean_in_worker,
+        (params, cpu_processes(project.execution)),
+        local=partial(clean_batches, params=params),
+    )
+    mapped = map_partition(
+        project.execution,
+        storage,
+        UNIFIED,
+        source_name,
+        work,
+        batch_size=CLEAN_BATCH_ROWS,
+        progress=progress,
+    )
+    return _write_mapped(
         storage,
         CLEANED,
         source_name,
         CLEANED_SCHEMA,
-        clean_batches(_counted(batches, progress), project.stages.clean),
+        mapped,
         lambda: storage.count_rows(UNIFIED, source_name),
     )
 
@@ -164,6 +216,22 @@ def _image_count(storage: Storage, asset: str, source_name: str) -> int:
     )
 
 
+def _signature_pairs(
+    batches: Iterable[pa.RecordBatch], params, embedders: Sequence
+) -> Iterable[tuple[pa.Table, pa.Table]]:
+    from fineharbor.core.signatures.compute import compute_signatures
+
+    for table in compute_signatures(batches, params, embedders):
+        yield table, REJECT_SCHEMA.empty_table()
+
+
+def _sign_in_worker(params) -> StreamFn:
+    """Signatures on a Ray actor: the embedders load once per actor (on its GPU share)."""
+    from fineharbor.core.signatures.embedders import build_embedders
+
+    return partial(_signature_pairs, params=params, embedders=build_embedders(params))
+
+
 def build_image_signatures(
     project: ProjectConfig,
     source_name: str,
@@ -171,23 +239,37 @@ def build_image_signatures(
     progress: Progress | None = None,
     embedders: Sequence = (),
 ) -> StageReport:
-    """Per image: byte and pixel sha256, perceptual hashes, copy-detection and CLIP vectors."""
-    from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA, compute_signatures
+    """Per image: byte and pixel sha256, perceptual hashes, copy-detection and CLIP vectors.
+
+    ``embedders`` are the ones loaded in this process, used by the local engine; on Ray each
+    actor loads those ``stages.signatures`` names."""
+    from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
 
     project.source(source_name)
-    batches = storage.iter_batches(
+    params = project.stages.signatures
+    work = BatchWork(
+        SIGNATURES,
+        _sign_in_worker,
+        (params,),
+        gpu=True,
+        local=partial(_signature_pairs, params=params, embedders=embedders),
+    )
+    mapped = map_partition(
+        project.execution,
+        storage,
         CLEANED,
         source_name,
-        columns=["sample_id", "source", "images"],
+        work,
         batch_size=SIGNATURE_BATCH_ROWS,
+        columns=["sample_id", "source", "images"],
+        progress=progress,
     )
-    tables = compute_signatures(_counted(batches, progress), project.stages.signatures, embedders)
-    report = write_stage(
+    report = _write_mapped(
         storage,
         SIGNATURES,
         source_name,
         SIGNATURE_SCHEMA,
-        ((table, REJECT_SCHEMA.empty_table()) for table in tables),
+        mapped,
         lambda: _image_count(storage, CLEANED, source_name),
     )
     report.key = ("sample_id", "image_index")

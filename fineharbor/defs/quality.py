@@ -132,8 +132,13 @@ def scored_samples(
     context: dg.AssetExecutionContext, project: FineharborProject, models: QualityModelsResource
 ):
     stages = project.config.stages
-    embedder = models.clip(stages.clip_score)
-    model = QualityModel.load(quality_model_dir(project.storage)) if embedder else None
+    on_ray = project.config.execution.on_ray(SCORED)  # then the Ray actors load CLIP
+    embedder = None if on_ray else models.clip(stages.clip_score)
+    model = (
+        QualityModel.load(quality_model_dir(project.storage))
+        if embedder is not None or (on_ray and stages.clip_score.model)
+        else None
+    )
     judges = models.judges(stages.judge)
     outcomes = []
     for partition in context.partition_keys:

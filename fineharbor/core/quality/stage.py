@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA
 from fineharbor.core.config import ProjectConfig, StageParams
+from fineharbor.core.distributed.engine import BatchWork, StreamFn, map_partition
 from fineharbor.core.judge.backend import JudgeBackend
 from fineharbor.core.judge.cache import JudgmentCache
 from fineharbor.core.judge.prompts import AXES
@@ -254,25 +255,68 @@ def build_scored_samples(
     stats = ScoringStats()
     cache = JudgmentCache(judge_cache_dir) if judge_cache_dir and any(judges) else None
 
-    def scored() -> Iterator[tuple[pa.Table, pa.Table]]:
-        for batch in storage.iter_batches(DECONTAMINATED, source_name, batch_size=SCORE_BATCH_ROWS):
+    def score_here(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
+        for batch in batches:
             yield (
                 _score_batch(batch, embedder, model, judges, project.stages, cache, stats),
                 REJECT_SCHEMA.empty_table(),
             )
-            if progress:
-                progress(batch.num_rows)
 
+    on_ray = project.execution.on_ray(SCORED)
+    model_dir = str(quality_model_dir(storage)) if model is not None and on_ray else None
+    work = BatchWork(SCORED, _score_in_worker, (project.stages, model_dir), True, score_here)
+    mapped = map_partition(
+        project.execution,
+        storage,
+        DECONTAMINATED,
+        source_name,
+        work,
+        batch_size=SCORE_BATCH_ROWS,
+        progress=progress,
+    )
     try:
         report = write_stage(
             storage,
             SCORED,
             source_name,
             SCORED_SCHEMA,
-            scored(),
+            _recounted(mapped, stats) if on_ray else mapped,
             lambda: storage.count_rows(DECONTAMINATED, source_name),
         )
+        report.extra.update(mapped.info)
     finally:
         if cache is not None:
             cache.close()
     return report, stats
+
+
+def _score_in_worker(params: StageParams, model_dir: str | None) -> StreamFn:
+    """Scoring on a Ray actor: CLIP and the classifier load once per actor (no judge there:
+    the config refuses scored_samples on Ray with a judge)."""
+    from fineharbor.core.quality.clip_score import load_clip_embedder
+
+    embedder = load_clip_embedder(params.clip_score) if params.clip_score.model else None
+    model = QualityModel.load(model_dir) if embedder is not None and model_dir else None
+    stats = ScoringStats()  # the actor's own; the driver recounts scores from the rows
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
+        for batch in batches:
+            yield (
+                _score_batch(batch, embedder, model, (None, None), params, None, stats),
+                REJECT_SCHEMA.empty_table(),
+            )
+
+    return run
+
+
+def _recounted(
+    pairs: Iterator[tuple[pa.Table, pa.Table]], stats: ScoringStats
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """Fill ``stats`` from rows scored elsewhere (model timings stay with the workers)."""
+    for kept, rejected in pairs:
+        stats.images += sum(len(images or []) for images in kept.column("images").to_pylist())
+        stats.clip_scores += [v for v in kept.column("clip_score").to_pylist() if v is not None]
+        stats.quality_scores += [
+            v for v in kept.column("quality_score").to_pylist() if v is not None
+        ]
+        yield kept, rejected

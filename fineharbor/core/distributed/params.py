@@ -1,0 +1,67 @@
+"""The project file's ``execution:`` section: where per-source stages run.
+
+``engine: local`` (the default) runs every stage in the process that materializes the asset
+(cleaning in its own worker-process pool). ``engine: ray`` maps the stages listed in ``stages``
+over Ray Data batches on a Ray cluster; model stages run in actor pools with (fractional) GPU
+requests. Storage, rejects, atomic publish and the stage report are the same either way: the
+workers compute, the process that runs the asset writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from fineharbor.core.strict import StrictModel
+
+RAY_STAGES = ("unified_samples", "cleaned_samples", "image_signatures")
+# scored_samples is opt-in: on Ray it scores CLIP and the classifier; the judge stays local.
+RayStage = Literal["unified_samples", "cleaned_samples", "image_signatures", "scored_samples"]
+
+
+class ExecutionParams(StrictModel):
+    """Local or Ray execution of the per-source stages."""
+
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: in the asset's process; ray: on the Ray cluster at address"
+    )
+    address: str | None = Field(
+        None,
+        description="Ray cluster: 'auto' or 'host:6379' (the asset runs on a node of the cluster, "
+        "e.g. a KubeRay pod) or 'ray://head:10001' (Ray Client); null starts a private Ray on "
+        "this machine (or joins RAY_ADDRESS when set)",
+    )
+    stages: list[RayStage] = Field(
+        default_factory=lambda: list(RAY_STAGES),
+        description="stages that run on Ray when engine is ray; the others stay local",
+    )
+    batch_rows: int = Field(
+        512,
+        ge=1,
+        le=65536,
+        description="rows per Ray task (one slice of an upstream row group; row groups hold 512)",
+    )
+    cpu_actors: int = Field(
+        2, ge=1, le=4096, description="actors per CPU stage (mapping, cleaning)"
+    )
+    cpus_per_actor: float = Field(
+        1.0, gt=0, le=256, description="CPUs per CPU-stage actor; cleaning runs that many processes"
+    )
+    gpu_actors: int = Field(
+        1, ge=1, le=4096, description="actors per model stage (embedding, scoring)"
+    )
+    gpus_per_actor: float = Field(
+        1.0,
+        ge=0,
+        le=16,
+        description="GPUs per model actor: 0.5 puts two actors on one GPU; 0 runs models on CPU",
+    )
+    cpus_per_gpu_actor: float = Field(1.0, gt=0, le=256, description="CPUs per model actor")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env for the job (env_vars, pip, working_dir), passed to ray.init",
+    )
+
+    def on_ray(self, stage: str) -> bool:
+        return self.engine == "ray" and stage in self.stages

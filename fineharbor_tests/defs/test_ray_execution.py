@@ -1,0 +1,162 @@
+"""engine: ray gives the same partitions as the local engine, computed on a Ray cluster.
+
+A one-node Ray cluster with two CPU slots and one logical GPU (model actors ask for half of it
+each) is started on loopback for the module (skipped when ray is not installed:
+`pip install -e '.[ray]'`)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+import fineharbor
+from fineharbor.core.cleaning import CLEANED_SCHEMA
+from fineharbor.core.quality.stage import build_scored_samples
+from fineharbor.core.signatures.embedders import build_embedders
+from fineharbor.core.stages import build_image_signatures
+from fineharbor.defs.partitions import source_partitions
+from fineharbor.defs.resources import FineharborProject
+from fineharbor_tests.core.signatures.conftest import tiny_sscd  # noqa: F401
+from fineharbor_tests.defs.test_ingest_assets import CONFIG, materialize, project  # noqa: F401
+
+ray = pytest.importorskip("ray")
+
+PARTITIONS = ["charts"]  # 7 records: one unmappable, the rest cleaned and signed
+STAGES = ["raw_samples", "unified_samples", "cleaned_samples", "image_signatures"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """`ray start --head --block` in its own process group, stopped by that group's id."""
+    port = _free_port()
+    root = str(Path(fineharbor.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=1",  # a logical GPU: actors are scheduled on shares of it, torch uses CPU
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the Ray head did not start") from None
+                time.sleep(0.3)
+        yield f"127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # a graceful stop takes ~30 s on a busy machine
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def _rows(storage, asset, partition, kind="data"):
+    """Each stage's rows as (key..., reason) sorted: what must not depend on the engine."""
+    table = storage.read_table(asset, partition, kind=kind)
+    if kind == "rejects":
+        return sorted(
+            zip(*(table.column(c).to_pylist() for c in ("sample_id", "reason")), strict=True)
+        )
+    keys = ["sample_id", "image_index"] if "image_index" in table.column_names else ["sample_id"]
+    return sorted(zip(*(table.column(c).to_pylist() for c in keys), strict=True))
+
+
+def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):  # noqa: F811
+    """Unified, cleaned, signatures (hashes, then a model) and scored partitions on Ray equal the
+    local ones, rows, rejects and reasons; the work ran in Ray's worker processes."""
+    config = Path(project.config_path).with_name("fineharbor_ray.yaml")
+    config.write_text(
+        CONFIG + f"execution: {{engine: ray, address: '{ray_address}', batch_rows: 3, "
+        "cpu_actors: 2, gpu_actors: 2, gpus_per_actor: 0.5, stages: [unified_samples, cleaned_samples, "
+        "image_signatures, scored_samples]}\n"
+    )
+    (tmp_path / "ray_home").mkdir()
+    on_ray = FineharborProject(config_path=str(config), home=str(tmp_path / "ray_home"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, PARTITIONS)
+        for partition in PARTITIONS:
+            assert materialize(project, instance, partition).success
+            assert materialize(on_ray, instance, partition).success
+        event = instance.get_latest_materialization_event(dg.AssetKey("cleaned_samples"))
+        metadata = event.asset_materialization.metadata
+        signed = instance.get_latest_materialization_event(dg.AssetKey("image_signatures"))
+        signed_metadata = signed.asset_materialization.metadata
+    local, remote = project.storage, on_ray.storage
+    for asset in STAGES:
+        for partition in PARTITIONS:
+            for kind in ("data", "rejects"):
+                assert _rows(local, asset, partition, kind) == _rows(
+                    remote, asset, partition, kind
+                ), (asset, partition, kind)
+    # Same rows in the same order, column for column (cleaning re-encodes images identically).
+    for asset in ("unified_samples", "cleaned_samples"):
+        assert local.read_table(asset, "charts").equals(remote.read_table(asset, "charts"))
+    signatures = remote.read_table("image_signatures", "charts")
+    assert pc.all(pc.is_valid(signatures.column("sha256_pixels"))).as_py()
+    # The work ran in Ray's worker processes, in more than one unit; the driver only wrote.
+    assert metadata["engine"].value == "ray"
+    assert metadata["ray_units"].value == 2  # 6 unified rows in units of 3
+    for meta in (metadata, signed_metadata):
+        workers = meta["ray_worker_ids"].value.split(", ")
+        assert workers and all(not w.endswith(f":{os.getpid()}") for w in workers)
+    assert signed_metadata["engine"].value == "ray" and signed_metadata["rows_in"].value == 6
+    # scored_samples (CLIP and classifier; the judge stays local) over the cleaned rows.
+    reports = []
+    for config, storage in ((project.config, local), (on_ray.config, remote)):
+        with storage.writer("decontaminated_samples", "charts", CLEANED_SCHEMA) as writer:
+            writer.write(storage.read_table("cleaned_samples", "charts"))
+        reports.append(build_scored_samples(config, "charts", storage)[0])
+    assert local.read_table("scored_samples", "charts").equals(
+        remote.read_table("scored_samples", "charts")
+    )
+    assert reports[0].extra == {} and reports[1].extra["engine"] == "ray"
+    assert reports[1].conserved and reports[1].kept == 6
+    # A model stage: the copy-detection embedder (a tiny TorchScript file) loads in each actor.
+    vectors, reports = [], []
+    for config, storage in ((project.config, local), (on_ray.config, remote)):
+        params = config.stages.signatures.model_copy(
+            update={"sscd_path": str(tiny_sscd), "num_workers": 0}
+        )
+        config = config.model_copy(
+            update={"stages": config.stages.model_copy(update={"signatures": params})}
+        )
+        embedders = build_embedders(params) if storage is local else ()  # Ray actors load theirs
+        reports.append(build_image_signatures(config, "charts", storage, embedders=embedders))
+        table = storage.read_table("image_signatures", "charts")
+        vectors.append(np.asarray(table.column("copy_embedding").to_pylist(), dtype=np.float32))
+    assert vectors[0].shape == (6, 24) and np.allclose(vectors[0], vectors[1], atol=2e-3)
+    assert reports[1].extra["engine"] == "ray" and reports[1].conserved
