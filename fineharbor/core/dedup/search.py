@@ -61,12 +61,31 @@ def _as_float32(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+# HNSW neighbours read per query: faiss's HNSW range search aborts the process on some inputs
+# (RangeSearchResult::do_allocation, faiss 1.15), so HNSW answers k-NN queries, filtered by the
+# threshold; a query with more near-duplicates than this keeps its closest ones, and union-find
+# still joins the rest of their cluster through them.
+HNSW_NEIGHBOURS = 32
+
+
+def _knn_as_ranges(index: faiss.Index, queries: np.ndarray, radius: float):
+    sims, ids = index.search(queries, min(HNSW_NEIGHBOURS, index.ntotal))
+    keep = (ids >= 0) & (sims > radius)
+    lims = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+    return lims, sims[keep], ids[keep]
+
+
 def _range_search_blocks(index: faiss.Index, queries: np.ndarray, threshold: float, block: int):
     """faiss returns IP strictly above the radius; search just below it and filter with >=."""
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    search = (
+        (lambda q: _knn_as_ranges(index, q, radius))
+        if isinstance(index, faiss.IndexHNSW)
+        else (lambda q: index.range_search(q, radius))
+    )
     out_i, out_j, out_s = [], [], []
     for start in range(0, len(queries), block):
-        lims, sims, ids = index.range_search(queries[start : start + block], radius)
+        lims, sims, ids = search(queries[start : start + block])
         counts = np.diff(lims).astype(np.int64)
         rows = np.repeat(np.arange(start, start + len(counts), dtype=np.int64), counts)
         keep = sims >= threshold

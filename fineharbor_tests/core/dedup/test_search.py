@@ -25,6 +25,7 @@ from fineharbor.core.dedup import (
     url_caption_key,
 )
 from fineharbor.core.dedup.diversity import diversity_from_eigenvalues
+from fineharbor.core.dedup.search import approximate_cosine_pairs
 from fineharbor.core.signatures.hashing import hamming64
 
 
@@ -209,3 +210,12 @@ def test_diversity_streams_from_signature_tables():
 def test_diversity_matches_finevision_table():
     # FineVision: erank 359.22, PR 182.52 at d = 512 -> 0.500
     assert round(math.sqrt((359.22 / 512) * (182.52 / 512)), 3) == 0.500
+
+
+def test_hnsw_search_survives_inputs_where_faiss_range_search_aborts():
+    """faiss's HNSW range search aborted the whole process (RangeSearchResult::do_allocation)
+    on 4,000 x 256 vectors; HNSW now answers k-NN queries filtered by the threshold."""
+    x = _planted(n=4000, d=256, pairs=80)
+    index = build_approximate_index(x, kind="hnsw")
+    found = _as_set(approximate_cosine_pairs(x, 0.9, index))
+    assert found == _as_set(exact_cosine_pairs(x, 0.9)) and len(found) == 80
