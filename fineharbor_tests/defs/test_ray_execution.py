@@ -160,3 +160,51 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):  # noqa: 
         vectors.append(np.asarray(table.column("copy_embedding").to_pylist(), dtype=np.float32))
     assert vectors[0].shape == (6, 24) and np.allclose(vectors[0], vectors[1], atol=2e-3)
     assert reports[1].extra["engine"] == "ray" and reports[1].conserved
+
+
+DEMO_SOURCES = ["llava_scenes", "wds_captions"]  # a JSON and a WebDataset reader
+
+
+def test_demo_gives_the_same_samples_on_ray(ray_address, tmp_path, monkeypatch):
+    """The demo (scale 0.1): every per-source stage up to the signatures keeps and rejects the
+    same sample_ids, with the same reasons, on Ray as locally."""
+    from fineharbor.core import stages
+    from fineharbor.core.config import load_config
+    from fineharbor.core.demo import generate_demo
+    from fineharbor.core.distributed.params import ExecutionParams
+    from fineharbor.core.storage import Storage
+
+    monkeypatch.setenv("FINEHARBOR_HOME", str(tmp_path / "demo_home"))
+    generate_demo(tmp_path / "demo_home", "http://127.0.0.1:9", seed=0, scale=0.1)
+    config = load_config(Path(fineharbor.__file__).resolve().parents[1] / "fineharbor.yaml")
+    hashes_only = config.stages.signatures.model_copy(
+        update={"sscd_path": None, "clip_model": None}
+    )
+    config = config.model_copy(
+        update={"stages": config.stages.model_copy(update={"signatures": hashes_only})}
+    )
+    on_ray = config.model_copy(
+        update={"execution": ExecutionParams(engine="ray", address=ray_address, batch_rows=16)}
+    )
+    builders = [
+        stages.build_raw_samples,
+        stages.build_unified_samples,
+        stages.build_cleaned_samples,
+        stages.build_image_signatures,
+    ]
+    homes = {}
+    for name, settings in (("local", config), ("ray", on_ray)):
+        storage = Storage(str(tmp_path / name))
+        for source in DEMO_SOURCES:
+            for build in builders:
+                report = build(settings, source, storage)
+                assert report.conserved, (name, source, report.asset)
+                if name == "ray" and build is not stages.build_raw_samples:
+                    assert report.extra["engine"] == "ray", report.asset
+        homes[name] = storage
+    for source in DEMO_SOURCES:
+        for asset in STAGES:
+            for kind in ("data", "rejects"):
+                assert _rows(homes["local"], asset, source, kind) == _rows(
+                    homes["ray"], asset, source, kind
+                ), (source, asset, kind)
