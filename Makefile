@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export FINEHARBOR_HOME ?= $(CURDIR)/.fineharbor
-export DAGSTER_HOME ?= $(FINEHARBOR_HOME)/dagster
+# Local state (Dagster instance, catalog.duckdb) lives in FINEHARBOR_STATE, by default the home
+# itself, or ./.fineharbor when the home is object storage (s3://...).
+STATE := $(or $(FINEHARBOR_STATE),$(if $(findstring ://,$(FINEHARBOR_HOME)),$(CURDIR)/.fineharbor,$(FINEHARBOR_HOME)))
+export DAGSTER_HOME ?= $(STATE)/dagster
 
 .PHONY: demo test bench ui lint format clean
 
@@ -33,5 +36,5 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-clean:
-	rm -rf $(FINEHARBOR_HOME)
+clean:  # the local state, and the data when the home is a local directory
+	rm -rf $(STATE) $(if $(findstring ://,$(FINEHARBOR_HOME)),,$(FINEHARBOR_HOME))

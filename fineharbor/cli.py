@@ -12,14 +12,21 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from fineharbor.core.config import ConfigError, default_config_path, fineharbor_home, load_config
+from fineharbor.core.config import (
+    ConfigError,
+    default_config_path,
+    fineharbor_home,
+    fineharbor_state,
+    load_config,
+)
 
 DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
-def _use_persistent_instance(home: Path) -> Path:
-    """Point Dagster at an instance under FINEHARBOR_HOME, so runs show up in `dagster dev`."""
-    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster")))
+def _use_persistent_instance(state: Path) -> Path:
+    """Point Dagster at an instance in the local state directory (FINEHARBOR_STATE, by default
+    FINEHARBOR_HOME when it is local), so runs show up in `dagster dev`."""
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(state / "dagster")))
     dagster_home.mkdir(parents=True, exist_ok=True)
     if DAGSTER_YAML.exists() and not (dagster_home / "dagster.yaml").exists():
         shutil.copy(DAGSTER_YAML, dagster_home / "dagster.yaml")
@@ -98,7 +105,7 @@ def run_sql(query: str) -> tuple[list[str], list[tuple]]:
     from fineharbor.defs.sql_models import MODEL_TABLES
 
     tables = [*STAGE_TABLES, *MODEL_TABLES]
-    with connect_in_memory(Storage(str(fineharbor_home())), tables) as connection:
+    with connect_in_memory(Storage(fineharbor_home()), tables) as connection:
         cursor = connection.execute(query)
         rows = cursor.fetchall()
         columns = [d[0] for d in cursor.description] if cursor.description else []
@@ -148,13 +155,13 @@ def train_demo_copy_detector(config, steps: int) -> None:
     print(f"      copy detector: {steps} steps in {time.perf_counter() - started:.0f}s", flush=True)
 
 
-def print_planted_defect_scores(config, home: Path) -> None:
+def print_planted_defect_scores(config, state: Path) -> None:
     """The demo knows its planted defects: show how many dedup and decontamination caught."""
     from fineharbor.core.demo.quality import score_planted_defects
     from fineharbor.core.storage import Storage
 
     scores = score_planted_defects(
-        config, Storage(str(home)), home / "demo" / "ground_truth.parquet"
+        config, Storage(fineharbor_home()), state / "demo" / "ground_truth.parquet"
     )
     print("\nplanted duplicates caught (duplicate_clusters vs ground truth):")
     _print_table(
@@ -192,7 +199,7 @@ def print_planted_defect_scores(config, home: Path) -> None:
     )
 
 
-def train_demo_clip_model(config, home: Path, seed: int, steps: int | None) -> None:
+def train_demo_clip_model(config, state: Path, seed: int, steps: int | None) -> None:
     """The demo CLIP: when `stages.clip_score.model` names a local directory that does not exist
     yet, train a tiny open_clip model there on a corpus drawn like the demo's data (never the
     demo's own samples; deterministic for a seed, a few minutes at most) and print how well it
@@ -225,7 +232,7 @@ def train_demo_clip_model(config, home: Path, seed: int, steps: int | None) -> N
         f"{time.perf_counter() - started:.0f}s; ROC AUC of true vs planted mismatched texts:",
         flush=True,
     )
-    pairs = demo_pairs(config, home / "demo" / "ground_truth.parquet")
+    pairs = demo_pairs(config, state / "demo" / "ground_truth.parquet")
     for result in demo_clip_aucs(load_demo_clip(target), pairs):
         print(
             f"        {result.kind:<16} {result.auc:.3f}  ({result.true_pairs} true, "
@@ -239,14 +246,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fineharbor.core.demo.server import serve_directory
 
     home = fineharbor_home()
-    os.environ.setdefault("FINEHARBOR_HOME", str(home))
-    dagster_home = _use_persistent_instance(home)
+    os.environ.setdefault("FINEHARBOR_HOME", home)
+    state = fineharbor_state()  # the demo's sources and models are local files
+    dagster_home = _use_persistent_instance(state)
     load_config()  # fail on a bad project file before generating anything
     started = time.perf_counter()
     port = _free_port(args.port)
     base_url = f"http://127.0.0.1:{port}"
-    print(f"[1/4] generating demo sources under {home / 'demo'}", flush=True)
-    summary = generate_demo(home, base_url, seed=args.seed, scale=args.scale)
+    print(f"[1/4] generating demo sources under {state / 'demo'}", flush=True)
+    summary = generate_demo(state, base_url, seed=args.seed, scale=args.scale)
     planted = sum(summary.defects.values())
     print(
         f"      {sum(summary.records.values())} records in {len(summary.records)} sources, "
@@ -259,20 +267,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         train_demo_copy_detector(config, args.model_steps)
     else:
         print("[2/4] no demo models configured: hash signatures only", flush=True)
-    train_demo_clip_model(config, home, args.seed, args.clip_steps)
-    served = home / "demo" / "sources" / "laion_urls" / "_served"
+    train_demo_clip_model(config, state, args.seed, args.clip_steps)
+    served = state / "demo" / "sources" / "laion_urls" / "_served"
     print(f"[3/4] materializing every asset (URL source served at {base_url})", flush=True)
     with serve_directory(served, port=port):
         failures = materialize_all()
     print("[4/4] summary", flush=True)
     _print_table(*funnel())
     if not failures:
-        print_planted_defect_scores(config, home)
+        print_planted_defect_scores(config, state)
     elapsed = time.perf_counter() - started
     print(
         f"\ndone in {elapsed:.0f}s. Next:\n"
         f"  DAGSTER_HOME={dagster_home} .venv/bin/dagster dev -w workspace.yaml   # runs, lineage\n"
-        f'  duckdb {home / "catalog.duckdb"} -c "select source, count(*) from unified_samples '
+        f'  duckdb {state / "catalog.duckdb"} -c "select source, count(*) from unified_samples '
         f'group by 1"\n'
         f'  .venv/bin/fineharbor sql "select reason, count(*) from raw_samples_rejects group by 1"'
     )
@@ -283,7 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    _use_persistent_instance(fineharbor_home())
+    _use_persistent_instance(fineharbor_state())
     try:
         failures = materialize_all(args.source or None)
     except KeyError as error:
@@ -394,7 +402,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         decisions.append(Reject(action="reject", **stamp))
     if args.flag:
         decisions.append(Flag(action="flag", sample_ids=args.flag, **stamp))
-        unknown = _unknown_ids(Storage(str(fineharbor_home())), source.name, args.flag)
+        unknown = _unknown_ids(Storage(fineharbor_home()), source.name, args.flag)
         if unknown:
             print(f"warning: not in unified_samples of {source.name}: {', '.join(unknown)}")
     if args.unflag:
@@ -421,7 +429,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         f"{source.name}: {state.status}; {len(state.flagged)} flagged samples; "
         f"overrides {state.overrides or 'none'}"
     )
-    page = write_review_page(Storage(str(fineharbor_home())), config, log, source.name)
+    page = write_review_page(Storage(fineharbor_home()), config, log, source.name)
     print(f"review page: {page}")
     return 0
 
@@ -433,9 +441,7 @@ def cmd_review_pages(args: argparse.Namespace) -> int:
 
     config = load_config()
     log = load_reviews(reviews_path(default_config_path()), config)
-    for page in write_review_pages(
-        Storage(str(fineharbor_home())), config, log, args.source or None
-    ):
+    for page in write_review_pages(Storage(fineharbor_home()), config, log, args.source or None):
         print(page)
     return 0
 
@@ -527,10 +533,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fineharbor.core.storage import Storage
     from fineharbor.definitions import defs
 
-    _use_persistent_instance(fineharbor_home())
+    _use_persistent_instance(fineharbor_state())
     with dg.DagsterInstance.get() as instance:
         _print_table(
-            *stage_status(instance, defs.resolve_asset_graph(), Storage(str(fineharbor_home())))
+            *stage_status(instance, defs.resolve_asset_graph(), Storage(fineharbor_home()))
         )
     return 0
 

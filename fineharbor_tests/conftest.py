@@ -1,8 +1,11 @@
-"""Shared fixtures: generated images and an isolated FINEHARBOR_HOME per test."""
+"""Shared fixtures: generated images, an isolated FINEHARBOR_HOME per test, and an
+S3-compatible server (moto) on loopback for the object-storage tests."""
 
 from __future__ import annotations
 
 import io
+import logging
+import uuid
 
 import numpy as np
 import pytest
@@ -36,6 +39,44 @@ def home(tmp_path, monkeypatch):
     root = tmp_path / "home"
     root.mkdir()
     monkeypatch.setenv("FINEHARBOR_HOME", str(root))
+    monkeypatch.delenv("FINEHARBOR_STATE", raising=False)  # state = the home, as by default
     monkeypatch.setenv("DAGSTER_HOME", str(root / "dagster"))
     (root / "dagster").mkdir()
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on a free loopback port for the whole session; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """A fresh bucket; the standard AWS_* variables point boto3, pyarrow and s3fs at it."""
+    import boto3
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    name = f"fh-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=name)
+    return name, client
+
+
+def s3_keys(client, bucket: str, prefix: str = "") -> list[str]:
+    """Every object key under a prefix (directory markers ending in / left out)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return sorted(k for k in keys if not k.endswith("/"))

@@ -2,13 +2,23 @@
 
 Statistics and ad-hoc queries run on in-memory connections. One writer (the catalog asset,
 under a file lock) refreshes ``catalog.duckdb`` so users can open it with the duckdb CLI.
+
+Every connection comes from :func:`connect`, which makes the storage's URIs readable: local
+paths as they are; object storage (``s3://``) through DuckDB's ``httpfs`` extension when it is
+installed (a temporary secret from the ``AWS_*`` environment variables), else through an
+fsspec filesystem (``s3fs``) registered on the connection. The catalog file holds views only:
+opening it on another machine needs the same access (``load httpfs`` and an S3 secret in the
+duckdb CLI when the views point at ``s3://``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
 from filelock import FileLock
@@ -26,21 +36,24 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_statements(storage: Storage, stages: Iterable[StageTable]) -> dict[str, str]:
-    """`create view` SQL for every stage (and its rejects) that has output."""
+def view_statements(
+    storage: Storage, stages: Iterable[StageTable], only: Iterable[str] | None = None
+) -> dict[str, str]:
+    """`create view` SQL for every stage (and its rejects) that has output; ``only``: just
+    these view names (creating a view reads its files' footers: costly on object storage)."""
+    wanted = None if only is None else set(only)
     statements = {}
     for stage in stages:
         for kind, view in ((DATA, stage.asset), (REJECTS, f"{stage.asset}_rejects")):
-            files = (
-                [
-                    f
-                    for p in storage.partitions(stage.asset, kind)
-                    for f in storage.files(stage.asset, p, kind)
-                ]
+            if wanted is not None and view not in wanted:
+                continue
+            # A published partition always holds a file (an empty one still has its schema).
+            present = (
+                bool(storage.partitions(stage.asset, kind))
                 if stage.partitioned
-                else storage.files(stage.asset, None, kind)
+                else storage.has_partition(stage.asset, None, kind)
             )
-            if not files:
+            if not present:
                 continue
             glob = storage.glob(stage.asset, stage.partitioned, kind)
             hive = "true" if stage.partitioned else "false"
@@ -51,9 +64,72 @@ def view_statements(storage: Storage, stages: Iterable[StageTable]) -> dict[str,
     return statements
 
 
-def connect_in_memory(storage: Storage, stages: Iterable[StageTable]) -> duckdb.DuckDBPyConnection:
-    connection = duckdb.connect()
-    for statement in view_statements(storage, stages).values():
+def s3_secret_sql(environ: dict[str, str] | None = None) -> str:
+    """``create secret`` for httpfs from the variables boto3 and pyarrow read too:
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_REGION (or
+    AWS_DEFAULT_REGION), AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) for MinIO and the like."""
+    env = os.environ if environ is None else environ
+    options = ["type s3"]
+    for option, name in (
+        ("key_id", "AWS_ACCESS_KEY_ID"),
+        ("secret", "AWS_SECRET_ACCESS_KEY"),
+        ("session_token", "AWS_SESSION_TOKEN"),
+    ):
+        if env.get(name):
+            options.append(f"{option} {_quote(env[name])}")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        options.append(f"region {_quote(region)}")
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        url = urlsplit(endpoint)
+        options += [
+            f"endpoint {_quote(url.netloc)}",
+            f"use_ssl {'true' if url.scheme == 'https' else 'false'}",
+            "url_style 'path'",
+        ]
+    return f"create or replace temporary secret fineharbor_s3 ({', '.join(options)})"
+
+
+def _fsspec_filesystem(storage: Storage):
+    if storage.scheme not in ("s3", "s3a"):
+        raise ValueError(f"no DuckDB access to {storage.root}: only s3:// object storage is known")
+    import s3fs
+
+    # fsspec reuses one instance (and its connection pool) per process; no listing cache, as
+    # stages rewrite partitions between the queries of one process.
+    return s3fs.S3FileSystem(use_listings_cache=False)
+
+
+@functools.cache
+def _httpfs_installed() -> bool:
+    with duckdb.connect() as probe:
+        try:
+            probe.execute("load httpfs")
+        except duckdb.Error:
+            return False
+    return True
+
+
+def connect(storage: Storage, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that reads the storage's URIs (see the module docstring)."""
+    connection = duckdb.connect(database)
+    if storage.is_local:
+        return connection
+    if _httpfs_installed():
+        connection.execute("load httpfs")
+        connection.execute(s3_secret_sql())
+    else:
+        connection.register_filesystem(_fsspec_filesystem(storage))
+    return connection
+
+
+def connect_in_memory(
+    storage: Storage, stages: Iterable[StageTable], only: Iterable[str] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with a view per stage output (``only``: just these views)."""
+    connection = connect(storage)
+    for statement in view_statements(storage, stages, only).values():
         connection.execute(statement)
     return connection
 
@@ -62,7 +138,7 @@ def refresh_catalog(storage: Storage, path: Path, stages: Iterable[StageTable]) 
     """Rebuild the catalog file's views; returns the view names. Views only: no data copied."""
     path.parent.mkdir(parents=True, exist_ok=True)
     statements = view_statements(storage, stages)
-    with FileLock(f"{path}.lock"), duckdb.connect(str(path)) as connection:
+    with FileLock(f"{path}.lock"), connect(storage, str(path)) as connection:
         stale = connection.execute(
             "select view_name from duckdb_views() where not internal and schema_name = 'main'"
         ).fetchall()

@@ -61,8 +61,28 @@ class ConfigError(ValueError):
     """A project file that cannot be used; the message names file, field and problem."""
 
 
-def fineharbor_home() -> Path:
-    return Path(os.environ.get("FINEHARBOR_HOME", DEFAULT_HOME)).expanduser().resolve()
+def is_uri(location: str) -> bool:
+    """An object-store URI such as ``s3://bucket/prefix`` (anything else is a local path)."""
+    return "://" in location
+
+
+def fineharbor_home() -> str:
+    """The storage root of stage data: ``FINEHARBOR_HOME``, a local directory (resolved) or an
+    object-store URI (``s3://bucket/prefix``), default ``./.fineharbor``."""
+    home = os.environ.get("FINEHARBOR_HOME", DEFAULT_HOME)
+    return home if is_uri(home) else str(Path(home).expanduser().resolve())
+
+
+def fineharbor_state(home: str | None = None) -> Path:
+    """The local directory for process-local state that cannot live on object storage: the
+    Dagster instance, ``catalog.duckdb``, the judge cache, lock files, the demo's sources and
+    models. ``FINEHARBOR_STATE``, else the storage root ``home`` when it is local, else
+    ``./.fineharbor`` in the working directory."""
+    state = os.environ.get("FINEHARBOR_STATE")
+    if state:
+        return Path(state).expanduser().resolve()
+    home = fineharbor_home() if home is None else home
+    return Path(DEFAULT_HOME if is_uri(home) else home).expanduser().resolve()
 
 
 def default_config_path() -> Path:
@@ -333,7 +353,9 @@ def _expand_env(text: str) -> str:
         name, default = match.group(1), match.group(2)
         value = os.environ.get(name)
         if value is None and name == "FINEHARBOR_HOME":
-            value = str(fineharbor_home())
+            value = fineharbor_home()
+        if value is None and name == "FINEHARBOR_STATE":
+            value = str(fineharbor_state())
         if value is None:
             if default is None:
                 raise KeyError(name)

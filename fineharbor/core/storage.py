@@ -7,15 +7,29 @@ Layout under the root (``FINEHARBOR_HOME``)::
     rejects/<asset>/source=<partition>/part-NNNNN.parquet  what a stage dropped, with a reason
 
 Every path goes through :class:`Storage`, built on ``pyarrow.fs`` so the same code serves a local
-directory today and an ``s3://`` root later. Partitions are written to a staging directory and
-renamed into place, so a killed run leaves the previous good output or nothing.
+directory and an object store (``s3://bucket/prefix``; endpoint and credentials from the standard
+``AWS_*`` environment variables). Partitions are written to a staging directory and published
+only when complete, so a killed run leaves the previous good output or nothing:
+
+- local: the staged directory is renamed into place (``rename`` is atomic);
+- object store: there is no rename of a directory (pyarrow's S3 ``move`` copies single objects
+  only), so a partition counts as published only while its commit marker
+  (``_committed.json``, listing its files) exists. Publishing deletes the old marker, replaces
+  the objects with server-side copies of the staged ones, then writes the new marker last (one
+  PUT, atomic). Readers going through :class:`Storage` (every stage) see the old complete
+  partition, then none, then the new complete one, never a partial one; a killed publish
+  leaves no marker, so nothing. File names stay ``part-NNNNN.parquet``, so glob readers
+  (DuckDB, polars) work unchanged, but they do not read the marker and can see a partition
+  mid-publish.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import posixpath
 import shutil
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -32,6 +46,7 @@ PARTITION_COLUMN = "source"
 DATA = "data"
 REJECTS = "rejects"
 _STAGING = "_staging"
+COMMIT_MARKER = "_committed.json"
 
 # Rolling to a new part file bounds both file size and the writer's buffered row group.
 DEFAULT_TARGET_FILE_BYTES = 256 * 1024 * 1024
@@ -61,15 +76,21 @@ class Storage:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def scheme(self) -> str:
+        """``file`` for a local root, else the URI's scheme (``s3``)."""
+        return "file" if self.is_local else self.root.split("://", 1)[0]
+
     def path(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts)
 
     def uri(self, *parts: str) -> str:
         """A location other tools (DuckDB, polars) can open."""
-        if self.is_local:
-            return self.path(*parts)
-        scheme = self.root.split("://", 1)[0]
-        return f"{scheme}://{self.path(*parts)}"
+        return self.to_uri(self.path(*parts))
+
+    def to_uri(self, path: str) -> str:
+        """A path of :attr:`fs` (as :meth:`files` returns) as a location other tools open."""
+        return path if self.is_local else f"{self.scheme}://{path}"
 
     def dir(self, asset: str, partition: str | None = None, kind: str = DATA) -> str:
         segment = _partition_segment(partition)
@@ -83,12 +104,18 @@ class Storage:
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
+    def is_published(self, directory: str) -> bool:
+        """A published directory: present locally, committed (marker present) on object stores."""
+        if self.is_local:
+            return self.exists(directory)
+        return self.exists(posixpath.join(directory, COMMIT_MARKER))
+
     def has_partition(self, asset: str, partition: str | None = None, kind: str = DATA) -> bool:
-        return self.exists(self.dir(asset, partition, kind))
+        return self.is_published(self.dir(asset, partition, kind))
 
     def files(self, asset: str, partition: str | None = None, kind: str = DATA) -> list[str]:
         directory = self.dir(asset, partition, kind)
-        if not self.exists(directory):
+        if not self.is_published(directory):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(directory, recursive=False))
         return sorted(
@@ -97,15 +124,22 @@ class Storage:
 
     def partitions(self, asset: str, kind: str = DATA) -> list[str]:
         directory = self.path(kind, asset)
-        if not self.exists(directory):
-            return []
         prefix = f"{PARTITION_COLUMN}="
-        infos = self.fs.get_file_info(pafs.FileSelector(directory, recursive=False))
-        return sorted(
-            posixpath.basename(i.path)[len(prefix) :]
-            for i in infos
-            if i.type == pafs.FileType.Directory and posixpath.basename(i.path).startswith(prefix)
-        )
+        if self.is_local:
+            if not self.exists(directory):
+                return []
+            infos = self.fs.get_file_info(pafs.FileSelector(directory, recursive=False))
+            names = [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
+        else:  # one listing finds the commit markers, rather than a request per partition
+            selector = pafs.FileSelector(directory, allow_not_found=True, recursive=True)
+            infos = self.fs.get_file_info(selector)
+            names = [
+                posixpath.basename(posixpath.dirname(i.path))
+                for i in infos
+                if posixpath.basename(i.path) == COMMIT_MARKER
+                and posixpath.dirname(posixpath.dirname(i.path)) == directory
+            ]
+        return sorted(name[len(prefix) :] for name in names if name.startswith(prefix))
 
     def schema(self, asset: str, partition: str | None = None, kind: str = DATA) -> pa.Schema:
         files = self.files(asset, partition, kind)
@@ -191,7 +225,7 @@ class Storage:
         """A staging directory for arbitrary files (a release); published at ``path(*parts)``
         only if the block succeeds, replacing what was there."""
         staging = self.path(_STAGING, f"{'-'.join(parts)}-{uuid.uuid4().hex}")
-        self.fs.create_dir(staging, recursive=True)
+        _make_dir(self.fs, staging)
         try:
             yield staging
             self._publish(staging, self.path(*parts))
@@ -199,6 +233,10 @@ class Storage:
             self._delete_dir(staging)
 
     def _publish(self, staged: str, final: str) -> None:
+        """Make ``staged`` visible at ``final`` all at once (see the module docstring)."""
+        if not self.is_local:
+            self._publish_by_copy(staged, final)
+            return
         parent = posixpath.dirname(final)
         self.fs.create_dir(parent, recursive=True)
         retired = f"{final}.retired-{uuid.uuid4().hex}"
@@ -207,21 +245,82 @@ class Storage:
         self.fs.move(staged, final)
         self._delete_dir(retired)
 
+    def _publish_by_copy(self, staged: str, final: str) -> None:
+        """Object stores: unpublish the old version, copy the staged objects, commit last."""
+        infos = self.fs.get_file_info(pafs.FileSelector(staged, recursive=True))
+        names = sorted(
+            posixpath.relpath(i.path, staged) for i in infos if i.type == pafs.FileType.File
+        )
+        marker = posixpath.join(final, COMMIT_MARKER)
+        self._unpublish(final)
+        self._delete_dir(final)
+        for name in names:  # no directories to create: object-store keys need no parent
+            self.fs.copy_file(posixpath.join(staged, name), posixpath.join(final, name))
+        with self.fs.open_output_stream(marker) as stream:
+            stream.write(json.dumps({"files": names}).encode())
+
+    def _unpublish(self, directory: str) -> None:
+        """Object stores: remove the commit marker first, so no reader sees a partial delete."""
+        if not self.is_local:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(posixpath.join(directory, COMMIT_MARKER))
+
     def _delete_dir(self, path: str) -> None:
-        if not self.exists(path):
-            return
         if self.is_local:
             shutil.rmtree(path, ignore_errors=True)
         else:
-            self.fs.delete_dir(path)
+            self.fs.delete_dir_contents(path, missing_dir_ok=True)
 
     def delete_partition(self, asset: str, partition: str | None = None) -> None:
+        # Data first: a reader that finds the data directory also finds its ledger.
         for kind in (DATA, REJECTS):
-            self._delete_dir(self.dir(asset, partition, kind))
+            directory = self.dir(asset, partition, kind)
+            self._unpublish(directory)
+            self._delete_dir(directory)
+
+    def put_directory(self, local: str | Path, *parts: str) -> str:
+        """Publish a local directory's files at ``path(*parts)``, replacing what was there."""
+        source = pafs.LocalFileSystem()
+        root = str(Path(local).resolve())
+        infos = source.get_file_info(pafs.FileSelector(root, recursive=True))
+        with self.staged_directory(*parts) as staging:
+            for info in infos:
+                if info.type != pafs.FileType.File:
+                    continue
+                target = posixpath.join(staging, posixpath.relpath(info.path, root))
+                _make_dir(self.fs, posixpath.dirname(target))
+                pafs.copy_files(info.path, target, source, self.fs)
+        return self.path(*parts)
+
+    @contextlib.contextmanager
+    def local_directory(self, *parts: str) -> Iterator[Path]:
+        """A published directory as a local path (object stores: a temporary download)."""
+        directory = self.path(*parts)
+        if not self.is_published(directory):
+            raise FileNotFoundError(f"nothing published at {self.uri(*parts)}")
+        if self.is_local:
+            yield Path(directory)
+            return
+        with tempfile.TemporaryDirectory(prefix="fineharbor-") as tmp:
+            infos = self.fs.get_file_info(pafs.FileSelector(directory, recursive=True))
+            for info in infos:
+                name = posixpath.relpath(info.path, directory)
+                if info.type != pafs.FileType.File or name == COMMIT_MARKER:
+                    continue
+                target = Path(tmp) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                pafs.copy_files(info.path, str(target), self.fs, pafs.LocalFileSystem())
+            yield Path(tmp)
 
     def clean_staging(self) -> None:
         """Remove leftovers of killed runs; their partitions were never published."""
         self._delete_dir(self.path(_STAGING))
+
+
+def _make_dir(fs: pafs.FileSystem, path: str) -> None:
+    """Local directories must exist before a file is written; object-store keys need none."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(path, recursive=True)
 
 
 class _RollingParquetWriter:
@@ -241,7 +340,7 @@ class _RollingParquetWriter:
         self._sink = None
 
     def _open(self) -> pq.ParquetWriter:
-        self.fs.create_dir(self.directory, recursive=True)
+        _make_dir(self.fs, self.directory)
         path = posixpath.join(self.directory, f"part-{self._file_index:05d}.parquet")
         self._sink = self.fs.open_output_stream(path)
         self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")

@@ -5,12 +5,12 @@ import dagster as dg
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.judge.prompts import AXES, PROMPT_VERSIONS
 from fineharbor.core.judge.rate import make_backends
-from fineharbor.core.quality.classifier import LEVELS, QualityModel
+from fineharbor.core.quality.classifier import LEVELS
 from fineharbor.core.quality.params import ClipScoreParams
 from fineharbor.core.quality.stage import (
     SCORED,
     build_scored_samples,
-    quality_model_dir,
+    load_quality_model,
     train_quality_model,
 )
 from fineharbor.defs.ingest import ProgressLog, decontaminated_samples
@@ -124,7 +124,7 @@ def quality_classifier(
         "classifier, 0-3) and FineVision's judge ratings 1-5 per turn (`formatting`, "
         "`relevance`, `visual_dependency`, `image_correspondence` as `*_ratings` lists aligned "
         "with `texts`, and `*_min`), null when `stages.judge.backend` is none. Judgments are "
-        "cached by (model, prompt version, sample, turn) under FINEHARBOR_HOME/judge_cache. The "
+        "cached by (model, prompt version, sample, turn) under FINEHARBOR_STATE/judge_cache. The "
         "GPU op: models load once per process, batch, CUDA + half precision."
     ),
 )
@@ -135,7 +135,7 @@ def scored_samples(
     on_ray = project.config.execution.on_ray(SCORED)  # then the Ray actors load CLIP
     embedder = None if on_ray else models.clip(stages.clip_score)
     model = (
-        QualityModel.load(quality_model_dir(project.storage))
+        load_quality_model(project.storage)
         if embedder is not None or (on_ray and stages.clip_score.model)
         else None
     )
@@ -150,7 +150,7 @@ def scored_samples(
             embedder=embedder,
             model=model,
             judges=judges,
-            judge_cache_dir=project.home_path / "judge_cache",
+            judge_cache_dir=project.state_path / "judge_cache",
         )
         report.extra.update(_scoring_metadata(stages, stats, report, judges))
         outcomes.append((report, []))

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
-import duckdb
 import pyarrow as pa
 
+from fineharbor.core.catalog import connect
 from fineharbor.core.config import ProjectConfig
 from fineharbor.core.stages import StageReport
 from fineharbor.core.storage import Storage
@@ -64,17 +64,19 @@ class StageCheck:
         return dg.AssetCheckResult(check_name=self.name, passed=passed, metadata=figures)
 
 
-def _files_sql(files: list[str]) -> str:
-    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+def _files_sql(storage: Storage, files: list[str]) -> str:
+    uris = [storage.to_uri(f) for f in files]
+    return "[" + ", ".join("'" + u.replace("'", "''") + "'" for u in uris) + "]"
 
 
 def stage_check_results(report: StageReport, storage: Storage) -> list[dg.AssetCheckResult]:
     files = storage.files(report.asset, report.partition)
     key = ", ".join(report.key)
-    with duckdb.connect() as connection:
+    source = f"read_parquet({_files_sql(storage, files)})"
+    with connect(storage) as connection:
         total, distinct = connection.execute(
-            f"select (select count(*) from read_parquet({_files_sql(files)})), "
-            f"(select count(*) from (select distinct {key} from read_parquet({_files_sql(files)})))"
+            f"select (select count(*) from {source}), "
+            f"(select count(*) from (select distinct {key} from {source}))"
         ).fetchall()[0]
     written = storage.schema(report.asset, report.partition)
     mismatched = [
@@ -137,14 +139,14 @@ def preview_markdown(storage: Storage, report: StageReport, rows: int = 5) -> st
     files = storage.files(report.asset, report.partition)
     reject_files = storage.files(report.asset, report.partition, kind="rejects")
     headers, columns = _preview_columns(report.schema)
-    with duckdb.connect() as connection:
+    with connect(storage) as connection:
         kept = connection.execute(
-            f"select {columns} from read_parquet({_files_sql(files)}) limit {rows}"
+            f"select {columns} from read_parquet({_files_sql(storage, files)}) limit {rows}"
         ).fetchall()
         rejected = (
             connection.execute(
-                f"select reason, origin_key, detail from read_parquet({_files_sql(reject_files)}) "
-                f"limit {rows}"
+                "select reason, origin_key, detail from "
+                f"read_parquet({_files_sql(storage, reject_files)}) limit {rows}"
             ).fetchall()
             if reject_files
             else []
@@ -170,7 +172,7 @@ def stage_metadata(report: StageReport, storage: Storage) -> dict:
         "rejects_by_reason": dg.MetadataValue.json(report.reasons),
         "seconds": round(report.seconds, 3),
         "rows_per_second": round(report.rows_per_second, 1),
-        "path": dg.MetadataValue.path(storage.dir(report.asset, report.partition)),
+        "path": dg.MetadataValue.path(storage.to_uri(storage.dir(report.asset, report.partition))),
         "summary": dg.MetadataValue.md(preview_markdown(storage, report)),
         **report.extra,
     }
@@ -250,14 +252,14 @@ def histogram_markdown(values: list[float], title: str, bins: int = 10, digits: 
 def cleaned_distributions(storage: Storage, report: StageReport) -> dict:
     """Image sizes and text lengths of what cleaning kept: where a threshold would bite."""
     files = storage.files(report.asset, report.partition)
-    with duckdb.connect() as connection:
+    with connect(storage) as connection:
         sides = connection.execute(
             f"select greatest(i.width, i.height) from (select unnest(image_info) as i "
-            f"from read_parquet({_files_sql(files)}))"
+            f"from read_parquet({_files_sql(storage, files)}))"
         ).fetchall()
         lengths = connection.execute(
             "select list_sum(list_transform(texts, lambda t: length(t.user) + "
-            f"length(t.assistant))) from read_parquet({_files_sql(files)})"
+            f"length(t.assistant))) from read_parquet({_files_sql(storage, files)})"
         ).fetchall()
     return {
         "image_sides": dg.MetadataValue.md(

@@ -8,24 +8,42 @@ from pathlib import Path
 import dagster as dg
 
 from fineharbor.core.catalog import StageTable
-from fineharbor.core.config import ProjectConfig, default_config_path, fineharbor_home, load_config
+from fineharbor.core.config import (
+    ProjectConfig,
+    default_config_path,
+    fineharbor_home,
+    fineharbor_state,
+    is_uri,
+    load_config,
+)
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.storage import Storage
 
 
 class FineharborProject(dg.ConfigurableResource):
-    """Where the project file is and where data lives.
+    """Where the project file is, where data lives and where process-local state lives.
 
-    Empty fields resolve when a run starts, from FINEHARBOR_CONFIG / FINEHARBOR_HOME (defaults:
-    ./fineharbor.yaml and ./.fineharbor), so one code location serves any environment.
+    Empty fields resolve when a run starts, from FINEHARBOR_CONFIG / FINEHARBOR_HOME /
+    FINEHARBOR_STATE (defaults: ./fineharbor.yaml, ./.fineharbor, and the home itself when it
+    is a directory, else ./.fineharbor), so one code location serves any environment. `home`
+    may be an object-store URI (``s3://bucket/prefix``); `state` is always a local directory.
     """
 
     config_path: str = ""
     home: str = ""
+    state: str = ""
 
     @property
-    def home_path(self) -> Path:
-        return Path(self.home).resolve() if self.home else fineharbor_home()
+    def root(self) -> str:
+        """The storage root: a resolved local directory or an object-store URI."""
+        if not self.home:
+            return fineharbor_home()
+        return self.home if is_uri(self.home) else str(Path(self.home).resolve())
+
+    @property
+    def state_path(self) -> Path:
+        """Local state: the catalog file, the judge cache, lock files."""
+        return Path(self.state).resolve() if self.state else fineharbor_state(self.root)
 
     @cached_property
     def config(self) -> ProjectConfig:
@@ -33,11 +51,11 @@ class FineharborProject(dg.ConfigurableResource):
 
     @cached_property
     def storage(self) -> Storage:
-        return Storage(self.home or str(fineharbor_home()))
+        return Storage(self.root)
 
     @property
     def catalog_path(self) -> Path:
-        return self.home_path / "catalog.duckdb"
+        return self.state_path / "catalog.duckdb"
 
 
 # Every stage that writes Parquet, in pipeline order; the catalog exposes each as a view.

@@ -32,5 +32,6 @@ def source_config(project: FineharborProject, source: str) -> ProjectConfig:
 def review_page_metadata(project: FineharborProject, source: str) -> dict:
     """Regenerate the source's review page; metadata links to it."""
     path = write_review_page(project.storage, project.config, project_reviews(project), source)
-    link = f"file://{path}" if project.storage.is_local else path
+    storage = project.storage
+    link = f"file://{path}" if storage.is_local else storage.to_uri(path)
     return {"review_page": dg.MetadataValue.url(link)}

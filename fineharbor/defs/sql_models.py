@@ -29,7 +29,8 @@ def _model_asset(model: SqlModel, model_tables: list[StageTable]) -> dg.AssetsDe
     )
     def _asset(project: FineharborProject) -> dg.MaterializeResult:
         storage = project.storage
-        with connect_in_memory(storage, [*STAGE_TABLES, *model_tables]) as connection:
+        tables = [*STAGE_TABLES, *model_tables]
+        with connect_in_memory(storage, tables, only=model.refs) as connection:
             table = run_model(connection, model)
         with storage.writer(model.name, None, table.schema) as writer:
             writer.write(table)

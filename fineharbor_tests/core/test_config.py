@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from fineharbor.core.config import ConfigError, load_config, source_fingerprint
+from fineharbor.core.config import (
+    ConfigError,
+    fineharbor_home,
+    fineharbor_state,
+    load_config,
+    source_fingerprint,
+)
 
 VALID = """
 name: t
@@ -105,3 +111,26 @@ def test_fingerprint_changes_with_source_config(tmp_path):
         changed.source("charts")
     )
     assert source_fingerprint(config.source("urls")) != source_fingerprint(changed.source("urls"))
+
+
+def test_home_may_be_object_storage_and_state_stays_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FINEHARBOR_STATE", raising=False)
+    monkeypatch.setenv("FINEHARBOR_HOME", "data")
+    assert fineharbor_home() == str(tmp_path / "data")
+    assert fineharbor_state() == tmp_path / "data"  # a local home is its own state directory
+    monkeypatch.setenv("FINEHARBOR_HOME", "s3://bucket/prefix")
+    assert fineharbor_home() == "s3://bucket/prefix"
+    assert fineharbor_state() == tmp_path / ".fineharbor"  # the documented local default
+    monkeypatch.setenv("FINEHARBOR_STATE", str(tmp_path / "state"))
+    assert fineharbor_state() == tmp_path / "state"
+    config = load_config(
+        write(
+            tmp_path,
+            VALID.replace("location: data/charts", "location: ${FINEHARBOR_STATE}/demo/charts"),
+        )
+    )
+    assert config.source("charts").location == str(tmp_path / "state" / "demo" / "charts")
+    monkeypatch.delenv("FINEHARBOR_STATE")
+    config = load_config(write(tmp_path, VALID.replace("data/charts", "${FINEHARBOR_STATE}/c")))
+    assert config.source("charts").location == str(tmp_path / ".fineharbor" / "c")

@@ -10,10 +10,8 @@ one, so every partition has the same schema.
 from __future__ import annotations
 
 import math
-import os
-import shutil
+import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,24 +59,20 @@ SCORED_SCHEMA = pa.schema(
 )
 
 
-def quality_model_dir(storage: Storage) -> Path:
-    """Where the trained classifier lives: ``FINEHARBOR_HOME/models/quality_classifier``."""
-    if not storage.is_local:
-        raise ValueError(
-            f"models are saved on a local FINEHARBOR_HOME; {storage.root} is object storage"
-        )
-    return Path(storage.path(*QUALITY_MODEL_DIR))
+def save_quality_model(model: QualityModel, storage: Storage) -> str:
+    """Publish the classifier at ``FINEHARBOR_HOME/models/quality_classifier`` (a directory or
+    object storage) through the storage's staged publish: a killed run leaves the old model."""
+    with tempfile.TemporaryDirectory(prefix="fineharbor-model-") as tmp:
+        model.save(tmp)
+        storage.put_directory(tmp, *QUALITY_MODEL_DIR)
+    return storage.uri(*QUALITY_MODEL_DIR)
 
 
-def _save_atomically(model: QualityModel, target: Path) -> None:
-    """Write into a sibling directory and swap it in: a killed run leaves the old model."""
-    staged = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    model.save(staged)
-    retired = target.with_name(f".{target.name}.retired-{uuid.uuid4().hex}")
-    if target.exists():
-        os.replace(target, retired)
-    os.replace(staged, target)
-    shutil.rmtree(retired, ignore_errors=True)
+def load_quality_model(storage: Storage) -> QualityModel:
+    """The classifier ``quality_classifier`` published (copied to a temporary local directory
+    first when the storage is object storage)."""
+    with storage.local_directory(*QUALITY_MODEL_DIR) as directory:
+        return QualityModel.load(directory)
 
 
 def _train_samples(
@@ -137,8 +131,7 @@ def train_quality_model(
             f"{len(train_set.images)}: materialize decontaminated_samples first"
         )
     model = train_quality_classifier(train_set, embedder, params)
-    target = quality_model_dir(storage)
-    _save_atomically(model, target)
+    target = save_quality_model(model, storage)
     stats = {
         "sources": sources,
         "real_samples": len(train_set.images),
@@ -148,7 +141,7 @@ def train_quality_model(
         if params.rewrite_with_judge and text_judge is not None
         else "rules only",
         "rewrite_failures": train_set.rewrite_failures,
-        "path": str(target),
+        "path": target,
     }
     return model, stats
 
@@ -263,8 +256,9 @@ def build_scored_samples(
             )
 
     on_ray = project.execution.on_ray(SCORED)
-    model_dir = str(quality_model_dir(storage)) if model is not None and on_ray else None
-    work = BatchWork(SCORED, _score_in_worker, (project.stages, model_dir), True, score_here)
+    # Ray actors load the classifier from the storage root (a shared volume or s3://) themselves.
+    model_root = storage.uri() if model is not None and on_ray else None
+    work = BatchWork(SCORED, _score_in_worker, (project.stages, model_root), True, score_here)
     mapped = map_partition(
         project.execution,
         storage,
@@ -290,13 +284,13 @@ def build_scored_samples(
     return report, stats
 
 
-def _score_in_worker(params: StageParams, model_dir: str | None) -> StreamFn:
+def _score_in_worker(params: StageParams, model_root: str | None) -> StreamFn:
     """Scoring on a Ray actor: CLIP and the classifier load once per actor (no judge there:
     the config refuses scored_samples on Ray with a judge)."""
     from fineharbor.core.quality.clip_score import load_clip_embedder
 
     embedder = load_clip_embedder(params.clip_score) if params.clip_score.model else None
-    model = QualityModel.load(model_dir) if embedder is not None and model_dir else None
+    model = load_quality_model(Storage(model_root)) if embedder is not None and model_root else None
     stats = ScoringStats()  # the actor's own; the driver recounts scores from the rows
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:

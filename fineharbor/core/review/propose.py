@@ -33,6 +33,7 @@ from fineharbor.core.config import (
     MappingSpec,
     SourceConfig,
     fineharbor_home,
+    is_uri,
     load_config,
 )
 from fineharbor.core.judge.backend import JudgeBackend, JudgeRequest
@@ -602,7 +603,7 @@ def _portable(location: str, config_dir: Path) -> str:
     """${FINEHARBOR_HOME}/... under the data home, relative under the config's directory."""
     path = Path(location)
     home = fineharbor_home()
-    if path.is_relative_to(home):
+    if not is_uri(home) and path.is_relative_to(home):
         return "${FINEHARBOR_HOME}/" + path.relative_to(home).as_posix()
     if path.is_relative_to(config_dir):
         return path.relative_to(config_dir).as_posix() or "."
