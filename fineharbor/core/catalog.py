@@ -56,10 +56,11 @@ def view_statements(
             if not present:
                 continue
             glob = storage.glob(stage.asset, stage.partitioned, kind)
-            hive = "true" if stage.partitioned else "false"
+            # Rows carry their `source` column; a `source=<partition>` directory would override
+            # it with a shard's partition key (`laion.shard-003`), so the directories stay out.
             statements[view] = (
                 f"create or replace view {view} as select * from read_parquet("
-                f"{_quote(glob)}, hive_partitioning={hive}, union_by_name=true)"
+                f"{_quote(glob)}, hive_partitioning=false, union_by_name=true)"
             )
     return statements
 

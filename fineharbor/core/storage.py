@@ -97,7 +97,7 @@ class Storage:
         return self.path(kind, asset, segment) if segment else self.path(kind, asset)
 
     def glob(self, asset: str, partitioned: bool = True, kind: str = DATA) -> str:
-        """Glob over all partitions' files, for DuckDB ``read_parquet(..., hive_partitioning)``."""
+        """Glob over all partitions' files, for DuckDB ``read_parquet``."""
         pattern = ("*", "*.parquet") if partitioned else ("*.parquet",)
         return self.uri(kind, asset, *pattern)
 

@@ -8,11 +8,12 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
+from fineharbor.core.catalog import connect_in_memory
 from fineharbor.core.config import Shard, load_config
 from fineharbor.core.readers import SourceLocationError, read_source
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.release import RELEASE_ASSETS
-from fineharbor.defs.resources import FineharborProject
+from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
 from fineharbor_tests.defs.test_ingest_assets import (
     project,  # noqa: F401
     resources,
@@ -103,6 +104,11 @@ def test_a_sharded_source_gives_the_unsharded_samples_through_the_release(projec
             for s in storage.read_table("scored_samples", p).column("source").to_pylist()
         }
         assert sources == {"charts"}
+        with connect_in_memory(storage, STAGE_TABLES) as connection:
+            by_source = connection.execute(
+                "select source, count(*) from scored_samples group by source order by source"
+            ).fetchall()
+        assert by_source == [("charts", len(whole)), ("scenes", 4)]
         result = dg.materialize(RELEASE_ASSETS, instance=instance, resources=resources(sharded))
         assert result.success
         released = storage.read_table("release_mix")
