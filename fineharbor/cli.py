@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -33,15 +33,17 @@ def _use_persistent_instance(state: Path) -> Path:
     return dagster_home
 
 
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return probe.getsockname()[1]
-    raise RuntimeError("no free loopback port")
+def _serve_demo_urls(stack: contextlib.ExitStack, directory: Path, preferred: int) -> str:
+    """Serve the demo's URL source for the rest of the run, from before the demo is generated
+    (its URLs name the port, so the port is held from the start); another free port when the
+    preferred one is taken. Returns the base URL."""
+    from fineharbor.core.demo.server import serve_directory
+
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return stack.enter_context(serve_directory(directory, port=preferred))
+    except OSError:
+        return stack.enter_context(serve_directory(directory, port=0))
 
 
 def _partition_keys(config, name: str) -> list[str]:
@@ -243,7 +245,6 @@ def train_demo_clip_model(config, state: Path, seed: int, steps: int | None) -> 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fineharbor.core.demo import generate_demo
-    from fineharbor.core.demo.server import serve_directory
 
     home = fineharbor_home()
     os.environ.setdefault("FINEHARBOR_HOME", home)
@@ -251,26 +252,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     dagster_home = _use_persistent_instance(state)
     load_config()  # fail on a bad project file before generating anything
     started = time.perf_counter()
-    port = _free_port(args.port)
-    base_url = f"http://127.0.0.1:{port}"
-    print(f"[1/4] generating demo sources under {state / 'demo'}", flush=True)
-    summary = generate_demo(state, base_url, seed=args.seed, scale=args.scale)
-    planted = sum(summary.defects.values())
-    print(
-        f"      {sum(summary.records.values())} records in {len(summary.records)} sources, "
-        f"{planted} planted defects (truth: {summary.ground_truth_path})",
-        flush=True,
-    )
-    config = load_config()
-    if config.stages.signatures.sscd_path:
-        print("[2/4] training the demo copy detector named in the config", flush=True)
-        train_demo_copy_detector(config, args.model_steps)
-    else:
-        print("[2/4] no demo models configured: hash signatures only", flush=True)
-    train_demo_clip_model(config, state, args.seed, args.clip_steps)
-    served = state / "demo" / "sources" / "laion_urls" / "_served"
-    print(f"[3/4] materializing every asset (URL source served at {base_url})", flush=True)
-    with serve_directory(served, port=port):
+    with contextlib.ExitStack() as stack:
+        served = state / "demo" / "sources" / "laion_urls" / "_served"
+        base_url = _serve_demo_urls(stack, served, args.port)
+        print(f"[1/4] generating demo sources under {state / 'demo'}", flush=True)
+        summary = generate_demo(state, base_url, seed=args.seed, scale=args.scale)
+        planted = sum(summary.defects.values())
+        print(
+            f"      {sum(summary.records.values())} records in {len(summary.records)} sources, "
+            f"{planted} planted defects (truth: {summary.ground_truth_path})",
+            flush=True,
+        )
+        config = load_config()
+        if config.stages.signatures.sscd_path:
+            print("[2/4] training the demo copy detector named in the config", flush=True)
+            train_demo_copy_detector(config, args.model_steps)
+        else:
+            print("[2/4] no demo models configured: hash signatures only", flush=True)
+        train_demo_clip_model(config, state, args.seed, args.clip_steps)
+        print(f"[3/4] materializing every asset (URL source served at {base_url})", flush=True)
         failures = materialize_all()
     print("[4/4] summary", flush=True)
     _print_table(*funnel())
