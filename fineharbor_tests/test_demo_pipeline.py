@@ -307,11 +307,11 @@ def test_scores_rank_planted_mismatched_captions_below_true_pairs(demo_home):
     mismatched = {s for (s, _), d in planted.items() if d == "mismatched_caption"}
     scored = [r for r in rows if r[0] in mismatched and r[2] is not None]
     aucs = {}
-    for kind, keep in (("captions", True), ("question-answer", False)):
+    for kind, keep in (("captions", {True}), ("question-answer", {False}), ("all", {True, False})):
         negative = [
-            r for r in scored if r[4] is keep and planted.get(r[:2]) == "mismatched_caption"
+            r for r in scored if r[4] in keep and planted.get(r[:2]) == "mismatched_caption"
         ]
-        positive = [r for r in scored if r[4] is keep and r[:2] not in planted]
+        positive = [r for r in scored if r[4] in keep and r[:2] not in planted]
         assert len(negative) >= 3 and len(positive) >= 30, kind
         for column, name in ((2, "clip"), (3, "quality")):
             aucs[kind, name] = roc_auc([r[column] for r in positive], [r[column] for r in negative])
