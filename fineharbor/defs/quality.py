@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from fineharbor.core.config import StageParams
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.judge.prompts import AXES, PROMPT_VERSIONS
 from fineharbor.core.judge.rate import make_backends
@@ -9,10 +10,12 @@ from fineharbor.core.quality.classifier import LEVELS
 from fineharbor.core.quality.params import ClipScoreParams
 from fineharbor.core.quality.stage import (
     SCORED,
+    ScoringStats,
     build_scored_samples,
     load_quality_model,
     train_quality_model,
 )
+from fineharbor.core.stages import StageReport
 from fineharbor.defs.ingest import ProgressLog, decontaminated_samples
 from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 from fineharbor.defs.reporting import (
@@ -157,7 +160,10 @@ def scored_samples(
     return partitions_result(context, project.storage, outcomes)
 
 
-def _scoring_metadata(stages, stats, report, judges) -> dict:
+def _scoring_metadata(
+    stages: StageParams, stats: ScoringStats, report: StageReport, judges: tuple
+) -> dict:
+    """Throughput, score histograms and, with a judge, its ratings for one partition."""
     extra = {
         "samples_per_second": round(report.rows_per_second, 1),
         "images_per_second_clip": round(stats.images / stats.clip_seconds, 1)
