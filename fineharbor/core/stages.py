@@ -24,6 +24,7 @@ from fineharbor.core.distributed.engine import (
     BatchWork,
     MappedPartition,
     StreamFn,
+    counted,
     cpu_processes,
     map_partition,
 )
@@ -151,15 +152,6 @@ def build_unified_samples(
         mapped,
         lambda: storage.count_rows(RAW, source_name),
     )
-
-
-def _counted(
-    batches: Iterable[pa.RecordBatch], progress: Progress | None
-) -> Iterable[pa.RecordBatch]:
-    for batch in batches:
-        yield batch
-        if progress:
-            progress(batch.num_rows)
 
 
 def _clean_in_worker(params: CleanParams, processes: int) -> StreamFn:
@@ -378,7 +370,7 @@ def build_deduplicated_samples(
     )
 
     def split() -> Iterable[tuple[pa.Table, pa.Table]]:
-        for batch in _counted(storage.iter_batches(CLEANED, source_name, batch_size=256), progress):
+        for batch in counted(storage.iter_batches(CLEANED, source_name, batch_size=256), progress):
             ids = batch.column("sample_id").to_pylist()
             keep = pa.array([i not in dropped for i in ids])
             rejected = [
@@ -478,7 +470,7 @@ def build_decontaminated_samples(
     )
 
     source = project.source(source_name)
-    batches = _counted(storage.iter_batches(DEDUPLICATED, source_name, batch_size=256), progress)
+    batches = counted(storage.iter_batches(DEDUPLICATED, source_name, batch_size=256), progress)
     if source.role == "benchmark":
         results = (
             (CLEANED_SCHEMA.empty_table(), reject_benchmark_rows(pa.Table.from_batches([b])))

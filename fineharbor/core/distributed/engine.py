@@ -61,7 +61,10 @@ class MappedPartition:
         yield from self.pairs
 
 
-def _counted(batches: Iterable[pa.RecordBatch], progress) -> Iterator[pa.RecordBatch]:
+def counted(
+    batches: Iterable[pa.RecordBatch], progress: Callable[[int], None] | None
+) -> Iterator[pa.RecordBatch]:
+    """The batches, reporting each one's rows to ``progress`` once it has been consumed."""
     for batch in batches:
         yield batch
         if progress:
@@ -81,7 +84,7 @@ def map_partition(
 ) -> MappedPartition:
     """(kept, rejected) pairs of ``work`` over ``asset``'s ``partition``, in input order."""
     if not execution.on_ray(work.stage):
-        batches = _counted(
+        batches = counted(
             storage.iter_batches(asset, partition, columns=columns, batch_size=batch_size),
             progress,
         )
