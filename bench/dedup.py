@@ -4,20 +4,20 @@
                                     [--imagededup-python .venv-bench/bin/python]
 
 Part 1, synthetic signatures. ``n`` L2-normalised vectors drawn around 1,000 centres (real
-embeddings are clustered, which is what makes IVF lists uneven), with 2% of them planted as
+embeddings are clustered, which is what makes k-means leaves uneven), with 2% of them planted as
 near-duplicates of another vector (cosine ~0.95-0.99). Every (method, n) runs in a fresh
 process so its peak RSS (``ru_maxrss``) is its own; the data's own size is printed beside it.
 
 * ``faiss``: what ``fineharbor.core.dedup.search.cosine_pairs`` does with the stage defaults:
-  exact ``IndexFlatIP`` range search up to ``DedupParams.exact_search_limit`` (50,000) vectors,
-  IVF-Flat (4 sqrt(n) lists, nprobe 4) above; recall of the approximate index is measured
-  against exact NumPy search on 1,000 sampled queries.
+  exact ``IndexFlatIP`` range search up to ``DedupParams.exact_search_limit`` (10,000) vectors,
+  the k-means forest (6 trees, leaves of 256) above; recall of the forest is measured against
+  exact NumPy search on 1,000 sampled vectors.
 * ``numpy``: blocked matrix products over the upper triangle (``brute_force_cosine_pairs``).
   Where that takes too long (``--numpy-full-limit``), a measured prefix of query blocks is
   extrapolated to the full triangle, and the output says so.
 
 ``run(size)`` (the suite's ``dedup`` stage) is part 1 at one size, dim 128, for both the stage's
-default search and its IVF path, against the same NumPy brute force.
+default search and its forest path at every size, against the same NumPy brute force.
 
 Part 2, images: ``find_duplicates`` with phash + mirror phash + pixel hash against imagededup's
 ``PHash.find_duplicates`` (max_distance_threshold 10, its default) on the same demo images,
@@ -80,9 +80,9 @@ def run_faiss(n: int, dim: int, exact_limit: int, out: mp.Queue) -> None:
     import faiss
 
     from fineharbor.core.dedup.search import (
-        approximate_cosine_pairs,
-        build_approximate_index,
+        ForestParams,
         exact_cosine_pairs,
+        forest_cosine_pairs,
         measure_recall,
     )
 
@@ -94,12 +94,13 @@ def run_faiss(n: int, dim: int, exact_limit: int, out: mp.Queue) -> None:
         pairs = exact_cosine_pairs(x, THRESHOLD)
         kind = "exact IndexFlatIP"
     else:
-        index = build_approximate_index(x, kind="ivf", nprobe=DedupParams().ivf_nprobe)
-        pairs = approximate_cosine_pairs(x, THRESHOLD, index)
-        kind = f"IVF-Flat nlist={index.nlist} nprobe={index.nprobe}"
+        params = DedupParams()
+        forest = ForestParams(trees=params.forest_trees, leaf_size=params.forest_leaf_size)
+        pairs = forest_cosine_pairs(x, THRESHOLD, forest)
+        kind = f"k-means forest, {forest.trees} trees, leaves <= {forest.leaf_size}"
     seconds = time.perf_counter() - started
     if n > exact_limit:
-        recall = measure_recall(x, THRESHOLD, index, sample=1000).recall
+        recall = measure_recall(x, THRESHOLD, pairs, sample=1000).recall
     out.put(
         {
             "method": "faiss",
@@ -188,13 +189,17 @@ SUITE_DIM = 128
 
 
 def run(size: int, dim: int = SUITE_DIM) -> list[Measurement]:
-    """The stage's search (exact below ``exact_search_limit``) and its approximate path (IVF,
-    what it uses above the limit), both against NumPy brute force on the same vectors."""
+    """The stage's search (exact below ``exact_search_limit``) and its approximate path (the
+    k-means forest it uses above the limit), both against NumPy brute force on the same
+    vectors."""
     exact_limit = DedupParams().exact_search_limit
     faiss_row, numpy_row = measure_pair(size, dim, size, exact_limit)
-    ivf_row = measure(run_faiss, size, dim, 0)
+    forest_row = measure(run_faiss, size, dim, 0)
     out = []
-    for name, row in (("dedup/cosine_search", faiss_row), ("dedup/cosine_search_ivf", ivf_row)):
+    for name, row in (
+        ("dedup/cosine_search", faiss_row),
+        ("dedup/cosine_search_forest", forest_row),
+    ):
         recall = "" if row["recall"] is None else f", recall {row['recall']:.4f}"
         out.append(
             Measurement(

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.dedup.search import (
+    ForestParams,
     Pairs,
     canonical_pairs,
     cosine_pairs,
@@ -194,8 +195,7 @@ def _cosine_candidates(table: pa.Table, column: str, threshold: float, params: D
         vectors,
         threshold,
         exact_limit=params.exact_search_limit,
-        kind=params.approximate_index,
-        nprobe=params.ivf_nprobe,
+        forest=ForestParams(trees=params.forest_trees, leaf_size=params.forest_leaf_size),
     )
     return (rows[i], rows[j], sim), rows, vectors
 
