@@ -7,6 +7,7 @@ Dagster here, so the same functions run from the CLI, a process pool or a distri
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -311,6 +312,9 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
         clusters.filter(pc.invert(clusters.column("is_kept"))).column("sample_id").to_pylist()
     )
     stats: dict = {"sources": sources, "signatures": signatures.num_rows}
+    report = json.loads((clusters.schema.metadata or {}).get(b"fineharbor.dedup", b"{}"))
+    if report.get("vector_search"):
+        stats["vector_search"] = report["vector_search"]
     for column in ("copy_embedding", "clip_embedding"):
         kept_rows = signatures.filter(
             pc.and_(

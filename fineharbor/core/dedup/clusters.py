@@ -44,6 +44,7 @@ from fineharbor.core.dedup.search import (
     cosine_pairs,
     empty_pairs,
     hamming_pairs,
+    measure_recall,
 )
 from fineharbor.core.dedup.text import minhash_pairs, text_key, url_caption_key
 from fineharbor.core.dedup.union_find import UnionFind, cluster_id
@@ -187,7 +188,11 @@ def _near_pairs(pairs: Pairs, node: np.ndarray, exempt: np.ndarray) -> Pairs:
     return i[keep], j[keep], sim[keep]
 
 
-def _cosine_candidates(table: pa.Table, column: str, threshold: float, params: DedupParams):
+def _cosine_candidates(
+    table: pa.Table, column: str, threshold: float, params: DedupParams, searches: dict
+):
+    """Candidate pairs of one embedding column; ``searches[column]`` says how they were found,
+    with the recall of the k-means forest (1,000 sampled vectors) when it was used."""
     rows, vectors = _embeddings(table, column)
     if rows.size < 2:
         return empty_pairs(), rows, vectors
@@ -197,6 +202,16 @@ def _cosine_candidates(table: pa.Table, column: str, threshold: float, params: D
         exact_limit=params.exact_search_limit,
         forest=ForestParams(trees=params.forest_trees, leaf_size=params.forest_leaf_size),
     )
+    search: dict = {"vectors": int(rows.size), "method": "exact", "pairs": int(i.size)}
+    if rows.size > params.exact_search_limit:
+        recall = measure_recall(vectors, threshold, (i, j, sim), sample=1000)
+        search |= {
+            "method": f"kmeans_forest ({params.forest_trees} trees)",
+            "recall": round(recall.recall, 4),
+            "recall_sampled_vectors": recall.queries,
+            "recall_exact_neighbours": recall.exact_neighbours,
+        }
+    searches[column] = search
     return (rows[i], rows[j], sim), rows, vectors
 
 
@@ -243,13 +258,16 @@ def image_edges(
     params: DedupParams,
     exempt: np.ndarray,
     verifier: PairVerifier | None = None,
+    searches: dict | None = None,
 ) -> list[Edge]:
-    """Edges from image signatures; ``exempt[node]`` marks samples of exempt sources.
+    """Edges from image signatures; ``exempt[node]`` marks samples of exempt sources;
+    ``searches`` (when given) receives how each embedding column was searched.
 
     Copy-detection and perceptual-hash candidates are checked by ``verifier`` (pixel alignment)
     when one is given; CLIP pairs are semantic by intent and are not.
     """
     table, node = images.table, images.node
+    searches = {} if searches is None else searches
     edges: list[Edge] = []
     if params.exact_pixels and "sha256_pixels" in table.column_names:
         keys = table.column("sha256_pixels").to_pylist()
@@ -258,7 +276,7 @@ def image_edges(
     copy_rows, copy_vectors = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     if params.copy_embedding:
         pairs, copy_rows, copy_vectors = _cosine_candidates(
-            table, COPY, params.copy_threshold, params
+            table, COPY, params.copy_threshold, params, searches
         )
         candidates.append((COPY, _near_pairs(pairs, node, exempt)))
     elif params.phash and params.phash_verify_min_cosine is not None:
@@ -275,7 +293,7 @@ def image_edges(
     for signal, pairs in candidates:
         edges += _to_nodes(pairs, node, signal)
     if params.clip_embedding:
-        pairs, _, _ = _cosine_candidates(table, CLIP, params.clip_threshold, params)
+        pairs, _, _ = _cosine_candidates(table, CLIP, params.clip_threshold, params, searches)
         edges += _to_nodes(_near_pairs(pairs, node, exempt), node, CLIP)
     return edges
 
@@ -440,8 +458,8 @@ def find_duplicates(
     candidates are verified pixel by pixel (``params.verify_*``), without it they are not.
 
     Rows come sorted by (cluster_id, sample_id); the same inputs in any order give the same
-    table. The schema metadata ``fineharbor.dedup`` holds edge counts per signal and the
-    verification counts, as JSON.
+    table. The schema metadata ``fineharbor.dedup`` holds edge counts per signal, the
+    verification counts and how each embedding column was searched (``vector_search``), as JSON.
     """
     samples = samples.sort_by([("sample_id", "ascending")])
     ids, node_of = _sample_nodes(samples)
@@ -449,11 +467,14 @@ def find_duplicates(
     exempt_sources = set(params.near_duplicate_exempt_sources)
     exempt = np.array([s in exempt_sources for s in samples.column("source").to_pylist()], bool)
     verifier = make_verifier(params, thumbnails)
-    edges = image_edges(images, params, exempt, verifier) + sample_edges(samples, params)
+    searches: dict = {}
+    edges = image_edges(images, params, exempt, verifier, searches)
+    edges += sample_edges(samples, params)
     rank_keys = keep_rank_keys(samples, priorities, params.keep_order, _max_pixels(samples, images))
     table = clusters_table(ids, samples.column("source").to_pylist(), edges, rank_keys)
     report = {
         "edges": dict(sorted(Counter(e.signal for e in edges).items())),
         "verification": verifier.stats() if verifier is not None else None,
+        "vector_search": searches,
     }
     return table.replace_schema_metadata({"fineharbor.dedup": json.dumps(report)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -267,3 +269,24 @@ def test_compact_samples_reads_only_unified_columns():
         {"sample_id": "y", "source": "s", "origin_uri": None, "text": "only text",
          "n_images": 0, "max_pixels": None, "quality": None},
     ]  # fmt: skip
+
+
+def test_forest_search_finds_the_same_clusters_and_reports_its_recall(world):
+    """Above exact_search_limit the copy embeddings go through the k-means forest; with a
+    few hundred filler images it is really used, and the report says so with its recall."""
+    sigs, samples = world
+    filler = [_sig(f"f{k:03d}", "src_c") for k in range(300)]
+    sigs = pa.concat_tables([sigs, pa.Table.from_pylist(filler, schema=SIGNATURE_SCHEMA)])
+    more = [_sample(f["sample_id"], "src_c") for f in filler]
+    samples = pa.concat_tables([samples, pa.Table.from_pylist(more, schema=SAMPLE_SCHEMA)])
+    exact = find_duplicates(sigs, samples, DedupParams(), PRIORITIES)
+    forest = find_duplicates(
+        sigs, samples, DedupParams(exact_search_limit=50, forest_leaf_size=16), PRIORITIES
+    )
+    assert _clusters(forest) == _clusters(exact)
+    searched = json.loads(forest.schema.metadata[b"fineharbor.dedup"])["vector_search"]
+    copy = searched["copy_embedding"]
+    assert copy["method"].startswith("kmeans_forest") and copy["vectors"] > 300
+    assert copy["recall"] == 1.0 and copy["recall_exact_neighbours"] >= 2
+    plain = json.loads(exact.schema.metadata[b"fineharbor.dedup"])["vector_search"]
+    assert plain["copy_embedding"]["method"] == "exact" and "recall" not in plain["copy_embedding"]
