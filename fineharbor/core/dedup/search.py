@@ -146,7 +146,8 @@ def kmeans_tree_leaves(x: np.ndarray, params: ForestParams, seed: int) -> list[n
             leaves.append(members)
             continue
         k = min(params.branching, math.ceil(len(members) / params.leaf_size))
-        child = _split(x[members], k, params, int(rng.integers(2**31 - 1)))
+        rows = x if len(members) == len(x) else x[members]  # the root needs no copy
+        child = _split(rows, k, params, int(rng.integers(2**31 - 1)))
         counts = np.bincount(child, minlength=k)
         if counts.max() == len(members):
             leaves.append(members)
