@@ -198,6 +198,14 @@ class UrlListSource(_SourceBase):
     allow_private_addresses: bool = Field(
         False, description="allow loopback/private/link-local hosts (off: SSRF protection)"
     )
+    refetch_failed: bool = Field(
+        True, description="re-run URLs whose last fetch failed (off: reuse the kept failure)"
+    )
+    max_age_days: float | None = Field(
+        None,
+        gt=0,
+        description="re-fetch a kept download older than this (None: kept downloads never expire)",
+    )
 
 
 class ImageFolderSource(_SourceBase):

@@ -9,6 +9,10 @@ Why it looks like this:
   zip them back onto its rows without ever holding the whole URL list (bounded-memory invariant).
 - Every URL gets exactly one :class:`DownloadResult`; failures carry a stable ``error_code`` that
   becomes a ``rejects`` reason upstream ("nothing is lost silently").
+- Failed DNS lookups are remembered per host for the run (:class:`_NegativeCachingResolver`):
+  a dead domain or an offline machine costs one lookup per host, not one (plus retries) per
+  URL, and once many lookups in a row got no answer at all the resolver treats the network as
+  offline and fails the rest at once, probing now and then in case it comes back.
 - URL lists are untrusted input, so the downloader refuses to reach non-public addresses (SSRF):
   the check runs on the addresses DNS returned, inside the connector, so the socket goes to the
   address that was checked (no time-of-check/time-of-use gap, no DNS rebinding), and again on
@@ -24,14 +28,16 @@ import random
 import re
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from fineharbor.core.config import DownloadParams
@@ -71,6 +77,15 @@ _DIRECTIVE_SPLIT = re.compile(r"[\s,:;]+")
 _MAX_RETRY_AFTER_S = 30.0
 _WINDOW_PER_SLOT = 4
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Response headers kept with a download: what a later run needs to re-check or re-validate it.
+KEPT_HEADERS = ("Content-Type", "Content-Length", "ETag", "Last-Modified", "X-Robots-Tag")
+# A lookup that got no answer may work a moment later; one that got "no such name" will not.
+_TEMPORARY_DNS_TTL_S = 10.0
+# This many lookups in a row without any answer: the resolver itself is unreachable (offline).
+_OFFLINE_AFTER = 16
+_OFFLINE_PROBE_S = 2.0
+# getaddrinfo blocks a thread: enough threads that many hosts resolve at once.
+_MAX_DNS_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -78,7 +93,9 @@ class DownloadResult:
     """The outcome for one input URL; exactly one per URL, in input order.
 
     ``attempts`` counts the tries made (1 + retries used); it is 0 when the URL was refused
-    before any network activity (bad scheme, blocked literal address).
+    before any network activity (bad scheme, blocked literal address). ``headers`` holds the
+    final response's :data:`KEPT_HEADERS` that were present; ``fetched_at`` is the Unix time the
+    result was obtained (None when no request was made).
     """
 
     url: str
@@ -89,6 +106,8 @@ class DownloadResult:
     error_message: str | None
     final_url: str | None
     attempts: int
+    headers: dict[str, str] = field(default_factory=dict)
+    fetched_at: float | None = None
 
 
 class BlockedAddressError(OSError):
@@ -186,6 +205,67 @@ class _FilteringResolver(AbstractResolver):
         await self._inner.close()
 
 
+def _is_temporary_dns_error(error: OSError) -> bool:
+    """No answer at all (timeout, unreachable nameserver), as opposed to "no such name"."""
+    return isinstance(error, TimeoutError) or error.errno == socket.EAI_AGAIN
+
+
+class _NegativeCachingResolver(AbstractResolver):
+    """Remembers failed lookups per host for the run, and notices when DNS is unreachable.
+
+    A host whose lookup failed is not looked up again: every later URL of it fails at once with
+    the first failure's message (for a temporary failure, for a short while). When
+    :data:`_OFFLINE_AFTER` lookups in a row got no answer at all, the machine is taken to be
+    offline: lookups fail at once, except one probe every :data:`_OFFLINE_PROBE_S` seconds,
+    and any answer (even "no such name") ends the offline state.
+    """
+
+    def __init__(self, inner: AbstractResolver) -> None:
+        self._inner = inner
+        self._failed: dict[str, tuple[OSError, float]] = {}
+        self._unanswered = 0
+        self._next_probe = 0.0
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        now = time.monotonic()
+        known = self._failed.get(host)
+        if known is not None:
+            error, expires = known
+            if now < expires:
+                raise OSError(error.errno, f"{error.strerror} (failed before in this run)")
+            del self._failed[host]
+        if self._unanswered >= _OFFLINE_AFTER:
+            if now < self._next_probe:
+                raise OSError(
+                    socket.EAI_AGAIN,
+                    f"DNS unreachable: the last {self._unanswered} lookups got no answer "
+                    "(is this machine offline?)",
+                )
+            self._next_probe = now + _OFFLINE_PROBE_S
+        try:
+            answers = await self._inner.resolve(host, port, family)
+        except OSError as error:
+            self._remember(host, error)
+            raise
+        self._unanswered = 0
+        return answers
+
+    def _remember(self, host: str, error: OSError) -> None:
+        temporary = _is_temporary_dns_error(error)
+        self._unanswered = self._unanswered + 1 if temporary else 0
+        message = error.strerror or str(error) or type(error).__name__
+        errno = error.errno
+        if errno is None and temporary:
+            errno = socket.EAI_AGAIN
+        ttl = _TEMPORARY_DNS_TTL_S if temporary else float("inf")
+        self._failed[host] = (OSError(errno, message), time.monotonic() + ttl)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 def _guarded_socket_factory(policy: AddressPolicy) -> Callable[[tuple], socket.socket]:
     """Last line of defence: refuse to even create a socket for a refused peer address.
 
@@ -215,6 +295,16 @@ def has_noai_directive(values: Iterable[str]) -> bool:
         for value in values
         for word in _DIRECTIVE_SPLIT.split(value.lower())
     )
+
+
+def _kept_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The :data:`KEPT_HEADERS` present in a response (repeated ones joined with ", ")."""
+    kept = {}
+    for name in KEPT_HEADERS:
+        values = headers.getall(name, ())
+        if values:
+            kept[name] = ", ".join(values)
+    return kept
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float | None:
@@ -260,6 +350,7 @@ class _Outcome:
     status: int | None
     final_url: URL | None
     failure: _Failure | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def result(self, url: str, attempts: int) -> DownloadResult:
         failure = self.failure
@@ -272,6 +363,8 @@ class _Outcome:
             error_message=None if failure is None else failure.message,
             final_url=None if self.final_url is None else str(self.final_url),
             attempts=attempts,
+            headers=self.headers,
+            fetched_at=time.time() if attempts else None,
         )
 
 
@@ -294,8 +387,9 @@ def _classify(exc: BaseException) -> _Failure:
     if blocked is not None:
         return _Failure("blocked_address", str(blocked))
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        temporary = getattr(exc.os_error, "errno", None) == socket.EAI_AGAIN
-        return _Failure("dns_error", f"DNS lookup failed: {exc.os_error}", retryable=temporary)
+        # Not retried per URL: the resolver already remembers the host's failure for the run.
+        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+        return _Failure("dns_error", f"DNS lookup failed for host {exc.host}: {reason}")
     if isinstance(exc, aiohttp.InvalidURL):
         return _Failure("invalid_url", f"invalid URL: {exc}")
     if isinstance(exc, aiohttp.ClientSSLError):
@@ -317,6 +411,12 @@ def _parse_target(text: str) -> URL:
 
 
 # --------------------------------------------------------------------------- downloader
+
+
+def _done(result: DownloadResult) -> Future[DownloadResult]:
+    future: Future[DownloadResult] = Future()
+    future.set_result(result)
+    return future
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -360,6 +460,12 @@ class Downloader:
         if self._loop is not None:
             raise RuntimeError("Downloader is already started")
         loop = asyncio.new_event_loop()
+        # The threaded resolver runs getaddrinfo in the loop's default executor, which is only
+        # a few threads on a small machine: slow lookups would queue behind each other.
+        dns_threads = min(_MAX_DNS_THREADS, self._params.concurrency)
+        loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=dns_threads, thread_name_prefix="fineharbor-dns")
+        )
         thread = threading.Thread(
             target=_run_loop, args=(loop,), name="fineharbor-download", daemon=True
         )
@@ -378,9 +484,10 @@ class Downloader:
     async def _open(self) -> None:
         """Create the pooled session on the loop thread (aiohttp objects bind to their loop)."""
         params = self._params
+        resolver = _NegativeCachingResolver(self._resolver_factory())
         connector = aiohttp.TCPConnector(
             limit=params.concurrency,
-            resolver=_FilteringResolver(self._resolver_factory(), self._policy),
+            resolver=_FilteringResolver(resolver, self._policy),
             socket_factory=_guarded_socket_factory(self._policy),
             ttl_dns_cache=60,
         )
@@ -418,9 +525,13 @@ class Downloader:
 
     # ------------------------------------------------------------------ public
 
-    def map(self, urls: Iterable[str]) -> Iterator[DownloadResult]:
+    def map(self, urls: Iterable[str | DownloadResult]) -> Iterator[DownloadResult]:
         """Results in input order, streaming: at most ~4*concurrency requests in flight, never
         materialises the whole URL list.
+
+        An input that is already a :class:`DownloadResult` (a copy kept from an earlier run)
+        comes back in its place without any request, so callers can mix kept and new fetches
+        and still zip the results onto their rows.
 
         A window of ``4 * concurrency`` URLs is scheduled ahead of the one being returned, so
         the semaphore always has work queued while memory stays bounded by the window. A slow
@@ -433,7 +544,11 @@ class Downloader:
         pending: deque[Future[DownloadResult]] = deque()
         try:
             for url in urls:
-                pending.append(asyncio.run_coroutine_threadsafe(self._download(url), loop))
+                if isinstance(url, DownloadResult):
+                    pending.append(_done(url))
+                    self._report_progress(1)
+                else:
+                    pending.append(asyncio.run_coroutine_threadsafe(self._download(url), loop))
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -493,24 +608,27 @@ class Downloader:
         assert self._session is not None
         params = self._params
         current, status, redirects = url, None, 0
+        headers: dict[str, str] = {}
         try:
             async with asyncio.timeout(params.timeout_s):
                 while True:
                     async with self._session.get(current, allow_redirects=False) as response:
                         status = response.status
                         if status not in _REDIRECT_STATUSES:
+                            headers = _kept_headers(response.headers)
                             content = await self._read(response)
-                            return _Outcome(content, status, current)
+                            return _Outcome(content, status, current, headers=headers)
                         current = self._redirect_target(current, response, redirects)
                         redirects += 1
                         self._check_hop(current)
         except _Failure as failure:
-            return _Outcome(None, failure.status or status, current, failure)
+            return _Outcome(None, failure.status or status, current, failure, headers)
         except TimeoutError:
             message = f"no complete response within {params.timeout_s} s"
-            return _Outcome(None, status, current, _Failure("timeout", message, retryable=True))
+            failure = _Failure("timeout", message, retryable=True)
+            return _Outcome(None, status, current, failure, headers)
         except (aiohttp.ClientError, OSError) as exc:
-            return _Outcome(None, status, current, _classify(exc))
+            return _Outcome(None, status, current, _classify(exc), headers)
 
     def _redirect_target(
         self, current: URL, response: aiohttp.ClientResponse, redirects: int

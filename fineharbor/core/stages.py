@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA, clean_batches
 from fineharbor.core.cleaning.params import CleanParams
-from fineharbor.core.config import MappingSpec, ProjectConfig
+from fineharbor.core.config import MappingSpec, ProjectConfig, UrlListSource
 from fineharbor.core.distributed.engine import (
     BatchWork,
     MappedPartition,
@@ -29,8 +30,17 @@ from fineharbor.core.distributed.engine import (
     cpu_processes,
     map_partition,
 )
+from fineharbor.core.download_store import (
+    ACCEPT_LOSSES_ENV,
+    DOWNLOADS,
+    DownloadLossError,
+    DownloadStore,
+    LossCounter,
+    ReusePolicy,
+)
 from fineharbor.core.mapping import map_batch
 from fineharbor.core.readers import read_source
+from fineharbor.core.readers.url_list import read_url_list
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, UNIFIED_SCHEMA
 from fineharbor.core.storage import Storage
 
@@ -97,18 +107,55 @@ def write_stage(
 def build_raw_samples(
     project: ProjectConfig, source_name: str, storage: Storage, progress: Progress | None = None
 ) -> StageReport:
-    """Read a source as it is, fetching its images: the first, per-source stage."""
+    """Read a source as it is, fetching its images: the first, per-source stage.
+
+    URL lists reuse the downloads kept from earlier runs, and a run that would replace
+    published rows with download failures is not published (:func:`_guard_downloads`)."""
     source = project.source(source_name)
+    shard = project.shard(source_name)
     seen = 0
+    store = None
+    if isinstance(source, UrlListSource):
+        policy = ReusePolicy.for_source(source)
+        store = DownloadStore(storage, source.name, policy, project.stages.ingest.download)
+        batches = read_url_list(source, project.stages.ingest, progress, shard, store=store)
+    else:
+        batches = read_source(source, project.stages.ingest, progress, shard)
 
     def counted() -> Iterable[tuple[pa.Table, pa.Table]]:
         nonlocal seen
-        shard = project.shard(source_name)
-        for kept, rejected in read_source(source, project.stages.ingest, progress, shard):
+        losses = LossCounter()
+        for kept, rejected in batches:
             seen += kept.num_rows + rejected.num_rows
+            if store is not None:
+                losses.add(rejected)
             yield kept, rejected
+        if store is not None:
+            _guard_downloads(storage, source_name, losses)
 
-    return write_stage(storage, RAW, source_name, RAW_SCHEMA, counted(), lambda: seen)
+    report = write_stage(storage, RAW, source_name, RAW_SCHEMA, counted(), lambda: seen)
+    if store is not None:
+        report.extra.update(store.stats.as_metadata())
+    return report
+
+
+def _guard_downloads(storage: Storage, partition: str, losses: LossCounter) -> None:
+    """Refuse to publish when rows of the published partition would become download failures
+    ("not now" ones: DNS, connection, timeout, HTTP errors); the published output stays."""
+    if not storage.has_partition(RAW, partition) or os.environ.get(ACCEPT_LOSSES_ENV) == "1":
+        return
+    published = storage.iter_batches(RAW, partition, columns=["sample_id"], batch_size=8192)
+    lost = losses.lost(published)
+    if not lost:
+        return
+    reasons = ", ".join(f"{reason} {count}" for reason, count in lost.most_common())
+    raise DownloadLossError(
+        f"{RAW} {partition}: not published: {lost.total()} URL(s) whose images the published "
+        f"partition holds now fail to download ({reasons}); the published output "
+        f"({storage.count_rows(RAW, partition)} rows) stays in place. Their kept copies are "
+        f"missing from {DOWNLOADS}/ under the storage root: retry when the servers answer, or "
+        f"set {ACCEPT_LOSSES_ENV}=1 to publish without them."
+    )
 
 
 def _map_records(mapping: MappingSpec) -> StreamFn:

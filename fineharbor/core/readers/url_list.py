@@ -1,4 +1,11 @@
-"""LAION-style URL lists (Parquet, CSV, TSV, JSONL); each URL is downloaded (img2dataset-like)."""
+"""LAION-style URL lists (Parquet, CSV, TSV, JSONL); each URL is downloaded (img2dataset-like).
+
+A bad line never stops a list: a JSONL line that is not a JSON object (``5``, ``null``, invalid
+UTF-8, nesting too deep), a CSV row with the wrong number of fields or with invalid UTF-8 in a
+field, each becomes a ``malformed_record`` reject and the reader goes on. A file that cannot be
+read any further (truncated Parquet, a CSV block whose types change) is one ``unreadable_file``
+reject naming the file and the row it stopped at, and the next file is read.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from fineharbor.core.config import IngestParams, Shard, UrlListSource
 from fineharbor.core.download import Downloader
+from fineharbor.core.download_store import DownloadStore
 from fineharbor.core.readers.common import (
     BatchBuilder,
     Progress,
@@ -22,31 +31,95 @@ from fineharbor.core.readers.common import (
 from fineharbor.core.readers.fields import get_path
 
 _SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
+MALFORMED = "$malformed"
+UNREADABLE = "$unreadable"
+
+
+def _jsonl_rows(path: Path) -> Iterator[dict]:
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as error:  # ValueError: bad JSON or UTF-8
+                yield {MALFORMED: f"line {number}: {type(error).__name__}: {error}"[:500]}
+                continue
+            if isinstance(row, dict):
+                yield row
+            else:
+                kind = "null" if row is None else type(row).__name__
+                yield {MALFORMED: f"line {number}: a JSON {kind} where an object was expected"}
+
+
+def _decoded(row: dict, binary: list[str], number: int) -> dict:
+    """A CSV row with its binary-typed fields as text (pyarrow types a column that holds
+    invalid UTF-8 as binary), or a malformed marker naming the first bad field."""
+    for name in binary:
+        value = row[name]
+        if isinstance(value, bytes):
+            try:
+                row[name] = value.decode()
+            except UnicodeDecodeError as error:
+                return {MALFORMED: f"row {number}: column {name!r} is not UTF-8 ({error.reason})"}
+    return row
+
+
+def _csv_rows(path: Path) -> Iterator[dict]:
+    invalid: list[dict] = []
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        invalid.append(
+            {
+                MALFORMED: f"row {row.number}: {row.actual_columns} fields where the header has "
+                f"{row.expected_columns}: {row.text[:200]!r}"
+            }
+        )
+        return "skip"
+
+    parse = pacsv.ParseOptions(
+        delimiter="\t" if path.suffix == ".tsv" else ",", invalid_row_handler=on_invalid_row
+    )
+    convert = pacsv.ConvertOptions(strings_can_be_null=False)
+    # One thread: invalid rows are reported while their block is parsed, so they come out just
+    # before that block's good rows, at the same place on every run.
+    read = pacsv.ReadOptions(block_size=1 << 22, use_threads=False)
+    reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    number = 0
+    for batch in reader:
+        yield from invalid
+        invalid.clear()
+        binary = [f.name for f in batch.schema if pa.types.is_binary(f.type)]
+        for row in batch.to_pylist():
+            number += 1
+            yield _decoded(row, binary, number) if binary else row
+    yield from invalid
+
+
+def _parquet_rows(path: Path, batch_size: int) -> Iterator[dict]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        yield from batch.to_pylist()
 
 
 def iter_rows(path: Path, batch_size: int) -> Iterator[dict]:
-    """A URL list's rows as dicts (malformed JSONL lines as {"$malformed": error})."""
+    """A URL list's rows as dicts; a bad line as ``{"$malformed": why}``, and a file that cannot
+    be read further as one last ``{"$malformed": why, "$unreadable": True}``."""
     if path.suffix == ".parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-            yield from batch.to_pylist()
+        rows = _parquet_rows(path, batch_size)
     elif path.suffix in (".csv", ".tsv"):
-        parse = pacsv.ParseOptions(delimiter="\t" if path.suffix == ".tsv" else ",")
-        # Every column as text: a numeric-looking key column must not change its spelling.
-        convert = pacsv.ConvertOptions(strings_can_be_null=False)
-        read = pacsv.ReadOptions(block_size=1 << 22)
-        reader = pacsv.open_csv(
-            path, read_options=read, parse_options=parse, convert_options=convert
-        )
-        for batch in reader:
-            yield from batch.to_pylist()
+        rows = _csv_rows(path)
     else:
-        with path.open("rb") as handle:
-            for index, line in enumerate(handle):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as error:
-                        yield {"$malformed": f"line {index + 1}: {error}"}
+        rows = _jsonl_rows(path)
+    count = 0
+    try:
+        for row in rows:
+            count += 1
+            yield row
+    except (OSError, ValueError, pa.ArrowException) as error:
+        yield {
+            MALFORMED: f"{path.name}: unreadable after {count} rows: {error}"[:500],
+            UNREADABLE: True,
+        }
 
 
 def read_url_list(
@@ -54,7 +127,10 @@ def read_url_list(
     params: IngestParams,
     progress: Progress | None = None,
     shard: Shard | None = None,
+    store: DownloadStore | None = None,
 ) -> Iterator[RawBatch]:
+    """Rows of the source's URL lists with their images downloaded; with ``store``, downloads
+    kept from earlier runs are reused and new ones kept (see ``core/download_store.py``)."""
     root, files = list_files(source.location, _SUFFIXES, shard)
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
     pending: collections.deque[tuple[str, dict, str]] = collections.deque()
@@ -65,20 +141,24 @@ def read_url_list(
             file_key = relative_key(root, path)
             for index, row in enumerate(iter_rows(path, source.batch_size)):
                 key = (
-                    get_path(row, source.mapping.origin_key) if source.mapping.origin_key else None
+                    get_path(row, source.mapping.origin_key)
+                    if source.mapping.origin_key and MALFORMED not in row
+                    else None
                 )
                 origin_key = str(key) if key not in (None, "") else f"{file_key}:{index}"
-                url = row.get(source.url_column) if isinstance(row, dict) else None
+                url = row.get(source.url_column) if MALFORMED not in row else None
                 pending.append((origin_key, row, url if isinstance(url, str) else ""))
                 yield pending[-1][2]
 
     with Downloader(
         params.download, allow_private_addresses=source.allow_private_addresses
     ) as downloader:
-        for result in downloader.map(urls()):
+        results = downloader.map(urls()) if store is None else store.fetch(downloader, urls())
+        for result in results:
             origin_key, row, url = pending.popleft()
-            if "$malformed" in row:
-                builder.reject(origin_key, "malformed_record", row["$malformed"])
+            if MALFORMED in row:
+                reason = "unreadable_file" if row.get(UNREADABLE) else "malformed_record"
+                builder.reject(origin_key, reason, row[MALFORMED])
             elif not url:
                 builder.reject(
                     origin_key, "malformed_record", f"no URL in column {source.url_column!r}"
@@ -94,6 +174,7 @@ def read_url_list(
                         "http_status": result.http_status,
                         "final_url": result.final_url,
                         "attempts": result.attempts,
+                        "fetched_at": result.fetched_at,
                     },
                 }
                 image = {"bytes": result.content, "path": url.rsplit("/", 1)[-1][:200]}
