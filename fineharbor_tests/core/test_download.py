@@ -466,3 +466,49 @@ def test_redirect_loop_is_too_many_redirects(server: Server) -> None:
     (result,) = fetch([f"{server.base}/loop/0"], download_params=params(max_redirects=3))
     assert result.error_code == "too_many_redirects"
     assert sum(n for path, n in server.state.hits.items() if path.startswith("/loop/")) == 4
+
+
+# --------------------------------------------------------------------------- failing DNS
+
+
+class FailingResolver(AbstractResolver):
+    """Every name fails with ``errno`` (EAI_NONAME: no such name; EAI_AGAIN: no answer at
+    all, as on an offline machine); lookups are counted per host."""
+
+    def __init__(self, errno: int, calls: Counter[str]) -> None:
+        self.errno, self.calls = errno, calls
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.calls[host] += 1
+        raise socket.gaierror(self.errno, "Name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_host_that_does_not_resolve_is_looked_up_once() -> None:
+    calls: Counter[str] = Counter()
+    urls = [f"http://h{i % 5}.invalid/{i}.jpg" for i in range(200)]
+    results = fetch(
+        urls,
+        download_params=params(concurrency=8, retries=2, backoff_s=0.5),
+        resolver_factory=lambda: FailingResolver(socket.EAI_NONAME, calls),
+    )
+    assert calls == Counter({f"h{i}.invalid": 1 for i in range(5)})
+    assert all(r.error_code == "dns_error" and r.attempts == 1 for r in results)
+    assert all(f"host h{i % 5}.invalid" in r.error_message for i, r in enumerate(results))
+
+
+def test_dns_without_any_answer_is_taken_as_offline() -> None:
+    calls: Counter[str] = Counter()
+    urls = [f"http://host{i}.invalid/a.jpg" for i in range(300)]
+    results = fetch(
+        urls,
+        download_params=params(concurrency=8, retries=2, backoff_s=0.5),
+        resolver_factory=lambda: FailingResolver(socket.EAI_AGAIN, calls),
+    )
+    assert all(r.error_code == "dns_error" for r in results)
+    assert sum(calls.values()) < 60  # the first few lookups, then one probe now and then
+    assert "offline" in results[-1].error_message

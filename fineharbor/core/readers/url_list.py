@@ -85,8 +85,9 @@ def _csv_rows(path: Path) -> Iterator[dict]:
     # before that block's good rows, at the same place on every run.
     read = pacsv.ReadOptions(block_size=1 << 22, use_threads=False)
     reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
-    number = 0
+    number = 1  # the row's number in the file, the header being row 1, as pyarrow counts
     for batch in reader:
+        number += len(invalid)
         yield from invalid
         invalid.clear()
         binary = [f.name for f in batch.schema if pa.types.is_binary(f.type)]
