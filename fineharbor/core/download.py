@@ -10,9 +10,9 @@ Why it looks like this:
 - Every URL gets exactly one :class:`DownloadResult`; failures carry a stable ``error_code`` that
   becomes a ``rejects`` reason upstream ("nothing is lost silently").
 - Failed DNS lookups are remembered per host for the run (:class:`_NegativeCachingResolver`):
-  a dead domain or an offline machine costs one lookup per host, not one (plus retries) per
-  URL, and once many lookups in a row got no answer at all the resolver treats the network as
-  offline and fails the rest at once, probing now and then in case it comes back.
+  a dead domain costs one lookup per host, not one (plus retries) per URL; and once many
+  lookups in a row failed, DNS is taken to be unusable (offline) and the rest fail at once,
+  with a probe now and then in case it comes back.
 - URL lists are untrusted input, so the downloader refuses to reach non-public addresses (SSRF):
   the check runs on the addresses DNS returned, inside the connector, so the socket goes to the
   address that was checked (no time-of-check/time-of-use gap, no DNS rebinding), and again on
@@ -81,8 +81,10 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 KEPT_HEADERS = ("Content-Type", "Content-Length", "ETag", "Last-Modified", "X-Robots-Tag")
 # A lookup that got no answer may work a moment later; one that got "no such name" will not.
 _TEMPORARY_DNS_TTL_S = 10.0
-# This many lookups in a row without any answer: the resolver itself is unreachable (offline).
-_OFFLINE_AFTER = 16
+# This many failed lookups in a row and DNS is taken to be unusable: few before any lookup of
+# the run worked (nothing to lose), many after (a dead stretch of a healthy list is short).
+_OFFLINE_AT_START = 8
+_OFFLINE_LATER = 64
 _OFFLINE_PROBE_S = 2.0
 # getaddrinfo blocks a thread: enough threads that many hosts resolve at once.
 _MAX_DNS_THREADS = 64
@@ -211,20 +213,37 @@ def _is_temporary_dns_error(error: OSError) -> bool:
 
 
 class _NegativeCachingResolver(AbstractResolver):
-    """Remembers failed lookups per host for the run, and notices when DNS is unreachable.
+    """Remembers failed lookups per host for the run, and notices when DNS does not work.
 
     A host whose lookup failed is not looked up again: every later URL of it fails at once with
-    the first failure's message (for a temporary failure, for a short while). When
-    :data:`_OFFLINE_AFTER` lookups in a row got no answer at all, the machine is taken to be
-    offline: lookups fail at once, except one probe every :data:`_OFFLINE_PROBE_S` seconds,
-    and any answer (even "no such name") ends the offline state.
+    the first failure's message (for a temporary failure, only for a short while).
+
+    When lookups keep failing - :data:`_OFFLINE_AT_START` in a row before any lookup of the run
+    returned an address, :data:`_OFFLINE_LATER` in a row after one did - DNS is taken to be
+    unusable (an offline machine, a resolver that times out, a list of dead domains): lookups
+    in flight and new ones fail at once, except one probe every :data:`_OFFLINE_PROBE_S`
+    seconds, and the first lookup that returns an address ends it. Without this, each new host
+    of an all-fail list pays the resolver's full timeout (5 s per try with glibc's defaults).
     """
 
     def __init__(self, inner: AbstractResolver) -> None:
         self._inner = inner
         self._failed: dict[str, tuple[OSError, float]] = {}
-        self._unanswered = 0
+        self._failed_in_a_row = 0
+        self._answered = False
+        self._offline: asyncio.Event | None = None  # created on the loop that uses it
         self._next_probe = 0.0
+
+    @property
+    def _limit(self) -> int:
+        return _OFFLINE_LATER if self._answered else _OFFLINE_AT_START
+
+    def _offline_error(self, host: str) -> OSError:
+        return OSError(
+            socket.EAI_AGAIN,
+            f"DNS looks unusable: the last {self._failed_in_a_row} lookups failed "
+            f"(is this machine offline?); {host} was not looked up",
+        )
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -236,31 +255,46 @@ class _NegativeCachingResolver(AbstractResolver):
             if now < expires:
                 raise OSError(error.errno, f"{error.strerror} (failed before in this run)")
             del self._failed[host]
-        if self._unanswered >= _OFFLINE_AFTER:
+        if self._offline is None:
+            self._offline = asyncio.Event()
+        probe = self._offline.is_set()
+        if probe:
             if now < self._next_probe:
-                raise OSError(
-                    socket.EAI_AGAIN,
-                    f"DNS unreachable: the last {self._unanswered} lookups got no answer "
-                    "(is this machine offline?)",
-                )
+                raise self._offline_error(host)
             self._next_probe = now + _OFFLINE_PROBE_S
+        lookup = asyncio.ensure_future(self._inner.resolve(host, port, family))
+        if not probe:  # a lookup in flight gives up as soon as DNS is found unusable
+            offline = asyncio.ensure_future(self._offline.wait())
+            try:
+                await asyncio.wait({lookup, offline}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                offline.cancel()
+            if not lookup.done():
+                lookup.cancel()
+                raise self._offline_error(host)
         try:
-            answers = await self._inner.resolve(host, port, family)
+            answers = await lookup
         except OSError as error:
             self._remember(host, error)
             raise
-        self._unanswered = 0
+        self._failed_in_a_row = 0
+        self._answered = True
+        self._offline.clear()
         return answers
 
     def _remember(self, host: str, error: OSError) -> None:
         temporary = _is_temporary_dns_error(error)
-        self._unanswered = self._unanswered + 1 if temporary else 0
         message = error.strerror or str(error) or type(error).__name__
         errno = error.errno
         if errno is None and temporary:
             errno = socket.EAI_AGAIN
         ttl = _TEMPORARY_DNS_TTL_S if temporary else float("inf")
         self._failed[host] = (OSError(errno, message), time.monotonic() + ttl)
+        self._failed_in_a_row += 1
+        if self._failed_in_a_row >= self._limit and self._offline is not None:
+            if not self._offline.is_set():
+                self._next_probe = time.monotonic() + _OFFLINE_PROBE_S
+            self._offline.set()
 
     async def close(self) -> None:
         await self._inner.close()

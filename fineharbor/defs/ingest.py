@@ -105,7 +105,8 @@ raw_samples = per_source_stage(
         "images fetched into `images` (local files, tar members, or HTTP downloads for URL "
         "lists, img2dataset-style with SSRF protection and X-Robots-Tag noai honoured), with "
         "provenance (`origin_uri`, `origin_key`). Unreadable records and failed fetches go to "
-        "the rejects ledger."
+        "the rejects ledger. Downloads are kept under `downloads/` and reused on re-runs; a "
+        "re-run that would turn published images into download failures is not published."
     ),
 )
 

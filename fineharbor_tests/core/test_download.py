@@ -512,3 +512,36 @@ def test_dns_without_any_answer_is_taken_as_offline() -> None:
     assert all(r.error_code == "dns_error" for r in results)
     assert sum(calls.values()) < 60  # the first few lookups, then one probe now and then
     assert "offline" in results[-1].error_message
+
+
+class DeadThenPublic(FailingResolver):
+    """``public.test`` resolves to 127.0.0.1; every other name has no answer."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if host != "public.test":
+            return await super().resolve(host, port, family)
+        return await FakeResolver().resolve(host, port, family)
+
+
+def test_dns_that_answers_again_ends_the_offline_state(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fineharbor.core.download._OFFLINE_PROBE_S", 0.5)
+    calls: Counter[str] = Counter()
+
+    def urls() -> Iterator[str]:
+        yield from (f"http://dead{i}.invalid/a.jpg" for i in range(10))
+        time.sleep(1.0)  # past the probe interval: the next lookup is a probe
+        yield f"http://public.test:{server.port}/img/back"
+        yield "http://dead99.invalid/a.jpg"
+
+    resolver = DeadThenPublic(socket.EAI_AGAIN, calls)
+    with Downloader(
+        params(concurrency=1), allow_private_addresses=True, resolver_factory=lambda: resolver
+    ) as downloader:
+        results = list(downloader.map(urls()))
+    assert "offline" in results[9].error_message and "dead9.invalid" not in calls
+    assert results[10].ok and results[10].content == image_bytes("back")
+    assert "offline" not in results[11].error_message and calls["dead99.invalid"] == 1
