@@ -140,6 +140,29 @@ def bench_ours(urls: list[str], sizes: list[int], concurrency: int) -> tuple[flo
     return time.perf_counter() - started, ok
 
 
+def bench_kept(urls: list[str], sizes: list[int], concurrency: int, home: Path) -> None:
+    """The content store: a first run that fetches and keeps every image, then a re-run that
+    reuses them all (the server still up, so only the store's cost is measured)."""
+    from fineharbor.core.download_store import DownloadStore
+    from fineharbor.core.storage import Storage
+
+    params = DownloadParams(concurrency=concurrency, retries=0)
+    for label in ("fetch + keep", "reuse kept"):
+        store = DownloadStore(Storage(str(home)), "bench", params=params)
+        started = time.perf_counter()
+        with Downloader(params, allow_private_addresses=True) as downloader:
+            results = store.fetch(downloader, urls)
+            ok = sum(
+                r.ok and len(r.content or b"") == size
+                for r, size in zip(results, sizes, strict=True)
+            )
+        seconds = time.perf_counter() - started
+        print(
+            f"content store, {label}: {seconds:.2f} s, {ok}/{len(urls)} ok, "
+            f"{len(urls) / seconds:.0f} img/s (reused {store.stats.reused})"
+        )
+
+
 def bench_plain_aiohttp(urls: list[str], sizes: list[int], concurrency: int) -> tuple[float, int]:
     """The naive baseline: one aiohttp session, ``concurrency`` requests in flight, bodies read
     into memory; no retries, size limits, rate limits, content checks or ordering."""
@@ -369,6 +392,7 @@ def run_all(
         print(f"fineharbor run {run + 1}: {seconds:.2f} s, {ok}/{n} ok, {n / seconds:.0f} img/s")
     ours_rate = statistics.median(ours)
     print(f"fineharbor Downloader (concurrency {concurrency}): {ours_rate:.0f} images/s (median)")
+    bench_kept(urls, sizes, concurrency, workdir / "home")
     plain = statistics.median(
         n / bench_plain_aiohttp(urls, sizes, concurrency)[0] for _ in range(args.repeats)
     )

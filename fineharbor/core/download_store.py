@@ -205,6 +205,7 @@ class DownloadStore:
         self.policy = policy
         self.params = params or DownloadParams()
         self.stats = StoreStats()
+        self._dirs: set[str] = set()
 
     # ------------------------------------------------------------------ files
 
@@ -234,7 +235,10 @@ class DownloadStore:
             with fs.open_output_stream(path) as stream:
                 stream.write(payload)
             return
-        fs.create_dir(posixpath.dirname(path), recursive=True)
+        directory = posixpath.dirname(path)
+        if directory not in self._dirs:  # one mkdir per fan-out directory, not one per URL
+            fs.create_dir(directory, recursive=True)
+            self._dirs.add(directory)
         temporary = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
             with fs.open_output_stream(temporary) as stream:
