@@ -129,6 +129,7 @@ def test_device_resolution():
             resolve_device("cuda")
 
 
+@pytest.mark.slow
 def test_demo_copy_detector_trains_exports_and_loads(tmp_path):
     config = TrainConfig(
         input_size=32,
