@@ -12,7 +12,7 @@ from fineharbor.core.release.writer import verify_manifest
 from fineharbor.core.storage import Storage
 from fineharbor.defs.resources import STAGE_TABLES
 from fineharbor.defs.sql_models import SQL_DIR
-from fineharbor_tests.core.release.helpers import project, write_input
+from fineharbor.testing.release_input import project, write_input
 
 FINEVISION_COLUMNS = [
     "images",
