@@ -107,7 +107,7 @@ def test_page_content_is_escaped_sampled_and_grouped(zoo):
     assert (
         page.count('src="data:image/jpeg;base64,') == 7 + 6 + 1
     )  # unified, cleaned, rejects (one broken)
-    assert page.count("undecodable image (23 bytes)") == 2  # unified + its reject
+    assert page.count("rejected: image_corrupt (23 bytes)") == 2  # unified + its reject
     assert "image_corrupt: 1 rows" in page and "text_unsafe: 1 rows" in page
     assert "flagged by ann" in page and "unreviewed" in page
     assert "Content-Security-Policy" in page and "default-src &#x27;none&#x27;" not in page
