@@ -36,6 +36,7 @@ import fcntl
 import json
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import time
@@ -349,22 +350,44 @@ class Storage:
           :data:`STALE_STAGING_S`.
         """
         root = self.path(_STAGING)
-        if not self.exists(root):
-            return []
         if not self.is_local:
+            if not self.exists(root):
+                return []
             return self._clean_stale_objects(root, time.time() if now is None else now)
-        removed = []
+        removed = self._remove_legacy_retired()
+        if not os.path.isdir(root):
+            return removed
         for entry in sorted(os.listdir(root)):
             name = entry.removesuffix(_LOCK_SUFFIX)
-            if entry != name and os.path.exists(posixpath.join(root, name)):
+            if entry != name and os.path.lexists(posixpath.join(root, name)):
                 continue  # handled with its directory
             path = posixpath.join(root, name)
             with _held(path + _LOCK_SUFFIX, wait=False) as free:
                 if free:
-                    if os.path.exists(path):
-                        self._delete_dir(path)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(path)
+                    elif os.path.lexists(path):
+                        os.unlink(path)
                         removed.append(path)
                     os.unlink(path + _LOCK_SUFFIX)
+        return removed
+
+    def _remove_legacy_retired(self) -> list[str]:
+        """Earlier versions retired a replaced output beside it (``source=<p>.retired-<hex>``),
+        where a killed run left it for every glob to read. Nothing creates those any more, and a
+        retired output is by definition replaced, so any found is removed."""
+        removed = []
+        for kind in (DATA, REJECTS):
+            top = self.path(kind)
+            parents = [top] + [e.path for e in _scandir(top) if e.is_dir(follow_symlinks=False)]
+            for parent in parents:
+                for entry in _scandir(parent):
+                    if _LEGACY_RETIRED.fullmatch(entry.name) and entry.is_dir(
+                        follow_symlinks=False
+                    ):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        removed.append(entry.path)
         return removed
 
     def _clean_stale_objects(self, root: str, now: float) -> list[str]:
@@ -379,6 +402,17 @@ class Storage:
         for write in stale:
             self._delete_dir(posixpath.join(root, write))
         return [posixpath.join(root, w) for w in stale]
+
+
+_LEGACY_RETIRED = re.compile(r".+\.retired-[0-9a-f]{32}")
+
+
+def _scandir(path: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 @contextlib.contextmanager

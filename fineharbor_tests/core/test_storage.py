@@ -222,3 +222,22 @@ def test_clean_staging_keeps_a_live_concurrent_write(tmp_path):
         live.kill()
     assert storage.read_table("stage", "src").column("value").to_pylist() == [1, 2]
     assert not list((tmp_path / "_staging").iterdir())
+
+
+def test_run_start_removes_retired_outputs_earlier_versions_left_beside_partitions(tmp_path):
+    storage = Storage(str(tmp_path))
+    with storage.writer("stage", "src", SCHEMA) as writer:
+        writer.write(table(range(3)))
+    legacy = [
+        tmp_path / "data" / "stage" / f"source=src.retired-{'a' * 32}",
+        tmp_path / "rejects" / "stage" / f"source=src.retired-{'b' * 32}",
+        tmp_path / "data" / f"global.retired-{'c' * 32}",
+    ]
+    for directory in legacy:
+        directory.mkdir(parents=True)
+        (directory / "part-00000.parquet").write_bytes(b"old rows")
+    lookalike = tmp_path / "data" / "stage" / "source=src.retired-notahash"
+    lookalike.mkdir()
+    assert sorted(storage.clean_staging()) == sorted(str(d) for d in legacy)
+    assert not any(d.exists() for d in legacy) and lookalike.exists()
+    assert storage.count_rows("stage", "src") == 3
