@@ -152,6 +152,11 @@ class _SourceBase(_Strict):
         description="split the source into this many partitions (`<name>.shard-NNN`), each "
         "reading every shards-th file, so one source's backfill runs in parallel",
     )
+    follow_symlinks: bool = Field(
+        False,
+        description="read files whose real path lies outside the source's location (sources "
+        "built from links); off: such a link is a path_outside_source reject",
+    )
 
     @property
     def partitions(self) -> list[str]:
@@ -246,6 +251,12 @@ class IngestParams(_Strict):
     download: DownloadParams = DownloadParams()
     max_image_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger local image files are rejected unread"
+    )
+    max_record_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="larger text sidecars, tar text members and JSON lines are rejected unread "
+        "(record_too_large)",
     )
 
 
