@@ -164,6 +164,9 @@ def sniff_format(data: bytes) -> str | None:
         return "HEIF"
     for magic, offset, name in _MAGIC:
         if head[offset : offset + len(magic)] == magic:
+            # an uncompressed TGA starts like an icon directory; an icon holds >= 1 image
+            if name in ("ICO", "CUR") and head[4:6] == b"\x00\x00":
+                continue
             return name
     if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in b" \t\r\n":
         return "PPM"
@@ -173,6 +176,23 @@ def sniff_format(data: bytes) -> str | None:
     if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         return "HTML"
     return None
+
+
+def plugin_format(data: bytes) -> str | None:
+    """The format any of Pillow's plugins recognises in the header (for formats without magic
+    bytes: TGA, PCX, SGI...), or None. Header only: no pixel is decoded, no external program
+    run (EPS needs Ghostscript only to load)."""
+    if not data:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format or "unknown image"
+    except Image.DecompressionBombError:
+        return "unknown image (decompression bomb)"
+    except Exception:  # hostile headers make plugins raise anything
+        return None
 
 
 def _allowed(name: str, params: CleanParams) -> bool:
@@ -229,6 +249,8 @@ def _open_formats(allowed: tuple[str, ...]) -> list[str]:
         wanted.add("JPEG")
     if "DIB" in wanted:
         wanted.add("BMP")
+    if "BMP" in wanted:  # a BMP without its file header (Windows clipboard, .dib files)
+        wanted.add("DIB")
     return [name for name in Image.OPEN if name in wanted]
 
 
@@ -252,6 +274,12 @@ def open_image(data: bytes | None, params: CleanParams) -> tuple[ImageFile.Image
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=formats)
+    except UnidentifiedImageError as error:
+        # not an allowed format; a valid image in another one is named, not called corrupt
+        other = plugin_format(data)
+        if other is not None:
+            raise ImageReject(IMAGE_FORMAT_NOT_ALLOWED, f"format {other} not allowed") from None
+        raise _classify(data, sniffed, error) from None
     except Exception as error:
         raise _classify(data, sniffed, error) from None
     fmt = image.format or sniffed or "unknown"

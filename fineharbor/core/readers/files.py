@@ -17,15 +17,11 @@ bytes, images by the cleaning stage's sniffer and then by Pillow's own plugin id
 
 from __future__ import annotations
 
-import io
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 
-from PIL import Image
-
-from fineharbor.core.cleaning.images import sniff_format
+from fineharbor.core.cleaning.images import plugin_format, sniff_format
 
 PATH_OUTSIDE_SOURCE = "path_outside_source"
 NOT_REGULAR_FILE = "not_regular_file"
@@ -177,25 +173,10 @@ def identify(data: bytes) -> Identified:
     sniffed = sniff_format(data)
     if sniffed is not None:
         return Identified(sniffed, sniffed not in _SNIFFED_NOT_IMAGES)
-    pillow = _pillow_format(data)
+    pillow = plugin_format(data)
     if pillow is not None:
         return Identified(pillow, True)
     return Identified(_text_or_unknown(data[:HEAD_BYTES]), False)
-
-
-def _pillow_format(data: bytes) -> str | None:
-    """The format Pillow's plugins recognise (formats without magic: TGA, PCX, SGI...)."""
-    if not data:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                return image.format or "unknown image"
-    except Image.DecompressionBombError:
-        return "unknown image (decompression bomb)"
-    except Exception:  # hostile headers make plugins raise anything
-        return None
 
 
 def _text_or_unknown(head: bytes) -> str:
