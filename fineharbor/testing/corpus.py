@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -99,24 +100,31 @@ def _every_saveable_format(corpus: HostileCorpus, image: Image.Image) -> None:
     extensions: dict[str, str] = {}
     for extension, name in Image.registered_extensions().items():
         extensions.setdefault(name, extension)
-    for index, name in enumerate(sorted(Image.SAVE)):
-        if name in _NEEDS_HANDLER:
-            corpus.skipped_formats[name] = "needs an external save handler"
-            continue
-        error = "no mode accepted"
-        for mode in ("RGB", "L", "P", "1"):
-            try:
-                payload = encode(image.convert(mode), name)
-            except Exception as exc:  # formats reject modes and options in many ways
-                error = f"{type(exc).__name__}: {exc}"
-                continue
-            extension = _PREFERRED_EXTENSION.get(name) or extensions.get(name, f".{name.lower()}")
-            corpus.add(f"formats/{index:02d}-{name.lower()}{extension}", payload,
-                       _readable_format(payload))
-            break
-        else:
-            corpus.skipped_formats[name] = error
+    with warnings.catch_warnings():  # deprecation notices of formats Pillow will drop
+        warnings.simplefilter("ignore")
+        for index, name in enumerate(sorted(Image.SAVE)):
+            _one_format(corpus, image, index, name, extensions)
     corpus.images = {k: v for k, v in corpus.images.items() if v is not None}
+
+
+def _one_format(
+    corpus: HostileCorpus, image: Image.Image, index: int, name: str, extensions: dict[str, str]
+) -> None:
+    if name in _NEEDS_HANDLER:
+        corpus.skipped_formats[name] = "needs an external save handler"
+        return
+    error = "no mode accepted"
+    for mode in ("RGB", "L", "P", "1"):
+        try:
+            payload = encode(image.convert(mode), name)
+        except Exception as exc:  # formats reject modes and options in many ways
+            error = f"{type(exc).__name__}: {exc}"
+            continue
+        extension = _PREFERRED_EXTENSION.get(name) or extensions.get(name, f".{name.lower()}")
+        relative = f"formats/{index:02d}-{name.lower()}{extension}"
+        corpus.add(relative, payload, _readable_format(payload))
+        return
+    corpus.skipped_formats[name] = error
 
 
 def _variants(corpus: HostileCorpus, image: Image.Image) -> None:
@@ -154,8 +162,8 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     rows = zlib.compress(b"\x00" * 4096)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
     )
 
 

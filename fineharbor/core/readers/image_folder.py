@@ -64,7 +64,8 @@ def _read_image(entry: Entry, max_bytes: int) -> tuple[bytes | None, Identified]
         if handle.size > max_bytes:
             what = f"{entry.key} ({identified.kind})"
             if identified.image:
-                raise FileRefused(IMAGE_FILE_TOO_LARGE, f"{what}: {handle.size} bytes > {max_bytes}")
+                detail = f"{what}: {handle.size} bytes > {max_bytes}"
+                raise FileRefused(IMAGE_FILE_TOO_LARGE, detail)
             raise FileRefused(UNSUPPORTED_FILE, f"{describe(entry.key, identified)}, too large")
         payload = head + handle.read(max_bytes - len(head))
     if len(payload) > max_bytes:

@@ -143,7 +143,7 @@ def read_webdataset(
     shard: Shard | None = None,
     stats: ReadStats | None = None,
 ) -> Iterator[RawBatch]:
-    root, entries = list_entries(source.location, source.follow_symlinks)
+    _, entries = list_entries(source.location, source.follow_symlinks)
     if not any(_is_shard(e) for e in entries):
         raise SourceLocationError(
             f"source location {source.location} holds no {'/'.join(SHARD_SUFFIXES)} files"
@@ -210,9 +210,10 @@ def _read_shard(
     try:
         # Plain tars are read with random access ("r:"), several times faster than the stream
         # reader; compressed ones must stream. Opened through the regular-file check.
-        with RegularFile(entry.real, shard_key) as handle, os.fdopen(
-            os.dup(handle.fd), "rb"
-        ) as stream:
+        with (
+            RegularFile(entry.real, shard_key) as handle,
+            os.fdopen(os.dup(handle.fd), "rb") as stream,
+        ):
             plain = shard_key.lower().endswith(".tar")
             with tarfile.open(fileobj=stream, mode="r:" if plain else "r|*") as archive:
                 for member in archive:
