@@ -40,7 +40,7 @@ def test_members_decode_by_extension_like_webdataset(tmp_path):
     (tmp_path / "wds").mkdir()
     with tarfile.open(tmp_path / "wds" / "shard-0.tgz", "w:gz") as archive:
         add(archive, "s.v1/000.bmp", make_image_bytes(1, fmt="BMP"))
-        add(archive, "s.v1/000.txt.gz", gzip.compress("a gzipped caption".encode()))
+        add(archive, "s.v1/000.txt.gz", gzip.compress(b"a gzipped caption"))
         add(archive, "s.v1/000.json.gz", gzip.compress(json.dumps({"k": 1}).encode()))
         add(archive, "s.v1/000.cls", b"7")
         add(archive, "s.v1/000.cls2", b" 12\n")
