@@ -7,6 +7,9 @@ import pytest
 
 from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.stage import process_row
+from fineharbor.core.config import parse_config
+from fineharbor.core.stages import build_raw_samples
+from fineharbor.core.storage import Storage
 from fineharbor.testing.corpus import OUTSIDE_MARK, write_captionless_folder, write_hostile_corpus
 from fineharbor_tests.core.readers.helpers import make_source, read_whole, reasons
 
@@ -122,3 +125,23 @@ def test_a_folder_of_images_without_captions_is_a_normal_source(tmp_path):
     assert [row["origin_key"] for row in kept] == names
     assert all(row["record"] == f'{{"file": "{row["origin_key"]}"}}' for row in kept)
     assert stats.files_seen == 9 and stats.sidecars == 0
+
+
+def test_raw_samples_metadata_states_files_seen(tmp_path):
+    write_captionless_folder(tmp_path / "pool", count=3)
+    (tmp_path / "pool" / "img-000.txt").write_text("a caption for the first image")
+    (tmp_path / "pool" / "readme.md").write_text("not an image")
+    raw = {
+        "sources": [
+            {
+                "name": "pool",
+                "reader": "image_folder",
+                "location": "pool",
+                "mapping": {"caption": "txt"},
+            }
+        ]
+    }
+    config = parse_config(raw, tmp_path)
+    report = build_raw_samples(config, "pool", Storage(str(tmp_path / "home")))
+    assert (report.kept, report.rejected, report.reasons) == (3, 1, {"unsupported_file": 1})
+    assert report.extra == {"files_seen": 5, "sidecars": 1}
