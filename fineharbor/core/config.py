@@ -190,7 +190,8 @@ class JsonSource(_SourceBase):
 
 
 class WebDatasetSource(_SourceBase):
-    """WebDataset tar shards: members grouped by key (.jpg/.png/.webp + .txt + .json)."""
+    """WebDataset .tar/.tar.gz/.tgz shards: members grouped by key and decoded by extension
+    as the webdataset package does (images, .txt, .json, .cls, .gz members)."""
 
     reader: Literal["webdataset"]
 
@@ -206,7 +207,8 @@ class UrlListSource(_SourceBase):
 
 
 class ImageFolderSource(_SourceBase):
-    """A directory of images with sidecar caption files (same stem, .txt and/or .json)."""
+    """A directory of images (found by content), with or without sidecar caption files (same
+    stem, .txt and/or .json); every other file is a reject with a reason."""
 
     reader: Literal["image_folder"]
 

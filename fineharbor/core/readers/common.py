@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -23,6 +23,8 @@ from fineharbor.core.readers.files import (
     walk,
 )
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, make_sample_id, reject_row
+
+T = TypeVar("T")
 
 RawBatch = tuple[pa.Table, pa.Table]
 """(kept raw rows with RAW_SCHEMA, rejected rows with REJECT_SCHEMA)."""
@@ -175,9 +177,9 @@ def _walk(directory: str) -> list[str]:
     return found
 
 
-def shard_files(files: list[Path], shard: Shard | None, location: str) -> list[Path]:
-    """The files of one shard: every ``count``-th from ``index`` on. A shard must have files to
-    read, so a source cannot have more shards than files."""
+def shard_files(files: list[T], shard: Shard | None, location: str) -> list[T]:
+    """The files (or groups of files) of one shard: every ``count``-th from ``index`` on. A
+    shard must have files to read, so a source cannot have more shards than files."""
     if shard is None:
         return files
     if shard.count > len(files):
