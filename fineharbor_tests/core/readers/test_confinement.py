@@ -125,3 +125,13 @@ def test_symlinked_directories_are_not_read_twice_nor_out_of_the_source(tree):
     assert [row["origin_key"] for row in kept] == ["good.jpg", "sub/inner.jpg"]
     assert reasons(rejected) == {"again": "symlinked_directory", "away": "path_outside_source"}
     assert stats.files_seen == 4
+
+
+def test_bad_sidecars_reject_their_sample_only(tree):
+    (tree / "src" / "deep.jpg").write_bytes(make_image_bytes(5))
+    (tree / "src" / "deep.json").write_text("[" * 3000 + "]" * 3000)
+    (tree / "src" / "latin.jpg").write_bytes(make_image_bytes(6))
+    (tree / "src" / "latin.txt").write_bytes(b"caf\xe9")
+    kept, rejected, _ = read_whole(folder(tree))
+    assert [row["origin_key"] for row in kept] == ["good.jpg"]
+    assert reasons(rejected) == {"deep.jpg": "malformed_record", "latin.jpg": "malformed_record"}
