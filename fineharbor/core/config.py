@@ -152,6 +152,11 @@ class _SourceBase(_Strict):
         description="split the source into this many partitions (`<name>.shard-NNN`), each "
         "reading every shards-th file, so one source's backfill runs in parallel",
     )
+    follow_symlinks: bool = Field(
+        False,
+        description="read files whose real path lies outside the source's location (sources "
+        "built from links); off: such a link is a path_outside_source reject",
+    )
 
     @property
     def partitions(self) -> list[str]:
@@ -185,7 +190,8 @@ class JsonSource(_SourceBase):
 
 
 class WebDatasetSource(_SourceBase):
-    """WebDataset tar shards: members grouped by key (.jpg/.png/.webp + .txt + .json)."""
+    """WebDataset .tar/.tar.gz/.tgz shards: members grouped by key and decoded by extension
+    as the webdataset package does (images, .txt, .json, .cls, .gz members)."""
 
     reader: Literal["webdataset"]
 
@@ -201,7 +207,8 @@ class UrlListSource(_SourceBase):
 
 
 class ImageFolderSource(_SourceBase):
-    """A directory of images with sidecar caption files (same stem, .txt and/or .json)."""
+    """A directory of images (found by content), with or without sidecar caption files (same
+    stem, .txt and/or .json); every other file is a reject with a reason."""
 
     reader: Literal["image_folder"]
 
@@ -246,6 +253,12 @@ class IngestParams(_Strict):
     download: DownloadParams = DownloadParams()
     max_image_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger local image files are rejected unread"
+    )
+    max_record_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="larger text sidecars, tar text members and JSON lines are rejected unread "
+        "(record_too_large)",
     )
 
 

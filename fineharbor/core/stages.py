@@ -30,7 +30,7 @@ from fineharbor.core.distributed.engine import (
     map_partition,
 )
 from fineharbor.core.mapping import map_batch
-from fineharbor.core.readers import read_source
+from fineharbor.core.readers import ReadStats, read_source, reports_stats
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, UNIFIED_SCHEMA
 from fineharbor.core.storage import Storage
 
@@ -100,15 +100,19 @@ def build_raw_samples(
     """Read a source as it is, fetching its images: the first, per-source stage."""
     source = project.source(source_name)
     seen = 0
+    stats = ReadStats()
 
     def counted() -> Iterable[tuple[pa.Table, pa.Table]]:
         nonlocal seen
         shard = project.shard(source_name)
-        for kept, rejected in read_source(source, project.stages.ingest, progress, shard):
+        for kept, rejected in read_source(source, project.stages.ingest, progress, shard, stats):
             seen += kept.num_rows + rejected.num_rows
             yield kept, rejected
 
-    return write_stage(storage, RAW, source_name, RAW_SCHEMA, counted(), lambda: seen)
+    report = write_stage(storage, RAW, source_name, RAW_SCHEMA, counted(), lambda: seen)
+    if reports_stats(source.reader):  # files seen = rows + rejects + sidecars read into rows
+        report.extra.update(stats.as_metadata())
+    return report
 
 
 def _map_records(mapping: MappingSpec) -> StreamFn:
