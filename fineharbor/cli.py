@@ -66,6 +66,9 @@ def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
             f"{default_config_path()}: no sources to materialize: `sources:` is empty (add one, "
             "or propose one with `fineharbor map-source PATH --write`)"
         )
+    from fineharbor.core.models import report_missing_models
+
+    report_missing_models(config, deep=True)  # pretrained tags too: this run loads them anyway
     if sys.stderr.isatty():  # progress bars of reading, downloading, decoding, embedding
         from fineharbor.defs.ingest import PROGRESS_ENV
 
@@ -255,7 +258,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("FINEHARBOR_HOME", home)
     state = fineharbor_state()  # the demo's sources and models are local files
     dagster_home = _use_persistent_instance(state)
-    load_config()  # fail on a bad project file before generating anything
+    load_config(check_models=False)  # a bad file fails now; the demo trains its models next
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         served = state / "demo" / "sources" / "laion_urls" / "_served"

@@ -26,6 +26,7 @@ from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.judge.params import JudgeParams
+from fineharbor.core.models import report_missing_models
 from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
 from fineharbor.core.release.params import ReleaseRecipe
 from fineharbor.core.signatures.params import SignatureParams
@@ -462,7 +463,10 @@ def read_text_file(path: Path, what: str) -> str:
         raise ConfigError(f"{path}: cannot read {what}: {error.strerror or error}") from None
 
 
-def load_config(path: str | Path | None = None) -> ProjectConfig:
+def load_config(path: str | Path | None = None, *, check_models: bool = True) -> ProjectConfig:
+    """Read, expand and validate a project file. With ``check_models``, every model it names
+    that is not on this machine is logged once per process, naming the field, where it was
+    looked for and how to get it (:mod:`fineharbor.core.models`)."""
     config_path = Path(path).expanduser().resolve() if path else default_config_path()
     if not config_path.exists():
         raise ConfigError(
@@ -478,4 +482,7 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
         raw = _expand_env(raw)
     except ConfigError as error:
         raise ConfigError(f"{config_path}: {error}") from None
-    return parse_config(raw, config_path.parent, str(config_path))
+    config = parse_config(raw, config_path.parent, str(config_path))
+    if check_models:
+        report_missing_models(config)
+    return config
