@@ -406,4 +406,5 @@ class CleanParams(_Strict):
         names = [s for s in self.web_pair_sources if s not in self.web_pair_exempt_sources]
         if self.web_pair_rules == "never" or not names:
             return what + " applied to no source."
-        return f"{what} applied only to the web caption sources {', '.join(names)}."
+        others = "other sources keep tall and small images"
+        return f"{what} applied only to the sources {', '.join(names)}; {others}."
