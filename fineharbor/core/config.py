@@ -285,6 +285,11 @@ class ProjectConfig(_Strict):
     orchestration: OrchestrationParams = OrchestrationParams()
     execution: ExecutionParams = ExecutionParams()
 
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _none_is_empty(cls, sources: object) -> object:
+        return [] if sources is None else sources  # `sources:` with nothing under it
+
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list) -> list:
