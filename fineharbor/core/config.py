@@ -458,7 +458,7 @@ def parse_config(raw: dict, base_dir: Path, origin: str = "<config>") -> Project
 def read_text_file(path: Path, what: str) -> str:
     """A project or decisions file as UTF-8 text; anything else is a one-line ConfigError."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a BOM some editors write is dropped
     except UnicodeDecodeError as error:
         raise ConfigError(
             f"{path}: {what} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "

@@ -190,3 +190,9 @@ def test_web_caption_sources_get_the_web_pair_rules(tmp_path):
     listed = VALID + "  clean: {web_pair_sources: [charts]}\n"
     listed = load_config(write(tmp_path, listed)).clean_params()
     assert listed.web_pair_sources == ["charts", "urls"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_file(tmp_path):
+    path = tmp_path / "fineharbor.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + VALID.encode())
+    assert load_config(path).source_names == ["charts", "urls"]

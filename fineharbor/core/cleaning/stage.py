@@ -158,7 +158,9 @@ class _Texts:
     pair: bool = False
 
 
-def _text_rules(row: dict[str, Any], turns: list[dict], gui: bool, params: CleanParams):
+def _text_rules(
+    row: dict[str, Any], turns: list[dict], gui: bool, params: CleanParams
+) -> dict | _Texts:
     """Rules 2-8 on a sample's turns: a reject row, or the :class:`_Texts` kept."""
     source = str(row.get("source") or "")
     kept, dropped = text.drop_empty_turns(turns, params)
