@@ -4,10 +4,10 @@ Nothing is downloaded at run time. A model is a local file or directory, or a Hu
 repository already in the local cache (``HF_HUB_CACHE`` / ``HF_HOME``), and every load runs with
 the Hub offline (:func:`hub_offline`). :func:`missing_models` checks the project file's models
 when it loads, without importing torch or open_clip (files, directories and the Hub cache are
-looked up); an open_clip pretrained *tag* needs open_clip's table, so its loader checks it when
-its stage starts. Each problem names the field, where the model was looked for and how to get
-it, and is logged once per process; the stages that need the model run without it (their
-columns are null, their metadata says why).
+looked up); an open_clip pretrained *tag* needs open_clip's table, so ``deep=True`` (what
+``fineharbor materialize`` runs at its start) and its loader check it. Each problem names the
+field, where the model was looked for and how to get it, and is logged once per process; the
+stages that need the model run without it (their columns are null, their metadata says why).
 """
 
 from __future__ import annotations

@@ -178,3 +178,18 @@ def test_missing_tokenizer_falls_back_to_the_estimate(offline):
     assert token_count("A red ball on the grass.", params) == token_count(
         "A red ball on the grass.", CleanParams()
     )
+
+
+def test_a_cache_miss_wrapped_by_a_loader_is_recognised():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from fineharbor.core.signatures.embedders import _cache_miss
+
+    try:
+        try:
+            raise LocalEntryNotFoundError("tokenizer.json is not cached")
+        except LocalEntryNotFoundError as miss:
+            raise RuntimeError("Failed to load tokenizer") from miss
+    except RuntimeError as wrapped:
+        assert _cache_miss(wrapped)
+    assert not _cache_miss(RuntimeError("a broken checkpoint"))

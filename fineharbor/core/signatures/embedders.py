@@ -366,6 +366,19 @@ def resolve_open_clip(
     return pretrained if via_tag else str(found)
 
 
+def _cache_miss(error: BaseException | None) -> bool:
+    """Whether a load failed because the offline Hub had no copy of a file (anywhere in the
+    exception chain: open_clip and transformers wrap it)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen = 0
+    while error is not None and seen < 16:
+        if isinstance(error, LocalEntryNotFoundError | OfflineModeIsEnabled):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 class OpenClipEmbedder(_TorchEmbedder):
     """CLIP image (and text) embeddings through ``open_clip.create_model_and_transforms``."""
 
@@ -400,6 +413,12 @@ class OpenClipEmbedder(_TorchEmbedder):
                 )
                 self.tokenizer = open_clip.get_tokenizer(model_name)
         except (RuntimeError, OSError, ValueError) as error:
+            if _cache_miss(error):  # e.g. a tokenizer repository the model config names
+                raise ModelNotFoundError(
+                    f"{fields.model}: open_clip {model_name!r} needs files that are not in the "
+                    f"local caches ({error}). Nothing is downloaded at run time: fetch them once "
+                    "where there is internet (`hf download REPO`) or use a local-dir: model"
+                ) from error
             raise ModelLoadError(
                 f"{fields.model}: open_clip could not load {model_name!r} with "
                 f"pretrained={pretrained!r} from local files: {error}"
