@@ -169,7 +169,7 @@ def build_cleaned_samples(
 ) -> StageReport:
     """FineVision / LAION / DanQing filters and resizing, in worker processes."""
     project.source(source_name)  # an unknown source fails here, clearly
-    params = project.stages.clean
+    params = project.clean_params()
     work = BatchWork(
         CLEANED,
         _clean_in_worker,

@@ -4,6 +4,7 @@ SQL models (``release_composition``, ``release_rejects``, ``contamination_report
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from html import escape
@@ -42,6 +43,7 @@ class CardFacts:
     diversity: float | None
     diversity_embedding: str
     flatness: list[dict]
+    cleaning_notes: list[str] = dataclasses.field(default_factory=list)  # rule scopes
 
 
 def number(value: object) -> str:
@@ -154,6 +156,7 @@ def render_card(recipe: ReleaseRecipe, tables: dict[str, pa.Table], facts: CardF
         "## Filters\n\nThresholds from the release recipe; removals from the `release_rejects` "
         "model.\n",
         _filters(recipe, tables["release_rejects"]) + "\n",
+        "".join(note + "\n" for note in facts.cleaning_notes),
         "## Benchmark contamination\n\nFrom the `contamination_report` model (FineVision's "
         "table: flagged samples were removed before the release; `*` rows are totals).\n",
         _table(
