@@ -6,7 +6,7 @@ Sources of the defaults (see ``/work/shared/reference/papers.md``):
   dropped, not samples), corrupt images removed, unified GUI action space.
 - LAION-400M/5B: alt-text >= 5 characters, image >= 5 KB, oversized "DOS-bomb" images dropped.
 - DataComp: min side 200 px and aspect ratio <= 3.0 for image-caption pairs.
-  The 5 KB and aspect-ratio rules were made for web alt-text pairs: by default
+  The 5 KB, min-side and aspect-ratio rules were made for web alt-text pairs: by default
   (``web_pair_rules: auto``) they apply to web caption sources only.
 - DanQing: language allowlist, source (domain) trust, caption length 5-60 words, safety terms,
   information density (emoji / special characters), ``[UNK]`` junk, visual fidelity.
@@ -25,12 +25,18 @@ from pydantic import Field, field_validator, model_validator
 
 from fineharbor.core.strict import StrictModel as _Strict
 
-# Pillow format names whose decoders run fully in process (no external program, no delegate).
-# MPO is the multi-picture JPEG many cameras write; Pillow reports it as its own format.
-SAFE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "QOI")
+# Pillow format names whose decoders run fully in process (no external program, no delegate):
+# the raster formats real image folders hold. MPO is the multi-picture JPEG many cameras write;
+# Pillow reports it as its own format. Everything else (EPS/PDF via Ghostscript, SVG, WMF, FITS,
+# the scientific and game formats) is refused as image_format_not_allowed.
+SAFE_FORMATS = (
+    "JPEG", "MPO", "PNG", "WEBP", "AVIF", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "QOI",
+    "TGA", "JPEG2000", "PSD", "PCX", "SGI", "DDS",
+)  # fmt: skip
 ImageFormat = Literal[
-    "JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "QOI"
-]
+    "JPEG", "MPO", "PNG", "WEBP", "AVIF", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "QOI",
+    "TGA", "JPEG2000", "PSD", "PCX", "SGI", "DDS",
+]  # fmt: skip
 Scope = Literal["all", "pairs"]
 
 # The most common web languages plus the main non-Latin scripts. Each high-accuracy lingua model
@@ -76,10 +82,12 @@ class CleanParams(_Strict):
 
     # ------------------------------------------------------------------ decoding and resizing
     allowed_formats: list[ImageFormat] = Field(
-        default_factory=lambda: ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
-        description="image formats that may be decoded, identified from the file header. Only "
-        "in-process decoders can be listed: EPS/PS/PDF (Ghostscript), SVG and every other format "
-        "are refused with image_format_not_allowed. MPO is the multi-picture JPEG of cameras",
+        default_factory=lambda: list(SAFE_FORMATS),
+        description="image formats that may be decoded, identified from the file header (every "
+        "in-process raster decoder by default: a real folder holds PPM, TGA, ICO, PSD... and "
+        "each is decoded in a worker with a pixel and a time limit). Only in-process decoders "
+        "can be listed: EPS/PS/PDF (Ghostscript), SVG and every other format are refused with "
+        "image_format_not_allowed. MPO is the multi-picture JPEG of cameras",
     )
     decode_timeout_s: float = Field(
         30.0,
@@ -384,8 +392,8 @@ class CleanParams(_Strict):
         return list(dict.fromkeys([*self.languages_allowed, *self.language_candidates]))
 
     def web_pair_rules_apply(self, source: str) -> bool:
-        """Whether DataComp's aspect-ratio and LAION's byte rules, made for web alt-text pairs,
-        apply to ``source``; under auto, the sources in ``web_pair_sources`` (which
+        """Whether DataComp's min-side and aspect-ratio rules and LAION's byte rule, made for web
+        alt-text pairs, apply to ``source``; under auto, the sources in ``web_pair_sources`` (which
         :meth:`ProjectConfig.clean_params` completes with the project's web caption sources)."""
         if self.web_pair_rules != "auto":
             return self.web_pair_rules == "always"
@@ -394,13 +402,18 @@ class CleanParams(_Strict):
     def web_pair_scope(self) -> str:
         """One sentence on where the web pair rules applied, for the dataset card."""
         rules = []
+        if self.check_min_side:
+            rules.append(f"shorter side >= {self.min_side} px (DataComp)")
         if self.check_aspect_ratio:
             rules.append(f"aspect ratio <= {self.max_aspect_ratio:g} (DataComp)")
         if self.check_image_bytes:
             rules.append(f"image >= {self.min_image_bytes} bytes (LAION)")
         if not rules:
-            return "Cleaning: the web alt-text pair rules (aspect ratio, image bytes) were off."
-        what = "Cleaning: the web alt-text pair rules " + " and ".join(rules)
+            return (
+                "Cleaning: the web alt-text pair rules (side, aspect ratio, image bytes) were off."
+            )
+        listed = ", ".join(rules[:-1]) + " and " + rules[-1] if len(rules) > 1 else rules[0]
+        what = "Cleaning: the web alt-text pair rules " + listed
         if self.web_pair_rules == "always":
             return what + " applied to every source."
         names = [s for s in self.web_pair_sources if s not in self.web_pair_exempt_sources]

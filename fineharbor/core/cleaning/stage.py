@@ -119,7 +119,7 @@ def _without_web_rules(params: CleanParams) -> CleanParams:
     if cached is None or cached[0] is not params:
         if len(_WITHOUT_WEB) > 8:
             _WITHOUT_WEB.clear()
-        off = {"check_aspect_ratio": False, "check_image_bytes": False}
+        off = {"check_aspect_ratio": False, "check_image_bytes": False, "check_min_side": False}
         cached = _WITHOUT_WEB[id(params)] = (params, params.model_copy(update=off))
     return cached[1]
 

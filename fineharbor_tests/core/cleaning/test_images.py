@@ -183,7 +183,7 @@ def test_too_many_pixels_checked_from_header():
         (b"%PDF-1.4\n1 0 obj<<>>endobj\n%%EOF", "PDF"),
         (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
         (b"<svg width='10' height='10'></svg>", "SVG"),
-        (b"8BPS\x00\x01" + b"\x00" * 64, "PSD"),
+        (b"\xd7\xcd\xc6\x9a" + b"\x00" * 64, "WMF"),
     ],
 )
 def test_formats_outside_the_allowlist_are_never_decoded(data, fmt):
@@ -270,9 +270,10 @@ def test_valid_images_in_formats_outside_the_allowlist_are_named_not_corrupt(fmt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # IM is deprecated in Pillow
         data = encode(scene(300, 200), fmt, **options)
-    result = clean_image(data, P)
+    result = clean_image(data, CleanParams(allowed_formats=["JPEG", "PNG"]))
     assert result.reason == IMAGE_FORMAT_NOT_ALLOWED
     assert f"format {fmt} not allowed" in result.detail
+    assert clean_image(data, P).reason != "image_corrupt"  # IM: not allowed; the rest: kept
 
 
 def test_headerless_bmp_is_decoded_when_bmp_is_allowed():

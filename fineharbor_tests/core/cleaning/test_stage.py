@@ -211,9 +211,9 @@ def test_web_pair_rules_apply_only_where_configured(settings, rejected_sources):
 def test_web_pair_scope_sentence_names_the_sources():
     auto = fast_params(web_pair_sources=["laion", "wds"], web_pair_exempt_sources=["wds"])
     assert auto.web_pair_scope() == (
-        "Cleaning: the web alt-text pair rules aspect ratio <= 3 (DataComp) and image >= 5120 "
-        "bytes (LAION) applied only to the sources laion; other sources keep tall and small "
-        "images."
+        "Cleaning: the web alt-text pair rules shorter side >= 200 px (DataComp), aspect ratio "
+        "<= 3 (DataComp) and image >= 5120 bytes (LAION) applied only to the sources laion; "
+        "other sources keep tall and small images."
     )
     assert fast_params(web_pair_rules="always").web_pair_scope().endswith("every source.")
     assert fast_params().web_pair_scope().endswith("applied to no source.")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fineharbor.core.cleaning.params import CleanParams
+from fineharbor.core.cleaning.params import SAFE_FORMATS, CleanParams
 from fineharbor.core.cleaning.stage import process_row
 from fineharbor.core.config import parse_config
 from fineharbor.core.stages import build_raw_samples
@@ -13,7 +13,7 @@ from fineharbor.core.storage import Storage
 from fineharbor.testing.corpus import OUTSIDE_MARK, write_captionless_folder, write_hostile_corpus
 from fineharbor_tests.core.readers.helpers import make_source, read_whole, reasons
 
-ALLOWED = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF"}
+ALLOWED = set(SAFE_FORMATS)  # the default allowed_formats
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_allowed_images_pass_cleaning_and_the_others_are_named(hostile):
     assert {key: outcomes[key] for key in allowed} == {key: "kept" for key in allowed}
     others = {key: outcomes[key] for key, fmt in valid.items() if fmt not in ALLOWED}
     assert set(others.values()) == {"image_format_not_allowed"}
-    assert len(allowed) >= 25
+    assert len(allowed) >= 35
     assert outcomes["broken/bomb.png"] == "decompression_bomb"
     assert outcomes["broken/truncated.png"] == "image_truncated"
     assert outcomes["formats/06-eps.eps"] == "image_format_not_allowed"  # never Ghostscript

@@ -171,8 +171,8 @@ def test_every_number_in_the_card_equals_its_sql_model(tmp_path, storage):
     tables = _card_tables(card)
     # where the web alt-text pair rules applied: the webdataset_caption source only
     assert (
-        "pair rules aspect ratio <= 3 (DataComp) and image >= 5120 bytes (LAION) applied "
-        "only to the sources pairs;" in card
+        "aspect ratio <= 3 (DataComp) and image >= 5120 bytes (LAION) applied only to the "
+        "sources pairs;" in card
     )
     # the models as the SQL model assets compute them, over the written Parquet files
     from fineharbor.core.sql_models import load_models, run_models
