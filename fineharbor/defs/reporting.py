@@ -271,13 +271,15 @@ def _text_chars(turn: pl.Expr) -> pl.Expr:
 
 
 def cleaned_distributions(storage: Storage, report: StageReport) -> dict:
-    """Image sizes and text lengths of what cleaning kept: where a threshold would bite.
+    """Image sizes, text lengths and decoder warnings of what cleaning kept: where a threshold
+    would bite.
 
     Polars over the partition's record batches (two columns, bounded memory): per image the
     longer side, per sample the characters of its turns (a turn with a null text counts as
     unknown; a sample with no known turn has no length)."""
     sides: list[pl.Series] = []
     lengths: list[pl.Series] = []
+    warnings = 0
     for batch in storage.iter_batches(
         report.asset, report.partition, columns=["image_info", "texts"], batch_size=4096
     ):
@@ -288,6 +290,9 @@ def cleaned_distributions(storage: Storage, report: StageReport) -> dict:
                 pl.max_horizontal(image.struct.field("width"), image.struct.field("height"))
             ).to_series()
         )
+        info_fields = {f.name for f in batch.schema.field("image_info").type.value_type}
+        if "decoder_warnings" in info_fields:  # partitions cleaned before it was counted lack it
+            warnings += int(frame.select(image.struct.field("decoder_warnings").sum()).item() or 0)
         per_turn = pl.col("texts").list.eval(_text_chars(pl.element()))
         lengths.append(
             frame.select(
@@ -301,6 +306,8 @@ def cleaned_distributions(storage: Storage, report: StageReport) -> dict:
         "text_lengths": dg.MetadataValue.md(
             histogram_markdown(_known(lengths), "Text length per sample (chars)")
         ),
+        # kept images only; a rejected image's detail carries its own count
+        "decoder_warnings": dg.MetadataValue.int(warnings),
     }
 
 

@@ -83,6 +83,26 @@ def test_cleaned_distributions_match_their_sql_definition(tmp_path):
         expected_lengths, "Text length per sample (chars)"
     )
     assert sum(_counts(figures["text_lengths"].value)) == len(expected_lengths) > 300
+    assert figures["decoder_warnings"].value == 0  # written before the field existed
+
+
+def test_cleaned_distributions_sum_the_decoder_warnings_of_kept_images(tmp_path):
+    info = pa.struct(
+        [("width", pa.int32()), ("height", pa.int32()), ("decoder_warnings", pa.int32())]
+    )
+    schema = pa.schema(
+        [("sample_id", pa.string()), ("image_info", pa.list_(info)), ("texts", pa.list_(TURN))]
+    )
+    rows = [
+        {"sample_id": "a", "image_info": [{"width": 9, "height": 9, "decoder_warnings": 2}] * 2},
+        {"sample_id": "b", "image_info": [{"width": 9, "height": 9, "decoder_warnings": 3}]},
+        {"sample_id": "c", "image_info": []},
+    ]
+    storage = Storage(str(tmp_path))
+    with storage.writer("cleaned_samples", "src", schema) as writer:
+        writer.write(pa.Table.from_pylist(rows, schema=schema))
+    report = StageReport("cleaned_samples", "src", 3, 3, 0, {}, 1.0, schema)
+    assert cleaned_distributions(storage, report)["decoder_warnings"].value == 7
 
 
 def test_project_duckdb_connections_apply_the_configured_settings(tmp_path):

@@ -65,6 +65,8 @@ IMAGE_INFO_TYPE = pa.struct(
         pa.field("encoded_format", pa.string()),
         pa.field("laplacian_var", pa.float32()),
         pa.field("entropy", pa.float32()),
+        # warnings the decoder raised or printed (libtiff's C stderr): counted, never printed
+        pa.field("decoder_warnings", pa.int32()),
     ]
 )
 
@@ -268,9 +270,10 @@ def process_row(
             hooks.image_end()
         if not result.ok or result.info is None:
             reason = result.reason or "image_corrupt"
-            return None, _reject(row, Reject(reason, prefix + (result.detail or "")))
+            warned = f" ({result.warnings} decoder warnings)" if result.warnings else ""
+            return None, _reject(row, Reject(reason, prefix + (result.detail or "") + warned))
         out_images.append({"bytes": result.data, "path": _image_path(image.get("path"), result)})
-        infos.append(result.info.as_row())
+        infos.append({**result.info.as_row(), "decoder_warnings": result.warnings})
 
     # 10. GUI coordinates
     out_turns = [{"user": t["user"], "assistant": t["assistant"]} for t in texts.kept]

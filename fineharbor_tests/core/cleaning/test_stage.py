@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pyarrow as pa
@@ -9,6 +10,8 @@ import pytest
 from PIL import Image
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA, REASONS, clean_batch
+from fineharbor.core.cleaning.images import ImageResult, clean_image
+from fineharbor.core.cleaning.stage import process_row
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor_tests.core.cleaning.helpers import (
     ENGLISH,
@@ -217,3 +220,22 @@ def test_web_pair_scope_sentence_names_the_sources():
     )
     assert fast_params(web_pair_rules="always").web_pair_scope().endswith("every source.")
     assert fast_params().web_pair_scope().endswith("applied to no source.")
+
+
+def _warning_decoder(count: int, fail: bool = False):
+    def decode(data, params, *, pair=False):
+        result = clean_image(data, params, pair=pair)
+        if fail:
+            result = ImageResult.failed("image_corrupt", "bad strip")
+        return dataclasses.replace(result, warnings=count)
+
+    return decode
+
+
+def test_decoder_warnings_are_counted_per_image_not_printed():
+    params = fast_params(check_language=False)
+    image = good_jpeg()
+    kept, _ = process_row(row("w", [image]), params, decoder=_warning_decoder(3))
+    assert [info["decoder_warnings"] for info in kept["image_info"]] == [3]
+    _, rejected = process_row(row("w", [image]), params, decoder=_warning_decoder(2, fail=True))
+    assert rejected["detail"] == "bad strip (2 decoder warnings)"
