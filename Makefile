@@ -9,7 +9,7 @@ export FINEHARBOR_HOME ?= $(CURDIR)/.fineharbor
 STATE := $(or $(FINEHARBOR_STATE),$(if $(findstring ://,$(FINEHARBOR_HOME)),$(CURDIR)/.fineharbor,$(FINEHARBOR_HOME)))
 export DAGSTER_HOME ?= $(STATE)/dagster
 
-.PHONY: demo test bench ui lint format clean
+.PHONY: demo test test-fast bench ui lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# everything but the tests marked slow (demo, Ray, e2e services, model training): a few minutes
+test-fast: $(STAMP)
+	$(BIN)/pytest -m 'not slow'
 
 # every stage's benchmark at two sizes, one table; figures appended to bench/results/history.jsonl
 bench: $(STAMP)

@@ -55,7 +55,7 @@ def make_batches(n: int) -> list[pa.RecordBatch]:
 
 
 def load_tiny_clip(directory: Path, params: ClipScoreParams):
-    from fineharbor_tests.core.quality.conftest import save_tiny_clip
+    from fineharbor.testing.models import save_tiny_clip
 
     save_tiny_clip(directory)
     return load_clip_embedder(params)

@@ -47,7 +47,7 @@ RECIPE = """
 
 def prepare(home: Path, size: int):
     """Storage holding ``size`` release-input samples, and the project with the bench recipe."""
-    from fineharbor_tests.core.release.helpers import project, write_input
+    from fineharbor.testing.release_input import project, write_input
 
     os.environ["FINEHARBOR_HOME"] = str(home)
     storage = Storage(str(home))

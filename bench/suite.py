@@ -22,7 +22,7 @@ Each run's figures are appended, with the git commit, date, machine (CPU count, 
 and sizes, to a JSON-lines history, by default ``bench/results/history.jsonl``: in the checkout,
 next to the code it measures, but git-ignored, because figures belong to the machine that
 measured them and an append-only file committed from several branches conflicts at every merge
-(the README keeps a reference table). ``--compare`` prints each figure's change against the
+(docs/benchmarks.md keeps a reference table). ``--compare`` prints each figure's change against the
 previous entry; ``--out`` names another history file.
 """
 

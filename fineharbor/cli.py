@@ -61,6 +61,14 @@ def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
     from fineharbor.defs.partitions import source_partitions
 
     config = load_config()
+    if not config.sources:
+        raise ConfigError(
+            f"{default_config_path()}: no sources to materialize: `sources:` is empty (add one, "
+            "or propose one with `fineharbor map-source PATH --write`)"
+        )
+    from fineharbor.core.models import report_missing_models
+
+    report_missing_models(config, deep=True)  # pretrained tags too: this run loads them anyway
     if sys.stderr.isatty():  # progress bars of reading, downloading, decoding, embedding
         from fineharbor.defs.ingest import PROGRESS_ENV
 
@@ -250,7 +258,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("FINEHARBOR_HOME", home)
     state = fineharbor_state()  # the demo's sources and models are local files
     dagster_home = _use_persistent_instance(state)
-    load_config()  # fail on a bad project file before generating anything
+    load_config(check_models=False)  # a bad file fails now; the demo trains its models next
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         served = state / "demo" / "sources" / "laion_urls" / "_served"
@@ -407,18 +415,21 @@ def cmd_review(args: argparse.Namespace) -> int:
             print(f"warning: not in unified_samples of {source.name}: {', '.join(unknown)}")
     if args.unflag:
         decisions.append(Flag(action="unflag", sample_ids=args.unflag, **stamp))
+    overrides = []
     for item in args.override or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             print(f"fineharbor review: --override takes KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
-        decision = Override(action="override", key=key, value=yaml.safe_load(value), **stamp)
-        try:
-            effective_stage_params(config.stages, {decision.key: decision.value})
-        except ValueError as error:
-            print(f"fineharbor review: {error}", file=sys.stderr)
-            return 2
-        decisions.append(decision)
+        overrides.append(Override(action="override", key=key, value=yaml.safe_load(value), **stamp))
+    # validated together with the source's earlier overrides: the result must be consistent
+    combined = {**log.state(source.name).overrides, **{o.key: o.value for o in overrides}}
+    try:
+        effective_stage_params(config.stages, combined)
+    except ValueError as error:
+        print(f"fineharbor review: {error}", file=sys.stderr)
+        return 2
+    decisions += overrides
     for decision in decisions:
         log = log.with_decision(source.name, decision)
     if decisions:
@@ -466,7 +477,11 @@ def add_review_commands(commands: argparse._SubParsersAction) -> None:
     review.add_argument("--flag", nargs="+", metavar="ID", help="sample ids to remove")
     review.add_argument("--unflag", nargs="+", metavar="ID", help="sample ids to restore")
     review.add_argument(
-        "--override", action="append", metavar="KEY=VALUE", help="e.g. clean.caption_min_words=3"
+        "--override",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="stage parameters for this source, e.g. clean.caption_min_words=3 clean.min_side=64",
     )
     review.add_argument("--by", help="reviewer (default: $FINEHARBOR_REVIEWER or the user)")
     review.add_argument("--note", help="why")
@@ -533,6 +548,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fineharbor.core.storage import Storage
     from fineharbor.definitions import defs
 
+    load_config()  # a missing or invalid project file is an error, not an empty table
     _use_persistent_instance(fineharbor_state())
     with dg.DagsterInstance.get() as instance:
         _print_table(

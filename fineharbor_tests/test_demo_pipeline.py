@@ -12,6 +12,8 @@ from fineharbor import cli
 from fineharbor.core.config import load_config
 from fineharbor.core.storage import Storage
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 INGEST_DEFECTS = {
     "malformed_record": "malformed_record",

@@ -3,19 +3,21 @@
 Statistics and ad-hoc queries run on in-memory connections. One writer (the catalog asset,
 under a file lock) refreshes ``catalog.duckdb`` so users can open it with the duckdb CLI.
 
-Every connection comes from :func:`connect`, which makes the storage's URIs readable: local
-paths as they are; object storage (``s3://``) through DuckDB's ``httpfs`` extension when it is
-installed (a temporary secret from the ``AWS_*`` environment variables), else through an
-fsspec filesystem (``s3fs``) registered on the connection. The catalog file holds views only:
-opening it on another machine needs the same access (``load httpfs`` and an S3 secret in the
-duckdb CLI when the views point at ``s3://``).
+Every connection goes through :func:`configure` (:func:`connect` opens and configures one;
+Dagster assets open theirs with dagster-duckdb's ``DuckDBResource``), which makes the storage's
+URIs readable: local paths as they are; object storage (``s3://``) through DuckDB's ``httpfs``
+extension when it is installed (a temporary secret from the ``AWS_*`` environment variables),
+else through an fsspec filesystem (``s3fs``) registered on the connection. The catalog file
+holds views only: opening it on another machine needs the same access (``load httpfs`` and an
+S3 secret in the duckdb CLI when the views point at ``s3://``).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -112,9 +114,8 @@ def _httpfs_installed() -> bool:
     return True
 
 
-def connect(storage: Storage, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that reads the storage's URIs (see the module docstring)."""
-    connection = duckdb.connect(database)
+def configure(connection: duckdb.DuckDBPyConnection, storage: Storage) -> duckdb.DuckDBPyConnection:
+    """Make an open connection read the storage's URIs (see the module docstring)."""
     if storage.is_local:
         return connection
     if _httpfs_installed():
@@ -125,21 +126,44 @@ def connect(storage: Storage, database: str = ":memory:") -> duckdb.DuckDBPyConn
     return connection
 
 
-def connect_in_memory(
-    storage: Storage, stages: Iterable[StageTable], only: Iterable[str] | None = None
+def connect(storage: Storage, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that reads the storage's URIs (see the module docstring)."""
+    return configure(duckdb.connect(database), storage)
+
+
+def create_views(
+    connection: duckdb.DuckDBPyConnection,
+    storage: Storage,
+    stages: Iterable[StageTable],
+    only: Iterable[str] | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection with a view per stage output (``only``: just these views)."""
-    connection = connect(storage)
+    """A view per stage output on a configured connection (``only``: just these views)."""
     for statement in view_statements(storage, stages, only).values():
         connection.execute(statement)
     return connection
 
 
-def refresh_catalog(storage: Storage, path: Path, stages: Iterable[StageTable]) -> list[str]:
-    """Rebuild the catalog file's views; returns the view names. Views only: no data copied."""
+def connect_in_memory(
+    storage: Storage, stages: Iterable[StageTable], only: Iterable[str] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with a view per stage output (``only``: just these views)."""
+    return create_views(connect(storage), storage, stages, only)
+
+
+def refresh_catalog(
+    storage: Storage,
+    path: Path,
+    stages: Iterable[StageTable],
+    open_database: Callable[[str], AbstractContextManager[duckdb.DuckDBPyConnection]] = (
+        duckdb.connect
+    ),
+) -> list[str]:
+    """Rebuild the catalog file's views; returns the view names. Views only: no data copied.
+    ``open_database``: how the file is opened (the catalog asset passes DuckDBResource's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     statements = view_statements(storage, stages)
-    with FileLock(f"{path}.lock"), connect(storage, str(path)) as connection:
+    with FileLock(f"{path}.lock"), open_database(str(path)) as connection:
+        configure(connection, storage)
         stale = connection.execute(
             "select view_name from duckdb_views() where not internal and schema_name = 'main'"
         ).fetchall()

@@ -3,7 +3,7 @@
 Validated with pydantic at load. A bad file raises :class:`ConfigError` naming the file, the
 field and the problem, so nothing deep inside a stage ever sees an invalid value. Paths in the
 file are relative to the file's directory; ``${VAR}`` and ``${VAR:-default}`` are expanded from
-the environment.
+the environment inside string values, after parsing (see ``docs/configuration.md``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.judge.params import JudgeParams
+from fineharbor.core.models import report_missing_models
 from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
 from fineharbor.core.release.params import ReleaseRecipe
 from fineharbor.core.signatures.params import SignatureParams
@@ -33,7 +34,7 @@ from fineharbor.core.strict import StrictModel
 
 DEFAULT_HOME = ".fineharbor"
 DEFAULT_CONFIG = "fineharbor.yaml"
-SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+SOURCE_NAME = re.compile(r"\A[a-z0-9][a-z0-9_\-]{0,63}\Z")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -152,6 +153,11 @@ class _SourceBase(_Strict):
         description="split the source into this many partitions (`<name>.shard-NNN`), each "
         "reading every shards-th file, so one source's backfill runs in parallel",
     )
+    follow_symlinks: bool = Field(
+        False,
+        description="read files whose real path lies outside the source's location (sources "
+        "built from links); off: such a link is a path_outside_source reject",
+    )
 
     @property
     def partitions(self) -> list[str]:
@@ -185,7 +191,8 @@ class JsonSource(_SourceBase):
 
 
 class WebDatasetSource(_SourceBase):
-    """WebDataset tar shards: members grouped by key (.jpg/.png/.webp + .txt + .json)."""
+    """WebDataset .tar/.tar.gz/.tgz shards: members grouped by key and decoded by extension
+    as the webdataset package does (images, .txt, .json, .cls, .gz members)."""
 
     reader: Literal["webdataset"]
 
@@ -209,7 +216,8 @@ class UrlListSource(_SourceBase):
 
 
 class ImageFolderSource(_SourceBase):
-    """A directory of images with sidecar caption files (same stem, .txt and/or .json)."""
+    """A directory of images (found by content), with or without sidecar caption files (same
+    stem, .txt and/or .json); every other file is a reject with a reason."""
 
     reader: Literal["image_folder"]
 
@@ -255,6 +263,12 @@ class IngestParams(_Strict):
     max_image_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger local image files are rejected unread"
     )
+    max_record_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="larger text sidecars, tar text members and JSON lines are rejected unread "
+        "(record_too_large)",
+    )
 
 
 class StageParams(_Strict):
@@ -292,6 +306,11 @@ class ProjectConfig(_Strict):
     orchestration: OrchestrationParams = OrchestrationParams()
     execution: ExecutionParams = ExecutionParams()
 
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _none_is_empty(cls, sources: object) -> object:
+        return [] if sources is None else sources  # `sources:` with nothing under it
+
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list) -> list:
@@ -311,6 +330,19 @@ class ProjectConfig(_Strict):
                 "judge locally"
             )
         return self
+
+    def clean_params(self) -> CleanParams:
+        """``stages.clean`` as the cleaning stage runs it: ``web_pair_sources`` completed with
+        the project's web caption sources (what ``web_pair_rules: auto`` applies to)."""
+        clean = self.stages.clean
+        names = list(
+            dict.fromkeys(
+                [*clean.web_pair_sources, *(s.name for s in self.sources if is_web_caption(s))]
+            )
+        )
+        if names == clean.web_pair_sources:
+            return clean
+        return clean.model_copy(update={"web_pair_sources": names})
 
     def source(self, name: str) -> SourceConfig:
         """The source named ``name``, or the source a partition key (a shard) belongs to."""
@@ -347,6 +379,15 @@ class ProjectConfig(_Strict):
         return [key for s in self.sources if s.name in wanted for key in s.partitions]
 
 
+WEB_CAPTION_PRESETS = ("laion", "webdataset_caption")
+
+
+def is_web_caption(source: SourceConfig) -> bool:
+    """A source of web alt-text pairs: a URL list, or a source mapped with a web caption preset."""
+    preset = source.mapping.preset if source.mapping is not None else None
+    return source.reader == "url_list" or preset in WEB_CAPTION_PRESETS
+
+
 def source_fingerprint(source: SourceConfig) -> str:
     """Changes whenever anything that defines the source's records changes."""
     payload = json.dumps(source.model_dump(mode="json"), sort_keys=True)
@@ -356,21 +397,43 @@ def source_fingerprint(source: SourceConfig) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def _expand_env(text: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value is None and name == "FINEHARBOR_HOME":
-            value = fineharbor_home()
-        if value is None and name == "FINEHARBOR_STATE":
-            value = str(fineharbor_state())
-        if value is None:
-            if default is None:
-                raise KeyError(name)
-            value = default
-        return value
+def _env_value(match: re.Match[str]) -> str:
+    name, default = match.group(1), match.group(2)
+    value = os.environ.get(name)
+    if value is None and name == "FINEHARBOR_HOME":
+        value = fineharbor_home()
+    if value is None and name == "FINEHARBOR_STATE":
+        value = str(fineharbor_state())
+    if value is None:
+        if default is None:
+            raise KeyError(name)
+        value = default
+    return value
 
-    return _ENV_REF.sub(replace, text)
+
+def _expand_env(node: object, where: str = "") -> object:
+    """``${VAR}`` / ``${VAR:-default}`` expanded inside the parsed string values only.
+
+    Expanding after parsing means a value can never change the file's structure: a ``#`` or a
+    newline in a variable stays part of that one string, and variables in comments or keys are
+    never looked at. Raises ConfigError naming the field of an unset variable.
+    """
+    if isinstance(node, dict):
+        return {
+            key: _expand_env(value, f"{where}.{key}" if where else str(key))
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_expand_env(value, f"{where}.{i}") for i, value in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        try:
+            return _ENV_REF.sub(_env_value, node)
+        except KeyError as missing:
+            raise ConfigError(
+                f"{where or '(top level)'}: environment variable {missing.args[0]} is not set "
+                "(use ${VAR:-default} for an optional one)"
+            ) from None
+    return node
 
 
 def _resolve_locations(raw: dict, base: Path) -> None:
@@ -413,23 +476,39 @@ def parse_config(raw: dict, base_dir: Path, origin: str = "<config>") -> Project
         raise ConfigError(_format_validation_error(Path(origin), error)) from None
 
 
-def load_config(path: str | Path | None = None) -> ProjectConfig:
+def read_text_file(path: Path, what: str) -> str:
+    """A project or decisions file as UTF-8 text; anything else is a one-line ConfigError."""
+    try:
+        return path.read_text(encoding="utf-8-sig")  # a BOM some editors write is dropped
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: {what} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read {what}: {error.strerror or error}") from None
+
+
+def load_config(path: str | Path | None = None, *, check_models: bool = True) -> ProjectConfig:
+    """Read, expand and validate a project file. With ``check_models``, every model it names
+    that is not on this machine is logged once per process, naming the field, where it was
+    looked for and how to get it (:mod:`fineharbor.core.models`)."""
     config_path = Path(path).expanduser().resolve() if path else default_config_path()
     if not config_path.exists():
         raise ConfigError(
             f"{config_path}: no such project file (set FINEHARBOR_CONFIG or run from the "
             "directory holding fineharbor.yaml)"
         )
-    text = config_path.read_text()
-    try:
-        text = _expand_env(text)
-    except KeyError as missing:
-        raise ConfigError(
-            f"{config_path}: environment variable {missing.args[0]} is not set "
-            "(use ${VAR:-default} for an optional one)"
-        ) from None
+    text = read_text_file(config_path, "the project file")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{config_path}: not valid YAML: {error}") from None
-    return parse_config(raw, config_path.parent, str(config_path))
+    try:
+        raw = _expand_env(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{config_path}: {error}") from None
+    config = parse_config(raw, config_path.parent, str(config_path))
+    if check_models:
+        report_missing_models(config)
+    return config

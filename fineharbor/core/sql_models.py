@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 _REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]\s*\)\s*\}\}")
-_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_NAME = re.compile(r"\A[a-z_][a-z0-9_]*\Z")
 
 
 class SqlModelError(ValueError):

@@ -39,7 +39,7 @@ from fineharbor.core.download_store import (
     ReusePolicy,
 )
 from fineharbor.core.mapping import map_batch
-from fineharbor.core.readers import read_source
+from fineharbor.core.readers import ReadStats, read_source, reports_stats
 from fineharbor.core.readers.url_list import read_url_list
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, UNIFIED_SCHEMA
 from fineharbor.core.storage import Storage
@@ -114,13 +114,14 @@ def build_raw_samples(
     source = project.source(source_name)
     shard = project.shard(source_name)
     seen = 0
+    stats = ReadStats()
     store = None
     if isinstance(source, UrlListSource):
         policy = ReusePolicy.for_source(source)
         store = DownloadStore(storage, source.name, policy, project.stages.ingest.download)
         batches = read_url_list(source, project.stages.ingest, progress, shard, store=store)
     else:
-        batches = read_source(source, project.stages.ingest, progress, shard)
+        batches = read_source(source, project.stages.ingest, progress, shard, stats)
 
     def counted() -> Iterable[tuple[pa.Table, pa.Table]]:
         nonlocal seen
@@ -136,6 +137,8 @@ def build_raw_samples(
     report = write_stage(storage, RAW, source_name, RAW_SCHEMA, counted(), lambda: seen)
     if store is not None:
         report.extra.update(store.stats.as_metadata())
+    elif reports_stats(source.reader):  # files seen = rows + rejects + sidecars read into rows
+        report.extra.update(stats.as_metadata())
     return report
 
 
@@ -212,7 +215,7 @@ def build_cleaned_samples(
 ) -> StageReport:
     """FineVision / LAION / DanQing filters and resizing, in worker processes."""
     project.source(source_name)  # an unknown source fails here, clearly
-    params = project.stages.clean
+    params = project.clean_params()
     work = BatchWork(
         CLEANED,
         _clean_in_worker,

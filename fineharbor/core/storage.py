@@ -6,12 +6,18 @@ Layout under the root (``FINEHARBOR_HOME``)::
     data/<asset>/part-NNNNN.parquet                        global stages
     rejects/<asset>/source=<partition>/part-NNNNN.parquet  what a stage dropped, with a reason
 
+    _staging/<write-id>/...                                a write in progress (or a dead one's)
+    _staging/<write-id>.lock                               held (flock) while its writer lives
+
 Every path goes through :class:`Storage`, built on ``pyarrow.fs`` so the same code serves a local
 directory and an object store (``s3://bucket/prefix``; endpoint and credentials from the standard
 ``AWS_*`` environment variables). Partitions are written to a staging directory and published
 only when complete, so a killed run leaves the previous good output or nothing:
 
-- local: the staged directory is renamed into place (``rename`` is atomic);
+- local: the staged directory is renamed into place (``rename`` is atomic). The output it
+  replaces is first renamed into the write's own staging directory, never next to the
+  partition: whatever a killed run leaves lies under ``_staging/``, which no ``data/`` or
+  ``rejects/`` glob matches, and :meth:`Storage.clean_staging` removes it at the next run start;
 - object store: there is no rename of a directory (pyarrow's S3 ``move`` copies single objects
   only), so a partition counts as published only while its commit marker
   (``_committed.json``, listing its files) exists. Publishing deletes the old marker, replaces
@@ -26,13 +32,17 @@ only when complete, so a killed run leaves the previous good output or nothing:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import posixpath
+import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +56,12 @@ PARTITION_COLUMN = "source"
 DATA = "data"
 REJECTS = "rejects"
 _STAGING = "_staging"
+_LOCK_SUFFIX = ".lock"
 COMMIT_MARKER = "_committed.json"
+# Object stores have no locks: a staged write is a dead run's once its newest object is this old.
+# Part files are uploaded as they fill (256 MB at most), so a live writer that uploaded nothing
+# for a day is not a realistic case, and one that uploaded nothing yet has nothing to delete.
+STALE_STAGING_S = 24 * 3600
 
 # Rolling to a new part file bounds both file size and the writer's buffered row group.
 DEFAULT_TARGET_FILE_BYTES = 256 * 1024 * 1024
@@ -200,46 +215,58 @@ class Storage:
         target_file_bytes: int = DEFAULT_TARGET_FILE_BYTES,
     ) -> Iterator[PartitionWriter]:
         """Stage a partition's kept rows and rejects; publish both only if the block succeeds."""
-        staging = self.path(_STAGING, f"{asset}-{partition or 'all'}-{uuid.uuid4().hex}")
-        writer = PartitionWriter(
-            fs=self.fs,
-            data=_RollingParquetWriter(
-                self.fs, posixpath.join(staging, DATA), schema, target_file_bytes
-            ),
-            rejects=_RollingParquetWriter(
-                self.fs, posixpath.join(staging, REJECTS), reject_schema, target_file_bytes
-            ),
-        )
-        try:
-            yield writer
-            writer.close()
-            # Rejects first: a reader that finds the data directory also finds its ledger.
-            self._publish(posixpath.join(staging, REJECTS), self.dir(asset, partition, REJECTS))
-            self._publish(posixpath.join(staging, DATA), self.dir(asset, partition, DATA))
-        finally:
-            writer.abort()
-            self._delete_dir(staging)
+        with self._staging(f"{asset}-{partition or 'all'}") as staging:
+            writer = PartitionWriter(
+                data=_RollingParquetWriter(
+                    self.fs, posixpath.join(staging, DATA), schema, target_file_bytes
+                ),
+                rejects=_RollingParquetWriter(
+                    self.fs, posixpath.join(staging, REJECTS), reject_schema, target_file_bytes
+                ),
+            )
+            try:
+                yield writer
+                writer.close()
+                # Rejects first: a reader that finds the data directory also finds its ledger.
+                for kind in (REJECTS, DATA):
+                    self._publish(staging, kind, self.dir(asset, partition, kind))
+            finally:
+                writer.abort()
 
     @contextlib.contextmanager
     def staged_directory(self, *parts: str) -> Iterator[str]:
         """A staging directory for arbitrary files (a release); published at ``path(*parts)``
         only if the block succeeds, replacing what was there."""
-        staging = self.path(_STAGING, f"{'-'.join(parts)}-{uuid.uuid4().hex}")
-        _make_dir(self.fs, staging)
-        try:
-            yield staging
-            self._publish(staging, self.path(*parts))
-        finally:
-            self._delete_dir(staging)
+        with self._staging("-".join(parts)) as staging:
+            files = posixpath.join(staging, "files")
+            _make_dir(self.fs, files)
+            yield files
+            self._publish(staging, "files", self.path(*parts))
 
-    def _publish(self, staged: str, final: str) -> None:
-        """Make ``staged`` visible at ``final`` all at once (see the module docstring)."""
+    @contextlib.contextmanager
+    def _staging(self, label: str) -> Iterator[str]:
+        """A write's own staging directory, removed when the block ends, and left (with its
+        lock released) for :meth:`clean_staging` when the process is killed."""
+        staging = self.path(_STAGING, f"{label}-{uuid.uuid4().hex}")
+        lock = staging + _LOCK_SUFFIX
+        with _held(lock) if self.is_local else contextlib.nullcontext():
+            try:
+                yield staging
+            finally:
+                self._delete_dir(staging)
+                if self.is_local:  # unlinked while held: see _held
+                    os.unlink(lock)
+
+    def _publish(self, staging: str, name: str, final: str) -> None:
+        """Make ``staging/name`` visible at ``final`` all at once (see the module docstring)."""
+        staged = posixpath.join(staging, name)
         if not self.is_local:
             self._publish_by_copy(staged, final)
             return
-        parent = posixpath.dirname(final)
-        self.fs.create_dir(parent, recursive=True)
-        retired = f"{final}.retired-{uuid.uuid4().hex}"
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
+        # Retired into this write's staging directory: a rename on the same filesystem (the
+        # storage root), and never a directory a data glob would read if the run died here.
+        retired = posixpath.join(staging, f"retired-{name}")
         if self.exists(final):
             self.fs.move(final, retired)
         self.fs.move(staged, final)
@@ -312,9 +339,111 @@ class Storage:
                 pafs.copy_files(info.path, str(target), self.fs, pafs.LocalFileSystem())
             yield Path(tmp)
 
-    def clean_staging(self) -> None:
-        """Remove leftovers of killed runs; their partitions were never published."""
-        self._delete_dir(self.path(_STAGING))
+    def clean_staging(self, now: float | None = None) -> list[str]:
+        """Remove what dead writes left under ``_staging/`` (unpublished outputs, retired old
+        ones); returns the removed paths. Called at every run start; concurrent runs are safe:
+
+        - local: a write holds an exclusive ``flock`` on ``_staging/<id>.lock`` for its whole
+          life, and the kernel releases it when the process dies (``kill -9`` included), so a
+          staging directory whose lock can be taken belongs to a dead process;
+        - object store (no locks): a staged write whose newest object is older than
+          :data:`STALE_STAGING_S`.
+        """
+        root = self.path(_STAGING)
+        if not self.is_local:
+            if not self.exists(root):
+                return []
+            return self._clean_stale_objects(root, time.time() if now is None else now)
+        removed = self._remove_legacy_retired()
+        if not os.path.isdir(root):
+            return removed
+        for entry in sorted(os.listdir(root)):
+            name = entry.removesuffix(_LOCK_SUFFIX)
+            if entry != name and os.path.lexists(posixpath.join(root, name)):
+                continue  # handled with its directory
+            path = posixpath.join(root, name)
+            with _held(path + _LOCK_SUFFIX, wait=False) as free:
+                if free:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(path)
+                    elif os.path.lexists(path):
+                        os.unlink(path)
+                        removed.append(path)
+                    os.unlink(path + _LOCK_SUFFIX)
+        return removed
+
+    def _remove_legacy_retired(self) -> list[str]:
+        """Earlier versions retired a replaced output beside it (``source=<p>.retired-<hex>``),
+        where a killed run left it for every glob to read. Nothing creates those any more, and a
+        retired output is by definition replaced, so any found is removed."""
+        removed = []
+        for kind in (DATA, REJECTS):
+            top = self.path(kind)
+            parents = [top] + [e.path for e in _scandir(top) if e.is_dir(follow_symlinks=False)]
+            for parent in parents:
+                for entry in _scandir(parent):
+                    if _LEGACY_RETIRED.fullmatch(entry.name) and entry.is_dir(
+                        follow_symlinks=False
+                    ):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        removed.append(entry.path)
+        return removed
+
+    def _clean_stale_objects(self, root: str, now: float) -> list[str]:
+        newest: dict[str, float] = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+            if info.type != pafs.FileType.File:
+                continue
+            write = posixpath.relpath(info.path, root).split("/", 1)[0]
+            mtime = info.mtime.timestamp() if info.mtime is not None else now
+            newest[write] = max(newest.get(write, mtime), mtime)
+        stale = [w for w, mtime in sorted(newest.items()) if now - mtime >= STALE_STAGING_S]
+        for write in stale:
+            self._delete_dir(posixpath.join(root, write))
+        return [posixpath.join(root, w) for w in stale]
+
+
+_LEGACY_RETIRED = re.compile(r".+\.retired-[0-9a-f]{32}")
+
+
+def _scandir(path: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+@contextlib.contextmanager
+def _held(lock: str, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on the file ``lock`` (created if missing); yields whether it is
+    held (``wait=False``: False at once when another process holds it).
+
+    The holder checks that the path still names the inode it locked: a cleaner that took the
+    lock of a dead write unlinks the file while holding it, and a writer that opened the same
+    name just before must not go on with a lock nobody else can see."""
+    os.makedirs(posixpath.dirname(lock), exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield True
+                return
+        finally:
+            os.close(fd)
+        if not wait:
+            yield False  # unlinked by another cleaner meanwhile: nothing left to do
+            return
 
 
 def _make_dir(fs: pafs.FileSystem, path: str) -> None:
@@ -333,7 +462,6 @@ class _RollingParquetWriter:
         self.directory = directory
         self.schema = schema
         self.target_file_bytes = target_file_bytes
-        self.rows = 0
         self._file_index = 0
         self._file_bytes = 0
         self._writer: pq.ParquetWriter | None = None
@@ -355,7 +483,6 @@ class _RollingParquetWriter:
         table = _conform(table, self.schema)
         writer = self._writer or self._open()
         writer.write_table(table, row_group_size=DEFAULT_ROW_GROUP_ROWS)
-        self.rows += table.num_rows
         self._file_bytes += table.nbytes
         if self._file_bytes >= self.target_file_bytes:
             self._finish_file()
@@ -390,31 +517,17 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 class PartitionWriter:
     """Kept rows and rejected rows of one stage partition, staged together."""
 
-    fs: pafs.FileSystem
     data: _RollingParquetWriter
     rejects: _RollingParquetWriter
+    reason_counts: Counter = field(default_factory=Counter)
 
     def write(self, kept: pa.Table | pa.RecordBatch) -> None:
         self.data.write(kept)
-
-    reason_counts: Counter = field(default_factory=Counter)
 
     def reject(self, rejected: pa.Table | pa.RecordBatch) -> None:
         if rejected.num_rows:
             self.reason_counts.update(rejected.column("reason").to_pylist())
         self.rejects.write(rejected)
-
-    def write_all(self, kept: Iterable[pa.Table | pa.RecordBatch]) -> None:
-        for item in kept:
-            self.write(item)
-
-    @property
-    def kept_rows(self) -> int:
-        return self.data.rows
-
-    @property
-    def rejected_rows(self) -> int:
-        return self.rejects.rows
 
     def close(self) -> None:
         self.data.close()

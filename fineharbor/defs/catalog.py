@@ -20,7 +20,12 @@ from fineharbor.defs.sql_models import MODEL_TABLES, SQL_MODEL_ASSETS
     ),
 )
 def duckdb_catalog(project: FineharborProject) -> dg.MaterializeResult:
-    views = refresh_catalog(project.storage, project.catalog_path, [*STAGE_TABLES, *MODEL_TABLES])
+    views = refresh_catalog(
+        project.storage,
+        project.catalog_path,
+        [*STAGE_TABLES, *MODEL_TABLES],
+        open_database=lambda path: project.duckdb(path).get_connection(),
+    )
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(project.catalog_path)),

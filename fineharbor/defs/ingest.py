@@ -173,6 +173,8 @@ def image_signatures(
             embedders=embedders,
         )
         report.extra["images_per_second"] = round(report.rows_per_second, 1)
+        # an absent model leaves its column null (logged with how to get it): say which ran
+        report.extra["embeddings"] = ", ".join(e.name for e in embedders) or "none (hashes only)"
         outcomes.append((report, []))
     return partitions_result(context, project.storage, outcomes)
 

@@ -32,12 +32,20 @@ class QualityModelsResource(dg.ConfigurableResource):
     loaded once per process and shared by every run; CUDA and half precision when present."""
 
     def clip(self, params: ClipScoreParams):
-        """The open_clip embedder, or None when `stages.clip_score.model` is null."""
+        """The open_clip embedder, or None when `stages.clip_score.model` is null or its model
+        is not on this machine (see `clip_note`)."""
+        return self._clip(params)[0]
+
+    def clip_note(self, params: ClipScoreParams) -> str:
+        """Why there is no scoring CLIP ("" when there is one)."""
+        return self._clip(params)[1]
+
+    def _clip(self, params: ClipScoreParams) -> tuple:
         key = ("clip", params.model_dump_json())
         if key not in _LOADED:
-            from fineharbor.core.quality.clip_score import load_clip_embedder
+            from fineharbor.core.quality.clip_score import scoring_clip
 
-            _LOADED[key] = load_clip_embedder(params) if params.model else None
+            _LOADED[key] = scoring_clip(params)
         return _LOADED[key]
 
     def judges(self, params: JudgeParams) -> tuple:
@@ -72,8 +80,9 @@ def quality_classifier(
 ) -> dg.MaterializeResult:
     embedder = models.clip(project.config.stages.clip_score)
     if embedder is None:
-        context.log.info("stages.clip_score.model is null: no classifier is trained")
-        return dg.MaterializeResult(metadata={"trained": False})
+        note = models.clip_note(project.config.stages.clip_score)
+        context.log.info(f"no classifier is trained: {note}")
+        return dg.MaterializeResult(metadata={"trained": False, "why_not": note})
     text_judge, _ = models.judges(project.config.stages.judge)
     model, stats = train_quality_model(project.config, project.storage, embedder, text_judge)
     report = model.report
@@ -156,6 +165,8 @@ def scored_samples(
             judge_cache_dir=project.state_path / "judge_cache",
         )
         report.extra.update(_scoring_metadata(stages, stats, report, judges))
+        if not on_ray and embedder is None:
+            report.extra["clip_model"] = f"absent: {models.clip_note(stages.clip_score)}"
         outcomes.append((report, []))
     return partitions_result(context, project.storage, outcomes)
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
+import polars as pl
 import pyarrow as pa
 
-from fineharbor.core.catalog import connect
 from fineharbor.core.config import ProjectConfig
 from fineharbor.core.stages import StageReport
 from fineharbor.core.storage import Storage
+from fineharbor.defs.resources import FineharborProject
 
 CHECK_CONSERVED = "rows_conserved"
 CHECK_UNIQUE = "unique_sample_id"
@@ -69,15 +71,16 @@ def _files_sql(storage: Storage, files: list[str]) -> str:
     return "[" + ", ".join("'" + u.replace("'", "''") + "'" for u in uris) + "]"
 
 
-def stage_check_results(report: StageReport, storage: Storage) -> list[dg.AssetCheckResult]:
+def stage_check_results(
+    report: StageReport, storage: Storage, connection: duckdb.DuckDBPyConnection
+) -> list[dg.AssetCheckResult]:
     files = storage.files(report.asset, report.partition)
     key = ", ".join(report.key)
     source = f"read_parquet({_files_sql(storage, files)})"
-    with connect(storage) as connection:
-        total, distinct = connection.execute(
-            f"select (select count(*) from {source}), "
-            f"(select count(*) from (select distinct {key} from {source}))"
-        ).fetchall()[0]
+    total, distinct = connection.execute(
+        f"select (select count(*) from {source}), "
+        f"(select count(*) from (select distinct {key} from {source}))"
+    ).fetchall()[0]
     written = storage.schema(report.asset, report.partition)
     mismatched = [
         f.name
@@ -134,23 +137,24 @@ def _preview_columns(schema: pa.Schema) -> tuple[list[str], str]:
     return shown, ", ".join(shown)
 
 
-def preview_markdown(storage: Storage, report: StageReport, rows: int = 5) -> str:
+def preview_markdown(
+    storage: Storage, report: StageReport, connection: duckdb.DuckDBPyConnection, rows: int = 5
+) -> str:
     """A few kept rows and a few rejects, so a person sees what the stage did."""
     files = storage.files(report.asset, report.partition)
     reject_files = storage.files(report.asset, report.partition, kind="rejects")
     headers, columns = _preview_columns(report.schema)
-    with connect(storage) as connection:
-        kept = connection.execute(
-            f"select {columns} from read_parquet({_files_sql(storage, files)}) limit {rows}"
+    kept = connection.execute(
+        f"select {columns} from read_parquet({_files_sql(storage, files)}) limit {rows}"
+    ).fetchall()
+    rejected = (
+        connection.execute(
+            "select reason, origin_key, detail from "
+            f"read_parquet({_files_sql(storage, reject_files)}) limit {rows}"
         ).fetchall()
-        rejected = (
-            connection.execute(
-                "select reason, origin_key, detail from "
-                f"read_parquet({_files_sql(storage, reject_files)}) limit {rows}"
-            ).fetchall()
-            if reject_files
-            else []
-        )
+        if reject_files
+        else []
+    )
     reasons = markdown_table(["reason", "rows"], sorted(report.reasons.items()))
     return (
         f"**{report.asset} / {report.partition}**: {report.rows_in} in, {report.kept} kept, "
@@ -162,7 +166,9 @@ def preview_markdown(storage: Storage, report: StageReport, rows: int = 5) -> st
     )
 
 
-def stage_metadata(report: StageReport, storage: Storage) -> dict:
+def stage_metadata(
+    report: StageReport, storage: Storage, connection: duckdb.DuckDBPyConnection
+) -> dict:
     return {
         "dagster/row_count": report.kept,
         "dagster/column_schema": column_schema(report.schema),
@@ -173,7 +179,7 @@ def stage_metadata(report: StageReport, storage: Storage) -> dict:
         "seconds": round(report.seconds, 3),
         "rows_per_second": round(report.rows_per_second, 1),
         "path": dg.MetadataValue.path(storage.to_uri(storage.dir(report.asset, report.partition))),
-        "summary": dg.MetadataValue.md(preview_markdown(storage, report)),
+        "summary": dg.MetadataValue.md(preview_markdown(storage, report, connection)),
         **report.extra,
     }
 
@@ -210,16 +216,20 @@ def partitions_result(
 
     A backfill runs several partitions in one run (`orchestration.partitions_per_run`): each
     partition's materialization event still gets its own metadata (row counts, rejects,
-    previews), and each check reports once for the run, failing when any partition failed."""
-    results = [
-        (report, [*stage_check_results(report, storage), *extra]) for report, extra in outcomes
-    ]
+    previews), and each check reports once for the run, failing when any partition failed.
+    The queries run on one connection of the asset's `project` resource (DuckDBResource)."""
+    project: FineharborProject = context.resources.project
+    with project.duckdb_connection() as connection:
+        results = [
+            (report, [*stage_check_results(report, storage, connection), *extra])
+            for report, extra in outcomes
+        ]
+        metadata = [stage_metadata(report, storage, connection) for report, _ in results]
     if context.has_partition_key:
-        report, checks = results[0]
-        return dg.MaterializeResult(metadata=stage_metadata(report, storage), check_results=checks)
+        return dg.MaterializeResult(metadata=metadata[0], check_results=results[0][1])
     by_check: dict[str, dict[str, dg.AssetCheckResult]] = {}
-    for report, checks in results:
-        context.add_asset_metadata(stage_metadata(report, storage), partition_key=report.partition)
+    for (report, checks), figures in zip(results, metadata, strict=True):
+        context.add_asset_metadata(figures, partition_key=report.partition)
         for check in checks:
             by_check.setdefault(check.check_name, {})[str(report.partition)] = check
     return dg.MaterializeResult(
@@ -227,16 +237,21 @@ def partitions_result(
     )
 
 
-def histogram_markdown(values: list[float], title: str, bins: int = 10, digits: int = 0) -> str:
+def histogram_markdown(
+    values: Sequence[float] | pl.Series, title: str, bins: int = 10, digits: int = 0
+) -> str:
     """A bar chart as a markdown table: renders in the Dagster UI with no plotting library.
     ``digits``: decimals of the bin edges (scores in [0, 1] need 2)."""
-    if not values:
+    series = pl.Series(values, dtype=pl.Float64)
+    if series.is_empty():
         return f"### {title}\n(no values)"
-    low, high = min(values), max(values)
+    low, high = series.min(), series.max()
     width = (high - low) / bins or 1.0
-    counts = [0] * bins
-    for value in values:
-        counts[min(int((value - low) / width), bins - 1)] += 1
+    # Polars counts in one vectorised pass (partitions hold 10^5-10^6 values); the last bin is
+    # closed so the maximum lands in it.
+    index = ((series - low) / width).floor().cast(pl.Int64).clip(upper_bound=bins - 1)
+    counted = dict(index.value_counts().iter_rows())
+    counts = [counted.get(i, 0) for i in range(bins)]
     peak = max(counts)
     rows = [
         (
@@ -249,25 +264,52 @@ def histogram_markdown(values: list[float], title: str, bins: int = 10, digits: 
     return f"### {title}\n" + markdown_table(["range", "rows", ""], rows)
 
 
+def _text_chars(turn: pl.Expr) -> pl.Expr:
+    return (
+        turn.struct.field("user").str.len_chars() + turn.struct.field("assistant").str.len_chars()
+    )
+
+
 def cleaned_distributions(storage: Storage, report: StageReport) -> dict:
-    """Image sizes and text lengths of what cleaning kept: where a threshold would bite."""
-    files = storage.files(report.asset, report.partition)
-    with connect(storage) as connection:
-        sides = connection.execute(
-            f"select greatest(i.width, i.height) from (select unnest(image_info) as i "
-            f"from read_parquet({_files_sql(storage, files)}))"
-        ).fetchall()
-        lengths = connection.execute(
-            "select list_sum(list_transform(texts, lambda t: length(t.user) + "
-            f"length(t.assistant))) from read_parquet({_files_sql(storage, files)})"
-        ).fetchall()
+    """Image sizes, text lengths and decoder warnings of what cleaning kept: where a threshold
+    would bite.
+
+    Polars over the partition's record batches (two columns, bounded memory): per image the
+    longer side, per sample the characters of its turns (a turn with a null text counts as
+    unknown; a sample with no known turn has no length)."""
+    sides: list[pl.Series] = []
+    lengths: list[pl.Series] = []
+    warnings = 0
+    for batch in storage.iter_batches(
+        report.asset, report.partition, columns=["image_info", "texts"], batch_size=4096
+    ):
+        frame = pl.from_arrow(pa.Table.from_batches([batch]))
+        image = pl.col("image_info").explode()
+        sides.append(
+            frame.select(
+                pl.max_horizontal(image.struct.field("width"), image.struct.field("height"))
+            ).to_series()
+        )
+        info_fields = {f.name for f in batch.schema.field("image_info").type.value_type}
+        if "decoder_warnings" in info_fields:  # partitions cleaned before it was counted lack it
+            warnings += int(frame.select(image.struct.field("decoder_warnings").sum()).item() or 0)
+        per_turn = pl.col("texts").list.eval(_text_chars(pl.element()))
+        lengths.append(
+            frame.select(
+                pl.when(per_turn.list.drop_nulls().list.len() > 0).then(per_turn.list.sum())
+            ).to_series()
+        )
     return {
         "image_sides": dg.MetadataValue.md(
-            histogram_markdown([s[0] for s in sides if s[0] is not None], "Longest image side (px)")
+            histogram_markdown(_known(sides), "Longest image side (px)")
         ),
         "text_lengths": dg.MetadataValue.md(
-            histogram_markdown(
-                [n[0] for n in lengths if n[0] is not None], "Text length per sample (chars)"
-            )
+            histogram_markdown(_known(lengths), "Text length per sample (chars)")
         ),
+        # kept images only; a rejected image's detail carries its own count
+        "decoder_warnings": dg.MetadataValue.int(warnings),
     }
+
+
+def _known(parts: list[pl.Series]) -> pl.Series:
+    return pl.concat(parts).drop_nulls() if parts else pl.Series([], dtype=pl.Int64)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
-from fineharbor.core.catalog import StageTable
+from fineharbor.core.catalog import StageTable, configure
 from fineharbor.core.config import (
     ProjectConfig,
     default_config_path,
@@ -32,6 +38,30 @@ class FineharborProject(dg.ConfigurableResource):
     config_path: str = ""
     home: str = ""
     state: str = ""
+    duckdb_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="DuckDB settings for every connection the assets open (e.g. "
+        "{memory_limit: 4GB, threads: 4} when several steps run side by side); DuckDB's "
+        "defaults (80% of RAM, every core) otherwise",
+    )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # A run start is where a killed run's debris goes: Storage.clean_staging takes only
+        # staging whose writer is dead (its lock is free), so concurrent runs keep theirs.
+        removed = self.storage.clean_staging()
+        if removed and context.log is not None:
+            context.log.info(f"removed {len(removed)} staging leftovers of dead runs: {removed}")
+
+    def duckdb(self, database: str = ":memory:") -> DuckDBResource:
+        """dagster-duckdb's resource for one database: it retries while another process holds
+        the file (a user's duckdb CLI on the catalog) and applies ``duckdb_config``."""
+        return DuckDBResource(database=database, connection_config=self.duckdb_config)
+
+    @contextmanager
+    def duckdb_connection(self, database: str = ":memory:") -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection that reads this project's storage (``s3://`` included)."""
+        with self.duckdb(database).get_connection() as connection:
+            yield configure(connection, self.storage)
 
     @property
     def root(self) -> str:

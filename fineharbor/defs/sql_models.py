@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from fineharbor.core.catalog import StageTable, connect_in_memory
+from fineharbor.core.catalog import StageTable, create_views
 from fineharbor.core.sql_models import SqlModel, load_models, run_model
 from fineharbor.defs.reporting import column_schema, markdown_table
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
@@ -30,8 +30,8 @@ def _model_asset(model: SqlModel, model_tables: list[StageTable]) -> dg.AssetsDe
     def _asset(project: FineharborProject) -> dg.MaterializeResult:
         storage = project.storage
         tables = [*STAGE_TABLES, *model_tables]
-        with connect_in_memory(storage, tables, only=model.refs) as connection:
-            table = run_model(connection, model)
+        with project.duckdb_connection() as connection:
+            table = run_model(create_views(connection, storage, tables, only=model.refs), model)
         with storage.writer(model.name, None, table.schema) as writer:
             writer.write(table)
         preview = [tuple(row.values()) for row in table.slice(0, 20).to_pylist()]

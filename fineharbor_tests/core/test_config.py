@@ -134,3 +134,65 @@ def test_home_may_be_object_storage_and_state_stays_local(tmp_path, monkeypatch)
     monkeypatch.delenv("FINEHARBOR_STATE")
     config = load_config(write(tmp_path, VALID.replace("data/charts", "${FINEHARBOR_STATE}/c")))
     assert config.source("charts").location == str(tmp_path / ".fineharbor" / "c")
+
+
+def test_variables_expand_inside_values_only(tmp_path, monkeypatch):
+    """A value cannot change the file's structure: '#' and newlines stay in their string, and
+    variables in comments or keys are never looked at."""
+    monkeypatch.setenv("DATA_DIR", "/srv/a#b\nrole: benchmark")
+    monkeypatch.delenv("NOPE_NOT_SET", raising=False)
+    text = "# ${NOPE_NOT_SET} in a comment is fine\n" + VALID.replace(
+        "    priority: 3", "    priority: 3  # ${NOPE_NOT_SET}"
+    )
+    config = load_config(write(tmp_path, text))
+    urls = config.source("urls")
+    assert urls.location == "/srv/a#b\nrole: benchmark/urls.parquet"
+    assert urls.role == "train"  # the newline injected no key
+    lower = VALID + "  clip_score: {model: null, lower: '${CLIP_LOWER:-0.25}'}\n"
+    assert load_config(write(tmp_path, lower)).stages.clip_score.lower == 0.25
+
+
+def test_unset_variable_names_its_field(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, VALID.replace("data/charts", "${NOPE_NOT_SET}/charts")))
+    message = str(caught.value)
+    assert "sources.0.location" in message and "NOPE_NOT_SET" in message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\n\n", "\nabc", "abc\r"])
+def test_source_name_with_a_trailing_newline_is_refused(tmp_path, name):
+    text = VALID.replace("name: charts", f"name: {name!r}".replace("'", '"'))
+    with pytest.raises(ConfigError, match="not a valid source name"):
+        load_config(write(tmp_path, text))
+
+
+def test_project_file_that_is_not_utf8_gives_one_line(tmp_path):
+    path = tmp_path / "fineharbor.yaml"
+    path.write_bytes(VALID.replace("name: t", "name: caf\xe9").encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)) and "not UTF-8" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_web_caption_sources_get_the_web_pair_rules(tmp_path):
+    shards = (
+        "  - name: shards\n    reader: webdataset\n    location: data/wds\n"
+        "    mapping: {preset: webdataset_caption}\n"
+    )
+    config = load_config(write(tmp_path, VALID.replace("stages:", shards + "stages:")))
+    params = config.clean_params()
+    assert params.web_pair_sources == ["urls", "shards"]  # not the Parquet charts
+    assert params.web_pair_rules_apply("urls") and not params.web_pair_rules_apply("charts")
+    assert config.stages.clean.web_pair_sources == []  # the user's value is left as written
+    listed = VALID + "  clean: {web_pair_sources: [charts]}\n"
+    listed = load_config(write(tmp_path, listed)).clean_params()
+    assert listed.web_pair_sources == ["charts", "urls"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_file(tmp_path):
+    path = tmp_path / "fineharbor.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + VALID.encode())
+    assert load_config(path).source_names == ["charts", "urls"]

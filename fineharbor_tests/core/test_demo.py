@@ -28,6 +28,8 @@ from fineharbor.core.demo import (
 )
 from fineharbor.core.demo.generate import record_count
 
+pytestmark = pytest.mark.slow
+
 BASE_URL = "http://127.0.0.1:8765"
 SCALE = 0.2
 IMAGE_EXTS = (".jpg", ".png", ".webp")

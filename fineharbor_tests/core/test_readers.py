@@ -274,8 +274,19 @@ def test_truncated_shard_keeps_what_was_read_and_records_the_rest(tmp_path):
     assert rejected[-1]["reason"] == "unreadable_shard"
 
 
-def test_folder_without_images_is_a_location_error(tmp_path):
+def test_folder_without_images_rejects_its_files_and_an_empty_folder_is_a_location_error(
+    tmp_path,
+):
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "a.txt").write_text("caption without image")
-    with pytest.raises(SourceLocationError, match="no image files"):
-        read_all(source(tmp_path, reader="image_folder", location="f", mapping={"caption": "txt"}))
+    kept, rejected = read_all(
+        source(tmp_path, reader="image_folder", location="f", mapping={"caption": "txt"})
+    )
+    assert kept == []
+    assert [(r["origin_key"], r["reason"]) for r in rejected] == [("a.txt", "unsupported_file")]
+    assert "extension .txt, content text" in rejected[0]["detail"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceLocationError, match="holds no files"):
+        read_all(
+            source(tmp_path, reader="image_folder", location="empty", mapping={"caption": "txt"})
+        )

@@ -104,4 +104,140 @@ def test_kill_during_write_leaves_no_partial_partition(tmp_path):
     assert not storage.has_partition("stage", "src")
     assert any((tmp_path / "_staging").iterdir())  # the debris is only in staging
     storage.clean_staging()
-    assert not (tmp_path / "_staging").exists()
+    assert not any((tmp_path / "_staging").iterdir())
+
+
+KILL_AT_PUBLISH = """
+import os, signal, sys
+import pyarrow as pa
+import pyarrow.fs as pafs
+from fineharbor.core.storage import Storage
+
+point = sys.argv[2]
+
+
+class Dying(pafs.LocalFileSystem):
+    def move(self, source, target):
+        if point == "between_renames" and "/_staging/" in source and source.endswith("/data"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().move(source, target)
+
+
+class DyingStorage(Storage):
+    def _delete_dir(self, path):
+        if point == "before_removing_retired" and path.endswith("retired-data"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super()._delete_dir(path)
+
+
+schema = pa.schema([("sample_id", pa.string()), ("value", pa.int64())])
+storage = DyingStorage(sys.argv[1])
+storage.fs = Dying()
+with storage.writer("stage", "src", schema) as writer:
+    writer.write(pa.table({"sample_id": [str(i) for i in range(400)], "value": list(range(400))}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("point", "live_rows"),
+    # the old output is retired, the new one published, the process dies before deleting the
+    # old one; or it dies between the two renames: the partition is absent until the rerun
+    [("before_removing_retired", 400), ("between_renames", None)],
+)
+def test_kill_at_publish_leaves_nothing_a_glob_reads_and_the_next_run_start_cleans(
+    tmp_path, point, live_rows
+):
+    import dagster as dg
+
+    from fineharbor.core.catalog import StageTable, connect_in_memory
+    from fineharbor.defs.resources import FineharborProject
+
+    storage = Storage(str(tmp_path))
+    with storage.writer("stage", "src", SCHEMA) as writer:
+        writer.write(table(range(300)))
+    with storage.writer("stage", "other", SCHEMA) as writer:
+        writer.write(table(range(300, 310)))
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_PUBLISH, str(tmp_path), point])
+    assert killed.returncode == -signal.SIGKILL
+
+    debris = list((tmp_path / "_staging").rglob("*.parquet"))
+    assert debris, "the kill left the retired or staged output behind"
+    assert not [p for p in (tmp_path / "data").rglob("*") if "retired" in p.name]
+    assert storage.partitions("stage") == (["other", "src"] if live_rows else ["other"])
+    assert storage.count_rows("stage", "src") == (live_rows or 0)
+    # What users query: the catalog views and globs count live rows only (no 300 + 400).
+    with connect_in_memory(storage, [StageTable("stage")]) as connection:
+        view = connection.execute("select count(*) from stage").fetchone()[0]
+        glob = connection.execute(
+            "select count(*) from read_parquet(?)", [storage.glob("stage")]
+        ).fetchone()[0]
+    assert view == glob == (live_rows or 0) + 10
+
+    # The next run start (the project resource's setup) removes the dead run's leftovers.
+    @dg.asset
+    def probe(project: FineharborProject) -> None:
+        pass
+
+    project = FineharborProject(home=str(tmp_path), state=str(tmp_path / "state"))
+    assert dg.materialize([probe], resources={"project": project}).success
+    assert not list((tmp_path / "_staging").iterdir())
+    assert storage.count_rows("stage", "other") == 10
+
+
+LIVE_WRITER = """
+import sys
+import pyarrow as pa
+from fineharbor.core.storage import Storage
+
+schema = pa.schema([("sample_id", pa.string()), ("value", pa.int64())])
+with Storage(sys.argv[1]).writer("stage", "src", schema) as writer:
+    writer.write(pa.table({"sample_id": ["a", "b"], "value": [1, 2]}, schema=schema))
+    print("staged", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_clean_staging_keeps_a_live_concurrent_write(tmp_path):
+    """Another process mid-write (its staging holds rows, its lock is held): a run start
+    removes a dead write's leftovers beside it and leaves the live one to publish."""
+    storage = Storage(str(tmp_path))
+    dead = tmp_path / "_staging" / "stage-dead-0123" / "data"
+    dead.mkdir(parents=True)
+    (dead / "part-00000.parquet").write_bytes(b"debris of a killed run")
+    live = subprocess.Popen(
+        [sys.executable, "-c", LIVE_WRITER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout.readline().strip() == "staged"
+        removed = storage.clean_staging()
+        assert removed == [storage.path("_staging", "stage-dead-0123")]
+        assert len(list((tmp_path / "_staging").rglob("*.parquet"))) == 1  # the live one's
+        live.stdin.write("go\n")
+        live.stdin.flush()
+        assert live.wait(timeout=60) == 0
+    finally:
+        live.kill()
+    assert storage.read_table("stage", "src").column("value").to_pylist() == [1, 2]
+    assert not list((tmp_path / "_staging").iterdir())
+
+
+def test_run_start_removes_retired_outputs_earlier_versions_left_beside_partitions(tmp_path):
+    storage = Storage(str(tmp_path))
+    with storage.writer("stage", "src", SCHEMA) as writer:
+        writer.write(table(range(3)))
+    legacy = [
+        tmp_path / "data" / "stage" / f"source=src.retired-{'a' * 32}",
+        tmp_path / "rejects" / "stage" / f"source=src.retired-{'b' * 32}",
+        tmp_path / "data" / f"global.retired-{'c' * 32}",
+    ]
+    for directory in legacy:
+        directory.mkdir(parents=True)
+        (directory / "part-00000.parquet").write_bytes(b"old rows")
+    lookalike = tmp_path / "data" / "stage" / "source=src.retired-notahash"
+    lookalike.mkdir()
+    assert sorted(storage.clean_staging()) == sorted(str(d) for d in legacy)
+    assert not any(d.exists() for d in legacy) and lookalike.exists()
+    assert storage.count_rows("stage", "src") == 3

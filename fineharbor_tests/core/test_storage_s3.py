@@ -1,13 +1,14 @@
 """Storage and DuckDB on an S3-compatible object store (moto on loopback)."""
 
 import json
+import time
 
 import pyarrow as pa
 import pytest
 
 from fineharbor.core.catalog import StageTable, connect, connect_in_memory, s3_secret_sql
 from fineharbor.core.schema import REJECT_SCHEMA, reject_row
-from fineharbor.core.storage import COMMIT_MARKER, Storage
+from fineharbor.core.storage import COMMIT_MARKER, STALE_STAGING_S, Storage
 from fineharbor_tests.conftest import s3_keys
 from fineharbor_tests.core.test_storage import SCHEMA, table
 
@@ -124,7 +125,11 @@ def test_delete_partition_and_clean_staging(s3):
     client.put_object(
         Bucket=bucket, Key="pre/_staging/killed-run/data/part-00000.parquet", Body=b""
     )
-    storage.clean_staging()
+    # No locks on an object store: a run start removes only what no live write can still own.
+    assert storage.clean_staging() == []
+    assert s3_keys(client, bucket, "pre/_staging/")
+    later = time.time() + STALE_STAGING_S + 60
+    assert storage.clean_staging(now=later) == [f"{bucket}/pre/_staging/killed-run"]
     assert not s3_keys(client, bucket, "pre/_staging/")
 
 

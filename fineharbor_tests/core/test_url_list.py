@@ -92,3 +92,32 @@ def test_an_unreadable_file_is_one_reject_and_the_next_file_is_read(tmp_path, se
         ("a.parquet:0", "unreadable_file")
     ]
     assert "a.parquet" in rejected[0]["detail"]
+
+
+def test_a_jsonl_line_over_max_record_bytes_is_skipped_unread(tmp_path, server):
+    good = json.dumps({"url": server.url("ok.jpg"), "caption": "a cat"}).encode()
+    huge = json.dumps({"url": server.url("ok.jpg"), "caption": "x" * 5000}).encode()
+    (tmp_path / "urls.jsonl").write_bytes(b"\n".join([good, huge, good]) + b"\n")
+    source = parse_config(
+        {
+            "sources": [
+                {
+                    "name": "web",
+                    "reader": "url_list",
+                    "location": "urls.jsonl",
+                    "allow_private_addresses": True,
+                    "mapping": {"preset": "laion"},
+                }
+            ]
+        },
+        tmp_path,
+    ).sources[0]
+    params = PARAMS.model_copy(update={"max_record_bytes": 1024})
+    kept, rejected = [], []
+    for k, r in read_source(source, params):
+        kept += k.to_pylist()
+        rejected += r.to_pylist()
+    assert [k["origin_key"] for k in kept] == ["urls.jsonl:0", "urls.jsonl:2"]
+    assert [(r["origin_key"], r["reason"]) for r in rejected] == [
+        ("urls.jsonl:1", "record_too_large")
+    ]

@@ -15,8 +15,9 @@ from fineharbor.core.stages import DECONTAMINATED
 from fineharbor.core.storage import Storage
 from fineharbor.defs.quality import QualityModelsResource, quality_classifier, scored_samples
 from fineharbor.defs.resources import FineharborProject
+from fineharbor.testing.models import save_tiny_clip
 from fineharbor_tests.core.judge.conftest import save_text_model
-from fineharbor_tests.core.quality.conftest import png, save_tiny_clip
+from fineharbor_tests.core.quality.conftest import png
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220)}
 SOURCES = ("captions", "vqa")

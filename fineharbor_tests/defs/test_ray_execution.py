@@ -27,6 +27,8 @@ from fineharbor.defs.resources import FineharborProject
 from fineharbor_tests.core.signatures.conftest import tiny_sscd  # noqa: F401
 from fineharbor_tests.defs.test_ingest_assets import CONFIG, materialize, project  # noqa: F401
 
+pytestmark = pytest.mark.slow
+
 ray = pytest.importorskip("ray")
 
 PARTITIONS = ["charts"]  # 7 records: one unmappable, the rest cleaned and signed

@@ -14,7 +14,7 @@ from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 from fineharbor_tests.conftest import s3_keys
 from fineharbor_tests.defs.test_ingest_assets import project, resources, run_pipeline  # noqa: F401
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PARTITIONS = ["charts", "scenes"]
 # One SQL model is enough to show SQL models run over s3:// (each takes seconds on moto).

@@ -30,7 +30,7 @@ from fineharbor.core.storage import Storage
 from fineharbor.definitions import defs
 from fineharbor_tests.e2e.services import DagsterStack, chromium, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 BACKFILL_JOB = "per_source_job"
 BACKFILL_TIMEOUT_S = 600  # about 2 min on a shared 2-core machine; 6.5 min seen under load 13

@@ -26,11 +26,16 @@ process pool in :mod:`fineharbor.core.cleaning.pool` kills a worker whose image 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import io
 import math
+import os
 import struct
+import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +115,8 @@ class ImageResult:
     reason: str | None = None
     detail: str = ""
     extension: str | None = field(default=None)
+    # Python warnings and C decoder lines (libtiff) while decoding: counted, never printed
+    warnings: int = 0
 
     @classmethod
     def failed(cls, reason: str, detail: str) -> ImageResult:
@@ -164,6 +171,9 @@ def sniff_format(data: bytes) -> str | None:
         return "HEIF"
     for magic, offset, name in _MAGIC:
         if head[offset : offset + len(magic)] == magic:
+            # an uncompressed TGA starts like an icon directory; an icon holds >= 1 image
+            if name in ("ICO", "CUR") and head[4:6] == b"\x00\x00":
+                continue
             return name
     if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in b" \t\r\n":
         return "PPM"
@@ -173,6 +183,23 @@ def sniff_format(data: bytes) -> str | None:
     if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         return "HTML"
     return None
+
+
+def plugin_format(data: bytes) -> str | None:
+    """The format any of Pillow's plugins recognises in the header (for formats without magic
+    bytes: TGA, PCX, SGI...), or None. Header only: no pixel is decoded, no external program
+    run (EPS needs Ghostscript only to load)."""
+    if not data:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format or "unknown image"
+    except Image.DecompressionBombError:
+        return "unknown image (decompression bomb)"
+    except Exception:  # hostile headers make plugins raise anything
+        return None
 
 
 def _allowed(name: str, params: CleanParams) -> bool:
@@ -229,6 +256,8 @@ def _open_formats(allowed: tuple[str, ...]) -> list[str]:
         wanted.add("JPEG")
     if "DIB" in wanted:
         wanted.add("BMP")
+    if "BMP" in wanted:  # a BMP without its file header (Windows clipboard, .dib files)
+        wanted.add("DIB")
     return [name for name in Image.OPEN if name in wanted]
 
 
@@ -249,9 +278,13 @@ def open_image(data: bytes | None, params: CleanParams) -> tuple[ImageFile.Image
     Image.MAX_IMAGE_PIXELS = max(1, params.decompression_bomb_pixels // 2)
     formats = _open_formats(tuple(params.allowed_formats))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data), formats=formats)
+        image = Image.open(io.BytesIO(data), formats=formats)
+    except UnidentifiedImageError as error:
+        # not an allowed format; a valid image in another one is named, not called corrupt
+        other = plugin_format(data)
+        if other is not None:
+            raise ImageReject(IMAGE_FORMAT_NOT_ALLOWED, f"format {other} not allowed") from None
+        raise _classify(data, sniffed, error) from None
     except Exception as error:
         raise _classify(data, sniffed, error) from None
     fmt = image.format or sniffed or "unknown"
@@ -393,6 +426,16 @@ def decode_image(data: bytes | None, params: CleanParams) -> ImageResult:
 
 
 def _safely(data: bytes | None, params: CleanParams, *, pair: bool, rules: bool) -> ImageResult:
+    with warnings.catch_warnings(record=True) as caught, _c_stderr_counted() as c_messages:
+        warnings.simplefilter("always")
+        result = _decode_or_reject(data, params, pair=pair, rules=rules)
+    count = len(caught) + c_messages()
+    return dataclasses.replace(result, warnings=count) if count else result
+
+
+def _decode_or_reject(
+    data: bytes | None, params: CleanParams, *, pair: bool, rules: bool
+) -> ImageResult:
     sniffed = None
     try:
         sniffed = sniff_format(data) if data else None
@@ -402,6 +445,43 @@ def _safely(data: bytes | None, params: CleanParams, *, pair: bool, rules: bool)
     except Exception as error:  # any decoder failure on hostile input costs this image only
         reject = _classify(data or b"", sniffed, error)
         return ImageResult.failed(reject.reason, reject.detail)
+
+
+# --------------------------------------------------------------------------- decoder messages
+
+# libtiff (and a few other C decoders) print warnings straight to file descriptor 2: hundreds
+# of lines on a real TIFF collection. Decode worker processes redirect it per image and count
+# the lines instead; the Dagster process never does (other threads write to stderr there).
+_capture: dict[str, int | None] = {"pid": None, "fd": None}
+
+
+def capture_c_stderr() -> None:
+    """Count, not print, C-level decoder messages in this process (call once in a worker)."""
+    fd, path = tempfile.mkstemp(prefix="fineharbor-decoder-")
+    os.unlink(path)  # an anonymous file: nothing to clean up when the worker is killed
+    _capture.update(pid=os.getpid(), fd=fd)
+
+
+@contextlib.contextmanager
+def _c_stderr_counted() -> Iterator[Callable[[], int]]:
+    sink = _capture["fd"] if _capture["pid"] == os.getpid() else None
+    if sink is None:
+        yield lambda: 0
+        return
+    os.ftruncate(sink, 0)
+    os.lseek(sink, 0, os.SEEK_SET)
+    saved = os.dup(2)
+    os.dup2(sink, 2)
+    try:
+        yield lambda: _lines_in(sink)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _lines_in(sink: int) -> int:
+    text = os.pread(sink, 1 << 16, 0)
+    return text.count(b"\n") + (1 if text and not text.endswith(b"\n") else 0)
 
 
 def _raise(reject: Reject | None) -> None:
@@ -445,9 +525,7 @@ def _clean_image(
             image.draft(image.mode, request)
             drafted = image.size != stored
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        image.load()  # the full decode; any failure propagates (never retried on this object)
+    image.load()  # the full decode; any failure propagates (never retried on this object)
     orientation = exif_orientation(image)
     transposed = orientation != 1
     if transposed:

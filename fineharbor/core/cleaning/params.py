@@ -6,6 +6,8 @@ Sources of the defaults (see ``/work/shared/reference/papers.md``):
   dropped, not samples), corrupt images removed, unified GUI action space.
 - LAION-400M/5B: alt-text >= 5 characters, image >= 5 KB, oversized "DOS-bomb" images dropped.
 - DataComp: min side 200 px and aspect ratio <= 3.0 for image-caption pairs.
+  The 5 KB, min-side and aspect-ratio rules were made for web alt-text pairs: by default
+  (``web_pair_rules: auto``) they apply to web caption sources only.
 - DanQing: language allowlist, source (domain) trust, caption length 5-60 words, safety terms,
   information density (emoji / special characters), ``[UNK]`` junk, visual fidelity.
 
@@ -23,12 +25,18 @@ from pydantic import Field, field_validator, model_validator
 
 from fineharbor.core.strict import StrictModel as _Strict
 
-# Pillow format names whose decoders run fully in process (no external program, no delegate).
-# MPO is the multi-picture JPEG many cameras write; Pillow reports it as its own format.
-SAFE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "QOI")
+# Pillow format names whose decoders run fully in process (no external program, no delegate):
+# the raster formats real image folders hold. MPO is the multi-picture JPEG many cameras write;
+# Pillow reports it as its own format. Everything else (EPS/PDF via Ghostscript, SVG, WMF, FITS,
+# the scientific and game formats) is refused as image_format_not_allowed.
+SAFE_FORMATS = (
+    "JPEG", "MPO", "PNG", "WEBP", "AVIF", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "QOI",
+    "TGA", "JPEG2000", "PSD", "PCX", "SGI", "DDS",
+)  # fmt: skip
 ImageFormat = Literal[
-    "JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "QOI"
-]
+    "JPEG", "MPO", "PNG", "WEBP", "AVIF", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "QOI",
+    "TGA", "JPEG2000", "PSD", "PCX", "SGI", "DDS",
+]  # fmt: skip
 Scope = Literal["all", "pairs"]
 
 # The most common web languages plus the main non-Latin scripts. Each high-accuracy lingua model
@@ -74,10 +82,12 @@ class CleanParams(_Strict):
 
     # ------------------------------------------------------------------ decoding and resizing
     allowed_formats: list[ImageFormat] = Field(
-        default_factory=lambda: ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
-        description="image formats that may be decoded, identified from the file header. Only "
-        "in-process decoders can be listed: EPS/PS/PDF (Ghostscript), SVG and every other format "
-        "are refused with image_format_not_allowed. MPO is the multi-picture JPEG of cameras",
+        default_factory=lambda: list(SAFE_FORMATS),
+        description="image formats that may be decoded, identified from the file header (every "
+        "in-process raster decoder by default: a real folder holds PPM, TGA, ICO, PSD... and "
+        "each is decoded in a worker with a pixel and a time limit). Only in-process decoders "
+        "can be listed: EPS/PS/PDF (Ghostscript), SVG and every other format are refused with "
+        "image_format_not_allowed. MPO is the multi-picture JPEG of cameras",
     )
     decode_timeout_s: float = Field(
         30.0,
@@ -132,7 +142,8 @@ class CleanParams(_Strict):
     check_image_bytes: bool = True
     min_image_bytes: int = Field(5120, ge=0, description="LAION: images under 5 KB are dropped")
     image_bytes_scope: Scope = Field(
-        "all", description="which samples the byte rule applies to: all, or caption pairs only"
+        "all",
+        description="within the sources web_pair_rules selects: all samples, or caption pairs",
     )
     check_min_side: bool = True
     min_side: int = Field(200, ge=1, description="DataComp: shorter side in px, for caption pairs")
@@ -143,9 +154,29 @@ class CleanParams(_Strict):
     check_aspect_ratio: bool = True
     max_aspect_ratio: float = Field(3.0, ge=1.0, description="DataComp: longer / shorter side")
     aspect_ratio_scope: Scope = Field(
-        "all", description="set to pairs for sources with tall infographics or long screenshots"
+        "all",
+        description="within the sources web_pair_rules selects: all samples, or caption pairs",
     )
     check_max_pixels: bool = Field(True, description="switch of the too_many_pixels rule")
+    web_pair_rules: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="where the two rules made for web alt-text pairs apply: DataComp's aspect "
+        "ratio and LAION's minimum bytes. auto: web caption sources only (url_list sources, "
+        "sources mapped with the laion or webdataset_caption preset, and web_pair_sources, "
+        "minus web_pair_exempt_sources); always: every source, as the papers did on web "
+        "crawls; never: no source. Applied everywhere they drop tall documents, receipts, "
+        "screenshots, small charts and fax pages",
+    )
+    web_pair_sources: list[str] = Field(
+        default_factory=list,
+        description="more sources that get the web pair rules under auto (scraped pairs read "
+        "by another reader); the project adds its url_list and caption-preset sources itself",
+    )
+    web_pair_exempt_sources: list[str] = Field(
+        default_factory=list,
+        description="sources that never get the web pair rules under auto (e.g. a URL list "
+        "of screenshots)",
+    )
 
     # ------------------------------------------------------------------ image quality (DanQing)
     quality_max_side: int = Field(
@@ -359,3 +390,34 @@ class CleanParams(_Strict):
     @property
     def lingua_languages(self) -> list[str]:
         return list(dict.fromkeys([*self.languages_allowed, *self.language_candidates]))
+
+    def web_pair_rules_apply(self, source: str) -> bool:
+        """Whether DataComp's min-side and aspect-ratio rules and LAION's byte rule, made for web
+        alt-text pairs, apply to ``source``; under auto, the sources in ``web_pair_sources`` (which
+        :meth:`ProjectConfig.clean_params` completes with the project's web caption sources)."""
+        if self.web_pair_rules != "auto":
+            return self.web_pair_rules == "always"
+        return source in self.web_pair_sources and source not in self.web_pair_exempt_sources
+
+    def web_pair_scope(self) -> str:
+        """One sentence on where the web pair rules applied, for the dataset card."""
+        rules = []
+        if self.check_min_side:
+            rules.append(f"shorter side >= {self.min_side} px (DataComp)")
+        if self.check_aspect_ratio:
+            rules.append(f"aspect ratio <= {self.max_aspect_ratio:g} (DataComp)")
+        if self.check_image_bytes:
+            rules.append(f"image >= {self.min_image_bytes} bytes (LAION)")
+        if not rules:
+            return (
+                "Cleaning: the web alt-text pair rules (side, aspect ratio, image bytes) were off."
+            )
+        listed = ", ".join(rules[:-1]) + " and " + rules[-1] if len(rules) > 1 else rules[0]
+        what = "Cleaning: the web alt-text pair rules " + listed
+        if self.web_pair_rules == "always":
+            return what + " applied to every source."
+        names = [s for s in self.web_pair_sources if s not in self.web_pair_exempt_sources]
+        if self.web_pair_rules == "never" or not names:
+            return what + " applied to no source."
+        others = "other sources keep tall and small images"
+        return f"{what} applied only to the sources {', '.join(names)}; {others}."

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fineharbor.core.cleaning import text
+from fineharbor.core.cleaning.images import capture_c_stderr
 from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.reasons import (
     IMAGE_CORRUPT,
@@ -89,6 +90,7 @@ def setup_worker_process(params: CleanParams) -> None:
     Image.MAX_IMAGE_PIXELS = max(1, params.decompression_bomb_pixels // 2)
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     warnings.simplefilter("ignore")
+    capture_c_stderr()  # libtiff's warnings are counted per image, not printed
     if params.worker_memory_limit_mb:
         import resource
 

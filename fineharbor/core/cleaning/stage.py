@@ -4,8 +4,10 @@ Rules run per sample in this order; the first that fails rejects the sample (one
 sample, ``REJECT_SCHEMA``, the detail giving the measured value and the threshold):
 
  1. ``domain_denied`` / ``domain_not_allowed``      source trust, from an http(s) ``origin_uri``
- 2. ``text_empty``                                  no turns, or every answer empty (empty turns
-                                                    are dropped and counted in ``dropped_turns``)
+ 2. ``text_empty``                                  every answer empty (empty turns are dropped
+                                                    and counted in ``dropped_turns``), or neither
+                                                    turns nor images. A sample with images and no
+                                                    turns is image-only: rules 2-8 do not apply
  3. ``gui_action_unparseable``                      GUI sources: every answer must parse
  4. ``turn_too_long``                               turns over the token cap are dropped; the
                                                     sample goes only when none remain
@@ -17,7 +19,9 @@ sample, ``REJECT_SCHEMA``, the detail giving the measured value and the threshol
     ``decompression_bomb``, ``too_many_pixels`` (all before decoding), then ``image_corrupt`` /
     ``image_truncated`` (full decode) and ``image_decode_timeout`` (pool only), then
     ``image_too_small_side``, ``aspect_ratio``, ``image_too_small_bytes``, ``image_low_entropy``,
-    ``image_blurry``; kept images are converted to RGB, resized and re-encoded
+    ``image_blurry``; kept images are converted to RGB, resized and re-encoded. The aspect-ratio
+    and byte rules, made for web alt-text pairs, apply to web caption sources only by default
+    (``web_pair_rules``)
 10. GUI coordinates are normalised with the first screenshot's size (``gui_action_unparseable``
     when pixel coordinates fall outside it)
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
@@ -60,6 +65,8 @@ IMAGE_INFO_TYPE = pa.struct(
         pa.field("encoded_format", pa.string()),
         pa.field("laplacian_var", pa.float32()),
         pa.field("entropy", pa.float32()),
+        # warnings the decoder raised or printed (libtiff's C stderr): counted, never printed
+        pa.field("decoder_warnings", pa.int32()),
     ]
 )
 
@@ -105,6 +112,20 @@ def cleaned_schema(input_schema: pa.Schema) -> pa.Schema:
     return pa.schema([f for f in input_schema if f.name not in names] + CLEANING_FIELDS)
 
 
+_WITHOUT_WEB: dict[int, tuple[CleanParams, CleanParams]] = {}
+
+
+def _without_web_rules(params: CleanParams) -> CleanParams:
+    """``params`` with the web pair rules off; one copy per params object (a row at a time)."""
+    cached = _WITHOUT_WEB.get(id(params))
+    if cached is None or cached[0] is not params:
+        if len(_WITHOUT_WEB) > 8:
+            _WITHOUT_WEB.clear()
+        off = {"check_aspect_ratio": False, "check_image_bytes": False, "check_min_side": False}
+        cached = _WITHOUT_WEB[id(params)] = (params, params.model_copy(update=off))
+    return cached[1]
+
+
 def _reject(row: dict, reject: Reject) -> dict:
     out = reject_row(str(row.get("source") or ""), str(row.get("origin_key") or ""), *reject)
     if row.get("sample_id"):
@@ -127,43 +148,35 @@ def _image_path(path: str | None, result: ImageResult) -> str | None:
     return path[: len(path) - len(suffix)] + result.extension
 
 
-def process_row(
-    row: dict[str, Any],
-    params: CleanParams,
-    *,
-    decoder: Decoder | None = None,
-    hooks: Hooks = NO_HOOKS,
-) -> tuple[dict | None, dict | None]:
-    """Clean one unified sample. Returns (kept row, None) or (None, reject row)."""
-    decode = decoder or clean_image
+@dataclass
+class _Texts:
+    """What the text rules leave of a sample: its turns and what was measured on them."""
+
+    kept: list[dict] = field(default_factory=list)
+    dropped: int = 0
+    parsed: dict[int, list] = field(default_factory=dict)  # GUI actions by id(turn)
+    language: str | None = None
+    confidence: float | None = None
+    pair: bool = False
+
+
+def _text_rules(
+    row: dict[str, Any], turns: list[dict], gui: bool, params: CleanParams
+) -> dict | _Texts:
+    """Rules 2-8 on a sample's turns: a reject row, or the :class:`_Texts` kept."""
     source = str(row.get("source") or "")
-
-    # 1. source trust
-    found = domains.rule_domain(row.get("origin_uri"), params)
-    if found:
-        return None, _reject(row, found)
-
-    # 2. turns
-    turns = [
-        {"user": text.text_of(t.get("user")), "assistant": text.text_of(t.get("assistant"))}
-        for t in (row.get("texts") or [])
-        if t is not None
-    ]
-    if not turns:
-        return None, _reject(row, Reject(TEXT_EMPTY, "no turns"))
     kept, dropped = text.drop_empty_turns(turns, params)
     if not kept:
-        return None, _reject(row, Reject(TEXT_EMPTY, f"all {len(turns)} turns have empty answers"))
+        return _reject(row, Reject(TEXT_EMPTY, f"all {len(turns)} turns have empty answers"))
 
     # 3. GUI actions: parse now (cheap), normalise coordinates once the screenshot size is known
-    gui = source in params.gui_action_sources
     parsed: dict[int, list] = {}
     if gui:
         for i, turn in enumerate(kept):
             try:
                 parsed[id(turn)] = gui_actions.parse_actions(turn["assistant"])
             except gui_actions.GuiActionError as error:
-                return None, _reject(row, Reject(GUI_ACTION_UNPARSEABLE, f"turn {i}: {error}"))
+                return _reject(row, Reject(GUI_ACTION_UNPARSEABLE, f"turn {i}: {error}"))
 
     # 4. per-turn token cap (FineVision drops turns)
     before = len(kept)
@@ -171,7 +184,7 @@ def process_row(
     dropped += n_long
     if not kept:
         detail = f"turn tokens {longest} > {params.max_turn_tokens} (all {before} turns dropped)"
-        return None, _reject(row, Reject(TURN_TOO_LONG, detail))
+        return _reject(row, Reject(TURN_TOO_LONG, detail))
 
     users = [t["user"] for t in kept]
     answers = [t["assistant"] for t in kept]
@@ -196,12 +209,48 @@ def process_row(
     for check in checks:
         found = check()
         if found:
-            return None, _reject(row, found)
+            return _reject(row, found)
 
     # 8. language
     found, language, confidence = text.rule_language(users + prose_answers, params)
     if found:
+        return _reject(row, found)
+    return _Texts(kept, dropped, parsed, language, confidence, pair)
+
+
+def process_row(
+    row: dict[str, Any],
+    params: CleanParams,
+    *,
+    decoder: Decoder | None = None,
+    hooks: Hooks = NO_HOOKS,
+) -> tuple[dict | None, dict | None]:
+    """Clean one unified sample. Returns (kept row, None) or (None, reject row)."""
+    decode = decoder or clean_image
+    source = str(row.get("source") or "")
+
+    # 1. source trust
+    found = domains.rule_domain(row.get("origin_uri"), params)
+    if found:
         return None, _reject(row, found)
+
+    # 2-8. text rules; an image-only sample (no turns) has no text to judge
+    turns = [
+        {"user": text.text_of(t.get("user")), "assistant": text.text_of(t.get("assistant"))}
+        for t in (row.get("texts") or [])
+        if t is not None
+    ]
+    gui = source in params.gui_action_sources
+    if turns:
+        texts = _text_rules(row, turns, gui, params)
+        if isinstance(texts, dict):
+            return None, texts
+    elif row.get("images"):
+        texts = _Texts()
+    else:
+        return None, _reject(row, Reject(TEXT_EMPTY, "no turns and no images"))
+    pair = texts.pair
+    image_params = params if params.web_pair_rules_apply(source) else _without_web_rules(params)
 
     # 9. images
     images = row.get("images") or []
@@ -216,22 +265,23 @@ def process_row(
             return None, _reject(row, Reject(IMAGE_MISSING, prefix + detail))
         hooks.image_start(j)
         try:
-            result = decode(data, params, pair=pair)
+            result = decode(data, image_params, pair=pair)
         finally:
             hooks.image_end()
         if not result.ok or result.info is None:
             reason = result.reason or "image_corrupt"
-            return None, _reject(row, Reject(reason, prefix + (result.detail or "")))
+            warned = f" ({result.warnings} decoder warnings)" if result.warnings else ""
+            return None, _reject(row, Reject(reason, prefix + (result.detail or "") + warned))
         out_images.append({"bytes": result.data, "path": _image_path(image.get("path"), result)})
-        infos.append(result.info.as_row())
+        infos.append({**result.info.as_row(), "decoder_warnings": result.warnings})
 
     # 10. GUI coordinates
-    out_turns = [{"user": t["user"], "assistant": t["assistant"]} for t in kept]
+    out_turns = [{"user": t["user"], "assistant": t["assistant"]} for t in texts.kept]
     if gui:
         size = (infos[0]["orig_width"], infos[0]["orig_height"]) if infos else None
-        for i, turn in enumerate(kept):
+        for i, turn in enumerate(texts.kept):
             try:
-                out_turns[i]["assistant"] = gui_actions.render_items(parsed[id(turn)], size)
+                out_turns[i]["assistant"] = gui_actions.render_items(texts.parsed[id(turn)], size)
             except gui_actions.GuiActionError as error:
                 return None, _reject(row, Reject(GUI_ACTION_UNPARSEABLE, f"turn {i}: {error}"))
 
@@ -239,9 +289,9 @@ def process_row(
     out["images"] = out_images
     out["texts"] = out_turns
     out["image_info"] = infos
-    out["language"] = language
-    out["language_confidence"] = confidence
-    out["dropped_turns"] = dropped
+    out["language"] = texts.language
+    out["language_confidence"] = texts.confidence
+    out["dropped_turns"] = texts.dropped
     return out, None
 
 

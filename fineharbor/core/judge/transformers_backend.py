@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fineharbor.core.judge.backend import JudgeModelNotFoundError, JudgeRequest, decode_image
+from fineharbor.core.models import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,10 @@ def resolve_model_source(model: str) -> str:
 def _hub_error(model: str, error: Exception) -> JudgeModelNotFoundError:
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     return JudgeModelNotFoundError(
-        f"judge model {model!r} could not be loaded: it is not a local directory and not in the "
-        f"Hugging Face cache ({cache}), and the Hub could not provide it ({error}). Download it "
-        f"where there is internet (`hf download {model}`) into that cache, or copy the model "
-        "directory here and give its path instead of the name (on machines without internet, "
-        "HF_HUB_OFFLINE=1 makes this fail at once instead of after retries)"
+        f"stages.judge: judge model {model!r} could not be loaded: it is not a local directory "
+        f"and not in the Hugging Face cache ({cache}) ({error}). Nothing is downloaded at run "
+        f"time: download it once where there is internet (`hf download {model}`) into that "
+        "cache, or copy the model directory here and give its path instead of the name"
     )
 
 
@@ -146,16 +146,17 @@ class TransformersBackend:
             # judge); without accelerate they load on the CPU and are moved below.
             model_kwargs["device_map"] = str(device)
         try:
-            modality = self._resolve_modality(source)
-            if modality == "vision":
-                processor = AutoProcessor.from_pretrained(source, **kwargs)
-                tokenizer = processor.tokenizer
-                model = AutoModelForImageTextToText.from_pretrained(
-                    source, **model_kwargs, **kwargs
-                )
-            else:
-                processor = tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-                model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs, **kwargs)
+            with hub_offline():  # Hub names load from the local cache only
+                modality = self._resolve_modality(source)
+                if modality == "vision":
+                    processor = AutoProcessor.from_pretrained(source, **kwargs)
+                    tokenizer = processor.tokenizer
+                    model = AutoModelForImageTextToText.from_pretrained(
+                        source, **model_kwargs, **kwargs
+                    )
+                else:
+                    processor = tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+                    model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs, **kwargs)
         except OSError as error:
             if source != self.model_name:  # a local directory with missing files
                 raise JudgeModelNotFoundError(

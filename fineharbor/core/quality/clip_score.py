@@ -45,11 +45,14 @@ class ImageTextEmbedder(Protocol):
 
 
 def load_clip_embedder(params: ClipScoreParams):
-    """The open_clip embedder ``params`` name, loaded once (CUDA + fp16 when present).
+    """The open_clip embedder ``params`` name, loaded once (CUDA + fp16 when present), from
+    local files only.
 
-    Reuses the signature stage's loader, so a missing model fails with the same message that
-    says which file or name is missing and how to provide it.
+    Reuses the signature stage's loader, so a missing model raises the same
+    ``ModelNotFoundError``, naming the ``stages.clip_score`` field, where the weights were
+    looked for and how to fetch them.
     """
+    from fineharbor.core.models import SCORING_CLIP
     from fineharbor.core.signatures.embedders import OpenClipEmbedder
 
     return OpenClipEmbedder(
@@ -59,7 +62,29 @@ def load_clip_embedder(params: ClipScoreParams):
         device=params.device,
         batch_size=params.batch_size,
         half=params.half_precision,
+        fields=SCORING_CLIP,
     )
+
+
+CLIP_OFF = "stages.clip_score.model is null"
+
+
+def scoring_clip(params: ClipScoreParams) -> tuple[ImageTextEmbedder | None, str]:
+    """(the scoring CLIP, "") or (None, why not): the model is null, or it is named but not on
+    this machine (the message names the field, where it was looked for and how to get it; it
+    is logged once). Scoring then leaves ``clip_score`` and ``quality_score`` null; nothing is
+    downloaded and nothing crashes."""
+    if not params.model:
+        return None, CLIP_OFF
+    from fineharbor.core.models import WITHOUT_SCORING_CLIP, report_once, without
+    from fineharbor.core.signatures.embedders import ModelNotFoundError
+
+    try:
+        return load_clip_embedder(params), ""
+    except ModelNotFoundError as missing:
+        note = without(str(missing), WITHOUT_SCORING_CLIP)
+        report_once(note)
+        return None, note
 
 
 def _column(samples: pa.Table | pa.RecordBatch, name: str) -> list:

@@ -287,9 +287,9 @@ def build_scored_samples(
 def _score_in_worker(params: StageParams, model_root: str | None) -> StreamFn:
     """Scoring on a Ray actor: CLIP and the classifier load once per actor (no judge there:
     the config refuses scored_samples on Ray with a judge)."""
-    from fineharbor.core.quality.clip_score import load_clip_embedder
+    from fineharbor.core.quality.clip_score import scoring_clip
 
-    embedder = load_clip_embedder(params.clip_score) if params.clip_score.model else None
+    embedder, _ = scoring_clip(params.clip_score)
     model = load_quality_model(Storage(model_root)) if embedder is not None and model_root else None
     stats = ScoringStats()  # the actor's own; the driver recounts scores from the rows
 

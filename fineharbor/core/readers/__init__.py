@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fineharbor.core.config import IngestParams, Shard, SourceConfig, source_fingerprint
-from fineharbor.core.readers.common import Progress, RawBatch, SourceLocationError
+from fineharbor.core.readers.common import Progress, RawBatch, ReadStats, SourceLocationError
 from fineharbor.core.readers.hf_dataset import read_hf_dataset
 from fineharbor.core.readers.hf_parquet import read_hf_parquet
 from fineharbor.core.readers.image_folder import read_image_folder
@@ -29,15 +30,25 @@ def read_source(
     params: IngestParams,
     progress: Progress | None = None,
     shard: Shard | None = None,
+    stats: ReadStats | None = None,
 ) -> Iterator[RawBatch]:
     """Stream a source, or one shard of it, as (raw rows, rejected rows) batches of about
-    `source.batch_size`."""
-    return READERS[source.reader](source, params, progress, shard)
+    `source.batch_size`. Readers that take a `stats` argument count into `stats` what they saw
+    (files, members); the others leave it untouched."""
+    reader = READERS[source.reader]
+    if stats is not None and reports_stats(source.reader):
+        return reader(source, params, progress, shard, stats=stats)
+    return reader(source, params, progress, shard)
+
+
+def reports_stats(reader: str) -> bool:
+    return "stats" in inspect.signature(READERS[reader]).parameters
 
 
 __all__ = [
     "READERS",
     "RawBatch",
+    "ReadStats",
     "SourceLocationError",
     "location_signature",
     "read_source",

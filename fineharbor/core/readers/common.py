@@ -8,12 +8,23 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from fineharbor.core.config import Shard
+from fineharbor.core.readers.files import (
+    IMAGE_MISSING,
+    Entry,
+    FileRefused,
+    check_path,
+    confined,
+    read_bounded,
+    walk,
+)
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, make_sample_id, reject_row
+
+T = TypeVar("T")
 
 RawBatch = tuple[pa.Table, pa.Table]
 """(kept raw rows with RAW_SCHEMA, rejected rows with REJECT_SCHEMA)."""
@@ -21,6 +32,21 @@ RawBatch = tuple[pa.Table, pa.Table]
 Progress = Callable[[int], None]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class ReadStats:
+    """What a reader saw, for the raw stage's metadata: every file (or directory entry) under
+    the location is a raw row, a reject, or a sidecar read into a row
+    (``files_seen == rows + rejects + sidecars`` for an image folder); ``members_seen`` counts
+    the members of WebDataset shards."""
+
+    files_seen: int = 0
+    sidecars: int = 0
+    members_seen: int = 0
+
+    def as_metadata(self) -> dict[str, int]:
+        return {k: v for k, v in vars(self).items() if v or k == "files_seen"}
 
 
 class SourceLocationError(FileNotFoundError):
@@ -151,9 +177,9 @@ def _walk(directory: str) -> list[str]:
     return found
 
 
-def shard_files(files: list[Path], shard: Shard | None, location: str) -> list[Path]:
-    """The files of one shard: every ``count``-th from ``index`` on. A shard must have files to
-    read, so a source cannot have more shards than files."""
+def shard_files(files: list[T], shard: Shard | None, location: str) -> list[T]:
+    """The files (or groups of files) of one shard: every ``count``-th from ``index`` on. A
+    shard must have files to read, so a source cannot have more shards than files."""
     if shard is None:
         return files
     if shard.count > len(files):
@@ -194,34 +220,57 @@ def list_files(
     return root, shard_files(files, shard, location)
 
 
+def list_entries(location: str, follow_symlinks: bool) -> tuple[str, list[Entry]]:
+    """The root and every entry of a location: a directory (walked), a file, or a glob."""
+    if any(ch in location for ch in "*?["):
+        root = location.split("*")[0].split("?")[0].split("[")[0]
+        root = root if os.path.isdir(root) else os.path.dirname(root) or "."
+        entries = []
+        for path in sorted(glob.glob(location, recursive=True)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                continue
+            key = os.path.relpath(path, root).replace(os.sep, "/")
+            entries.append(_file_entry(root, path, key, follow_symlinks))
+        return root, entries
+    if not os.path.lexists(location):
+        raise SourceLocationError(f"source location {location} does not exist")
+    if not os.path.isdir(location):
+        root = os.path.dirname(location) or "."
+        return root, [_file_entry(root, location, os.path.basename(location), follow_symlinks)]
+    return location, walk(location, follow_symlinks=follow_symlinks)
+
+
+def _file_entry(root: str, path: str, key: str, follow_symlinks: bool) -> Entry:
+    try:
+        return Entry(key, confined(root, path, follow_symlinks=follow_symlinks))
+    except FileRefused as refusal:
+        return Entry(key, None, refusal)
+
+
 def relative_key(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-class ImageFetchError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+# Callers catch this name; a refused image and a refused sidecar are the same kind of event.
+ImageFetchError = FileRefused
 
 
-def read_local_image(root: Path, reference: str, max_bytes: int) -> dict:
+def read_local_image(
+    root: Path, reference: str, max_bytes: int, *, follow_symlinks: bool = False
+) -> dict:
     """Bytes of an image a record references, confined to the source's image root.
 
-    The containment check is lexical: a record must not climb out with `..` or an absolute
-    path, while symlinks the dataset's owner made (e.g. the Hugging Face cache's blobs) work.
+    A record must not climb out with `..` or an absolute path (``image_path_outside_root``), nor
+    through a symlink whose real path leaves the root (``path_outside_source``) unless the source
+    sets ``follow_symlinks``. Only a regular file is opened, without blocking, and at most
+    ``max_bytes`` are read (see :mod:`fineharbor.core.readers.files`).
     """
+    check_path(reference)
     base = os.path.normpath(os.path.abspath(root))
     path = os.path.normpath(os.path.join(base, reference))
     if not path.startswith(base + os.sep):
         raise ImageFetchError("image_path_outside_root", f"{reference!r} escapes {base}")
-    try:
-        with open(path, "rb") as handle:
-            payload = handle.read(max_bytes + 1)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise ImageFetchError("image_missing", f"{reference!r} not found under {base}") from None
-    except OSError as error:
-        raise ImageFetchError("image_unreadable", f"{reference!r}: {error}") from None
-    if len(payload) > max_bytes:
-        raise ImageFetchError("image_file_too_large", f"{reference!r} is over {max_bytes} bytes")
-    return {"bytes": payload, "path": reference}
+    if not os.path.lexists(path):
+        raise ImageFetchError(IMAGE_MISSING, f"{reference!r} not found under {base}")
+    real = confined(base, path, follow_symlinks=follow_symlinks)
+    return {"bytes": read_bounded(real, repr(reference), max_bytes), "path": reference}

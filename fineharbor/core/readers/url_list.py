@@ -2,7 +2,8 @@
 
 A bad line never stops a list: a JSONL line that is not a JSON object (``5``, ``null``, invalid
 UTF-8, nesting too deep), a CSV row with the wrong number of fields or with invalid UTF-8 in a
-field, each becomes a ``malformed_record`` reject and the reader goes on. A file that cannot be
+field, each becomes a ``malformed_record`` reject and the reader goes on; a JSONL line over
+``max_record_bytes`` is a ``record_too_large`` reject, skipped unread. A file that cannot be
 read any further (truncated Parquet, a CSV block whose types change) is one ``unreadable_file``
 reject naming the file and the row it stopped at, and the next file is read.
 """
@@ -13,6 +14,7 @@ import collections
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -29,15 +31,33 @@ from fineharbor.core.readers.common import (
     relative_key,
 )
 from fineharbor.core.readers.fields import get_path
+from fineharbor.core.readers.files import RECORD_TOO_LARGE
 
 _SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
 MALFORMED = "$malformed"
-UNREADABLE = "$unreadable"
+REASON = "$reason"
 
 
-def _jsonl_rows(path: Path) -> Iterator[dict]:
+def _bounded_lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The file's lines; None for a line over ``limit`` bytes, which is skipped unread."""
+    while line := handle.readline(limit + 1):
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+        else:
+            yield line
+
+
+def _jsonl_rows(path: Path, max_record_bytes: int) -> Iterator[dict]:
     with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(_bounded_lines(handle, max_record_bytes), start=1):
+            if line is None:
+                yield {
+                    MALFORMED: f"line {number}: over {max_record_bytes} bytes (max_record_bytes)",
+                    REASON: RECORD_TOO_LARGE,
+                }
+                continue
             if not line.strip():
                 continue
             try:
@@ -102,15 +122,18 @@ def _parquet_rows(path: Path, batch_size: int) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
-def iter_rows(path: Path, batch_size: int) -> Iterator[dict]:
-    """A URL list's rows as dicts; a bad line as ``{"$malformed": why}``, and a file that cannot
-    be read further as one last ``{"$malformed": why, "$unreadable": True}``."""
+def iter_rows(
+    path: Path, batch_size: int, max_record_bytes: int = IngestParams().max_record_bytes
+) -> Iterator[dict]:
+    """A URL list's rows as dicts; a bad line as ``{"$malformed": why}`` (with ``"$reason"``
+    when it is not ``malformed_record``), and a file that cannot be read further as one last
+    such row with reason ``unreadable_file``."""
     if path.suffix == ".parquet":
         rows = _parquet_rows(path, batch_size)
     elif path.suffix in (".csv", ".tsv"):
         rows = _csv_rows(path)
     else:
-        rows = _jsonl_rows(path)
+        rows = _jsonl_rows(path, max_record_bytes)
     count = 0
     try:
         for row in rows:
@@ -119,7 +142,7 @@ def iter_rows(path: Path, batch_size: int) -> Iterator[dict]:
     except (OSError, ValueError, pa.ArrowException) as error:
         yield {
             MALFORMED: f"{path.name}: unreadable after {count} rows: {error}"[:500],
-            UNREADABLE: True,
+            REASON: "unreadable_file",
         }
 
 
@@ -140,7 +163,8 @@ def read_url_list(
         """Feeds the downloader lazily; rows wait in `pending` until their result arrives."""
         for path in files:
             file_key = relative_key(root, path)
-            for index, row in enumerate(iter_rows(path, source.batch_size)):
+            rows = iter_rows(path, source.batch_size, params.max_record_bytes)
+            for index, row in enumerate(rows):
                 key = (
                     get_path(row, source.mapping.origin_key)
                     if source.mapping.origin_key and MALFORMED not in row
@@ -158,8 +182,7 @@ def read_url_list(
         for result in results:
             origin_key, row, url = pending.popleft()
             if MALFORMED in row:
-                reason = "unreadable_file" if row.get(UNREADABLE) else "malformed_record"
-                builder.reject(origin_key, reason, row[MALFORMED])
+                builder.reject(origin_key, row.get(REASON, "malformed_record"), row[MALFORMED])
             elif not url:
                 builder.reject(
                     origin_key, "malformed_record", f"no URL in column {source.url_column!r}"

@@ -376,7 +376,12 @@ def build_release_mix(
         tables = card_tables(storage, stage_tables, sql_dir, index, rejects)
         diversity, embedding = _diversity(storage, sources, set(candidates.source_of))
         facts = CardFacts(
-            RELEASE_INPUT_ASSET, configs, diversity, embedding, [f.as_dict() for f in flat]
+            RELEASE_INPUT_ASSET,
+            configs,
+            diversity,
+            embedding,
+            [f.as_dict() for f in flat],
+            cleaning_notes=[project.clean_params().web_pair_scope()],
         )
         card = render_card(recipe, tables, facts).encode()
         files.write("README.md", card, 0, "card")

@@ -4,7 +4,10 @@ SQL models (``release_composition``, ``release_rejects``, ``contamination_report
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
+from html import escape
 
 import pyarrow as pa
 import yaml
@@ -40,6 +43,7 @@ class CardFacts:
     diversity: float | None
     diversity_embedding: str
     flatness: list[dict]
+    cleaning_notes: list[str] = dataclasses.field(default_factory=list)  # rule scopes
 
 
 def number(value: object) -> str:
@@ -49,10 +53,27 @@ def number(value: object) -> str:
     return "" if value is None else str(value)
 
 
+# Backslash first, so the escapes added after it stay escapes. Brackets and backticks would
+# open links, remote images (``![](https://...)``: a request from every reader of the card on
+# the Hub) and code spans that swallow the cell's other escapes.
+_MARKDOWN = re.compile(r"([\\`|\[\]])")
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+def cell(value: object) -> str:
+    """A markdown table cell from data (source names, licenses, reasons, thresholds): one line,
+    no HTML, no column break, no link."""
+    text = escape(number(value), quote=False)
+    return _NEWLINES.sub(" ", _MARKDOWN.sub(r"\\\1", text))
+
+
+def _row(cells: list[object]) -> str:
+    return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+
 def _table(table: pa.Table, columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table.select(columns).to_pylist():
-        lines.append("| " + " | ".join(number(row[c]) for c in columns) + " |")
+    lines = [_row(columns), "|" + "---|" * len(columns)]
+    lines += [_row([row[c] for c in columns]) for row in table.select(columns).to_pylist()]
     return "\n".join(lines)
 
 
@@ -112,9 +133,9 @@ def _filters(recipe: ReleaseRecipe, rejects: pa.Table) -> str:
     lines = ["| filter | threshold | reason code | samples removed |", "|---|---|---|---|"]
     for reason, (label, field) in _FILTER_REASONS.items():
         threshold = getattr(recipe, field) if field else thresholds[reason]
+        shown = "off" if threshold is None else threshold
         lines.append(
-            f"| {label} | {'off' if threshold is None else threshold} | `{reason}` | "
-            f"{counts.get(reason, 0)} |"
+            f"| {cell(label)} | {cell(shown)} | `{reason}` | {cell(counts.get(reason, 0))} |"
         )
     return "\n".join(lines)
 
@@ -135,6 +156,7 @@ def render_card(recipe: ReleaseRecipe, tables: dict[str, pa.Table], facts: CardF
         "## Filters\n\nThresholds from the release recipe; removals from the `release_rejects` "
         "model.\n",
         _filters(recipe, tables["release_rejects"]) + "\n",
+        "".join(note + "\n" for note in facts.cleaning_notes),
         "## Benchmark contamination\n\nFrom the `contamination_report` model (FineVision's "
         "table: flagged samples were removed before the release; `*` rows are totals).\n",
         _table(

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from fineharbor.core.strict import StrictModel as _Strict
 
 RATING_AXES = ("relevance", "image_correspondence", "visual_dependency", "formatting")
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._\-]{0,63}$")
+_VERSION = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z._\-]{0,63}\Z")
 
 
 class SourceMix(_Strict):

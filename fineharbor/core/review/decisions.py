@@ -35,6 +35,7 @@ from fineharbor.core.config import (
     ProjectConfig,
     SourceConfig,
     StageParams,
+    read_text_file,
 )
 from fineharbor.core.strict import StrictModel
 
@@ -224,8 +225,9 @@ def load_reviews(path: str | Path, project: ProjectConfig | None = None) -> Revi
     path = Path(path)
     if not path.exists():
         return ReviewLog()
+    text = read_text_file(path, "the reviews file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     try:

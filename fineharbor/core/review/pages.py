@@ -5,16 +5,23 @@ funnel, a fixed random sample of unified and cleaned samples with their images (
 ``data:`` URIs) and turns, and the rejects of every stage grouped by reason with examples. Every
 text from the data is HTML-escaped, and the page forbids scripts and remote loads with a
 Content-Security-Policy, so a hostile caption can neither inject markup nor phone home.
+Image bytes are as untrusted as the text: thumbnails are decoded by the cleaning stage's safe
+decoder (:func:`fineharbor.core.cleaning.images.decode_image`: format allowlist, pixel limits)
+in a child process killed past ``decode_timeout_s`` (:class:`ThumbnailWorker`), under the
+project's ``stages.clean`` settings; an image it refuses is shown as "rejected: <reason>".
 Pages are written under ``review/`` of the storage root (``FINEHARBOR_HOME/review/``).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import heapq
 import io
+import multiprocessing
 import posixpath
+import signal
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from html import escape
@@ -25,6 +32,10 @@ import pyarrow.fs as pafs
 import yaml
 from PIL import Image
 
+from fineharbor.core.cleaning.images import ImageResult, decode_image
+from fineharbor.core.cleaning.params import CleanParams
+from fineharbor.core.cleaning.pool import setup_worker_process
+from fineharbor.core.cleaning.reasons import IMAGE_DECODE_TIMEOUT, WORKER_CRASHED
 from fineharbor.core.config import ProjectConfig, SourceConfig
 from fineharbor.core.review.decisions import (
     Approve,
@@ -141,21 +152,119 @@ def _reasons(storage: Storage, asset: str, source: str) -> dict[str, list[dict]]
 # --------------------------------------------------------------------------- rendering
 
 
-def thumbnail(data: bytes | None) -> str:
-    """An <img> with a JPEG thumbnail as a data URI, or a note when the bytes do not decode."""
+def _thumbnail_params(params: CleanParams) -> CleanParams:
+    """The cleaning stage's decode settings, bringing every image down to a thumbnail. A
+    thumbnail needs no more pixels than cleaning keeps, so ``max_pixels`` bounds the decode."""
+    return params.model_copy(
+        update={
+            "resize": True,
+            "max_image_side": THUMBNAIL_PX,
+            "reencode_unchanged": True,  # no original bytes (nor their metadata) in the page
+            "jpeg_quality": 80,
+            "decompression_bomb_pixels": min(params.decompression_bomb_pixels, params.max_pixels),
+        }
+    )
+
+
+def _as_jpeg(result: ImageResult) -> ImageResult:
+    """Thumbnails are JPEG whatever the source format (a page of PNG thumbnails is 5x larger).
+    The bytes are the decoder's own small re-encoding, opened with that one format only."""
+    if not result.ok or result.info is None or result.info.encoded_format == "JPEG":
+        return result
+    with Image.open(io.BytesIO(result.data), formats=[result.info.encoded_format]) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return ImageResult(ok=True, data=buffer.getvalue(), info=result.info)
+
+
+def _thumbnail_main(conn, params: CleanParams) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    setup_worker_process(params)
+    while True:
+        try:
+            data = conn.recv()
+        except (EOFError, OSError):
+            return
+        if data is None:
+            return
+        conn.send(_as_jpeg(decode_image(data, params)))
+
+
+class ThumbnailWorker:
+    """Thumbnails of untrusted image bytes, decoded in one child process.
+
+    The child runs the cleaning stage's safe decoder with its process-wide limits
+    (:func:`~fineharbor.core.cleaning.pool.setup_worker_process`: Pillow's pixel limit,
+    ``worker_memory_limit_mb``); a decode past ``decode_timeout_s`` kills it (SIGKILL: a
+    decoder stuck in C cannot be interrupted otherwise) and a crash costs that image only; the
+    next image starts a fresh child. Use as a context manager."""
+
+    def __init__(self, params: CleanParams) -> None:
+        self.params = _thumbnail_params(params)
+        self._ctx = multiprocessing.get_context(params.start_method)
+        self._process = None
+        self._conn = None
+
+    def __enter__(self) -> ThumbnailWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._process = self._ctx.Process(
+            target=_thumbnail_main, args=(child, self.params), daemon=True
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+
+    def decode(self, data: bytes) -> ImageResult:
+        if self._process is None:
+            self._start()
+        try:
+            self._conn.send(data)
+            if self._conn.poll(self.params.decode_timeout_s):
+                return self._conn.recv()
+            failed = ImageResult.failed(
+                IMAGE_DECODE_TIMEOUT, f"no thumbnail within {self.params.decode_timeout_s} s"
+            )
+        except (EOFError, OSError):  # the child died: a segfault, the memory limit
+            failed = ImageResult.failed(WORKER_CRASHED, "the decoder process died")
+        self._stop(kill=True)
+        return failed
+
+    def _stop(self, kill: bool) -> None:
+        if self._process is None:
+            return
+        with contextlib.suppress(OSError):
+            if not kill:
+                self._conn.send(None)
+        self._conn.close()
+        if kill:
+            self._process.kill()
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._process = self._conn = None
+
+    def close(self) -> None:
+        self._stop(kill=False)
+
+
+def thumbnail(data: bytes | None, worker: ThumbnailWorker) -> str:
+    """An <img> with a JPEG thumbnail as a data URI, or why the bytes are not shown."""
     if not data:
         return '<div class="broken">no image bytes</div>'
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            rgb = image.convert("RGB")
-        buffer = io.BytesIO()
-        rgb.save(buffer, format="JPEG", quality=80)
-    except Exception as error:  # any decoder failure is shown, never raised
+    result = worker.decode(data)
+    if not result.ok:
         return (
-            f'<div class="broken">undecodable image ({len(data)} bytes): {escape(str(error))}</div>'
+            f'<div class="broken">rejected: {escape(result.reason or "")} ({len(data)} bytes): '
+            f"{escape(result.detail)}</div>"
         )
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    encoded = base64.b64encode(result.data).decode("ascii")
     return f'<img alt="image" src="data:image/jpeg;base64,{encoded}">'
 
 
@@ -175,9 +284,9 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[object]], raw: bool =
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _card(row: dict, flagged: dict[str, str], note: str = "") -> str:
+def _card(row: dict, flagged: dict[str, str], worker: ThumbnailWorker, note: str = "") -> str:
     images = row.get("images") or []
-    parts = [thumbnail(image.get("bytes")) for image in images[:MAX_IMAGES_PER_SAMPLE]]
+    parts = [thumbnail(image.get("bytes"), worker) for image in images[:MAX_IMAGES_PER_SAMPLE]]
     if len(images) > MAX_IMAGES_PER_SAMPLE:
         parts.append(f'<div class="meta">+{len(images) - MAX_IMAGES_PER_SAMPLE} more images</div>')
     for turn in row.get("texts") or []:
@@ -215,18 +324,24 @@ def _status(source: SourceConfig, reviews: ReviewLog) -> tuple[str, str]:
 
 
 def _samples_section(
-    storage: Storage, asset: str, source: str, flagged: dict[str, str], n: int, seed: int
+    storage: Storage,
+    asset: str,
+    source: str,
+    flagged: dict[str, str],
+    n: int,
+    seed: int,
+    worker: ThumbnailWorker,
 ) -> str:
     total = storage.count_rows(asset, source) if storage.has_partition(asset, source) else 0
     ids = sample_ids(storage, asset, source, n, seed)
     rows = rows_by_id(storage, asset, source, ids)
-    cards = "".join(_card(rows[i], flagged) for i in ids if i in rows)
+    cards = "".join(_card(rows[i], flagged, worker) for i in ids if i in rows)
     title = f"{asset}: {len(ids)} of {total} (fixed sample, seed {seed})"
     body = f'<div class="grid">{cards}</div>' if cards else "<p>(not materialized yet)</p>"
     return f"<h2>{escape(title)}</h2>{body}"
 
 
-def _rejects_section(storage: Storage, source: str) -> str:
+def _rejects_section(storage: Storage, source: str, worker: ThumbnailWorker) -> str:
     parts = ["<h2>Rejects by stage and reason</h2>"]
     found = False
     examples_needed: list[str] = []
@@ -246,7 +361,7 @@ def _rejects_section(storage: Storage, source: str) -> str:
             for example in examples:
                 raw = images.get(example["sample_id"])
                 shown = {**example, "images": (raw or {}).get("images") or [], "texts": []}
-                cards.append(_card(shown, {}, note=example["detail"] or ""))
+                cards.append(_card(shown, {}, worker, note=example["detail"] or ""))
             parts.append(f'<div class="grid">{"".join(cards)}</div>')
     if not found:
         parts.append("<p>(no rejects)</p>")
@@ -261,7 +376,21 @@ def render_review_page(
     *,
     sample_size: int = SAMPLE_SIZE,
     seed: int = SEED,
+    worker: ThumbnailWorker | None = None,
 ) -> str:
+    """One source's page; ``worker``: a running thumbnail decoder to reuse (else one is
+    started for this page)."""
+    if worker is None:
+        with ThumbnailWorker(project.stages.clean) as own:
+            return render_review_page(
+                storage,
+                project,
+                reviews,
+                source_name,
+                sample_size=sample_size,
+                seed=seed,
+                worker=own,
+            )
     source = project.source(source_name)  # a shard's page shows its partition, decided per source
     state = reviews.state(source.name)
     status, why = _status(source, reviews)
@@ -306,9 +435,9 @@ def render_review_page(
         _table(["stage", "rows in", "kept", "rejected"], funnel)
         if funnel
         else "<p>(nothing materialized yet)</p>",
-        _samples_section(storage, UNIFIED, source_name, state.flagged, sample_size, seed),
-        _samples_section(storage, CLEANED, source_name, state.flagged, sample_size, seed),
-        _rejects_section(storage, source_name),
+        _samples_section(storage, UNIFIED, source_name, state.flagged, sample_size, seed, worker),
+        _samples_section(storage, CLEANED, source_name, state.flagged, sample_size, seed, worker),
+        _rejects_section(storage, source_name, worker),
         f"<h2>Decide</h2><pre>{escape(commands)}</pre>",
     ]
     return _document(f"review: {source_name}", "".join(body))
@@ -344,11 +473,15 @@ def _write(storage: Storage, path: str, text: str) -> None:
 
 
 def write_review_page(
-    storage: Storage, project: ProjectConfig, reviews: ReviewLog, source: str
+    storage: Storage,
+    project: ProjectConfig,
+    reviews: ReviewLog,
+    source: str,
+    worker: ThumbnailWorker | None = None,
 ) -> str:
     """Render one source's page and the index; returns the page's path."""
     path = page_path(storage, source)
-    _write(storage, path, render_review_page(storage, project, reviews, source))
+    _write(storage, path, render_review_page(storage, project, reviews, source, worker=worker))
     _write(storage, storage.path(REVIEW_DIR, "index.html"), render_index(project, reviews))
     return path
 
@@ -359,7 +492,8 @@ def write_review_pages(
     reviews: ReviewLog,
     sources: Sequence[str] | None = None,
 ) -> list[str]:
-    return [
-        write_review_page(storage, project, reviews, name)
-        for name in (sources or project.partition_keys)
-    ]
+    with ThumbnailWorker(project.stages.clean) as worker:
+        return [
+            write_review_page(storage, project, reviews, name, worker)
+            for name in (sources or project.partition_keys)
+        ]

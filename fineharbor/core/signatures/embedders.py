@@ -5,14 +5,17 @@ fp32 on CPU), batch, and return L2-normalised float32 vectors. Their ``transform
 tensor) is a plain picklable object so DataLoader workers can run it while the model works on
 the previous batch (see :mod:`fineharbor.core.signatures.loader`).
 
-No code here downloads weights on its own initiative: a model that is named but cannot be found
-raises :class:`ModelNotFoundError` saying which file or name was missing and how to provide it.
+Nothing here downloads: models load from local files, open_clip's pretrained tags and Hub names
+from the local caches only (:func:`fineharbor.core.models.hub_offline`). A model that is named
+but cannot be found raises :class:`ModelNotFoundError` naming the project-file field, where it
+was looked for and how to provide it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -22,6 +25,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fineharbor.core.models import (
+    SIGNATURE_CLIP,
+    SSCD_HOW,
+    WITHOUT_SIGNATURE_CLIP,
+    WITHOUT_SSCD,
+    ClipFields,
+    hub_cache_dir,
+    hub_cached,
+    hub_offline,
+    looks_like_file,
+    not_found,
+    open_clip_problem,
+    report_once,
+    without,
+)
 from fineharbor.core.signatures.hashing import ImageDecodeError, decode_rgb
 from fineharbor.core.signatures.loader import stream_batches
 
@@ -30,8 +48,6 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SSCD_DEFAULT_INPUT = 320  # FineVision and the SSCD README: Resize([320, 320]), skewing
-SSCD_RELEASES = "https://github.com/facebookresearch/sscd-copy-detection#pretrained-models"
-SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/{name}.torchscript.pt"
 
 COPY_EMBEDDING = "copy_embedding"
 CLIP_EMBEDDING = "clip_embedding"
@@ -212,11 +228,7 @@ class SscdEmbedder(_TorchEmbedder):
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise ModelNotFoundError(
-                f"SSCD TorchScript model not found: {self.path}. Download one of the published "
-                f"models (FineVision uses sscd_disc_mixup, 512-d) from "
-                f"{SSCD_URL.format(name='sscd_disc_mixup')} (list: {SSCD_RELEASES}), or train the "
-                "demo copy detector with `python -m fineharbor.core.signatures.train_copy_detector`"
-                ", and set stages.signatures.sscd_path to the file"
+                not_found("stages.signatures.sscd_path", str(self.path), SSCD_HOW)
             )
         try:
             with warnings.catch_warnings():
@@ -257,48 +269,114 @@ def _split_schema(model_name: str) -> str | None:
     return None
 
 
-def register_open_clip_config(path: str | Path) -> None:
+def register_open_clip_config(path: str | Path, field: str = SIGNATURE_CLIP.config) -> None:
     """Register a JSON model config (file or directory) with open_clip, once per path."""
     import open_clip
 
     config = Path(path).expanduser()
     if not config.exists():
-        raise ModelNotFoundError(
-            f"open_clip model config not found: {config}. Give the JSON file written when the "
-            "model was trained (open_clip's model_cfg: embed_dim, vision_cfg, text_cfg)"
-        )
+        how = "Give the JSON model config written with the model (embed_dim, vision_cfg, text_cfg)"
+        raise ModelNotFoundError(not_found(field, str(config), how))
     from open_clip import factory
 
     if config not in factory._MODEL_CONFIG_PATHS:
         open_clip.add_model_config(config)
 
 
-def _check_open_clip_names(model_name: str, pretrained: str | None) -> None:
-    """Fail early, and clearly, on a model or checkpoint that cannot exist here."""
+def _cached_tag_weights(model: str, tag: str) -> tuple[Path | None, bool, str, str]:
+    """Where open_clip keeps a pretrained tag's weights on this machine: (local file or None,
+    whether open_clip reaches it through the tag, where it looked, how to fetch them). The
+    Hub copy comes first, as open_clip prefers it; then open_clip's URL cache."""
+    import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    places, fetch = [], []
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" names the default file
+        filename = filename or HF_WEIGHTS_NAME
+        safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else None
+        if filename.endswith((".bin", ".pth")) and filename != HF_WEIGHTS_NAME:
+            safe = filename[:-4] + ".safetensors"
+        for name in (safe, filename):
+            found = hub_cached(repo, name) if name else None
+            if found is not None:
+                return found, True, "", ""
+        places.append(f"{repo} in the Hugging Face cache {hub_cache_dir()}")
+        fetch.append(f"`hf download {repo} {filename}`")
+    if cfg.get("url"):
+        path = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
+        if path.is_file():
+            return path, False, "", ""
+        places.append(str(path))
+        fetch.append(f"download {cfg['url']} to {path}")
+    return None, False, " and ".join(places) or "nowhere", " or ".join(fetch) or "none known"
+
+
+def resolve_open_clip(
+    model_name: str,
+    pretrained: str | None,
+    model_config: str | Path | None = None,
+    fields: ClipFields = SIGNATURE_CLIP,
+) -> str | None:
+    """Check that an open_clip model and its weights are on this machine, and return the
+    ``pretrained`` value to load them with: a tag whose weights open_clip finds in its caches,
+    or a file. Raises :class:`ModelNotFoundError` naming the field, where the weights were
+    looked for and how to fetch them; never downloads."""
     import open_clip
 
+    problem = open_clip_problem(
+        model_name, pretrained, None if model_config is None else str(model_config), fields
+    )
+    if problem is not None:
+        raise ModelNotFoundError(problem)
+    if model_config is not None:
+        register_open_clip_config(model_config, fields.config)
     if _split_schema(model_name) is not None:
-        return  # open_clip reads the config (and weights) from the directory or Hub repo
+        return None  # open_clip reads config and weights from the directory or the Hub cache
     cleaned = model_name.replace("/", "-")
     if open_clip.get_model_config(cleaned) is None:
         close = [m for m in open_clip.list_models() if cleaned.lower()[:5] in m.lower()][:8]
         raise ModelNotFoundError(
-            f"open_clip has no model config named {model_name!r} (similar: {close or 'none'}). "
-            "Use a name from open_clip.list_models(), 'local-dir:/path' for a saved model "
-            "directory, or set stages.signatures.clip_model_config to the JSON config file of a "
+            f"{fields.model}: open_clip has no model config named {model_name!r} (similar: "
+            f"{close or 'none'}). Use a name from open_clip.list_models(), 'local-dir:/path' for "
+            f"a saved model directory, or set {fields.config} to the JSON config file of a "
             "custom architecture"
         )
-    if pretrained is None:
-        return
+    if pretrained is None or looks_like_file(pretrained):
+        return None if pretrained is None else str(Path(pretrained).expanduser())
     tags = open_clip.list_pretrained_tags_by_model(cleaned)
-    if pretrained in tags:
-        return  # resolved from the local cache by open_clip; without internet a miss fails there
-    if not Path(pretrained).expanduser().is_file():
+    if pretrained not in tags:
         raise ModelNotFoundError(
-            f"open_clip checkpoint for {model_name!r} not found: {pretrained!r} is neither a file "
-            f"nor a known pretrained tag (tags: {tags or 'none'}). Give the path of a checkpoint "
-            "saved with torch.save(model.state_dict()), or a tag whose weights are cached"
+            f"{fields.pretrained}: open_clip checkpoint for {model_name!r} not found: "
+            f"{pretrained!r} is neither a file nor a known pretrained tag (tags: "
+            f"{tags or 'none'}). Give the path of a checkpoint saved with "
+            "torch.save(model.state_dict()), or a tag whose weights are cached"
         )
+    found, via_tag, where, fetch = _cached_tag_weights(cleaned, pretrained)
+    if found is None:
+        raise ModelNotFoundError(
+            f"{fields.pretrained}: the {pretrained!r} weights of open_clip {model_name!r} are "
+            f"not on this machine (looked in {where}); nothing is downloaded at run time. Fetch "
+            f"them once where there is internet ({fetch}), or set {fields.pretrained} to a "
+            f"checkpoint file, or {fields.model} to null to turn this model off"
+        )
+    # Hub weights load through the tag (open_clip then applies the tag's preprocessing) from
+    # the offline cache; weights only in the URL cache load as a file.
+    return pretrained if via_tag else str(found)
+
+
+def _cache_miss(error: BaseException | None) -> bool:
+    """Whether a load failed because the offline Hub had no copy of a file (anywhere in the
+    exception chain: open_clip and transformers wrap it)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen = 0
+    while error is not None and seen < 16:
+        if isinstance(error, LocalEntryNotFoundError | OfflineModeIsEnabled):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 class OpenClipEmbedder(_TorchEmbedder):
@@ -316,15 +394,12 @@ class OpenClipEmbedder(_TorchEmbedder):
         batch_size: int = 64,
         num_workers: int = 0,
         half: bool = True,
+        fields: ClipFields = SIGNATURE_CLIP,
     ) -> None:
         import open_clip
 
         super().__init__(device=device, batch_size=batch_size, num_workers=num_workers, half=half)
-        if model_config is not None:
-            register_open_clip_config(model_config)
-        _check_open_clip_names(model_name, pretrained)
-        if pretrained is not None and Path(pretrained).expanduser().is_file():
-            pretrained = str(Path(pretrained).expanduser())
+        pretrained = resolve_open_clip(model_name, pretrained, model_config, fields)
         if pretrained is None and _split_schema(model_name) is None:
             warnings.warn(
                 f"open_clip model {model_name!r} has no pretrained weights configured: its "
@@ -332,19 +407,26 @@ class OpenClipEmbedder(_TorchEmbedder):
                 stacklevel=2,
             )
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, device=self.device
-            )
-        except (RuntimeError, FileNotFoundError) as error:
+            with hub_offline():
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained, device=self.device
+                )
+                self.tokenizer = open_clip.get_tokenizer(model_name)
+        except (RuntimeError, OSError, ValueError) as error:
+            if _cache_miss(error):  # e.g. a tokenizer repository the model config names
+                raise ModelNotFoundError(
+                    f"{fields.model}: open_clip {model_name!r} needs files that are not in the "
+                    f"local caches ({error}). Nothing is downloaded at run time: fetch them once "
+                    "where there is internet (`hf download REPO`) or use a local-dir: model"
+                ) from error
             raise ModelLoadError(
-                f"open_clip could not load {model_name!r} with pretrained={pretrained!r}: {error}. "
-                "Without internet access only locally cached tags and checkpoint files load"
+                f"{fields.model}: open_clip could not load {model_name!r} with "
+                f"pretrained={pretrained!r} from local files: {error}"
             ) from error
         self.model_name = model_name
         self.pretrained = pretrained
         self.model = model.eval()
         self.transform = preprocess
-        self.tokenizer = open_clip.get_tokenizer(model_name)
         self.dim = int(self._embed_dim())
 
     def _embed_dim(self) -> int:
@@ -373,7 +455,8 @@ class OpenClipEmbedder(_TorchEmbedder):
 
 def build_embedders(params) -> list[Embedder]:
     """The embedders a :class:`~fineharbor.core.signatures.params.SignatureParams` asks for,
-    each loaded once (the Dagster resource calls this once per process)."""
+    each loaded once (the Dagster resource calls this once per process). A model that is named
+    but not on this machine is left out, and logged once: its column stays null."""
     common = {
         "device": params.device,
         "batch_size": params.batch_size,
@@ -381,17 +464,23 @@ def build_embedders(params) -> list[Embedder]:
         "half": params.half_precision,
     }
     embedders: list[Embedder] = []
-    if params.sscd_path is not None:
-        embedders.append(
-            SscdEmbedder(params.sscd_path, input_size=params.sscd_input_size, **common)
-        )
-    if params.clip_model is not None:
-        embedders.append(
-            OpenClipEmbedder(
-                params.clip_model,
-                params.clip_pretrained,
-                model_config=params.clip_model_config,
-                **common,
+    try:
+        if params.sscd_path is not None:
+            embedders.append(
+                SscdEmbedder(params.sscd_path, input_size=params.sscd_input_size, **common)
             )
-        )
+    except ModelNotFoundError as missing:
+        report_once(without(str(missing), WITHOUT_SSCD))
+    try:
+        if params.clip_model is not None:
+            embedders.append(
+                OpenClipEmbedder(
+                    params.clip_model,
+                    params.clip_pretrained,
+                    model_config=params.clip_model_config,
+                    **common,
+                )
+            )
+    except ModelNotFoundError as missing:
+        report_once(without(str(missing), WITHOUT_SIGNATURE_CLIP))
     return embedders

@@ -5,12 +5,20 @@ from __future__ import annotations
 import io
 import resource
 import time
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fineharbor.core.cleaning.images import clean_image, decode_image, sniff_format, target_size
+from fineharbor.core.cleaning import images as images_module
+from fineharbor.core.cleaning.images import (
+    capture_c_stderr,
+    clean_image,
+    decode_image,
+    sniff_format,
+    target_size,
+)
 from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.reasons import (
     DECOMPRESSION_BOMB,
@@ -175,7 +183,7 @@ def test_too_many_pixels_checked_from_header():
         (b"%PDF-1.4\n1 0 obj<<>>endobj\n%%EOF", "PDF"),
         (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
         (b"<svg width='10' height='10'></svg>", "SVG"),
-        (b"8BPS\x00\x01" + b"\x00" * 64, "PSD"),
+        (b"\xd7\xcd\xc6\x9a" + b"\x00" * 64, "WMF"),
     ],
 )
 def test_formats_outside_the_allowlist_are_never_decoded(data, fmt):
@@ -240,3 +248,55 @@ def test_missing_and_garbage():
     assert decode_image(None, P).reason == IMAGE_MISSING
     assert decode_image(np.random.default_rng(0).bytes(20_000), P).reason == IMAGE_CORRUPT
     assert decode_image(b"<!DOCTYPE html><html>404</html>", P).reason == IMAGE_CORRUPT
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("TGA", {}),
+        ("TGA", {"compression": "tga_rle"}),
+        ("PCX", {}),
+        ("SGI", {}),
+        ("IM", {}),
+        ("PPM", {}),
+        ("QOI", {}),
+        ("ICO", {}),
+        ("JPEG2000", {}),
+    ],
+)
+def test_valid_images_in_formats_outside_the_allowlist_are_named_not_corrupt(fmt, options):
+    """Formats without magic bytes (TGA, PCX, IM...) are identified by Pillow's plugins; an
+    uncompressed TGA, whose header looks like an icon directory, is not taken for a CUR."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # IM is deprecated in Pillow
+        data = encode(scene(300, 200), fmt, **options)
+    result = clean_image(data, CleanParams(allowed_formats=["JPEG", "PNG"]))
+    assert result.reason == IMAGE_FORMAT_NOT_ALLOWED
+    assert f"format {fmt} not allowed" in result.detail
+    assert clean_image(data, P).reason != "image_corrupt"  # IM: not allowed; the rest: kept
+
+
+def test_headerless_bmp_is_decoded_when_bmp_is_allowed():
+    data = encode(scene(300, 200), "DIB")
+    assert clean_image(data, P).ok
+    assert clean_image(data, CleanParams(allowed_formats=["JPEG"])).reason == (
+        IMAGE_FORMAT_NOT_ALLOWED
+    )
+
+
+def test_decoder_messages_are_counted_not_printed(capfd):
+    """libtiff writes warnings to file descriptor 2; in a decode worker they are counted."""
+    base = encode(scene(300, 200), "TIFF", compression="tiff_lzw")
+    first_entry = int.from_bytes(base[4:8], "little") + 2
+    broken = bytearray(base)
+    broken[first_entry + 4 : first_entry + 8] = b"\x07\x00\x00\x00"  # ImageWidth count 7
+    clean_image(bytes(broken), P)
+    assert "TIFF" in capfd.readouterr().err  # what a process without the capture prints
+    capture_c_stderr()
+    try:
+        results = [clean_image(bytes(broken), P) for _ in range(3)]
+    finally:
+        images_module._capture.update(pid=None)
+    assert capfd.readouterr().err == ""
+    assert [result.reason for result in results] == [IMAGE_CORRUPT] * 3
+    assert all(result.warnings >= 2 for result in results)

@@ -95,12 +95,9 @@ def hostile_corpus(folder: Path) -> dict[str, str | None]:
         b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
         "image_corrupt",
     )
-    files["layers.psd"] = (b"8BPS\x00\x01" + b"\x00" * 200, "image_format_not_allowed")
-    files["wavelet.jp2"] = (
-        b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 200,
-        "image_format_not_allowed",
-    )
-    files["icon.ico"] = (encode(scene(64, 64), "ICO"), "image_format_not_allowed")
+    files["layers.psd"] = (b"8BPS\x00\x01" + b"\x00" * 200, "image_corrupt")  # allowed, broken
+    files["wavelet.jp2"] = (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 200, None)
+    files["metafile.wmf"] = (b"\xd7\xcd\xc6\x9a" + b"\x00" * 200, "image_format_not_allowed")
     files["huge_declared.png"] = (png_declaring(100_000, 100_000), "decompression_bomb")
     files["too_many_pixels.png"] = (png_declaring(10_000, 9_000), "too_many_pixels")
     files["bomb.tiff"] = (_tiff_declaring(100_000, 100_000), "decompression_bomb")

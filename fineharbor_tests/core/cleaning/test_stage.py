@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA, REASONS, clean_batch
+from fineharbor.core.cleaning.images import ImageResult, clean_image
+from fineharbor.core.cleaning.stage import process_row
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor_tests.core.cleaning.helpers import (
     ENGLISH,
@@ -18,7 +22,7 @@ from fineharbor_tests.core.cleaning.helpers import (
     scene,
 )
 
-P = fast_params(domain_deny=["spam.example"], gui_action_sources=["gui"])
+P = fast_params(domain_deny=["spam.example"], gui_action_sources=["gui"], web_pair_rules="always")
 
 
 def good_jpeg(seed: int = 0, size=(640, 480)) -> bytes:
@@ -96,7 +100,7 @@ def test_turn_level_rules():
     assert mixed["dropped_turns"] == 2
     reasons = {r["origin_key"]: (r["reason"], r["detail"]) for r in rejected.to_pylist()}
     assert reasons["all_long"][0] == "turn_too_long" and "> 8192" in reasons["all_long"][1]
-    assert reasons["no_turns"] == ("text_empty", "no turns")
+    assert by_key(kept)["no_turns"]["texts"] == []  # image-only, not a text reject
 
 
 def test_multi_image_detail_names_the_image():
@@ -146,3 +150,92 @@ def test_switches_turn_rules_off():
 def test_empty_batch():
     kept, rejected = clean_batch(batch([]), P)
     assert kept.num_rows == 0 and rejected.num_rows == 0 and kept.schema == CLEANED_SCHEMA
+
+
+def image_only(key: str, images: list[bytes | None], source: str = "pool") -> dict:
+    sample = row(key, images, source=source)
+    sample["texts"] = []
+    sample["images"] = [{"bytes": b, "path": f"DSC_{key}.JPG"} for b in images]
+    return sample
+
+
+def test_image_only_samples_skip_text_rules_but_not_image_rules():
+    params = fast_params()  # language, caption words, alt text: all on
+    rows = [
+        image_only("photo", [good_jpeg(11)]),
+        image_only("two", [good_jpeg(12), encode(scene(300, 280, 13), "PNG")]),
+        image_only("broken", [good_jpeg(14)[:2500]]),
+        image_only("nothing", []),
+    ]
+    kept, rejected = clean_batch(batch(rows), params)
+    assert kept.num_rows + rejected.num_rows == len(rows)
+    out = by_key(kept)
+    assert set(out) == {"photo", "two"}
+    assert out["photo"]["texts"] == [] and out["photo"]["language"] is None
+    assert out["photo"]["dropped_turns"] == 0 and len(out["two"]["image_info"]) == 2
+    reasons = {r["origin_key"]: (r["reason"], r["detail"]) for r in rejected.to_pylist()}
+    assert reasons["broken"][0] == "image_truncated"
+    assert reasons["nothing"] == ("text_empty", "no turns and no images")
+
+
+def small_jpeg() -> bytes:
+    """A sharp 220x220 photo-like JPEG under LAION's 5 KB."""
+    data = encode(scene(220, 220, 21), "JPEG", quality=30)
+    assert len(data) < 5120
+    return data
+
+
+@pytest.mark.parametrize(
+    ("settings", "rejected_sources"),
+    [
+        ({}, set()),  # auto with no web source listed: nothing is a web pair
+        ({"web_pair_sources": ["web"]}, {"web"}),
+        ({"web_pair_sources": ["web", "docs"], "web_pair_exempt_sources": ["docs"]}, {"web"}),
+        ({"web_pair_rules": "always"}, {"web", "docs"}),
+        ({"web_pair_rules": "never", "web_pair_sources": ["web"]}, set()),
+    ],
+)
+def test_web_pair_rules_apply_only_where_configured(settings, rejected_sources):
+    params = fast_params(**settings)
+    rows = []
+    for source in ("web", "docs"):
+        rows.append(row(f"{source}-tall", [good_jpeg(6, (400, 1500))], ENGLISH[0], source=source))
+        rows.append(row(f"{source}-small", [small_jpeg()], ENGLISH[1], source=source))
+    kept, rejected = clean_batch(batch(rows), params)
+    reasons = {r["origin_key"]: r["reason"] for r in rejected.to_pylist()}
+    expected = {}
+    for source in rejected_sources:
+        expected[f"{source}-tall"] = "aspect_ratio"
+        expected[f"{source}-small"] = "image_too_small_bytes"
+    assert reasons == expected
+    assert kept.num_rows == len(rows) - len(expected)
+
+
+def test_web_pair_scope_sentence_names_the_sources():
+    auto = fast_params(web_pair_sources=["laion", "wds"], web_pair_exempt_sources=["wds"])
+    assert auto.web_pair_scope() == (
+        "Cleaning: the web alt-text pair rules shorter side >= 200 px (DataComp), aspect ratio "
+        "<= 3 (DataComp) and image >= 5120 bytes (LAION) applied only to the sources laion; "
+        "other sources keep tall and small images."
+    )
+    assert fast_params(web_pair_rules="always").web_pair_scope().endswith("every source.")
+    assert fast_params().web_pair_scope().endswith("applied to no source.")
+
+
+def _warning_decoder(count: int, fail: bool = False):
+    def decode(data, params, *, pair=False):
+        result = clean_image(data, params, pair=pair)
+        if fail:
+            result = ImageResult.failed("image_corrupt", "bad strip")
+        return dataclasses.replace(result, warnings=count)
+
+    return decode
+
+
+def test_decoder_warnings_are_counted_per_image_not_printed():
+    params = fast_params(check_language=False)
+    image = good_jpeg()
+    kept, _ = process_row(row("w", [image]), params, decoder=_warning_decoder(3))
+    assert [info["decoder_warnings"] for info in kept["image_info"]] == [3]
+    _, rejected = process_row(row("w", [image]), params, decoder=_warning_decoder(2, fail=True))
+    assert rejected["detail"] == "bad strip (2 decoder warnings)"

@@ -27,6 +27,8 @@ from fineharbor.core.stages import UNIFIED, build_raw_samples, build_unified_sam
 from fineharbor.core.storage import Storage
 from fineharbor_tests.core.signatures.conftest import TinyCopyNet, save_script
 
+pytestmark = pytest.mark.slow
+
 SCALE = 0.3
 GUI_SOURCES = ("gui_aguvis", "gui_android")
 

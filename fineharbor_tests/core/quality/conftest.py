@@ -9,34 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from fineharbor.core.quality.demo_clip import DemoClipConfig, TrainingReport, save_demo_clip
-
-TINY = DemoClipConfig(
-    image_size=32,
-    vision="vit",
-    vision_width=32,
-    vision_layers=1,
-    patch_size=8,
-    text_width=32,
-    text_layers=1,
-    context_length=32,
-    embed_dim=16,
-)
-
-
-def save_tiny_clip(out: Path) -> Path:
-    import open_clip
-
-    from fineharbor.core.quality.demo_clip import open_clip_model_cfg
-
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**open_clip_model_cfg(TINY)).eval()
-    report = TrainingReport(0, 0, 0, 0, 0, 0, 0, False, float("nan"), 0.0, 0.0, 1)
-    save_demo_clip(model, TINY, out, report)
-    return out
+from fineharbor.testing.models import save_tiny_clip
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,8 @@ from fineharbor.core.quality.demo_clip import (
 from fineharbor.core.quality.metrics import roc_auc
 from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[3]
 SCALE = 0.3
 SMALL = DemoClipConfig(pretraining_pairs=1500, steps=200)

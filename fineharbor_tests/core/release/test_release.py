@@ -12,7 +12,7 @@ from fineharbor.core.release.writer import verify_manifest
 from fineharbor.core.storage import Storage
 from fineharbor.defs.resources import STAGE_TABLES
 from fineharbor.defs.sql_models import SQL_DIR
-from fineharbor_tests.core.release.helpers import project, write_input
+from fineharbor.testing.release_input import project, write_input
 
 FINEVISION_COLUMNS = [
     "images",
@@ -169,6 +169,11 @@ def test_every_number_in_the_card_equals_its_sql_model(tmp_path, storage):
     assert meta["license"] == ["apache-2.0", "cc-by-4.0"]
     assert [c["config_name"] for c in meta["configs"]] == ["default", "chats", "pairs"]
     tables = _card_tables(card)
+    # where the web alt-text pair rules applied: the webdataset_caption source only
+    assert (
+        "aspect ratio <= 3 (DataComp) and image >= 5120 bytes (LAION) applied only to the "
+        "sources pairs;" in card
+    )
     # the models as the SQL model assets compute them, over the written Parquet files
     from fineharbor.core.sql_models import load_models, run_models
 

@@ -175,3 +175,52 @@ def test_the_demo_sources_are_approved_for_their_current_mappings(home):
     gate = project_gate(load_reviews(reviews_path(root / "fineharbor.yaml"), project), project)
     assert gate.blocked == {}
     assert gate.allowed == [s.name for s in project.sources if s.role == "train"]
+
+
+def test_review_takes_several_overrides_at_once(project_file, home, monkeypatch):
+    monkeypatch.setenv("FINEHARBOR_REVIEWER", "dan")
+    args = ["--config", str(project_file), "review", "charts", "--override"]
+    assert main([*args, "clean.caption_min_words=2", "clean.web_pair_rules=never"]) == 0
+    state = load_reviews(reviews_path(project_file)).state("charts")
+    assert state.overrides == {"clean.caption_min_words": 2, "clean.web_pair_rules": "never"}
+    # checked together with the earlier ones: min words 2 > max words 1 is refused, nothing saved
+    assert main([*args, "clean.caption_max_words=1"]) == 2
+    assert load_reviews(reviews_path(project_file)).state("charts").overrides == state.overrides
+
+
+@pytest.mark.parametrize(
+    "content", [b"version: 1\nsources: {charts: []}  # caf\xe9\n", b"\xff\xfe"]
+)
+def test_reviews_file_that_is_not_utf8_gives_one_line(project_file, content):
+    path = reviews_path(project_file)
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_reviews(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)) and "not UTF-8" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_reviews_source_name_with_a_trailing_newline_is_refused(project_file):
+    path = reviews_path(project_file)
+    path.write_text('version: 1\nsources: {"charts\\n": []}\n')
+    with pytest.raises(ConfigError, match="not a valid source name"):
+        load_reviews(path)
+
+
+def test_status_with_a_missing_project_file_is_one_line(tmp_path, home, capsys):
+    missing = tmp_path / "nowhere" / "fineharbor.yaml"
+    assert main(["--config", str(missing), "status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fineharbor: ") and str(missing) in err and "no such project file" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["sources: []\n", "name: p\nsources:\n"])
+def test_materialize_without_sources_says_what_is_missing(tmp_path, home, capsys, text):
+    path = tmp_path / "fineharbor.yaml"
+    path.write_text(text)
+    assert main(["--config", str(path), "materialize"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no sources to materialize" in err and str(path) in err
+    assert len(err.splitlines()) == 1

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import shutil
+import struct
 import subprocess
+import time
+import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,11 +20,15 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.config import parse_config
+from fineharbor.core.review import pages
 from fineharbor.core.review.decisions import Flag, ReviewLog, now
 from fineharbor.core.review.pages import (
+    ThumbnailWorker,
     render_review_page,
     sample_ids,
+    thumbnail,
     write_review_pages,
 )
 from fineharbor.core.schema import RAW_SCHEMA, UNIFIED_SCHEMA, reject_row
@@ -107,7 +115,7 @@ def test_page_content_is_escaped_sampled_and_grouped(zoo):
     assert (
         page.count('src="data:image/jpeg;base64,') == 7 + 6 + 1
     )  # unified, cleaned, rejects (one broken)
-    assert page.count("undecodable image (23 bytes)") == 2  # unified + its reject
+    assert page.count("rejected: image_corrupt (23 bytes)") == 2  # unified + its reject
     assert "image_corrupt: 1 rows" in page and "text_unsafe: 1 rows" in page
     assert "flagged by ann" in page and "unreviewed" in page
     assert "Content-Security-Policy" in page and "default-src &#x27;none&#x27;" not in page
@@ -205,3 +213,64 @@ def test_pages_render_in_headless_chromium(zoo, tmp_path):
         pixels = np.asarray(image.convert("RGB")).astype(int)
     red = int(((pixels[..., 0] > 220) & (pixels[..., 1] < 40) & (pixels[..., 2] < 40)).sum())
     assert red > 2 * 256 * 200  # the red image's thumbnails show (unified and cleaned)
+
+
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n"
+    b"newpath 0 0 moveto 64 64 lineto stroke showpage\n%%EOF\n"
+)
+
+
+def png_declaring(side: int) -> bytes:
+    """A valid 1-bit grayscale PNG of side x side pixels, all black: a few KB on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_thumbnails_go_through_the_cleaning_decoder():
+    """An EPS is never handed to Ghostscript, and a small PNG declaring 144 MP (under Pillow's
+    own bomb error, 1.5 GB to decode in place) is refused from its header."""
+    bomb = png_declaring(12_000)
+    assert len(bomb) < 100_000
+    with ThumbnailWorker(CleanParams()) as worker:
+        eps = thumbnail(EPS, worker)
+        big = thumbnail(bomb, worker)
+        fine = thumbnail(solid((0, 255, 0), 600), worker)
+    assert "<img" not in eps and "rejected: image_format_not_allowed" in eps
+    assert "<img" not in big and "rejected: decompression_bomb" in big
+    assert fine.startswith('<img alt="image" src="data:image/jpeg;base64,')
+    shown = Image.open(io.BytesIO(base64.b64decode(fine.split("base64,")[1].split('"')[0])))
+    assert shown.format == "JPEG" and max(shown.size) == pages.THUMBNAIL_PX
+
+
+def _stuck_or_dying(data, params):
+    if data == b"hang":
+        time.sleep(3600)
+    if data == b"crash":
+        os._exit(1)
+    return REAL_DECODE(data, params)
+
+
+REAL_DECODE = pages.decode_image
+
+
+def test_a_stuck_or_crashing_decoder_costs_one_thumbnail(monkeypatch):
+    """The decoder runs in a child killed past decode_timeout_s; a crash is that image's only.
+    (fork: the child inherits the patched decoder.)"""
+    monkeypatch.setattr(pages, "decode_image", _stuck_or_dying)
+    params = CleanParams(start_method="fork", decode_timeout_s=0.5)
+    with ThumbnailWorker(params) as worker:
+        shown = [thumbnail(data, worker) for data in (b"hang", b"crash", solid((9, 9, 9)))]
+    assert "rejected: image_decode_timeout" in shown[0]
+    assert "rejected: worker_crashed" in shown[1]
+    assert shown[2].startswith("<img")

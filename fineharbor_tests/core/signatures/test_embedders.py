@@ -101,7 +101,7 @@ def test_open_clip_unknown_model_and_missing_checkpoint_fail_clearly(tiny_clip, 
     missing = tmp_path / "nowhere.pt"
     with pytest.raises(ModelNotFoundError, match=r"nowhere\.pt"):
         OpenClipEmbedder(name, str(missing), model_config=config, device="cpu")
-    with pytest.raises(ModelNotFoundError, match="config not found"):
+    with pytest.raises(ModelNotFoundError, match=r"clip_model_config: not found .*missing\.json"):
         OpenClipEmbedder(name, model_config=tmp_path / "missing.json", device="cpu")
 
 
@@ -129,6 +129,7 @@ def test_device_resolution():
             resolve_device("cuda")
 
 
+@pytest.mark.slow
 def test_demo_copy_detector_trains_exports_and_loads(tmp_path):
     config = TrainConfig(
         input_size=32,

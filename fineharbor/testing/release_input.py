@@ -13,7 +13,7 @@ from fineharbor.core.release.build import RELEASE_INPUT_ASSET
 from fineharbor.core.schema import UNIFIED_SCHEMA
 from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
 from fineharbor.core.storage import Storage
-from fineharbor_tests.conftest import make_image_bytes
+from fineharbor.testing.images import make_image_bytes
 
 AXES = ("relevance", "image_correspondence", "visual_dependency", "formatting")
 
@@ -27,7 +27,8 @@ SCORED_SCHEMA = pa.schema([*UNIFIED_SCHEMA, *SCORED_FIELDS])
 
 SOURCES = """
 sources:
-  - {name: pairs, reader: webdataset, location: x, mapping: {preset: webdataset_caption}, license: cc-by-4.0}
+  - {name: pairs, reader: webdataset, location: x, mapping: {preset: webdataset_caption},
+     license: cc-by-4.0}
   - {name: chats, reader: json, location: y, mapping: {preset: llava}, license: apache-2.0}
   - {name: bench, reader: json, location: z, mapping: {preset: llava}, role: benchmark}
 """
@@ -68,7 +69,8 @@ def rows(source: str, n: int, turns: int, scored: bool, seed: int) -> list[dict]
 def write_input(
     storage: Storage, scored: bool = True, n_pairs: int = 40, n_chats: int = 20
 ) -> None:
-    """Release input + the stage outputs the card's SQL models read (dedup, decontam, signatures)."""
+    """Release input + the stage outputs the card's SQL models read (dedup, decontam,
+    signatures)."""
     schema = SCORED_SCHEMA if scored else UNIFIED_SCHEMA
     data = {
         "pairs": rows("pairs", n_pairs, 1, scored, 1),
