@@ -306,9 +306,9 @@ class DownloadStore:
 
             def inputs() -> Iterator[str | DownloadResult]:
                 for url, kept in self._lookups(pool, urls):
-                    fetch = self.wants_fetch(kept)
-                    decided.append((kept, fetch))
-                    yield url if fetch or kept is None else self.reuse(kept)
+                    ask = self.wants_fetch(kept)
+                    decided.append((kept, ask))
+                    yield url if ask or kept is None else self.reuse(kept)
 
             for result in downloader.map(inputs()):
                 kept, asked = decided.popleft()
