@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fineharbor.core.config import HfDatasetSource, IngestParams, Shard
-from fineharbor.core.readers.common import BatchBuilder, Progress, RawBatch, SourceLocationError
+from fineharbor.core.readers.common import (
+    BatchBuilder,
+    Progress,
+    RawBatch,
+    SourceLocationError,
+    encode_record,
+)
 from fineharbor.core.readers.fields import get_path
 
 
@@ -58,16 +64,54 @@ def read_hf_dataset(
             column, undecoded if isinstance(feature, datasets.Image) else datasets.List(undecoded)
         )
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
-    for index, row in enumerate(dataset):
-        key = get_path(row, source.mapping.origin_key) if source.mapping.origin_key else None
-        origin_key = str(key) if key not in (None, "") else f"{source.split}:{index}"
-        images = []
-        for column in columns:
-            value = row.get(column)
-            for item in value if isinstance(value, list) else [value]:
-                if item is not None and item.get("bytes") is not None:
-                    images.append({"bytes": item["bytes"], "path": item.get("path")})
-        record = {k: v for k, v in row.items() if k not in columns}
-        builder.keep(origin_key, record, images, origin_uri=f"hf://{source.location}")
-        yield from builder.drain_if_full()
+    index = 0
+    # File by file: `datasets` raises out of the iterator on a bad file (a truncated Parquet,
+    # a JSON line nested too deep), which would end the stream; then only that file is lost.
+    for number in range(dataset.num_shards):
+        part = dataset.shard(num_shards=dataset.num_shards, index=number)
+        rows = iter(part)
+        while True:
+            try:
+                row = next(rows, None)
+            except Exception as error:  # datasets wraps a bad file's error in many types
+                detail = (
+                    f"{_files_of(part) or f'file {number + 1} of {dataset.num_shards}'}: rows "
+                    f"from {index} on not read: {type(error).__name__}: {str(error)[:300]}"
+                )
+                builder.reject(f"{source.split}:file{number}", "file_unreadable", detail)
+                break
+            if row is None:
+                break
+            _keep(builder, row, index, columns, source)
+            index += 1
+            yield from builder.drain_if_full()
     yield from builder.drain()
+
+
+def _files_of(part) -> str:
+    """The files one shard of a stream reads, where `datasets` says (names the bad file)."""
+    kwargs = getattr(getattr(part, "_ex_iterable", None), "kwargs", None) or {}
+    files = kwargs.get("original_files") or kwargs.get("files") or []
+    return ", ".join(str(f) for f in files if isinstance(f, str))
+
+
+def _keep(
+    builder: BatchBuilder, row: dict, index: int, columns: list[str], source: HfDatasetSource
+) -> None:
+    key = get_path(row, source.mapping.origin_key) if source.mapping.origin_key else None
+    origin_key = str(key) if key not in (None, "") else f"{source.split}:{index}"
+    images = []
+    for column in columns:
+        value = row.get(column)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and item.get("bytes") is not None:
+                images.append({"bytes": item["bytes"], "path": item.get("path")})
+    record = {k: v for k, v in row.items() if k not in columns}
+    try:
+        encode_record(record).encode("utf-8")
+    except RecursionError:
+        builder.reject(origin_key, "record_too_deep", "nested deeper than the JSON encoder's limit")
+    except UnicodeEncodeError as error:
+        builder.reject(origin_key, "malformed_record", f"a string is not Unicode: {error}")
+    else:
+        builder.keep(origin_key, record, images, origin_uri=f"hf://{source.location}")
