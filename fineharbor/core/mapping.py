@@ -132,6 +132,8 @@ def _first_present(record: dict, fields: tuple[str, ...]) -> tuple[str, object]:
 def map_record(record: dict, image_count: int, mapping: MappingSpec, rule: TextRule) -> list[dict]:
     """The unified turns of one record; raises MappingError when it cannot be mapped."""
     if rule.kind == "none":
+        if not image_count:
+            raise MappingError("empty_sample", "an image-only mapping, and the record has no image")
         return []
     if rule.kind == "caption" and image_count and not any(has_path(record, f) for f in rule.fields):
         return []  # an image without a caption: image-only
