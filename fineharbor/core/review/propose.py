@@ -510,6 +510,10 @@ def heuristic_mapping(inspection: Inspection) -> tuple[dict[str, Any], list[str]
         # the image folder reader's own provenance field: a file name is no caption
         and not (inspection.reader == "image_folder" and p == "file")
     ]
+    sidecar_captions = any(isinstance(r.get("txt"), str) for r in records)
+    if inspection.reader in ("image_folder", "webdataset") and sidecar_captions:
+        # Captions for some files only: the others become image-only samples.
+        strings = [*strings, "txt"] if "txt" not in strings else strings
     mapping: dict[str, Any] | None = None
     for path in paths:
         values = _values(records, path)
