@@ -22,9 +22,8 @@ from fineharbor.core.readers.common import (
     relative_key,
 )
 from fineharbor.core.readers.fields import checked_reference, get_path
+from fineharbor.core.readers.json_records import FILE_UNREADABLE, file_problem, follows_symlinks
 from fineharbor.core.schema import IMAGE_TYPE
-
-FILE_UNREADABLE = "file_unreadable"
 
 
 def _is_image_struct(dtype: pa.DataType) -> bool:
@@ -124,6 +123,10 @@ def _read_file(
     page), is one reject naming it and the rows not read, and the other files are read."""
     file_key = relative_key(root, path)
     declared = source.mapping.images
+    problem = file_problem(path, root, source.location, follows_symlinks(source))
+    if problem:
+        builder.reject(file_key, *problem)
+        return
     try:
         parquet = pq.ParquetFile(path)
         columns = image_columns(parquet.schema_arrow, declared)

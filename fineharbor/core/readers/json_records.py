@@ -13,7 +13,9 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
+import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ DEFAULT_MAX_RECORD_BYTES = 4 << 20
 MALFORMED = "malformed_record"
 TOO_LARGE = "record_too_large"
 TOO_DEEP = "record_too_deep"
+FILE_UNREADABLE = "file_unreadable"
 
 _CHUNK = 1 << 20
 _DECODER = json.JSONDecoder()
@@ -65,6 +68,10 @@ class Parsed:
 
 def max_record_bytes(source: Any) -> int:
     return getattr(source, "max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
+
+
+def follows_symlinks(source: Any) -> bool:
+    return bool(getattr(source, "follow_symlinks", False))
 
 
 def _checked(value: Any, escapes: bool, where: object) -> tuple[dict | None, str, str]:
@@ -380,6 +387,25 @@ def _next_value(buffer: _Buffer, index: int, in_array: bool, keys: set[str] | No
     return Parsed(index, *_checked(value, escapes, where))
 
 
+def file_problem(
+    path: Path, root: Path, location: str, follow_symlinks: bool
+) -> tuple[str, str] | None:
+    """Why a listed file must not be opened: not a regular file (a FIFO would block the run,
+    a device never ends), or a link out of the source (unless the source follows links)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return FILE_UNREADABLE, f"{path}: {error.strerror}"
+    if not stat.S_ISREG(mode):
+        return FILE_UNREADABLE, f"{path} is not a regular file"
+    listed = Path(location) != path  # a file named as the location itself is the user's choice
+    if listed and not follow_symlinks:
+        real, base = os.path.realpath(path), os.path.realpath(root)
+        if not real.startswith(base.rstrip(os.sep) + os.sep):
+            return "path_outside_source", f"{path} links to {real}, outside {base}"
+    return None
+
+
 def _image_references(record: dict, field: str) -> list[str]:
     value = get_path(record, field)
     if value is None:
@@ -409,6 +435,10 @@ def read_json(
     for path in files:
         file_key = relative_key(root, path)
         reader = jsonl_records if path.suffix.lower() == ".jsonl" else json_values
+        problem = file_problem(path, root, source.location, follows_symlinks(source))
+        if problem:
+            builder.reject(file_key, *problem)
+            continue
         try:
             for parsed in reader(path, limit):
                 if parsed.record is None:
@@ -425,7 +455,7 @@ def read_json(
                     )
                 yield from builder.drain_if_full()
         except OSError as error:
-            builder.reject(file_key, "file_unreadable", f"{path}: {error}")
+            builder.reject(file_key, FILE_UNREADABLE, f"{path}: {error}")
     yield from builder.drain()
 
 

@@ -4,6 +4,7 @@ and one bad record never costs the records after it."""
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 
 import pytest
@@ -146,3 +147,18 @@ def test_json_file_holding_objects_one_per_line_is_read_like_jsonl(images):
     kept, rejected = read_all(json_source(images, "data.json"))
     assert [k["origin_key"] for k in kept] == ["a", "b"]
     assert [r["reason"] for r in rejected] == ["malformed_record"]
+
+
+def test_fifos_and_links_out_of_the_source_are_file_rejects(tmp_path, images):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jsonl"
+    outside.write_text(json.dumps(good("secret")) + "\n")
+    (images / "data").mkdir()
+    (images / "data" / "ok.jsonl").write_text(json.dumps(good("a")) + "\n")
+    (images / "data" / "link.jsonl").symlink_to(outside)
+    os.mkfifo(images / "data" / "pipe.jsonl")
+    kept, rejected = read_all(json_source(images, "data"))
+    assert [k["origin_key"] for k in kept] == ["a"]
+    assert {(r["origin_key"], r["reason"]) for r in rejected} == {
+        ("link.jsonl", "path_outside_source"),
+        ("pipe.jsonl", "file_unreadable"),
+    }
