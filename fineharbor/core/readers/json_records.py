@@ -219,7 +219,7 @@ class _Buffer:
         while True:
             match = (_STRING_END if in_string else _STRUCTURE).search(self.text, at)
             if match is None or (match.group() == "\\" and match.end() >= len(self.text)):
-                self.pos = at if match is None else match.start()
+                self.pos = len(self.text) if match is None else match.start()
                 self.compact()
                 if not self.fill():
                     return False
@@ -249,30 +249,32 @@ class _Buffer:
         (shares a key with the last good one, so an object nested inside the broken element is
         not taken for a record); False when none is left."""
         pattern = _ARRAY_NEXT if in_array else _STREAM_NEXT
-        search = self.pos + 1
+        self.pos += 1
         while True:
-            match = pattern.search(self.text, search)
+            match = pattern.search(self.text, self.pos)
             if match is None:
                 self.pos = max(self.pos, len(self.text) - 64)
                 self.compact()
                 if not self.fill():
                     return False
-                search = self.pos
                 continue
-            start = match.end()
-            search = match.start() + 1
-            try:
-                value, end = self.decode(start)
-            except (json.JSONDecodeError, RecursionError, _TooLarge):
-                continue
-            if not isinstance(value, dict) or (keys and not keys & value.keys()):
-                continue
-            self.pos = end
-            after = self.peek()
-            if after is None or after in (",", "]") or not in_array:
+            if self._accepts(match, in_array, keys):
                 self.pos = match.start()  # the separator: the caller's loop steps over it
                 return True
-            self.pos = start
+            # What lies before a refused candidate is no longer needed: the window stays small.
+            self.pos = match.start() + 1
+            self.compact()
+
+    def _accepts(self, match: re.Match, in_array: bool, keys: set[str] | None) -> bool:
+        try:
+            value, end = self.decode(match.end())
+        except (json.JSONDecodeError, RecursionError, _TooLarge):
+            return False
+        if not isinstance(value, dict) or (keys and not keys & value.keys()):
+            return False
+        self.pos = end
+        after = self.peek()  # may refill the window, never compacts it
+        return after is None or after in (",", "]") or not in_array
 
 
 def json_values(path: Path, limit: int) -> Iterator[Parsed]:

@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from fineharbor.core.readers.json_records import jsonl_records
+from fineharbor.core.readers.json_records import json_values, jsonl_records
 from fineharbor_tests.conftest import make_image_bytes
 from fineharbor_tests.core.readers.helpers import read_all, source
 
@@ -162,3 +162,16 @@ def test_fifos_and_links_out_of_the_source_are_file_rejects(tmp_path, images):
         ("link.jsonl", "path_outside_source"),
         ("pipe.jsonl", "file_unreadable"),
     }
+
+
+def test_an_over_long_array_element_is_skipped_in_a_bounded_window(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_bytes(b'[{"id": "a"}, {"pad": "' + b"x" * (6 * OVER_LIMIT) + b'"}, {"id": "b"}]')
+    tracemalloc.start()
+    try:
+        parsed = list(json_values(path, OVER_LIMIT))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(p.index, p.reason) for p in parsed] == [(0, ""), (1, "record_too_large"), (2, "")]
+    assert peak < 3 * OVER_LIMIT  # bounded by the limit, not by the 30 MiB element
