@@ -76,7 +76,7 @@ def follows_symlinks(source: Any) -> bool:
 
 def _checked(value: Any, escapes: bool, where: object) -> tuple[dict | None, str, str]:
     """(record, reason, detail): the value must be an object Arrow can store; `escapes` says
-    whether its text holds \ud800-\udfff escapes, which may be lone surrogates."""
+    whether its text holds surrogate escapes (``\\uD800``..``\\uDFFF``), which may be lone."""
     if not isinstance(value, dict):
         return None, MALFORMED, f"{where}: expected an object, got {type(value).__name__}"
     if escapes:

@@ -225,9 +225,15 @@ def detect_reader(
         return "webdataset", {"location": location}, [*evidence, "tar shards: WebDataset"]
     if tars:
         evidence.append(f"{len(tars)} tar file(s) among {len(images)} images: not WebDataset")
-    tables = [f for f in files if _suffix(f) in (".parquet", ".csv", ".tsv")]
-    if tables and len(tables) >= len(images):
-        return _table_reader(tables[0], location, evidence)
+    # A Parquet file decides even among many images (they may be the files its rows name);
+    # a CSV/TSV only when it lists URLs.
+    tables = sorted(
+        (f for f in files if _suffix(f) in (".parquet", ".csv", ".tsv")),
+        key=lambda f: _suffix(f) != ".parquet",
+    )
+    found = _table_reader(tables[0], location, evidence, bool(images)) if tables else None
+    if found:
+        return found
     records = [f for f in files if _suffix(f) in (".json", ".jsonl")]
     stems = {f.with_suffix("") for f in images}
     sidecars = [f for f in files if f.suffix in (".txt", ".json") and f.with_suffix("") in stems]
@@ -249,8 +255,8 @@ def detect_reader(
 
 
 def _table_reader(
-    first: Path, location: str, evidence: list[str]
-) -> tuple[str, dict[str, Any], list[str]]:
+    first: Path, location: str, evidence: list[str], images: bool
+) -> tuple[str, dict[str, Any], list[str]] | None:
     if first.suffix == ".parquet":
         schema = pq.read_schema(first)
         found = image_columns(schema, None)
@@ -265,6 +271,9 @@ def _table_reader(
     if first.suffix == ".parquet":
         evidence.append("Parquet without image structs: hf_parquet")
         return "hf_parquet", {"location": location}, evidence
+    if images:
+        evidence.append(f"{first.name}: a table without a URL column, beside images: not read")
+        return None
     raise ProposalError(f"{first}: a table without a URL column; no reader for it")
 
 

@@ -133,3 +133,23 @@ def test_when_nothing_maps_the_reasons_per_record_are_printed(
     assert "image_missing: 6/6, first: '0.jpg' not found" in err
     assert "--image-root" in err
     assert load_config(config).source_names == []  # nothing written
+
+
+def test_a_parquet_listing_beside_its_images_stays_hf_parquet(tmp_path, image_bytes):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "listed"
+    write_images(folder / "images", image_bytes)
+    names = sorted(p.name for p in (folder / "images").iterdir())
+    pq.write_table(
+        pa.table({"image": [f"images/{n}" for n in names], "caption": names}),
+        folder / "train.parquet",
+    )
+    assert detect_reader(folder)[0] == "hf_parquet"
+    # a CSV without URLs beside images is no URL list: the images decide
+    (folder / "train.parquet").unlink()
+    (folder / "metadata.csv").write_text("file,label\na.jpg,cat\n")
+    reader, _, evidence = detect_reader(folder)
+    assert reader == "image_folder"
+    assert any("without a URL column" in line for line in evidence)
