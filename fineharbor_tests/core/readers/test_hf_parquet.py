@@ -7,7 +7,9 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from fineharbor.core.readers import SourceLocationError
 from fineharbor.core.schema import IMAGE_TYPE
 from fineharbor_tests.conftest import make_image_bytes
 from fineharbor_tests.core.readers.helpers import read_all, source
@@ -122,3 +124,17 @@ def test_a_corrupt_page_keeps_the_rows_before_it_and_names_the_rest(tmp_path):
     assert len(kept) == 1000
     assert [(r["origin_key"], r["reason"]) for r in rejected] == [("a.parquet", "file_unreadable")]
     assert "rows 1000 to 2999 of 3000 not read" in rejected[0]["detail"]
+
+
+def test_hf_dataset_whose_first_file_cannot_be_typed_fails_in_one_line(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"caption": ' + "[" * 3000 + "]" * 3000 + "}\n")
+    src = source(
+        tmp_path,
+        reader="hf_dataset",
+        location="json",
+        data_files=[str(tmp_path / "a.jsonl")],
+        mapping={"caption": "caption"},
+    )
+    with pytest.raises(SourceLocationError, match=r"load_dataset.*RecursionError") as caught:
+        read_all(src)
+    assert "\n" not in str(caught.value)
