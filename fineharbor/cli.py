@@ -338,13 +338,30 @@ def cmd_map_source(args: argparse.Namespace) -> int:
     config_path = default_config_path()
     try:
         backend = proposal_backend(load_config().stages.judge) if args.llm else None
-        proposal = propose_source(args.path, args.name, backend, args.records)
+        proposal = propose_source(args.path, args.name, backend, args.records, args.image_root)
     except ProposalError as error:
         print(f"fineharbor map-source: {error}", file=sys.stderr)
         return 2
     print(proposal_yaml(proposal, config_path), end="")
     for turns in proposal.dry_run.examples:
-        print(f"  # example: {turns[0]['user'][:80]!r} -> {turns[0]['assistant'][:80]!r}")
+        if turns:
+            print(f"  # example: {turns[0]['user'][:80]!r} -> {turns[0]['assistant'][:80]!r}")
+        else:
+            print("  # example: an image-only sample (texts: [])")
+    if proposal.dry_run.mapped == 0:
+        print(
+            f"fineharbor map-source: none of the {proposal.dry_run.total} sampled records maps:",
+            file=sys.stderr,
+        )
+        for line in proposal.dry_run.summary:
+            print(f"  {line}", file=sys.stderr)
+        if proposal.block["reader"] == "json" and "image_missing" in proposal.dry_run.reasons:
+            print(
+                "  the images live elsewhere? pass --image-root DIR (image paths are relative "
+                "to it)",
+                file=sys.stderr,
+            )
+        return 1
     if not args.write:
         print(f"(not written; add --write to append it to {config_path})")
         return 0
@@ -468,6 +485,9 @@ def add_review_commands(commands: argparse._SubParsersAction) -> None:
         "--llm", action="store_true", help="also ask the judge model (stages.judge) for a mapping"
     )
     mapper.add_argument("--records", type=int, default=16, help="records sampled")
+    mapper.add_argument(
+        "--image-root", help="directory a JSON source's image paths are relative to"
+    )
     mapper.set_defaults(run=cmd_map_source)
     review = commands.add_parser("review", help="record a decision about a source")
     review.add_argument("source")

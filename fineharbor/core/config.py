@@ -121,17 +121,23 @@ class MappingSpec(_Strict):
     assistant_roles: tuple[str, ...] = ("gpt", "assistant", "bot")
     image_placeholder: str = "<image>"
 
+    @property
+    def image_only(self) -> bool:
+        """No text rule: samples carry images and ``texts: []`` (pretraining pools, screenshot
+        dumps, class-labelled folders)."""
+        return self.preset is None and not (
+            self.texts or self.conversations or self.caption or (self.question and self.answer)
+        )
+
     @model_validator(mode="after")
     def _has_text_rule(self) -> MappingSpec:
-        if self.preset is None and not (
-            self.texts or self.conversations or self.caption or (self.question and self.answer)
-        ):
-            raise ValueError(
-                "give a preset or one text rule: texts, conversations, caption, "
-                "or question + answer"
-            )
         if (self.question is None) != (self.answer is None):
             raise ValueError("question and answer must be given together")
+        if self.image_only and self.user_prompt:
+            raise ValueError(
+                "user_prompt is set but there is no text rule (a preset, texts, conversations, "
+                "caption, or question + answer); an image-only source needs neither"
+            )
         return self
 
 
@@ -141,7 +147,9 @@ class MappingSpec(_Strict):
 class _SourceBase(_Strict):
     name: str
     location: str = Field(description="file, directory or glob; relative to the config file")
-    mapping: MappingSpec
+    mapping: MappingSpec = Field(
+        default_factory=MappingSpec, description="omitted: image-only samples (texts: [])"
+    )
     role: Literal["train", "benchmark"] = "train"
     priority: int = Field(0, description="higher wins when duplicates across sources are resolved")
     license: str = "unknown"

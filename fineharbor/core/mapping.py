@@ -3,6 +3,11 @@
 A mapping is a preset for a known layout (FineVision/Cauldron, LLaVA, LAION, WebDataset caption
 pairs) or field paths for a custom layout. A record that cannot be mapped is rejected with a
 reason; nothing is dropped silently.
+
+A mapping without a text rule is image-only: every sample gets ``texts: []``. With a caption
+rule, an image whose record has none of the caption fields (an image-folder file without a
+``.txt`` sidecar) is an image-only sample too, not an unmappable one; a caption that is present
+but empty stays a text and meets the cleaning stage's text rules.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ class MappingError(ValueError):
 class TextRule:
     """The resolved text rule of a mapping: exactly one kind with its field paths."""
 
-    kind: str  # "texts" | "conversations" | "qa" | "caption"
+    kind: str  # "texts" | "conversations" | "qa" | "caption" | "none" (image-only)
     fields: tuple[str, ...]
+
+
+IMAGE_ONLY = TextRule("none", ())
 
 
 def resolve_rule(mapping: MappingSpec) -> TextRule:
     """Explicit fields win over the preset's defaults."""
+    if mapping.image_only:
+        return IMAGE_ONLY
     if mapping.texts:
         return TextRule("texts", (mapping.texts,))
     if mapping.conversations:
@@ -56,7 +66,7 @@ def resolve_rule(mapping: MappingSpec) -> TextRule:
         return TextRule("conversations", ("conversations",))
     if preset in _CAPTION_CANDIDATES:
         return TextRule("caption", _CAPTION_CANDIDATES[preset])
-    raise ValueError(f"mapping {mapping!r} has no text rule")  # the config validator forbids this
+    raise ValueError(f"mapping {mapping!r} has an unknown preset")  # the config forbids this
 
 
 def _text(value: object, field: str) -> str:
@@ -121,6 +131,12 @@ def _first_present(record: dict, fields: tuple[str, ...]) -> tuple[str, object]:
 
 def map_record(record: dict, image_count: int, mapping: MappingSpec, rule: TextRule) -> list[dict]:
     """The unified turns of one record; raises MappingError when it cannot be mapped."""
+    if rule.kind == "none":
+        if not image_count:
+            raise MappingError("empty_sample", "an image-only mapping, and the record has no image")
+        return []
+    if rule.kind == "caption" and image_count and not any(has_path(record, f) for f in rule.fields):
+        return []  # an image without a caption: image-only
     if rule.kind == "texts":
         turns = _turns_from_texts(record, rule.fields[0])
     elif rule.kind == "conversations":
@@ -172,6 +188,13 @@ def map_batch(raw: pa.RecordBatch | pa.Table, mapping: MappingSpec) -> tuple[pa.
         except MappingError as error:
             rejected.append(
                 reject_row(row["source"], row["origin_key"], error.reason, error.detail)
+            )
+            continue
+        except (ValueError, TypeError, AttributeError, RecursionError) as error:
+            # A record shaped in a way no rule foresaw costs that record, not the partition.
+            detail = f"{type(error).__name__}: {str(error)[:200]}"
+            rejected.append(
+                reject_row(row["source"], row["origin_key"], "unmappable_record", detail)
             )
             continue
         kept.append(

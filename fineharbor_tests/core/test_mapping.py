@@ -111,3 +111,73 @@ def test_text_only_records_map_with_empty_images():
         [{"texts": [{"user": "2+2?", "assistant": "4"}]}], images=0, preset="finevision"
     )
     assert kept[0]["images"] == []
+
+
+def test_image_only_mapping_gives_empty_texts():
+    kept, rejected = mapped([{"file": "a.jpg"}, {"anything": [1, 2]}])
+    assert rejected == []
+    assert [k["texts"] for k in kept] == [[], []]
+    assert kept[0]["images"] == [IMAGE]
+    kept, _ = map_batch(raw([{"path": "a.jpg"}]), MappingSpec(images="path"))
+    assert kept.column("texts").to_pylist() == [[]]
+
+
+def test_an_image_without_its_caption_field_is_image_only_not_unmappable():
+    kept, rejected = mapped([{"file": "a.jpg"}, {"file": "b.jpg", "txt": ""}], caption="txt")
+    assert rejected == []
+    assert kept[0]["texts"] == []
+    # a caption that is there but empty stays a text: the cleaning stage's text rules judge it
+    assert kept[1]["texts"] == [{"user": "", "assistant": ""}]
+    kept, _ = mapped([{"file": "a.jpg"}], preset="webdataset_caption")
+    assert kept[0]["texts"] == []
+    # without an image there is nothing left to keep
+    _, rejected = mapped([{"file": "a.jpg"}], images=0, caption="txt")
+    assert rejected[0]["reason"] == "unmappable_record"
+
+
+def test_a_record_shaped_against_every_rule_is_a_reject_not_a_crash():
+    record = {"conversations": [{"from": ["human"], "value": "q"}, {"from": "gpt", "value": "a"}]}
+    kept, rejected = mapped(
+        [record, {"conversations": [{"from": {}, "value": "q"}]}], preset="llava"
+    )
+    assert kept == []
+    assert {r["reason"] for r in rejected} <= {"unknown_role", "unmappable_record"}
+    assert len(rejected) == 2
+
+
+def test_image_only_sources_need_no_mapping_and_refuse_a_stray_user_prompt(tmp_path):
+    from fineharbor.core.config import parse_config
+
+    config = parse_config(
+        {"sources": [{"name": "pool", "reader": "image_folder", "location": "."}]}, tmp_path
+    )
+    assert config.sources[0].mapping.image_only
+    with pytest.raises(ValueError, match="no text rule"):
+        MappingSpec(user_prompt="Describe the image.")
+
+
+@pytest.mark.parametrize("mapping", [None, {"caption": "txt"}, {"preset": "webdataset_caption"}])
+def test_captionless_image_folder_files_map_to_image_only_samples(tmp_path, mapping):
+    from fineharbor.core.config import IngestParams, parse_config
+    from fineharbor.core.readers import read_source
+    from fineharbor_tests.conftest import make_image_bytes
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "a.jpg").write_bytes(make_image_bytes(1))
+    (tmp_path / "pool" / "a.txt").write_text("a red circle")
+    (tmp_path / "pool" / "b.png").write_bytes(make_image_bytes(2, fmt="PNG"))
+    block = {"name": "pool", "reader": "image_folder", "location": "pool"}
+    source = parse_config(
+        {"sources": [block | ({"mapping": mapping} if mapping else {})]}, tmp_path
+    )
+    source = source.sources[0]
+    unified, rejected = [], []
+    for raw_rows, read_rejects in read_source(source, IngestParams()):
+        kept, unmapped = map_batch(raw_rows, source.mapping)
+        unified += kept.to_pylist()
+        rejected += read_rejects.to_pylist() + unmapped.to_pylist()
+    assert rejected == []
+    texts = {row["origin_key"]: row["texts"] for row in unified}
+    assert texts["b.png"] == []
+    expected = [] if mapping is None else [{"user": "", "assistant": "a red circle"}]
+    assert texts["a.jpg"] == expected

@@ -86,7 +86,7 @@ def test_json_and_jsonl_with_image_dir_reject_bad_lines_and_escapes(tmp_path):
         ("c", "image_path_outside_root"),
         ("a", "duplicate_origin_key"),
     }
-    # A JSON array file streams through ijson with the same result for the good record.
+    # A JSON array file gives the same result for the good record.
     (tmp_path / "arr").mkdir()
     (tmp_path / "arr" / "data.json").write_text(json.dumps([good]))
     src = source(

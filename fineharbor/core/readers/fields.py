@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fineharbor.core.readers.common import ImageFetchError
+
 _MISSING = object()
 
 
@@ -32,3 +34,10 @@ def lookup(record: Any, path: str) -> Any:
         else:
             return _MISSING
     return value
+
+
+def checked_reference(reference: str) -> str:
+    """An image path taken from a record, refused when no file system could open it."""
+    if "\x00" in reference:
+        raise ImageFetchError("image_path_invalid", f"{ascii(reference)[:200]} holds a NUL byte")
+    return reference

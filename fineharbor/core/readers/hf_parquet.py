@@ -21,7 +21,8 @@ from fineharbor.core.readers.common import (
     read_local_image,
     relative_key,
 )
-from fineharbor.core.readers.fields import get_path
+from fineharbor.core.readers.fields import checked_reference, get_path
+from fineharbor.core.readers.json_records import FILE_UNREADABLE, file_problem
 from fineharbor.core.schema import IMAGE_TYPE
 
 
@@ -56,13 +57,14 @@ def images_from_value(value, root: Path, max_bytes: int) -> list[dict]:
         if item is None:
             continue
         if isinstance(item, str):
-            images.append(read_local_image(root, item, max_bytes))
+            images.append(read_local_image(root, checked_reference(item), max_bytes))
         elif isinstance(item, dict) and item.get("bytes") is not None:
             images.append({"bytes": item["bytes"], "path": item.get("path")})
-        elif isinstance(item, dict) and item.get("path"):
-            images.append(read_local_image(root, item["path"], max_bytes))
+        elif isinstance(item, dict) and isinstance(item.get("path"), str) and item["path"]:
+            images.append(read_local_image(root, checked_reference(item["path"]), max_bytes))
         else:
-            raise ImageFetchError("image_missing", f"image cell without bytes or path: {item!r}")
+            detail = f"image cell without bytes or path: {ascii(item)[:200]}"
+            raise ImageFetchError("image_missing", detail)
     return images
 
 
@@ -105,37 +107,106 @@ def read_hf_parquet(
 ) -> Iterator[RawBatch]:
     root, files = list_files(source.location, (".parquet",), shard)
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
-    declared = source.mapping.images
     for path in files:
-        file_key = relative_key(root, path)
+        yield from _read_file(builder, path, root, source, params)
+    yield from builder.drain()
+
+
+def _read_file(
+    builder: BatchBuilder,
+    path: Path,
+    root: Path,
+    source: HfParquetSource,
+    params: IngestParams,
+) -> Iterator[RawBatch]:
+    """One file's rows; a file that is not Parquet, or breaks part way (truncated, a corrupt
+    page), is one reject naming it and the rows not read, and the other files are read."""
+    file_key = relative_key(root, path)
+    declared = source.mapping.images
+    problem = file_problem(path, root, source.location, source.follow_symlinks)
+    if problem:
+        builder.reject(file_key, *problem)
+        return
+    try:
         parquet = pq.ParquetFile(path)
         columns = image_columns(parquet.schema_arrow, declared)
-        row_index = 0
-        for batch in parquet.iter_batches(batch_size=source.batch_size):
-            if _keep_batch_columnar(builder, batch, columns, source, file_key, row_index, path):
-                row_index += batch.num_rows
-                yield from builder.drain_if_full()
-                continue
-            for row in batch.to_pylist():
+        batches = parquet.iter_batches(batch_size=source.batch_size)
+    except (pa.ArrowException, OSError) as error:
+        builder.reject(file_key, FILE_UNREADABLE, f"{path}: not a readable Parquet file: {error}")
+        return
+    row_index = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as error:
+            total = parquet.metadata.num_rows
+            builder.reject(
+                file_key,
+                FILE_UNREADABLE,
+                f"{path}: rows {row_index} to {total - 1} of {total} not read: {error}",
+            )
+            return
+        if batch is None:
+            return
+        if _keep_batch_columnar(builder, batch, columns, source, file_key, row_index, path):
+            row_index += batch.num_rows
+            yield from builder.drain_if_full()
+            continue
+        for row in _rows(batch):
+            if isinstance(row, UnicodeDecodeError):
+                detail = f"{path}: row {row_index}: a string cell is not UTF-8: {row}"
+                builder.reject(f"{file_key}:{row_index}", "malformed_record", detail)
+            else:
                 origin_key = _origin_key(row, source, file_key, row_index)
-                row_index += 1
-                try:
-                    images = [
-                        image
-                        for column in columns
-                        for image in images_from_value(
-                            get_path(row, declared) if declared else row.get(column),
-                            root,
-                            params.max_image_bytes,
-                        )
-                    ]
-                except ImageFetchError as error:
-                    builder.reject(origin_key, error.reason, error.detail)
-                else:
-                    record = {k: v for k, v in row.items() if k not in columns}
-                    builder.keep(origin_key, record, images, origin_uri=str(path))
-                yield from builder.drain_if_full()
-    yield from builder.drain()
+                _keep_row(builder, row, origin_key, columns, root, path, declared, params)
+            row_index += 1
+            yield from builder.drain_if_full()
+
+
+def _rows(batch: pa.RecordBatch) -> list[dict | UnicodeDecodeError]:
+    """The batch's rows as dicts; Arrow does not check strings on read, so a cell that is not
+    UTF-8 fails the conversion, and then only its row is replaced by the error."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    rows: list[dict | UnicodeDecodeError] = []
+    for offset in range(batch.num_rows):
+        try:
+            rows.append(batch.slice(offset, 1).to_pylist()[0])
+        except UnicodeDecodeError as error:
+            rows.append(error)
+    return rows
+
+
+def _keep_row(
+    builder: BatchBuilder,
+    row: dict,
+    origin_key: str,
+    columns: list[str],
+    root: Path,
+    path: Path,
+    declared: str | None,
+    params: IngestParams,
+) -> None:
+    try:
+        images = [
+            image
+            for column in columns
+            for image in images_from_value(
+                get_path(row, declared) if declared else row.get(column),
+                root,
+                params.max_image_bytes,
+            )
+        ]
+        record = {k: v for k, v in row.items() if k not in columns}
+        encode_record(record)  # a row nested too deep to store is refused here, not in keep
+    except ImageFetchError as error:
+        builder.reject(origin_key, error.reason, error.detail)
+    except RecursionError:
+        builder.reject(origin_key, "record_too_deep", "nested deeper than the JSON encoder's limit")
+    else:
+        builder.keep(origin_key, record, images, origin_uri=str(path))
 
 
 def _keep_batch_columnar(
@@ -153,9 +224,13 @@ def _keep_batch_columnar(
     images = embedded_images(batch, columns)
     if images is None:
         return False
-    rows = batch.drop_columns(columns).to_pylist()
+    try:
+        rows = batch.drop_columns(columns).to_pylist()
+        records = [encode_record(r) for r in rows]
+    except (UnicodeDecodeError, RecursionError):
+        return False  # the row-by-row path rejects the bad rows alone
     keys = [_origin_key(row, source, file_key, first_row + i) for i, row in enumerate(rows)]
-    return builder.keep_columns(keys, [encode_record(r) for r in rows], images, str(path))
+    return builder.keep_columns(keys, records, images, str(path))
 
 
 def _origin_key(row: dict, source: HfParquetSource, file_key: str, row_index: int) -> str:

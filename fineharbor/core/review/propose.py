@@ -41,7 +41,7 @@ from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.judge.rate import make_backends
 from fineharbor.core.mapping import map_batch
 from fineharbor.core.readers import read_source
-from fineharbor.core.readers.common import IMAGE_SUFFIXES, BatchBuilder
+from fineharbor.core.readers.common import BatchBuilder
 from fineharbor.core.readers.fields import get_path
 from fineharbor.core.readers.hf_parquet import image_columns
 from fineharbor.core.readers.url_list import iter_rows
@@ -50,7 +50,25 @@ from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA
 SAMPLE_RECORDS = 16
 MAX_LISTED = 20_000
 FALLBACK = "no known text field"  # evidence of a low-confidence guess: an LLM may overrule it
-_PROBE = MappingSpec(caption="__probe__")  # readers need a mapping; inspection maps nothing
+_PROBE = MappingSpec()  # readers need a mapping; inspection maps nothing
+IMAGE_ONLY = "no text field: image-only samples (texts: [])"
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Leading bytes of image formats people keep under other names (or none): judged by content.
+_IMAGE_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG / MPO
+    b"\x89PNG",
+    b"GIF8",
+    b"BM",
+    b"II*\x00",  # TIFF
+    b"MM\x00*",
+    b"8BPS",  # Photoshop
+    b"DDS ",
+    b"\x00\x00\x01\x00",  # ICO
+    b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
+    b"\xffO\xffQ",  # JPEG 2000 codestream
+    b"qoif",
+)
+_NETPBM = re.compile(rb"^P[1-7]\s")
 
 ROLE_KEYS = ("from", "role", "speaker")
 CONTENT_KEYS = ("value", "content", "text", "message")
@@ -94,10 +112,19 @@ class DryRun:
     total: int
     reasons: dict[str, int]
     examples: list[list[dict]]  # unified turns of the first mapped samples
+    summary: list[str] = field(default_factory=list)  # per reason: count/total, first detail
+    image_only: int = 0  # mapped samples without text
+
+    @property
+    def score(self) -> tuple[int, int]:
+        """Samples with text first: a caption field no record has maps every image as an
+        image-only sample, which must not beat a mapping that finds the text."""
+        return self.mapped - self.image_only, self.mapped
 
     def describe(self) -> str:
         rejected = ", ".join(f"{r} x{n}" for r, n in self.reasons.items())
-        return f"{self.mapped}/{self.total} sampled records map" + (
+        only = f", {self.image_only} of them image-only" if self.image_only else ""
+        return f"{self.mapped}/{self.total} sampled records map{only}" + (
             f" (rejected: {rejected})" if rejected else ""
         )
 
@@ -140,6 +167,31 @@ def _suffix(path: Path) -> str:
     return ".tar.gz" if name.endswith(".tar.gz") else path.suffix.lower()
 
 
+def _image_suffixes() -> frozenset[str]:
+    from PIL import Image
+
+    return frozenset(Image.registered_extensions())
+
+
+def _looks_like_image(path: Path, suffixes: frozenset[str]) -> bool:
+    """By suffix when Pillow knows it, else by the file's first bytes."""
+    suffix = _suffix(path)
+    if suffix in suffixes:
+        return True
+    if suffix in (".txt", ".json", ".jsonl", ".parquet", ".csv", ".tsv", *TAR_SUFFIXES):
+        return False
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    return (
+        head.startswith(_IMAGE_MAGIC)
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        or bool(_NETPBM.match(head))
+    )
+
+
 def _url_column(rows: list[dict]) -> str | None:
     for key in rows[0] if rows else []:
         values = [r.get(key) for r in rows]
@@ -150,50 +202,79 @@ def _url_column(rows: list[dict]) -> str | None:
     return None
 
 
-def detect_reader(path: Path) -> tuple[str, dict[str, Any], list[str]]:
-    """(reader, options, evidence) for a local file or directory."""
+def detect_reader(
+    path: Path, image_root: Path | None = None
+) -> tuple[str, dict[str, Any], list[str]]:
+    """(reader, options, evidence) for a local file or directory. The kind of file most of
+    the location holds decides: one stray `.tar` or `.csv` in a folder of images does not
+    make it a WebDataset or a URL list."""
     if not path.exists():
         raise ProposalError(
             f"{path} does not exist (a Hugging Face Hub dataset needs a hand-written "
-            "`reader: hf_dataset` block; see README)"
+            "`reader: hf_dataset` block; see docs/sources.md)"
         )
     files = _files(path)
     kinds = Counter(_suffix(f) for f in files)
     location = str(path)
     seen = ", ".join(f"{n} {k or '(no suffix)'}" for k, n in kinds.most_common(6))
     evidence = [f"{path}: {len(files)} files ({seen})"]
-    if kinds[".tar"] or kinds[".tar.gz"] or kinds[".tgz"]:
+    suffixes = _image_suffixes()
+    images = [f for f in files if _looks_like_image(f, suffixes)]
+    tars = [f for f in files if _suffix(f) in TAR_SUFFIXES]
+    if tars and len(tars) >= len(images):
         return "webdataset", {"location": location}, [*evidence, "tar shards: WebDataset"]
-    tables = [f for f in files if _suffix(f) in (".parquet", ".csv", ".tsv")]
-    if tables:
-        first = tables[0]
-        if first.suffix == ".parquet":
-            schema = pq.read_schema(first)
-            found = image_columns(schema, None)
-            if found:
-                evidence.append(f"Parquet with image struct column(s) {found}: hf_parquet")
-                return "hf_parquet", {"location": location}, evidence
-        rows = list(_take(iter_rows(first, 64), 8))
-        url = _url_column(rows)
-        if url:
-            evidence.append(f"column {url!r} holds http(s) URLs: url_list (images downloaded)")
-            return "url_list", {"location": location, "url_column": url}, evidence
-        if first.suffix == ".parquet":
-            evidence.append("Parquet without image structs: hf_parquet")
-            return "hf_parquet", {"location": location}, evidence
-        raise ProposalError(f"{first}: a table without a URL column; no reader for it")
-    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    if tars:
+        evidence.append(f"{len(tars)} tar file(s) among {len(images)} images: not WebDataset")
+    # A Parquet file decides even among many images (they may be the files its rows name);
+    # a CSV/TSV only when it lists URLs.
+    tables = sorted(
+        (f for f in files if _suffix(f) in (".parquet", ".csv", ".tsv")),
+        key=lambda f: _suffix(f) != ".parquet",
+    )
+    found = _table_reader(tables[0], location, evidence, bool(images)) if tables else None
+    if found:
+        return found
     records = [f for f in files if _suffix(f) in (".json", ".jsonl")]
     stems = {f.with_suffix("") for f in images}
     sidecars = [f for f in files if f.suffix in (".txt", ".json") and f.with_suffix("") in stems]
-    if images and len(sidecars) * 2 >= len(images):
-        evidence.append(f"{len(images)} images, {len(sidecars)} sidecars sharing their names")
+    listings = [f for f in records if f not in set(sidecars)]  # JSON files that are no sidecar
+    if images and (len(sidecars) * 2 >= len(images) or not listings):
+        formats = Counter(_suffix(f) or "(no suffix)" for f in images)
+        evidence.append(
+            f"{len(images)} images ({len(formats)} formats), {len(sidecars)} sidecars sharing "
+            "their names: image_folder"
+        )
         return "image_folder", {"location": location}, evidence
     if records:
-        root = path if path.is_dir() else path.parent
+        root = image_root or (path if path.is_dir() else path.parent)
         evidence.append(f"{len(records)} JSON/JSONL file(s): json, images relative to {root}")
         return "json", {"location": location, "image_root": str(root)}, evidence
-    raise ProposalError(f"{path}: no Parquet, JSON, tar, URL list or image files found")
+    raise ProposalError(
+        f"{path}: no Parquet, JSON, tar, URL list or image files found (seen: {seen or 'none'})"
+    )
+
+
+def _table_reader(
+    first: Path, location: str, evidence: list[str], images: bool
+) -> tuple[str, dict[str, Any], list[str]] | None:
+    if first.suffix == ".parquet":
+        schema = pq.read_schema(first)
+        found = image_columns(schema, None)
+        if found:
+            evidence.append(f"Parquet with image struct column(s) {found}: hf_parquet")
+            return "hf_parquet", {"location": location}, evidence
+    rows = list(_take(iter_rows(first, 64), 8))
+    url = _url_column(rows)
+    if url:
+        evidence.append(f"column {url!r} holds http(s) URLs: url_list (images downloaded)")
+        return "url_list", {"location": location, "url_column": url}, evidence
+    if first.suffix == ".parquet":
+        evidence.append("Parquet without image structs: hf_parquet")
+        return "hf_parquet", {"location": location}, evidence
+    if images:
+        evidence.append(f"{first.name}: a table without a URL column, beside images: not read")
+        return None
+    raise ProposalError(f"{first}: a table without a URL column; no reader for it")
 
 
 def _take(items: Iterator, n: int) -> Iterator:
@@ -238,21 +319,50 @@ def default_name(path: Path) -> str:
     return name if SOURCE_NAME.match(name) else f"s_{name}"[:64]
 
 
+def reject_summary(rejects: pa.Table, total: int) -> list[str]:
+    """One line per reason, most frequent first: ``image_missing: 16/16, first: <detail>``."""
+    reasons = rejects.column("reason").to_pylist()
+    details = rejects.column("detail").to_pylist()
+    firsts: dict[str, str] = {}
+    for reason, detail in zip(reasons, details, strict=True):
+        firsts.setdefault(reason, " ".join((detail or "").split())[:200])
+    return [
+        f"{reason}: {count}/{total}, first: {firsts[reason]}"
+        for reason, count in Counter(reasons).most_common()
+    ]
+
+
+def _hint(reasons: list[str], reader: str) -> str:
+    if reader == "json" and any(r.startswith("image_missing") for r in reasons):
+        return "; the images live elsewhere? pass --image-root DIR (paths are relative to it)"
+    return ""
+
+
 def inspect_source(
-    path: str | Path, name: str | None = None, n: int = SAMPLE_RECORDS
+    path: str | Path,
+    name: str | None = None,
+    n: int = SAMPLE_RECORDS,
+    image_root: str | Path | None = None,
 ) -> Inspection:
     path = Path(path).expanduser().resolve()
-    reader, options, evidence = detect_reader(path)
+    root = Path(image_root).expanduser().resolve() if image_root else None
+    if root is not None and not root.is_dir():
+        raise ProposalError(f"--image-root {root} is not a directory")
+    reader, options, evidence = detect_reader(path, root)
     name = name or default_name(path)
     probe = _SOURCE_ADAPTER.validate_python(
         {"name": name, "reader": reader, **options, "mapping": _PROBE.model_dump()}
     )
     raw, rejects = sample_raw(probe, n)
+    summary = reject_summary(rejects, raw.num_rows + rejects.num_rows)
     if rejects.num_rows:
-        reasons = Counter(rejects.column("reason").to_pylist())
-        evidence.append(f"the reader rejected {rejects.num_rows} records: {dict(reasons)}")
+        evidence.append(f"the reader rejected {rejects.num_rows} records: {'; '.join(summary)}")
     if raw.num_rows == 0:
-        raise ProposalError(f"{path}: the {reader} reader found no readable record")
+        raise ProposalError(
+            f"{path}: the {reader} reader read no record of the {rejects.num_rows} it saw: "
+            + "; ".join(summary)
+            + _hint(summary, reader)
+        )
     return Inspection(name, reader, options, raw, rejects, evidence)
 
 
@@ -331,8 +441,9 @@ def _by_names(candidates: list[str], names: tuple[str, ...]) -> str | None:
 
 def _is_image_ref(value: Any) -> bool:
     items = value if isinstance(value, list) else [value]
+    suffixes = _image_suffixes()
     return bool(items) and all(
-        isinstance(v, str) and v.lower().endswith(IMAGE_SUFFIXES) for v in items
+        isinstance(v, str) and os.path.splitext(v.lower())[1] in suffixes for v in items
     )
 
 
@@ -401,7 +512,17 @@ def heuristic_mapping(inspection: Inspection) -> tuple[dict[str, Any], list[str]
     records, counts = inspection.records, inspection.image_counts
     evidence: list[str] = []
     paths = _paths(records)
-    strings = [p for p in paths if _mostly(_values(records, p), lambda v: isinstance(v, str))]
+    strings = [
+        p
+        for p in paths
+        if _mostly(_values(records, p), lambda v: isinstance(v, str))
+        # the image folder reader's own provenance field: a file name is no caption
+        and not (inspection.reader == "image_folder" and p == "file")
+    ]
+    sidecar_captions = any(isinstance(r.get("txt"), str) for r in records)
+    if inspection.reader in ("image_folder", "webdataset") and sidecar_captions:
+        # Captions for some files only: the others become image-only samples.
+        strings = [*strings, "txt"] if "txt" not in strings else strings
     mapping: dict[str, Any] | None = None
     for path in paths:
         values = _values(records, path)
@@ -422,12 +543,14 @@ def heuristic_mapping(inspection: Inspection) -> tuple[dict[str, Any], list[str]
             caption = max(texts, key=lambda p: sum(len(v or "") for v in _values(records, p)))
             evidence.append(f"{FALLBACK}: the longest string field {caption!r} as caption")
         if caption is None:
-            raise ProposalError("no text field found in the sampled records")
-        if inspection.reader == "webdataset" and caption == "txt":
+            mapping = {}
+            evidence.append(IMAGE_ONLY)
+        elif inspection.reader == "webdataset" and caption == "txt":
             mapping = {"preset": "webdataset_caption"}
         else:
             mapping = {"caption": caption}
-        evidence.append(f"caption pairs: caption from {caption!r}")
+        if caption is not None:
+            evidence.append(f"caption pairs: caption from {caption!r}")
     _placeholders(records, counts, evidence)
 
     refs = [p for p in paths if _mostly(_values(records, p), _is_image_ref)]
@@ -550,14 +673,16 @@ def dry_run(block: dict[str, Any], n: int = SAMPLE_RECORDS) -> DryRun:
     source = _SOURCE_ADAPTER.validate_python(block)
     raw, read_rejects = sample_raw(source, n)
     kept, rejected = map_batch(raw, source.mapping)
-    reasons = Counter(
-        rejected.column("reason").to_pylist() + read_rejects.column("reason").to_pylist()
-    )
+    every = pa.concat_tables([read_rejects, rejected])
+    texts = kept.column("texts").to_pylist()
+    total = raw.num_rows + read_rejects.num_rows
     return DryRun(
         mapped=kept.num_rows,
-        total=raw.num_rows + read_rejects.num_rows,
-        reasons=dict(reasons),
-        examples=kept.column("texts").to_pylist()[:2],
+        total=total,
+        reasons=dict(Counter(every.column("reason").to_pylist())),
+        examples=texts[:2],
+        summary=reject_summary(every, total),
+        image_only=sum(1 for t in texts if not t),
     )
 
 
@@ -566,14 +691,16 @@ def propose_source(
     name: str | None = None,
     backend: JudgeBackend | None = None,
     n: int = SAMPLE_RECORDS,
+    image_root: str | Path | None = None,
 ) -> Proposal:
-    """Inspect `path` and propose its config block; `backend` adds an LLM proposal."""
-    inspection = inspect_source(path, name, n)
+    """Inspect `path` and propose its config block; `backend` adds an LLM proposal;
+    `image_root` is where a JSON source's image paths are relative to."""
+    inspection = inspect_source(path, name, n, image_root)
     fields = field_summary(inspection.records)
     mapping, evidence = heuristic_mapping(inspection)
     evidence = inspection.evidence + evidence
     base = {"name": inspection.name, "reader": inspection.reader, **inspection.options}
-    block = {**base, "mapping": mapping}
+    block = {**base, "mapping": mapping} if mapping else base  # no mapping: image-only
     result = dry_run(block, n)
     evidence.append(f"heuristics: {result.describe()}")
     method = "heuristics"
@@ -588,8 +715,8 @@ def propose_source(
             else:
                 evidence.append(f"LLM: {llm_result.describe()}")
                 guessed = any(line.startswith(FALLBACK) for line in evidence)
-                if llm_result.mapped > result.mapped or (
-                    guessed and llm_result.mapped == result.mapped
+                if llm_result.score > result.score or (
+                    guessed and llm_result.score == result.score
                 ):
                     block, result, method = {**base, "mapping": proposed}, llm_result, "llm"
     evidence.append(f"chosen: {method}")
