@@ -1,20 +1,19 @@
 """LAION-style URL lists (Parquet, CSV, TSV, JSONL); each URL is downloaded (img2dataset-like).
 
 A bad line never stops a list: a JSONL line that is not a JSON object (``5``, ``null``, invalid
-UTF-8, nesting too deep), a CSV row with the wrong number of fields or with invalid UTF-8 in a
-field, each becomes a ``malformed_record`` reject and the reader goes on; a JSONL line over
-``max_record_bytes`` is a ``record_too_large`` reject, skipped unread. A file that cannot be
-read any further (truncated Parquet, a CSV block whose types change) is one ``unreadable_file``
-reject naming the file and the row it stopped at, and the next file is read.
+UTF-8), a CSV row with the wrong number of fields or with invalid UTF-8 in a field, each becomes
+a ``malformed_record`` reject and the reader goes on (JSONL lines are parsed by the JSON reader's
+:func:`jsonl_records`: a line over ``max_record_bytes`` is ``record_too_large``, skipped unread,
+one nested too deep ``record_too_deep``). A list file that is not a regular file inside the
+source, or that cannot be read any further (truncated Parquet, a CSV block whose types change),
+is one ``file_unreadable`` (or confinement) reject naming it, and the next file is read.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -31,45 +30,19 @@ from fineharbor.core.readers.common import (
     relative_key,
 )
 from fineharbor.core.readers.fields import get_path
-from fineharbor.core.readers.files import RECORD_TOO_LARGE
+from fineharbor.core.readers.json_records import FILE_UNREADABLE, file_problem, jsonl_records
 
 _SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
 MALFORMED = "$malformed"
 REASON = "$reason"
 
 
-def _bounded_lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
-    """The file's lines; None for a line over ``limit`` bytes, which is skipped unread."""
-    while line := handle.readline(limit + 1):
-        if len(line) > limit and not line.endswith(b"\n"):
-            while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
-                pass
-            yield None
-        else:
-            yield line
-
-
 def _jsonl_rows(path: Path, max_record_bytes: int) -> Iterator[dict]:
-    with path.open("rb") as handle:
-        for number, line in enumerate(_bounded_lines(handle, max_record_bytes), start=1):
-            if line is None:
-                yield {
-                    MALFORMED: f"line {number}: over {max_record_bytes} bytes (max_record_bytes)",
-                    REASON: RECORD_TOO_LARGE,
-                }
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError) as error:  # ValueError: bad JSON or UTF-8
-                yield {MALFORMED: f"line {number}: {type(error).__name__}: {error}"[:500]}
-                continue
-            if isinstance(row, dict):
-                yield row
-            else:
-                kind = "null" if row is None else type(row).__name__
-                yield {MALFORMED: f"line {number}: a JSON {kind} where an object was expected"}
+    for parsed in jsonl_records(path, max_record_bytes):
+        if parsed.record is None:
+            yield {MALFORMED: parsed.detail, REASON: parsed.reason}
+        else:
+            yield parsed.record
 
 
 def _decoded(row: dict, binary: list[str], number: int) -> dict:
@@ -127,7 +100,7 @@ def iter_rows(
 ) -> Iterator[dict]:
     """A URL list's rows as dicts; a bad line as ``{"$malformed": why}`` (with ``"$reason"``
     when it is not ``malformed_record``), and a file that cannot be read further as one last
-    such row with reason ``unreadable_file``."""
+    such row with reason ``file_unreadable``."""
     if path.suffix == ".parquet":
         rows = _parquet_rows(path, batch_size)
     elif path.suffix in (".csv", ".tsv"):
@@ -142,7 +115,7 @@ def iter_rows(
     except (OSError, ValueError, pa.ArrowException) as error:
         yield {
             MALFORMED: f"{path.name}: unreadable after {count} rows: {error}"[:500],
-            REASON: "unreadable_file",
+            REASON: FILE_UNREADABLE,
         }
 
 
@@ -163,6 +136,11 @@ def read_url_list(
         """Feeds the downloader lazily; rows wait in `pending` until their result arrives."""
         for path in files:
             file_key = relative_key(root, path)
+            problem = file_problem(path, root, source.location, source.follow_symlinks)
+            if problem:  # a FIFO, a device or a link out of the source: one reject, not read
+                pending.append((file_key, {MALFORMED: problem[1], REASON: problem[0]}, ""))
+                yield ""
+                continue
             rows = iter_rows(path, source.batch_size, params.max_record_bytes)
             for index, row in enumerate(rows):
                 key = (
