@@ -119,7 +119,7 @@ def build_raw_samples(
     if isinstance(source, UrlListSource):
         policy = ReusePolicy.for_source(source)
         store = DownloadStore(storage, source.name, policy, project.stages.ingest.download)
-        batches = read_url_list(source, project.stages.ingest, progress, shard, store=store)
+        batches = read_url_list(source, project.stages.ingest, progress, shard, stats, store)
     else:
         batches = read_source(source, project.stages.ingest, progress, shard, stats)
 
@@ -137,7 +137,7 @@ def build_raw_samples(
     report = write_stage(storage, RAW, source_name, RAW_SCHEMA, counted(), lambda: seen)
     if store is not None:
         report.extra.update(store.stats.as_metadata())
-    elif reports_stats(source.reader):  # files seen = rows + rejects + sidecars read into rows
+    if reports_stats(source.reader):  # files seen = rows + rejects + sidecars read into rows
         report.extra.update(stats.as_metadata())
     return report
 

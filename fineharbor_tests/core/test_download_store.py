@@ -123,7 +123,7 @@ def test_a_second_run_with_the_server_down_keeps_the_same_rows(tmp_path, server)
     first = build_raw_samples(config, "web", storage)
     before = raw_rows(storage)
     assert (first.kept, first.rejected) == (2, 1)
-    assert first.extra["downloads_fetched"] == 3
+    assert first.extra["downloads_fetched"] == 3 and first.extra["files_seen"] == 1
 
     server.stop()
     second = build_raw_samples(config, "web", storage)

@@ -26,6 +26,7 @@ from fineharbor.core.readers.common import (
     BatchBuilder,
     Progress,
     RawBatch,
+    ReadStats,
     list_files,
     relative_key,
 )
@@ -124,11 +125,14 @@ def read_url_list(
     params: IngestParams,
     progress: Progress | None = None,
     shard: Shard | None = None,
+    stats: ReadStats | None = None,
     store: DownloadStore | None = None,
 ) -> Iterator[RawBatch]:
     """Rows of the source's URL lists with their images downloaded; with ``store``, downloads
     kept from earlier runs are reused and new ones kept (see ``core/download_store.py``)."""
     root, files = list_files(source.location, _SUFFIXES, shard)
+    if stats is not None:
+        stats.files_seen += len(files)
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
     pending: collections.deque[tuple[str, dict, str]] = collections.deque()
 
