@@ -136,9 +136,7 @@ def photograph(scene: Scene, size: tuple[int, int], camera: float = 0.0, shot: i
     sky_rows = round(height * scene.horizon)
     frame = np.empty((height, width, 3), np.float32)
     frame[:sky_rows] = _textured(rng, sky_rows, width, np.array(scene.sky, np.float32))
-    frame[sky_rows:] = _textured(
-        rng, height - sky_rows, width, np.array(scene.ground, np.float32)
-    )
+    frame[sky_rows:] = _textured(rng, height - sky_rows, width, np.array(scene.ground, np.float32))
     image = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8))
     short = min(width, height)
     # far objects first so near ones cover them
@@ -265,7 +263,9 @@ def write_copy_set(folder: Path, files: list[CopyFile]) -> Path:
     truth = folder.parent / f"{folder.name}_ground_truth.jsonl"
     truth.write_text(
         "".join(
-            json.dumps({"name": f.name, "scene": f.scene, "photo": f.photo, "transform": f.transform})
+            json.dumps(
+                {"name": f.name, "scene": f.scene, "photo": f.photo, "transform": f.transform}
+            )
             + "\n"
             for f in files
         )

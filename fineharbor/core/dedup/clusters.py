@@ -338,7 +338,10 @@ def image_edges(
                 pairs, copy_rows, copy_vectors, params.phash_verify_min_cosine
             )
         candidates.append((PHASH, pairs))
-        counts[PHASH] = {"proposed": proposed, "refuted_by_copy_embedding": proposed - pairs[0].size}
+        counts[PHASH] = {
+            "proposed": proposed,
+            "refuted_by_copy_embedding": proposed - pairs[0].size,
+        }
     for position, (signal, pairs) in enumerate(candidates):
         counts.setdefault(signal, {"proposed": int(pairs[0].size)})
         if params.max_candidates_per_item is not None:

@@ -28,11 +28,13 @@ A pair passes when, at its best fit, NCC >= ``min_ncc`` and the *worst tile* is 
 gain/offset fit, the largest mean absolute residual of any tile of a 6 x 6 grid, in grey
 levels. Alignment uses luminance only; the worst tile is measured on the three colour channels
 (each fitted, residuals averaged) when both images have colour, so a recoloured look-alike is
-still told apart, and on luminance when either is grey. A global correlation is dominated by large uniform areas (backgrounds, a pie), so two
-charts that differ in one slice and their labels still correlate at ~0.97, and two photos of a
-scene from a moved camera correlate where the backdrop is; the worst tile catches the local
-difference (a slice, a label, an object that moved against its background), while a true copy
-differs a little everywhere (noise, resampling). On the demo (``bench/dedup_quality.py``) planted
+still told apart, and on luminance when either is grey.
+
+A global correlation is dominated by large uniform areas (backgrounds, a pie), so two charts
+that differ in one slice and their labels still correlate at ~0.97, and two photos of a scene
+from a moved camera correlate where the backdrop is; the worst tile catches the local difference
+(a slice, a label, an object that moved against its background), while a true copy differs a
+little everywhere (noise, resampling). On the demo (``bench/dedup_quality.py``) planted
 copies reach a worst tile of at most 14.1, look-alikes at least 17.7; the stage passes pairs
 with NCC >= 0.90 and worst tile <= 16.
 
@@ -336,7 +338,9 @@ def _refine(
     for hyp in hypotheses:
         for dk in (-config.scale_step / 2, 0.0, config.scale_step / 2):
             w = min(config.fine, max(4, round((hyp.kx + dk) * config.fine)))
-            h = min(config.fine, max(4, round(min(1.0, hyp.ky + dk * hyp.ky / hyp.kx) * config.fine)))
+            h = min(
+                config.fine, max(4, round(min(1.0, hyp.ky + dk * hyp.ky / hyp.kx) * config.fine))
+            )
             jobs.setdefault((h, w), []).append((hyp, round(hyp.y * factor), round(hyp.x * factor)))
     best: dict[int, tuple[float, float]] = {}
     for (h, w), jobs_of_size in sorted(jobs.items()):
@@ -480,7 +484,9 @@ class PairVerifier:
     def _stacks(self, pairs: list[tuple[ImageKey, ImageKey]]):
         a = np.stack([self.thumbnails[x].pixels for x, _ in pairs])
         b = np.stack([self.thumbnails[y].pixels for _, y in pairs])
-        aspects = np.array([[self.thumbnails[x].aspect, self.thumbnails[y].aspect] for x, y in pairs])
+        aspects = np.array(
+            [[self.thumbnails[x].aspect, self.thumbnails[y].aspect] for x, y in pairs]
+        )
         return a, b, aspects, self.config, self.thresholds
 
     def _verify(self, pairs: list[tuple[ImageKey, ImageKey]]) -> None:
