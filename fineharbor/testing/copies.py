@@ -313,3 +313,34 @@ def score_clusters(files: list[CopyFile], cluster_of: dict[str, str]) -> dict[st
             "clustered": in_clusters,
         }
     return out
+
+
+# --------------------------------------------------------------------------- look-alikes
+
+
+def templated_charts(count: int, *, seed: int = 0, size: tuple[int, int] = (400, 300)) -> list:
+    """``count`` bar charts from one template (a dense neighbourhood of look-alikes: same axes,
+    palette and layout, bar heights and a label changing a little), as RGB images. Perceptual
+    hashes and copy embeddings put most of them within the duplicate threshold of each other;
+    none is a copy of another."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    base = rng.uniform(0.3, 0.9, 6)
+    palette = [(66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188)]
+    images = []
+    for k in range(count):
+        image = Image.new("RGB", size, (250, 250, 250))
+        draw = ImageDraw.Draw(image)
+        left, bottom, top = 40, height - 30, 30
+        draw.line((left, top, left, bottom), fill=(40, 40, 40), width=2)
+        draw.line((left, bottom, width - 10, bottom), fill=(40, 40, 40), width=2)
+        heights = base.copy()
+        heights[rng.integers(6)] += rng.choice([-1, 1]) * rng.uniform(0.08, 0.15)
+        bar = (width - left - 20) // 6
+        for b, share in enumerate(heights):
+            x0 = left + 8 + b * bar
+            y0 = bottom - round(share * (bottom - top))
+            draw.rectangle((x0, y0, x0 + bar - 12, bottom - 1), fill=palette[b % len(palette)])
+        draw.text((left + 10, 8), f"Quarterly report #{k:04d}", fill=(20, 20, 20))
+        images.append(image)
+    return images
