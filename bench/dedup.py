@@ -407,7 +407,7 @@ def _hash_only_clusters(files) -> tuple[dict[str, str], dict, float]:
     )
     seconds = time.perf_counter() - started
     cluster_of = dict(
-        zip(clusters.column("sample_id").to_pylist(), clusters.column("cluster_id").to_pylist())
+        zip(clusters["sample_id"].to_pylist(), clusters["cluster_id"].to_pylist(), strict=True)
     )
     return cluster_of, json.loads(clusters.schema.metadata[b"fineharbor.dedup"]), seconds
 
@@ -532,7 +532,7 @@ def part4(count: int, before_rev: str) -> None:
               f"({len(pairs)} pairs, {passed} passed{speedup}); "
               f"{verifier.stats()['passed_full_frame']} confirmed full frame")  # fmt: skip
 
-    many = templated_charts(max(count, 400), seed=2)
+    many = templated_charts(max(count, 150), seed=2)
     batch = pa.RecordBatch.from_pylist(
         [
             {"sample_id": f"c{k:04d}", "source": "charts", "origin_uri": None,

@@ -46,8 +46,10 @@ verdicts do not depend on batching or on the number of worker processes.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -283,6 +285,33 @@ def _coarse(
     return found
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """A refined alignment: the small view resized to (h, w) at (y, x) of the big one."""
+
+    score: float
+    pair: int
+    big_is_a: bool
+    mirrored: bool
+    h: int
+    w: int
+    y: int
+    x: int
+
+
+def _views(a: np.ndarray, b: np.ndarray, fits: list) -> tuple[np.ndarray, np.ndarray]:
+    """(big, small) stacks of fits or hypotheses (from ``a``/``b``, luminance or colour), the
+    small one mirrored where asked; one gather each."""
+    both = np.stack([a, b])
+    index = np.array([f.pair for f in fits])
+    big_is_a = np.array([f.big_is_a for f in fits])
+    big = both[np.where(big_is_a, 0, 1), index]
+    small = both[np.where(big_is_a, 1, 0), index]
+    mirrored = np.array([f.mirrored for f in fits])
+    small[mirrored] = small[mirrored][:, :, ::-1]
+    return big, small
+
+
 def _refine_group(
     a: np.ndarray,
     b: np.ndarray,
@@ -290,17 +319,11 @@ def _refine_group(
     h: int,
     w: int,
     config: VerifyConfig,
-) -> list[tuple[int, float, float]]:
-    """(pair, NCC, worst tile) of the best window of each hypothesis, templates all (h, w)."""
+) -> list[_Fit]:
+    """The best window within +-3 pixels of each hypothesis, templates all (h, w)."""
     offsets = np.arange(-3, 4)
-    index = np.array([hyp.pair for hyp, _, _ in group])
-    big_is_a = np.array([hyp.big_is_a for hyp, _, _ in group])[:, None, None, None]
-    mirrored = np.array([hyp.mirrored for hyp, _, _ in group])[:, None, None, None]
-    big_rgb = np.where(big_is_a, a[index], b[index])
-    small = np.where(big_is_a, b[index], a[index])
-    small_rgb = np.where(mirrored, small[:, :, ::-1], small)
-    big = luminance(big_rgb)
-    templates = luminance(_resize(small_rgb, h, w))
+    big, small = _views(a, b, [hyp for hyp, _, _ in group])  # luminance stacks here
+    templates = _resize(small, h, w)
     windows = sliding_window_view(big, (h, w), axis=(1, 2))  # (G, ny, nx, h, w), a view
     ys = np.clip(np.array([cy for _, cy, _ in group])[:, None] + offsets, 0, config.fine - h)
     xs = np.clip(np.array([cx for _, _, cx in group])[:, None] + offsets, 0, config.fine - w)
@@ -315,42 +338,58 @@ def _refine_group(
     flat = scores.reshape(len(group), -1)
     top = np.argmax(flat, axis=1)
     ty, tx = np.divmod(top, scores.shape[2])
-    g = np.arange(len(group))
-    fitted = sliding_window_view(big_rgb, (h, w), axis=(1, 2))[g, ys[g, ty], xs[g, tx]]
-    colour = is_colour(big_rgb) & is_colour(small_rgb)
-    residuals = _worst(
-        np.ascontiguousarray(np.moveaxis(fitted, 1, 3)), _resize(small_rgb, h, w), colour,
-        config.tiles,
-    )  # fmt: skip
     return [
-        (hyp.pair, float(flat[k, top[k]]), float(residuals[k]))
+        _Fit(float(flat[k, top[k]]), hyp.pair, hyp.big_is_a, hyp.mirrored, h, w,
+             int(ys[k, ty[k]]), int(xs[k, tx[k]]))
         for k, (hyp, _, _) in enumerate(group)
-    ]
+    ]  # fmt: skip
 
 
 def _refine(
     a: np.ndarray, b: np.ndarray, hypotheses: list[_Hypothesis], config: VerifyConfig
-) -> dict[int, tuple[float, float]]:
-    """Fine pass around each hypothesis: pair -> (best NCC, worst tile at that fit). Windows
-    within +-3 pixels and +-half a scale step, batched by template size."""
+) -> dict[int, _Fit]:
+    """Fine pass around each hypothesis on luminance stacks ``a``, ``b``: pair -> its best fit.
+    Windows within +-3 pixels and +-half a scale step, batched by template size."""
     factor = config.fine / config.coarse
     jobs: dict[tuple[int, int], list[tuple[_Hypothesis, int, int]]] = {}
     for hyp in hypotheses:
         for dk in (-config.scale_step / 2, 0.0, config.scale_step / 2):
             w = min(config.fine, max(4, round((hyp.kx + dk) * config.fine)))
-            h = min(
-                config.fine, max(4, round(min(1.0, hyp.ky + dk * hyp.ky / hyp.kx) * config.fine))
-            )
+            ky = min(1.0, hyp.ky + dk * hyp.ky / hyp.kx)
+            h = min(config.fine, max(4, round(ky * config.fine)))
             jobs.setdefault((h, w), []).append((hyp, round(hyp.y * factor), round(hyp.x * factor)))
-    best: dict[int, tuple[float, float]] = {}
+    best: dict[int, _Fit] = {}
     for (h, w), jobs_of_size in sorted(jobs.items()):
         # chunks bound the gathered windows: 64 x 49 windows of at most 64 x 64 floats, 51 MB
         for start in range(0, len(jobs_of_size), 64):
-            group = jobs_of_size[start : start + 64]
-            for pair, score, worst in _refine_group(a, b, group, h, w, config):
-                if pair not in best or score > best[pair][0]:
-                    best[pair] = (score, worst)
+            chunk = jobs_of_size[start : start + 64]
+            for fit in _refine_group(a, b, chunk, h, w, config):
+                if fit.pair not in best or fit.score > best[fit.pair].score:
+                    best[fit.pair] = fit
     return best
+
+
+def _fit_residuals(
+    a: np.ndarray, b: np.ndarray, fits: list[_Fit], colour: np.ndarray, tiles: int
+) -> dict[int, float]:
+    """Worst tile of each pair's best fit (only the winners are measured), batched by size."""
+    by_size: dict[tuple[int, int], list[_Fit]] = {}
+    for fit in fits:
+        by_size.setdefault((fit.h, fit.w), []).append(fit)
+    out: dict[int, float] = {}
+    for (h, w), group in sorted(by_size.items()):
+        big, small = _views(a, b, group)
+        rows = np.arange(len(group))
+        ys = np.array([f.y for f in group])
+        xs = np.array([f.x for f in group])
+        window = sliding_window_view(big, (h, w), axis=(1, 2))[rows, ys, xs]  # (G, 3, h, w)
+        pairs = np.array([f.pair for f in group])
+        worst = _worst(
+            np.ascontiguousarray(np.moveaxis(window, 1, 3)), _resize(small, h, w), colour[pairs],
+            tiles,
+        )  # fmt: skip
+        out.update(zip(pairs.tolist(), worst.tolist(), strict=True))
+    return out
 
 
 def crop_search(
@@ -384,11 +423,13 @@ def crop_search(
         for k in range(count)
         for hyp in sorted(hypotheses[k], key=lambda h: -h.score)[: config.refine_top]
     ]
-    refined = _refine(a, b, chosen, config)
+    refined = _refine(ya, yb, chosen, config)
+    colour = is_colour(a) & is_colour(b)
+    worst = _fit_residuals(a, b, list(refined.values()), colour, config.tiles)
     ncc = np.full(count, -1.0, dtype=np.float32)
     residual = np.full(count, np.inf, dtype=np.float32)
-    for k, (score, worst) in refined.items():
-        ncc[k], residual[k] = score, worst
+    for k, fit in refined.items():
+        ncc[k], residual[k] = fit.score, worst[k]
     return ncc, residual
 
 
@@ -441,10 +482,6 @@ def alignment_score(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyCon
     return align(a, b, config)[0]
 
 
-def _verify_chunk(args) -> tuple[np.ndarray, np.ndarray]:
-    return verify_stacks(*args)
-
-
 ThumbnailLoader = Callable[[list[ImageKey]], dict[ImageKey, Thumbnail]]
 
 
@@ -492,8 +529,18 @@ class PairVerifier:
     def _verify(self, pairs: list[tuple[ImageKey, ImageKey]]) -> None:
         chunks = [pairs[k : k + self.batch_size] for k in range(0, len(pairs), self.batch_size)]
         if self.workers > 1 and len(chunks) > 1:
-            with ProcessPoolExecutor(min(self.workers, len(chunks))) as pool:
-                results = list(pool.map(_verify_chunk, (self._stacks(c) for c in chunks)))
+            results = []
+            # spawn, not fork: the caller may hold torch/faiss threads; at most two batches per
+            # worker in flight, so memory holds a few stacks, not every batch's thumbnails
+            context = multiprocessing.get_context("spawn")
+            workers = min(self.workers, len(chunks))
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                pending: deque = deque()
+                for chunk in chunks:
+                    pending.append(pool.submit(verify_stacks, *self._stacks(chunk)))
+                    if len(pending) >= 2 * workers:
+                        results.append(pending.popleft().result())
+                results.extend(future.result() for future in pending)
         else:
             results = [verify_stacks(*self._stacks(c)) for c in chunks]
         for chunk, (passed, how) in zip(chunks, results, strict=True):

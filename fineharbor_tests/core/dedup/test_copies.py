@@ -141,7 +141,7 @@ def test_cap_keeps_each_items_most_similar_pairs():
     i = np.zeros(10, np.int64)
     j = np.arange(1, 11, dtype=np.int64)
     sim = np.linspace(1.0, 0.9, 10).astype(np.float32)
-    (ki, kj, _), dropped = cap_per_item((i, j, sim), 3)
+    (ki, _, _), dropped = cap_per_item((i, j, sim), 3)
     # every pair is its other end's only candidate: all stay
     assert dropped == 0 and ki.size == 10
     # a clique of 6: each item keeps its 2 most similar; a pair stays if either end keeps it
