@@ -135,7 +135,15 @@ def luminance(stack: np.ndarray) -> np.ndarray:
 
 def is_colour(stack: np.ndarray) -> np.ndarray:
     """(P,) whether each (P, S, S, 3) thumbnail has colour (not a grey image stored as RGB)."""
-    return (stack.max(axis=3) - stack.min(axis=3)).mean(axis=(1, 2)) > _GREY_SPREAD
+    r, g, b = stack[..., 0], stack[..., 1], stack[..., 2]  # elementwise: a reduce over the
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # 3-long axis
+    return spread.mean(axis=(1, 2)) > _GREY_SPREAD  # is ~5x slower
+
+
+def _turn(image: np.ndarray, turn: int) -> np.ndarray:
+    """Turn ``turn`` (0-7) of :func:`_dihedral` of one (S, S, ...) thumbnail."""
+    turned = np.rot90(image, turn % 4, axes=(0, 1))
+    return turned[:, ::-1] if turn >= 4 else turned
 
 
 def _dihedral(stack: np.ndarray) -> np.ndarray:
@@ -159,7 +167,7 @@ def _ncc_maps(big: np.ndarray, template: np.ndarray) -> np.ndarray:
     t_norm = np.sqrt((t * t).sum(axis=(1, 2)))
     windows = sliding_window_view(big, (h, w), axis=(1, 2))  # (P, ny, nx, h, w), a view
     n = h * w
-    sums = windows.sum(axis=(3, 4))
+    sums = np.einsum("pyxhw->pyx", windows)
     squares = np.einsum("pyxhw,pyxhw->pyx", windows, windows)
     centred = squares - sums * sums / n
     dot = np.einsum("pyxhw,phw->pyx", windows, t)  # t is zero-mean: window means cancel
@@ -207,17 +215,18 @@ def _worst(window: np.ndarray, template: np.ndarray, colour: np.ndarray, tiles: 
     return out
 
 
-def full_frame(a: np.ndarray, b: np.ndarray, tiles: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """(NCC, worst tile) of each A (P, S, S, 3) against the best of the 8 turns of its B."""
+def full_frame(
+    a: np.ndarray, b: np.ndarray, colour: np.ndarray, tiles: int = 6
+) -> tuple[np.ndarray, np.ndarray]:
+    """(NCC, worst tile) of each A (P, S, S, 3) against the best of the 8 turns of its B;
+    ``colour``: (P,) whether both images of a pair have colour."""
     turns = _dihedral(luminance(b))
     ncc = np.einsum(
         "pij,pdij->pd", _zero_mean_unit(luminance(a), (1, 2)), _zero_mean_unit(turns, (2, 3))
     )
     best = np.argmax(ncc, axis=1)
-    rows = np.arange(len(a))
-    turned = np.ascontiguousarray(_dihedral(b)[rows, best])
-    colour = is_colour(a) & is_colour(b)
-    return ncc[rows, best], _worst(a, turned, colour, tiles)
+    turned = np.stack([_turn(image, int(turn)) for image, turn in zip(b, best, strict=True)])
+    return ncc[np.arange(len(a)), best], _worst(a, turned, colour, tiles)
 
 
 # --------------------------------------------------------------------------- pass 2: crops
@@ -331,7 +340,7 @@ def _refine_group(
     local = windows[rows, ys[:, :, None], xs[:, None, :]]  # (G, 7, 7, h, w)
     t = templates - templates.mean(axis=(1, 2), keepdims=True)
     t_norm = np.sqrt((t * t).sum(axis=(1, 2)))
-    sums = local.sum(axis=(3, 4))
+    sums = np.einsum("gyxhw->gyx", local)
     centred = np.einsum("gyxhw,gyxhw->gyx", local, local) - sums * sums / (h * w)
     dot = np.einsum("gyxhw,ghw->gyx", local, t)
     scores = dot / (np.sqrt(np.maximum(centred, 1e-6)) * t_norm[:, None, None] + 1e-6)
@@ -396,12 +405,13 @@ def crop_search(
     a: np.ndarray,
     b: np.ndarray,
     aspects: np.ndarray,
+    colour: np.ndarray,
     config: VerifyConfig = VerifyConfig(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """(NCC, worst tile) at the best crop alignment of each pair (see the module doc).
 
-    ``a``, ``b``: (P, fine, fine, 3) thumbnails; ``aspects``: (P, 2) width/height of A and B.
-    Pairs whose aspects allow no crop get NCC -1.
+    ``a``, ``b``: (P, fine, fine, 3) thumbnails; ``aspects``: (P, 2) width/height of A and B;
+    ``colour``: (P,) whether both have colour. Pairs whose aspects allow no crop get NCC -1.
     """
     count = len(a)
     ya, yb = luminance(a), luminance(b)
@@ -424,7 +434,6 @@ def crop_search(
         for hyp in sorted(hypotheses[k], key=lambda h: -h.score)[: config.refine_top]
     ]
     refined = _refine(ya, yb, chosen, config)
-    colour = is_colour(a) & is_colour(b)
     worst = _fit_residuals(a, b, list(refined.values()), colour, config.tiles)
     ncc = np.full(count, -1.0, dtype=np.float32)
     residual = np.full(count, np.inf, dtype=np.float32)
@@ -453,13 +462,14 @@ def verify_stacks(
     pass confirmed the pair, 2 where the crop search did, 0 where neither (refuted)."""
     a = a.astype(np.float32, copy=False)
     b = b.astype(np.float32, copy=False)
-    ncc, worst = full_frame(a, b, config.tiles)
+    colour = is_colour(a) & is_colour(b)
+    ncc, worst = full_frame(a, b, colour, config.tiles)
     how = np.where(
         (ncc >= thresholds.min_ncc) & (worst <= thresholds.max_tile_residual), 1, 0
     ).astype(np.int8)
     rest = np.flatnonzero(how == 0)
     if rest.size:
-        ncc2, worst2 = crop_search(a[rest], b[rest], aspects[rest], config)
+        ncc2, worst2 = crop_search(a[rest], b[rest], aspects[rest], colour[rest], config)
         found = (ncc2 >= thresholds.min_ncc) & (worst2 <= thresholds.max_tile_residual)
         how[rest[found]] = 2
     return how > 0, how
@@ -469,9 +479,9 @@ def align(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyConfig()) -> 
     """(NCC, worst tile) of one pair at its best fit: the full-frame turn when that is the
     better correlation, otherwise the best crop alignment."""
     sa, sb = a.pixels[None].astype(np.float32), b.pixels[None].astype(np.float32)
-    ncc, worst = full_frame(sa, sb, config.tiles)
-    aspects = np.array([[a.aspect, b.aspect]])
-    ncc2, worst2 = crop_search(sa, sb, aspects, config)
+    colour = is_colour(sa) & is_colour(sb)
+    ncc, worst = full_frame(sa, sb, colour, config.tiles)
+    ncc2, worst2 = crop_search(sa, sb, np.array([[a.aspect, b.aspect]]), colour, config)
     if ncc2[0] > ncc[0]:
         return float(ncc2[0]), float(worst2[0])
     return float(ncc[0]), float(worst[0])
