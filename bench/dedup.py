@@ -519,9 +519,13 @@ def part4(count: int, before_rev: str) -> None:
     if before is not None:
         old = {k: before.thumbnail(c, 64) for k, c in zip(keys, charts, strict=True)}
         subset = pairs[: min(len(pairs), 200)]
-        rate_before, passed = timed(before.PairVerifier(lambda ks: {k: old[k] for k in ks}), subset)
+        old_verifier = before.PairVerifier(lambda ks: {k: old[k] for k in ks})
+        rate_before, passed = timed(old_verifier, subset)
+        now = PairVerifier(lambda ks: {k: thumbs[k] for k in ks}, workers=1).check(subset)
+        differ = sum(x != y for x, y in zip(old_verifier.check(subset), now, strict=True))
         print(f"before ({before_rev}, one pair at a time): {rate_before:8.1f} pairs/s "
-              f"({len(subset)} pairs, {passed} passed)")  # fmt: skip
+              f"({len(subset)} pairs, {passed} passed; verdicts differing from the batched "
+              f"verifier's: {differ})")  # fmt: skip
     else:
         print(f"before: not measured (no git revision {before_rev})")
     for workers in (1, 2):

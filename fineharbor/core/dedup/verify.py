@@ -493,17 +493,19 @@ def alignment_score(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyCon
 
 
 ThumbnailLoader = Callable[[list[ImageKey]], dict[ImageKey, Thumbnail]]
+MIN_POOL_BATCHES = 4
 
 
 class PairVerifier:
     """Checks image pairs by alignment, loading thumbnails once and caching verdicts.
 
     Pairs are verified ``batch_size`` at a time on stacked thumbnails; with ``workers`` > 1 and
-    more than ``batch_size`` new pairs, batches go to a process pool (deterministic: each pair's
-    verdict does not depend on its batch). A pair passes when its best alignment reaches
-    ``min_ncc`` and no tile of the aligned images differs by more than ``max_tile_residual``
-    grey levels. A pair whose thumbnails cannot be loaded keeps its candidate status (the check
-    can refute, not confirm, a match) and is counted as unverifiable.
+    at least ``MIN_POOL_BATCHES`` batches of new pairs, batches go to a process pool
+    (deterministic: each pair's verdict does not depend on its batch). A pair passes when its
+    best alignment reaches ``min_ncc`` and no tile of the aligned images differs by more than
+    ``max_tile_residual`` grey levels. A pair whose thumbnails cannot be loaded keeps its
+    candidate status (the check can refute, not confirm, a match) and is counted as
+    unverifiable.
     """
 
     def __init__(
@@ -538,7 +540,8 @@ class PairVerifier:
 
     def _verify(self, pairs: list[tuple[ImageKey, ImageKey]]) -> None:
         chunks = [pairs[k : k + self.batch_size] for k in range(0, len(pairs), self.batch_size)]
-        if self.workers > 1 and len(chunks) > 1:
+        # a spawned worker costs ~1-2 s to start: worth it from a few batches of work on
+        if self.workers > 1 and len(chunks) >= MIN_POOL_BATCHES:
             results = []
             # spawn, not fork: the caller may hold torch/faiss threads; at most two batches per
             # worker in flight, so memory holds a few stacks, not every batch's thumbnails
