@@ -135,9 +135,10 @@ def luminance(stack: np.ndarray) -> np.ndarray:
 
 def is_colour(stack: np.ndarray) -> np.ndarray:
     """(P,) whether each (P, S, S, 3) thumbnail has colour (not a grey image stored as RGB)."""
-    r, g, b = stack[..., 0], stack[..., 1], stack[..., 2]  # elementwise: a reduce over the
-    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # 3-long axis
-    return spread.mean(axis=(1, 2)) > _GREY_SPREAD  # is ~5x slower
+    # elementwise max/min of the three planes: a reduce over the 3-long last axis is ~5x slower
+    r, g, b = stack[..., 0], stack[..., 1], stack[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return spread.mean(axis=(1, 2)) > _GREY_SPREAD
 
 
 def _turn(image: np.ndarray, turn: int) -> np.ndarray:
@@ -194,11 +195,6 @@ def worst_tiles(window: np.ndarray, template: np.ndarray, tiles: int = 6) -> np.
     return (sums / counts[None]).reshape(len(residual), -1).max(axis=1)
 
 
-def worst_tile_residual(window: np.ndarray, template: np.ndarray, tiles: int = 6) -> float:
-    """:func:`worst_tiles` of one (h, w) pair."""
-    return float(worst_tiles(window[None], template[None], tiles)[0])
-
-
 # --------------------------------------------------------------------------- pass 1: full frame
 
 
@@ -209,7 +205,10 @@ def _worst(window: np.ndarray, template: np.ndarray, colour: np.ndarray, tiles: 
     def both_ways(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.maximum(worst_tiles(x, y, tiles), worst_tiles(y, x, tiles))
 
-    out = both_ways(luminance(window), luminance(template))
+    out = np.empty(len(window), dtype=np.float64)
+    grey = ~colour
+    if grey.any():
+        out[grey] = both_ways(luminance(window[grey]), luminance(template[grey]))
     if colour.any():
         out[colour] = both_ways(window[colour], template[colour])
     return out
