@@ -26,7 +26,14 @@ from fineharbor.core.dedup.verify import (
     verify_stacks,
 )
 from fineharbor.core.signatures import SignatureParams, compute_signatures
-from fineharbor.testing.copies import COPIES, ORIGINAL, OTHER_ANGLE, copy_set, score_clusters
+from fineharbor.testing.copies import (
+    COPIES,
+    ORIGINAL,
+    OTHER_ANGLE,
+    copy_set,
+    score_clusters,
+    write_copy_set,
+)
 
 HASH_ONLY = {"copy_embedding": False, "phash_verify_min_cosine": None}
 
@@ -158,3 +165,12 @@ def test_the_cap_is_reported_when_it_cuts(photos):
     report = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])
     assert report["max_candidates_per_item"] == 2
     assert report["candidates"]["phash"]["capped"] > 0
+
+
+def test_the_set_is_written_as_an_image_only_folder_with_its_truth_beside_it(tmp_path):
+    files = copy_set(scenes=1, seed=0, scale=0.2, transforms=("flip", "rot90"))
+    truth = write_copy_set(tmp_path / "photos", files)
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == sorted(f.name for f in files)
+    rows = [json.loads(line) for line in truth.read_text().splitlines()]
+    assert [r["transform"] for r in rows] == [ORIGINAL, "flip", "rot90", OTHER_ANGLE, OTHER_ANGLE]
+    assert copy_set(scenes=1, seed=0, scale=0.2, transforms=("flip", "rot90")) == files
