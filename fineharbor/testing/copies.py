@@ -256,7 +256,6 @@ def copy_set(
 def write_copy_set(folder: Path, files: list[CopyFile]) -> Path:
     """Write every file under ``folder`` and a ``ground_truth.jsonl`` beside them (outside the
     folder, so an image-folder source over ``folder`` sees images only)."""
-    import json
 
     folder.mkdir(parents=True, exist_ok=True)
     for item in files:
