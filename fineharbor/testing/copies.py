@@ -254,9 +254,8 @@ def copy_set(
 
 
 def write_copy_set(folder: Path, files: list[CopyFile]) -> Path:
-    """Write every file under ``folder`` and a ``ground_truth.jsonl`` beside them (outside the
-    folder, so an image-folder source over ``folder`` sees images only)."""
-
+    """Write every file under ``folder`` and ``<folder>_ground_truth.jsonl`` beside it (outside
+    the folder, so an image-folder source over ``folder`` sees images only); returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
     for item in files:
         (folder / item.name).write_bytes(item.data)
