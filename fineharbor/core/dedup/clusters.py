@@ -49,6 +49,7 @@ from fineharbor.core.dedup.search import (
 from fineharbor.core.dedup.text import minhash_pairs, text_key, url_caption_key
 from fineharbor.core.dedup.union_find import UnionFind, cluster_id
 from fineharbor.core.dedup.verify import (
+    BatchMapper,
     ImageKey,
     PairVerifier,
     ThumbnailLoader,
@@ -489,7 +490,9 @@ def clusters_table(
     return pa.Table.from_pylist(rows, schema=DUPLICATE_SCHEMA)
 
 
-def make_verifier(params: DedupParams, thumbnails: ThumbnailLoader | None) -> PairVerifier | None:
+def make_verifier(
+    params: DedupParams, thumbnails: ThumbnailLoader | None, mapper: BatchMapper | None = None
+) -> PairVerifier | None:
     if thumbnails is None or not params.verify_pixels:
         return None
     config = VerifyConfig(fine=params.verify_size, max_crop_area=params.verify_max_crop_area)
@@ -500,6 +503,7 @@ def make_verifier(params: DedupParams, thumbnails: ThumbnailLoader | None) -> Pa
         max_tile_residual=params.verify_max_tile_residual,
         batch_size=params.verify_batch_size,
         workers=params.verify_workers or default_workers(),
+        mapper=mapper,
     )
 
 
@@ -509,6 +513,7 @@ def find_duplicates(
     params: DedupParams,
     priorities: Mapping[str, int],
     thumbnails: ThumbnailLoader | None = None,
+    verify_mapper: BatchMapper | None = None,
 ) -> pa.Table:
     """One ``DUPLICATE_SCHEMA`` row per sample that belongs to a duplicate cluster.
 
@@ -518,6 +523,8 @@ def find_duplicates(
     ``thumbnails``: loads verification thumbnails for ``(sample_id, image_index)`` keys (see
     :func:`~fineharbor.core.dedup.verify.batches_thumbnail_loader`); with it, near-duplicate
     candidates are verified pixel by pixel (``params.verify_*``), without it they are not.
+    ``verify_mapper`` runs the verification batches on another engine (e.g. Ray tasks) instead
+    of the local process pool.
 
     Rows come sorted by (cluster_id, sample_id); the same inputs in any order give the same
     table. The schema metadata ``fineharbor.dedup`` holds edge counts per signal, candidate
@@ -529,7 +536,7 @@ def find_duplicates(
     images = _image_rows(signatures, node_of)
     exempt_sources = set(params.near_duplicate_exempt_sources)
     exempt = np.array([s in exempt_sources for s in samples.column("source").to_pylist()], bool)
-    verifier = make_verifier(params, thumbnails)
+    verifier = make_verifier(params, thumbnails, verify_mapper)
     searches: dict = {}
     candidates: dict = {}
     edges = image_edges(images, params, exempt, verifier, searches, candidates)

@@ -492,6 +492,9 @@ def alignment_score(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyCon
 
 
 ThumbnailLoader = Callable[[list[ImageKey]], dict[ImageKey, Thumbnail]]
+# mapper(verify_stacks, [args of each batch]) -> results in order: a distributed engine's map
+# (e.g. one Ray task per batch) instead of the local process pool
+BatchMapper = Callable[[Callable, list[tuple]], Iterable[tuple[np.ndarray, np.ndarray]]]
 MIN_POOL_BATCHES = 4
 
 
@@ -499,8 +502,9 @@ class PairVerifier:
     """Checks image pairs by alignment, loading thumbnails once and caching verdicts.
 
     Pairs are verified ``batch_size`` at a time on stacked thumbnails; with ``workers`` > 1 and
-    at least ``MIN_POOL_BATCHES`` batches of new pairs, batches go to a process pool
-    (deterministic: each pair's verdict does not depend on its batch). A pair passes when its
+    at least ``MIN_POOL_BATCHES`` batches of new pairs, batches go to a process pool; a
+    ``mapper`` sends them to another engine instead (deterministic either way: each pair's
+    verdict does not depend on its batch). A pair passes when its
     best alignment reaches ``min_ncc`` and no tile of the aligned images differs by more than
     ``max_tile_residual`` grey levels. A pair whose thumbnails cannot be loaded keeps its
     candidate status (the check can refute, not confirm, a match) and is counted as
@@ -516,8 +520,10 @@ class PairVerifier:
         max_tile_residual: float = 16.0,
         batch_size: int = 256,
         workers: int = 1,
+        mapper: BatchMapper | None = None,
     ) -> None:
         self.loader = loader
+        self.mapper = mapper
         self.config = config
         self.thresholds = Thresholds(min_ncc, max_tile_residual)
         self.batch_size = batch_size
@@ -539,8 +545,10 @@ class PairVerifier:
 
     def _verify(self, pairs: list[tuple[ImageKey, ImageKey]]) -> None:
         chunks = [pairs[k : k + self.batch_size] for k in range(0, len(pairs), self.batch_size)]
+        if self.mapper is not None and chunks:
+            results = list(self.mapper(verify_stacks, [self._stacks(c) for c in chunks]))
         # a spawned worker costs ~1-2 s to start: worth it from a few batches of work on
-        if self.workers > 1 and len(chunks) >= MIN_POOL_BATCHES:
+        elif self.workers > 1 and len(chunks) >= MIN_POOL_BATCHES:
             results = []
             # spawn, not fork: the caller may hold torch/faiss threads; at most two batches per
             # worker in flight, so memory holds a few stacks, not every batch's thumbnails

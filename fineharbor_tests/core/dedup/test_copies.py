@@ -135,6 +135,15 @@ def test_verdicts_do_not_depend_on_batching_or_workers(photos):
     one_by_one = run(1, 1)
     assert run(64, 1) == one_by_one
     assert run(4, 2) == one_by_one  # 8 batches: a pool of 2 spawned workers
+    calls = []
+
+    def mapper(function, jobs):  # what a distributed engine's map does, in process
+        calls.append(len(jobs))
+        return [function(*job) for job in jobs]
+
+    mapped = PairVerifier(lambda keys: {k: thumbs[k] for k in keys}, batch_size=8, mapper=mapper)
+    assert mapped.check(pairs) == one_by_one
+    assert calls == [4]
     stacked = verify_stacks(
         np.stack([thumbs[a].pixels for a, _ in pairs]),
         np.stack([thumbs[b].pixels for _, b in pairs]),
