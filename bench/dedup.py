@@ -22,7 +22,21 @@ default search and its forest path at every size, against the same NumPy brute f
 Part 2, images: ``find_duplicates`` with phash + mirror phash + pixel hash against imagededup's
 ``PHash.find_duplicates`` (max_distance_threshold 10, its default) on the same demo images,
 scored on the demo's planted pairs, when imagededup is importable in ``--imagededup-python``
-(it pulls in torch and matplotlib, so it lives in ``.venv-bench``).
+(default: this interpreter; imagededup is never a project dependency).
+
+Part 3, copies a user calls copies: the photo set of ``fineharbor.testing.copies`` (textured
+scenes in several sizes, each copy transform, other-angle photos of the same objects), hash
+signals only (pixel hash, phash with its mirror and turned hashes, pixel verification) against
+imagededup's PHash (default threshold 10) on the same files, recall and wrong pairs per
+transform. imagededup is imported in process when installed; its CNN method needs MobileNet
+weights from the internet and is not run.
+
+Part 4, verification in a dense neighbourhood: templated bar charts (one template, one bar and
+the label changing), every pair among the first ``--dense-images`` verified. Pairs/s of the
+verifier before this change (``verify.py`` at ``--before-rev``, one pair at a time, loaded from
+git) against the batched verifier in process and with worker processes, on the same pairs in
+the same run; then ``find_duplicates`` over all charts with a loose phash threshold, showing
+the per-item candidate cap at work.
 """
 
 from __future__ import annotations
@@ -362,6 +376,194 @@ def part2(scale: float, imagededup_python: str) -> None:
         )
 
 
+# --------------------------------------------------------------------------- part 3
+
+BEFORE_REV = "a912586"  # the last commit with one-pair-at-a-time colour verification
+
+
+def _hash_only_clusters(files) -> tuple[dict[str, str], dict, float]:
+    """Our clusters of ``files`` (file name -> cluster id), the stage report, and seconds."""
+    import pyarrow as pa
+
+    from fineharbor.core.dedup import compact_samples, find_duplicates
+    from fineharbor.core.dedup.verify import batches_thumbnail_loader
+    from fineharbor.core.signatures import SignatureParams, compute_signatures
+
+    batch = pa.RecordBatch.from_pylist(
+        [
+            {"sample_id": f.name, "source": "photos", "origin_uri": None, "origin_key": f.name,
+             "images": [{"bytes": f.data, "path": f.name}], "texts": []}
+            for f in files
+        ]
+    )  # fmt: skip
+    started = time.perf_counter()
+    signatures = pa.concat_tables(list(compute_signatures([batch], SignatureParams(num_workers=0))))
+    clusters = find_duplicates(
+        signatures,
+        compact_samples([batch]),
+        DedupParams(copy_embedding=False, phash_verify_min_cosine=None),
+        {},
+        thumbnails=batches_thumbnail_loader(lambda: iter([batch])),
+    )
+    seconds = time.perf_counter() - started
+    cluster_of = dict(
+        zip(clusters["sample_id"].to_pylist(), clusters["cluster_id"].to_pylist(), strict=True)
+    )
+    return cluster_of, json.loads(clusters.schema.metadata[b"fineharbor.dedup"]), seconds
+
+
+def _imagededup_clusters(files) -> tuple[dict[str, str], float] | None:
+    try:
+        from imagededup.methods import PHash
+    except ImportError:
+        return None
+    from fineharbor.core.dedup.union_find import UnionFind
+
+    with tempfile.TemporaryDirectory(prefix="fh-copies-") as tmp:
+        for f in files:
+            (Path(tmp) / f.name).write_bytes(f.data)
+        started = time.perf_counter()
+        hasher = PHash(verbose=False)
+        encodings = hasher.encode_images(image_dir=tmp, recursive=False, num_enc_workers=0)
+        found = hasher.find_duplicates(
+            encoding_map=encodings, max_distance_threshold=10, num_dist_workers=0
+        )
+        seconds = time.perf_counter() - started
+    names = sorted(f.name for f in files)
+    position = {n: k for k, n in enumerate(names)}
+    union = UnionFind(len(names))
+    for name, matches in found.items():
+        for other in matches:
+            union.union(position[name], position[other])
+    cluster_of = {}
+    for members in union.components():
+        for m in members:
+            cluster_of[names[m]] = names[min(members)]
+    return cluster_of, seconds
+
+
+def _print_copy_scores(title: str, scores: dict) -> None:
+    print(f"\n{title}")
+    print(f"{'transform':<14} {'files':>5} {'recall':>7} {'wrong pairs':>11}")
+    for transform, row in scores.items():
+        recall = "-" if row["recall"] is None else f"{row['recall']:.3f}"
+        print(f"{transform:<14} {row['files']:>5} {recall:>7} {row['wrong_pairs']:>11}")
+
+
+def part3(scenes: int) -> None:
+    from fineharbor.testing.copies import copy_set, score_clusters
+
+    files = copy_set(scenes=scenes, seed=7)
+    print(f"\n== copies a user calls copies: {len(files)} files, {scenes} scenes ==")
+    cluster_of, report, seconds = _hash_only_clusters(files)
+    _print_copy_scores(
+        f"fineharbor, hash signals only (hashing + search + verification {seconds:.1f} s)",
+        score_clusters(files, cluster_of),
+    )
+    print(f"candidates per signal: {json.dumps(report['candidates'])}")
+    theirs = _imagededup_clusters(files)
+    if theirs is None:
+        print("\nimagededup not installed: its PHash was not run (pip install imagededup)")
+        return
+    _print_copy_scores(
+        f"imagededup PHash (max_distance_threshold=10), encode + search {theirs[1]:.1f} s",
+        score_clusters(files, theirs[0]),
+    )
+
+
+# --------------------------------------------------------------------------- part 4
+
+
+def _before_module(rev: str):
+    """``verify.py`` as it was at ``rev``, imported under another name (None without git)."""
+    import importlib.util
+
+    try:
+        source = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:fineharbor/core/dedup/verify.py"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    path = Path(tempfile.mkdtemp(prefix="fh-verify-before-")) / "verify_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("verify_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def part4(count: int, before_rev: str) -> None:
+    import pyarrow as pa
+
+    from fineharbor.core.dedup import compact_samples, find_duplicates
+    from fineharbor.core.dedup.verify import PairVerifier, batches_thumbnail_loader, thumbnail
+    from fineharbor.core.signatures import SignatureParams, compute_signatures
+    from fineharbor.testing.copies import encode, templated_charts
+
+    charts = templated_charts(count, seed=1)
+    thumbs = {(f"c{k:04d}", 0): thumbnail(c, 64) for k, c in enumerate(charts)}
+    keys = sorted(thumbs)
+    pairs = list(itertools.combinations(keys, 2))
+    print(f"\n== verification in a dense neighbourhood: {count} templated charts, "
+          f"{len(pairs)} pairs ==")  # fmt: skip
+
+    def timed(verifier, some) -> tuple[float, int]:
+        started = time.perf_counter()
+        passed = sum(verifier.check(some))
+        return len(some) / (time.perf_counter() - started), passed
+
+    before = _before_module(before_rev)
+    rate_before = None
+    if before is not None:
+        old = {k: before.thumbnail(c, 64) for k, c in zip(keys, charts, strict=True)}
+        subset = pairs[: min(len(pairs), 200)]
+        old_verifier = before.PairVerifier(lambda ks: {k: old[k] for k in ks})
+        rate_before, passed = timed(old_verifier, subset)
+        now = PairVerifier(lambda ks: {k: thumbs[k] for k in ks}, workers=1).check(subset)
+        differ = sum(x != y for x, y in zip(old_verifier.check(subset), now, strict=True))
+        print(f"before ({before_rev}, one pair at a time): {rate_before:8.1f} pairs/s "
+              f"({len(subset)} pairs, {passed} passed; verdicts differing from the batched "
+              f"verifier's: {differ})")  # fmt: skip
+    else:
+        print(f"before: not measured (no git revision {before_rev})")
+    for workers in (1, 2):
+        verifier = PairVerifier(lambda ks: {k: thumbs[k] for k in ks}, workers=workers)
+        rate, passed = timed(verifier, pairs)
+        speedup = f", {rate / rate_before:.1f}x before" if rate_before else ""
+        print(f"batched (256 pairs a batch), {workers} process(es): {rate:8.1f} pairs/s "
+              f"({len(pairs)} pairs, {passed} passed{speedup}); "
+              f"{verifier.stats()['passed_full_frame']} confirmed full frame")  # fmt: skip
+
+    many = templated_charts(max(count, 150), seed=2)
+    batch = pa.RecordBatch.from_pylist(
+        [
+            {"sample_id": f"c{k:04d}", "source": "charts", "origin_uri": None,
+             "origin_key": str(k), "images": [{"bytes": encode(c, "PNG"), "path": None}],
+             "texts": []}
+            for k, c in enumerate(many)
+        ]
+    )  # fmt: skip
+    signatures = pa.concat_tables(list(compute_signatures([batch], SignatureParams(num_workers=0))))
+    for cap in (None, DedupParams().max_candidates_per_item):
+        started = time.perf_counter()
+        clusters = find_duplicates(
+            signatures,
+            compact_samples([batch]),
+            DedupParams(
+                copy_embedding=False, phash_max_distance=10, max_candidates_per_item=cap,
+                phash_verify_min_cosine=None,
+            ),
+            {},
+            thumbnails=batches_thumbnail_loader(lambda: iter([batch])),
+        )  # fmt: skip
+        report = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])
+        print(f"find_duplicates, {len(many)} charts, phash <= 10, cap {cap}: "
+              f"{time.perf_counter() - started:.1f} s, candidates {report['candidates']}, "
+              f"clustered samples {clusters.num_rows}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -373,7 +575,10 @@ def main(argv: list[str] | None = None) -> int:
         help="largest n brute-forced completely; above it the time is extrapolated",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="demo scale for part 2")
-    parser.add_argument("--imagededup-python", default=str(REPO / ".venv-bench" / "bin" / "python"))
+    parser.add_argument("--imagededup-python", default=sys.executable)
+    parser.add_argument("--copy-scenes", type=int, default=12, help="scenes of part 3")
+    parser.add_argument("--dense-images", type=int, default=60, help="charts of part 4")
+    parser.add_argument("--before-rev", default=BEFORE_REV, help="git revision of 'before'")
     parser.add_argument(
         "--exact-limit",
         type=int,
@@ -382,12 +587,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-vectors", action="store_true")
     parser.add_argument("--skip-images", action="store_true")
+    parser.add_argument("--skip-copies", action="store_true")
+    parser.add_argument("--skip-dense", action="store_true")
     args = parser.parse_args(argv)
     print(f"cpu cores: {os.cpu_count()}")
     if not args.skip_vectors:
         part1(args.sizes, args.dim, args.numpy_full_limit, args.exact_limit)
     if not args.skip_images:
         part2(args.scale, args.imagededup_python)
+    if not args.skip_copies:
+        part3(args.copy_scenes)
+    if not args.skip_dense:
+        part4(args.dense_images, args.before_rev)
     return 0
 
 

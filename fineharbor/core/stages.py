@@ -363,8 +363,10 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
     )
     stats: dict = {"sources": sources, "signatures": signatures.num_rows}
     report = json.loads((clusters.schema.metadata or {}).get(b"fineharbor.dedup", b"{}"))
-    if report.get("vector_search"):
-        stats["vector_search"] = report["vector_search"]
+    # candidates proposed / capped / verified / refuted per signal, and how they were searched
+    for key in ("vector_search", "candidates", "verification", "max_candidates_per_item"):
+        if report.get(key):
+            stats[key] = report[key]
     for column in ("copy_embedding", "clip_embedding"):
         kept_rows = signatures.filter(
             pc.and_(

@@ -23,6 +23,7 @@ _LAZY = {
     "align": "verify",
     "batches_thumbnail_loader": "verify",
     "brute_force_cosine_pairs": "search",
+    "cap_per_item": "clusters",
     "cluster_id": "union_find",
     "compact_samples": "samples",
     "cosine_pairs": "search",
@@ -38,6 +39,7 @@ _LAZY = {
     "text_key": "text",
     "thumbnails_from_batches": "verify",
     "url_caption_key": "text",
+    "verify_stacks": "verify",
 }
 
 
@@ -59,6 +61,7 @@ __all__ = [
     "align",
     "batches_thumbnail_loader",
     "brute_force_cosine_pairs",
+    "cap_per_item",
     "cluster_id",
     "compact_samples",
     "cosine_pairs",
@@ -73,4 +76,5 @@ __all__ = [
     "text_key",
     "thumbnails_from_batches",
     "url_caption_key",
+    "verify_stacks",
 ]

@@ -48,7 +48,14 @@ from fineharbor.core.dedup.search import (
 )
 from fineharbor.core.dedup.text import minhash_pairs, text_key, url_caption_key
 from fineharbor.core.dedup.union_find import UnionFind, cluster_id
-from fineharbor.core.dedup.verify import ImageKey, PairVerifier, ThumbnailLoader, VerifyConfig
+from fineharbor.core.dedup.verify import (
+    BatchMapper,
+    ImageKey,
+    PairVerifier,
+    ThumbnailLoader,
+    VerifyConfig,
+    default_workers,
+)
 
 EXACT_PIXELS = "exact_pixels"
 URL_CAPTION = "url_caption"
@@ -215,6 +222,19 @@ def _cosine_candidates(
     return (rows[i], rows[j], sim), rows, vectors
 
 
+def _turn_codes(rows: pa.Table, codes: np.ndarray) -> list[np.ndarray]:
+    """The six rotated/upside-down phashes (``phash_dihedral``) as six arrays of n codes; an
+    image without them repeats its own phash (it matches nothing more)."""
+    column = rows.column("phash_dihedral").combine_chunks()
+    turns = np.repeat(codes[:, None], 6, axis=1)
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+    full = np.flatnonzero(np.nan_to_num(lengths.astype(float), nan=0.0) == 6)
+    if full.size:
+        values = column.take(pa.array(full)).flatten().to_numpy(zero_copy_only=False)
+        turns[full] = values.astype(np.int64).reshape(full.size, 6)
+    return [np.ascontiguousarray(turns[:, k]) for k in range(6)]
+
+
 def _phash_candidates(table: pa.Table, params: DedupParams) -> Pairs:
     if "phash" not in table.column_names:
         return empty_pairs()
@@ -224,20 +244,44 @@ def _phash_candidates(table: pa.Table, params: DedupParams) -> Pairs:
     # take() before to_numpy: a null would turn int64 into float64 and lose bits
     rows = table.take(pa.array(hashed))
     codes = rows.column("phash").to_numpy().astype(np.int64)
-    mirror = None
+    variants = []
     if params.phash_flip and "phash_flip" in table.column_names:
         mirror = pc.coalesce(rows.column("phash_flip"), rows.column("phash")).to_numpy()
-        mirror = mirror.astype(np.int64)
+        variants.append(mirror.astype(np.int64))
+    if params.phash_rotations and "phash_dihedral" in table.column_names:
+        variants += _turn_codes(rows, codes)
     i, j, sim = hamming_pairs(
-        codes, params.phash_max_distance, mirror_codes=mirror, exact_limit=params.binary_exact_limit
+        codes,
+        params.phash_max_distance,
+        variant_codes=variants,
+        exact_limit=params.binary_exact_limit,
     )
     return hashed[i], hashed[j], sim
 
 
+def cap_per_item(pairs: Pairs, cap: int) -> tuple[Pairs, int]:
+    """Keep a pair when it is among the ``cap`` most similar pairs of either of its items (ties:
+    the smaller other item first), so at most ``cap`` pairs are kept per item; returns the kept
+    pairs and the number dropped. Vectorised: one lexsort over both ends of every pair."""
+    i, j, sim = pairs
+    count = i.size
+    if count == 0:
+        return pairs, 0
+    ends, others = np.concatenate([i, j]), np.concatenate([j, i])
+    order = np.lexsort((others, -np.concatenate([sim, sim]), ends))
+    sorted_ends = ends[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_ends)) + 1]
+    rank = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size]))
+    keep = np.zeros(count, dtype=bool)
+    keep[(order % count)[rank < cap]] = True
+    return (i[keep], j[keep], sim[keep]), int(count - keep.sum())
+
+
 def _pixel_verified(
-    candidates: list[tuple[str, Pairs]], table: pa.Table, verifier: PairVerifier
+    candidates: list[tuple[str, Pairs]], table: pa.Table, verifier: PairVerifier, counts: dict
 ) -> list[tuple[str, Pairs]]:
-    """Keep the candidate pairs whose pixels align (one loader call for all of them)."""
+    """Keep the candidate pairs whose pixels align (one loader call for all of them);
+    ``counts[signal]`` receives how many were verified and refuted."""
     ids = table.column("sample_id").to_pylist()
     indexes = table.column("image_index").to_pylist()
 
@@ -249,6 +293,7 @@ def _pixel_verified(
     out = []
     for signal, (i, j, sim) in candidates:
         keep = np.fromiter((next(verdicts) for _ in range(i.size)), dtype=bool, count=i.size)
+        counts[signal] |= {"verified": int(keep.sum()), "refuted": int(i.size - keep.sum())}
         out.append((signal, (i[keep], j[keep], sim[keep])))
     return out
 
@@ -259,15 +304,20 @@ def image_edges(
     exempt: np.ndarray,
     verifier: PairVerifier | None = None,
     searches: dict | None = None,
+    counts: dict | None = None,
 ) -> list[Edge]:
     """Edges from image signatures; ``exempt[node]`` marks samples of exempt sources;
-    ``searches`` (when given) receives how each embedding column was searched.
+    ``searches`` (when given) receives how each embedding column was searched, ``counts`` the
+    candidate pairs per signal: proposed, dropped by the per-item cap, refuted by the copy
+    embedding (phash), verified and refuted by the pixels.
 
-    Copy-detection and perceptual-hash candidates are checked by ``verifier`` (pixel alignment)
-    when one is given; CLIP pairs are semantic by intent and are not.
+    Copy-detection and perceptual-hash candidates are capped per image
+    (``max_candidates_per_item``) and checked by ``verifier`` (pixel alignment) when one is
+    given; CLIP pairs are semantic by intent and are not.
     """
     table, node = images.table, images.node
     searches = {} if searches is None else searches
+    counts = {} if counts is None else counts
     edges: list[Edge] = []
     if params.exact_pixels and "sha256_pixels" in table.column_names:
         keys = table.column("sha256_pixels").to_pylist()
@@ -283,13 +333,24 @@ def image_edges(
         copy_rows, copy_vectors = _embeddings(table, COPY)
     if params.phash:
         pairs = _near_pairs(_phash_candidates(table, params), node, exempt)
+        proposed = pairs[0].size
         if params.phash_verify_min_cosine is not None:
             pairs = _verify_with_embedding(
                 pairs, copy_rows, copy_vectors, params.phash_verify_min_cosine
             )
         candidates.append((PHASH, pairs))
+        counts[PHASH] = {
+            "proposed": proposed,
+            "refuted_by_copy_embedding": proposed - pairs[0].size,
+        }
+    for position, (signal, pairs) in enumerate(candidates):
+        counts.setdefault(signal, {"proposed": int(pairs[0].size)})
+        if params.max_candidates_per_item is not None:
+            pairs, dropped = cap_per_item(pairs, params.max_candidates_per_item)
+            counts[signal]["capped"] = dropped
+            candidates[position] = (signal, pairs)
     if verifier is not None:
-        candidates = _pixel_verified(candidates, table, verifier)
+        candidates = _pixel_verified(candidates, table, verifier, counts)
     for signal, pairs in candidates:
         edges += _to_nodes(pairs, node, signal)
     if params.clip_embedding:
@@ -429,7 +490,9 @@ def clusters_table(
     return pa.Table.from_pylist(rows, schema=DUPLICATE_SCHEMA)
 
 
-def make_verifier(params: DedupParams, thumbnails: ThumbnailLoader | None) -> PairVerifier | None:
+def make_verifier(
+    params: DedupParams, thumbnails: ThumbnailLoader | None, mapper: BatchMapper | None = None
+) -> PairVerifier | None:
     if thumbnails is None or not params.verify_pixels:
         return None
     config = VerifyConfig(fine=params.verify_size, max_crop_area=params.verify_max_crop_area)
@@ -438,6 +501,9 @@ def make_verifier(params: DedupParams, thumbnails: ThumbnailLoader | None) -> Pa
         config,
         min_ncc=params.verify_min_ncc,
         max_tile_residual=params.verify_max_tile_residual,
+        batch_size=params.verify_batch_size,
+        workers=params.verify_workers or default_workers(),
+        mapper=mapper,
     )
 
 
@@ -447,6 +513,7 @@ def find_duplicates(
     params: DedupParams,
     priorities: Mapping[str, int],
     thumbnails: ThumbnailLoader | None = None,
+    verify_mapper: BatchMapper | None = None,
 ) -> pa.Table:
     """One ``DUPLICATE_SCHEMA`` row per sample that belongs to a duplicate cluster.
 
@@ -456,24 +523,30 @@ def find_duplicates(
     ``thumbnails``: loads verification thumbnails for ``(sample_id, image_index)`` keys (see
     :func:`~fineharbor.core.dedup.verify.batches_thumbnail_loader`); with it, near-duplicate
     candidates are verified pixel by pixel (``params.verify_*``), without it they are not.
+    ``verify_mapper`` runs the verification batches on another engine (e.g. Ray tasks) instead
+    of the local process pool.
 
     Rows come sorted by (cluster_id, sample_id); the same inputs in any order give the same
-    table. The schema metadata ``fineharbor.dedup`` holds edge counts per signal, the
-    verification counts and how each embedding column was searched (``vector_search``), as JSON.
+    table. The schema metadata ``fineharbor.dedup`` holds edge counts per signal, candidate
+    pairs per signal (``candidates``: proposed / capped / verified / refuted), the verification
+    counts and how each embedding column was searched (``vector_search``), as JSON.
     """
     samples = samples.sort_by([("sample_id", "ascending")])
     ids, node_of = _sample_nodes(samples)
     images = _image_rows(signatures, node_of)
     exempt_sources = set(params.near_duplicate_exempt_sources)
     exempt = np.array([s in exempt_sources for s in samples.column("source").to_pylist()], bool)
-    verifier = make_verifier(params, thumbnails)
+    verifier = make_verifier(params, thumbnails, verify_mapper)
     searches: dict = {}
-    edges = image_edges(images, params, exempt, verifier, searches)
+    candidates: dict = {}
+    edges = image_edges(images, params, exempt, verifier, searches, candidates)
     edges += sample_edges(samples, params)
     rank_keys = keep_rank_keys(samples, priorities, params.keep_order, _max_pixels(samples, images))
     table = clusters_table(ids, samples.column("source").to_pylist(), edges, rank_keys)
     report = {
         "edges": dict(sorted(Counter(e.signal for e in edges).items())),
+        "candidates": candidates,
+        "max_candidates_per_item": params.max_candidates_per_item,
         "verification": verifier.stats() if verifier is not None else None,
         "vector_search": searches,
     }

@@ -34,6 +34,11 @@ class DedupParams(_Strict):
     phash_flip: bool = Field(
         True, description="also compare each phash with the other images' mirror-image phash"
     )
+    phash_rotations: bool = Field(
+        True,
+        description="also compare each phash with the other images' rotated and upside-down "
+        "phashes (signature column phash_dihedral): finds copies turned by 90/180/270 degrees",
+    )
     phash_verify_min_cosine: float | None = Field(
         0.5,
         ge=-1.0,
@@ -86,6 +91,16 @@ class DedupParams(_Strict):
         256, ge=16, le=4096, description="largest leaf; pairs are checked exactly within leaves"
     )
 
+    max_candidates_per_item: int | None = Field(
+        32,
+        ge=1,
+        description="near-duplicate candidates (phash, copy embedding, each apart) kept per "
+        "image before pixel verification, the most similar first: a pair stays when it is among "
+        "the top of either image. In a dense neighbourhood (templated charts, documents, app "
+        "screens) a descriptor proposes a clique; this bounds verification to n x cap pairs. "
+        "Recorded in the stage metadata when it cuts. None = no cap",
+    )
+
     near_duplicate_exempt_sources: tuple[str, ...] = Field(
         (),
         description="sources whose images are not near-duplicate-matched (phash, embeddings) "
@@ -99,9 +114,10 @@ class DedupParams(_Strict):
     verify_pixels: bool = Field(
         True,
         description="when the stage can load images, check every phash / copy-embedding "
-        "candidate pair by aligning the two images (crop scale, offset, mirror) and comparing "
-        "pixels: global descriptors also match look-alikes (charts with one palette, app "
-        "screens), the alignment tells them from copies",
+        "candidate pair by aligning the two images (rotation, mirror, crop scale, offset) and "
+        "comparing luminance: global descriptors also match look-alikes (charts with one "
+        "palette, app screens, another photo of one object), the alignment tells them from "
+        "copies (resized, grayscale, re-encoded, rotated, flipped, cropped)",
     )
     verify_min_ncc: float = Field(
         0.90, ge=-1.0, le=1.0, description="least normalised cross-correlation at the best fit"
@@ -114,6 +130,16 @@ class DedupParams(_Strict):
         "17.7 (bench/dedup_quality.py)",
     )
     verify_size: int = Field(64, ge=24, le=256, description="thumbnail side for the fine fit")
+    verify_batch_size: int = Field(
+        256, ge=1, le=65_536, description="pairs verified together on stacked thumbnails"
+    )
+    verify_workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="worker processes verifying batches (used when there is more than one "
+        "batch). None = the CPUs this process may use, at most 8; 1 = in process",
+    )
     verify_max_crop_area: float = Field(
         0.36, ge=0.0, lt=1.0, description="largest share of the area a crop may remove"
     )

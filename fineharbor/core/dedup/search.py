@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -284,19 +285,18 @@ def hamming_pairs(
     codes: np.ndarray,
     max_distance: int,
     *,
-    mirror_codes: np.ndarray | None = None,
+    variant_codes: Sequence[np.ndarray] = (),
     exact_limit: int = 200_000,
     block: int = 65_536,
 ) -> Pairs:
-    """Pairs of 64-bit codes within ``max_distance`` bits; with ``mirror_codes`` (the hash of
-    each image's mirror image) a code also matches another image's mirror code. The similarity
-    is ``1 - distance / 64`` of the closer of the two comparisons."""
+    """Pairs of 64-bit codes within ``max_distance`` bits. ``variant_codes`` are more codes of
+    each image (its mirror image's hash, its rotations' hashes: one array of ``n`` codes per
+    variant); a code also matches another image's variant code. The similarity is
+    ``1 - distance / 64`` of the closest comparison."""
     n = len(codes)
     if n < 2:
         return empty_pairs()
-    database = int64_codes_to_bytes(codes)
-    if mirror_codes is not None:
-        database = np.concatenate([database, int64_codes_to_bytes(mirror_codes)])
+    database = np.concatenate([int64_codes_to_bytes(c) for c in (codes, *variant_codes)])
     queries = int64_codes_to_bytes(codes)
     bits = 64
     if n <= exact_limit or max_distance >= 16:
@@ -311,7 +311,7 @@ def hamming_pairs(
         lims, dists, ids = index.range_search(queries[start : start + block], max_distance + 1)
         counts = np.diff(lims).astype(np.int64)
         out_i.append(np.repeat(np.arange(start, start + len(counts), dtype=np.int64), counts))
-        out_j.append(ids.astype(np.int64) % n)  # a mirror code stands for its image
+        out_j.append(ids.astype(np.int64) % n)  # a variant code stands for its image
         out_d.append(dists.astype(np.float32))
     i, j, dist = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
     return canonical_pairs(i, j, 1.0 - dist / bits)

@@ -21,7 +21,7 @@ from fineharbor.core.signatures.embedders import CLIP_EMBEDDING, COPY_EMBEDDING,
 from fineharbor.core.signatures.hashing import (
     ImageDecodeError,
     decode_rgb,
-    perceptual_hashes,
+    dihedral_hashes,
     sha256_bytes,
     sha256_pixels,
 )
@@ -40,6 +40,8 @@ SIGNATURE_SCHEMA = pa.schema(
         pa.field("sha256_pixels", pa.string()),
         pa.field("phash", pa.int64()),
         pa.field("phash_flip", pa.int64()),
+        # the six other rotations/mirrors (hashing.DIHEDRAL_TURNS): rotated copies' candidates
+        pa.field("phash_dihedral", pa.list_(pa.int64())),
         pa.field(COPY_EMBEDDING, EMBEDDING_TYPE),
         pa.field(CLIP_EMBEDDING, EMBEDDING_TYPE),
         pa.field("error", pa.string()),
@@ -101,6 +103,7 @@ class SignaturePreparer:
             "sha256_pixels": None,
             "phash": None,
             "phash_flip": None,
+            "phash_dihedral": None,
             "error": None,
         }
         if self.byte_hash and item.data is not None:
@@ -114,7 +117,8 @@ class SignaturePreparer:
         if self.pixel_hash:
             row["sha256_pixels"] = sha256_pixels(image)
         if self.perceptual_hash:
-            row["phash"], row["phash_flip"] = perceptual_hashes(image)
+            row["phash"], row["phash_flip"], turns = dihedral_hashes(image)
+            row["phash_dihedral"] = list(turns)
         tensors = {}
         for name, transform in self.transforms.items():
             try:

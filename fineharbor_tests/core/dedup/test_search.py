@@ -150,9 +150,9 @@ def test_hamming_search_equals_brute_force_and_uses_mirror_codes():
     mirror[150] = codes[10]  # image 150 is a mirror image of image 10
     flat = hamming_pairs(codes, 4)
     assert _as_set(flat) == _brute_hamming(codes, 4)
-    with_mirror = hamming_pairs(codes, 4, mirror_codes=mirror)
+    with_mirror = hamming_pairs(codes, 4, variant_codes=[mirror])
     assert (10, 150) in _as_set(with_mirror)
-    multi = hamming_pairs(codes, 4, mirror_codes=mirror, exact_limit=10)  # multi-hash index
+    multi = hamming_pairs(codes, 4, variant_codes=[mirror], exact_limit=10)  # multi-hash index
     assert _as_set(multi) == _as_set(with_mirror)
     i, j, sim = flat
     for a, b, s in zip(i, j, sim, strict=True):

@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 from fineharbor.core.signatures.hashing import (
+    DIHEDRAL_TURNS,
     ImageDecodeError,
     bits_to_int64,
     decode_rgb,
+    dihedral_hashes,
     hamming64,
     image_hashes,
     int64_to_bits,
@@ -104,3 +106,16 @@ def test_image_hashes_reports_size(scene):
     hashes = image_hashes(scene)
     assert (hashes.width, hashes.height) == (320, 240)
     assert len(hashes.sha256_pixels) == 64
+
+
+def test_turned_hashes_find_rotated_copies_and_aspect_changes_keep_the_hash(scene):
+    phash, phash_flip, turns = dihedral_hashes(scene)
+    assert (phash, phash_flip) == perceptual_hashes(scene)
+    assert len(turns) == len(DIHEDRAL_TURNS) == 6
+    for position, turn in enumerate(DIHEDRAL_TURNS):
+        rotated = perceptual_hashes(scene.transpose(turn))[0]
+        assert hamming64(rotated, turns[position]) <= 2, turn
+        assert hamming64(rotated, phash) > 8, turn  # without the turned hashes: no candidate
+    squashed = scene.resize((scene.width // 2, scene.height), Image.Resampling.LANCZOS)
+    assert hamming64(phash, perceptual_hashes(squashed)[0]) <= 2
+    assert image_hashes(scene).phash_dihedral == turns
