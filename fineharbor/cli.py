@@ -52,43 +52,181 @@ def _partition_keys(config, name: str) -> list[str]:
     return source.partitions if name == source.name else [name]
 
 
-def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
-    """Run every per-source stage for each source, then the global stages; returns failures."""
+REFETCH_ENV = "FINEHARBOR_REFETCH"
+"""Set to 1 by `materialize --refetch`: the URL download store fetches every URL again."""
+
+
+def materialize_all(
+    sources: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    refetch: bool = False,
+    definitions=None,
+    instance=None,
+):
+    """Bring the named sources (default: all) and the global stages up to date: only the asset
+    partitions that are missing or stale, and what they feed (`defs/plan.py`); ``force`` redoes
+    everything; ``refetch`` re-reads url_list sources, downloading every URL again. Prints the
+    plan and each run; returns the plan's `Outcome` (None for a dry run
+    or a project without sources)."""
     import dagster as dg
 
-    from fineharbor.definitions import defs
-    from fineharbor.defs.jobs import PIPELINE
+    from fineharbor.core.readers import source_state
     from fineharbor.defs.partitions import source_partitions
+    from fineharbor.defs.plan import build_plan, execute_plan
 
+    if definitions is None:
+        from fineharbor.definitions import defs as definitions
     config = load_config()
+    if not config.sources:
+        print(
+            f"no sources in {default_config_path()}: add one under `sources:` (fineharbor "
+            "map-source PATH --write proposes its block); nothing to materialize",
+            file=sys.stderr,
+        )
+        return None
     if sys.stderr.isatty():  # progress bars of reading, downloading, decoding, embedding
         from fineharbor.defs.ingest import PROGRESS_ENV
 
         os.environ.setdefault(PROGRESS_ENV, "1")
     names = (
-        [key for name in sources for key in _partition_keys(config, name)]
+        list(dict.fromkeys(k for name in sources for k in _partition_keys(config, name)))
         if sources
         else config.partition_keys
     )
-    instance = dg.DagsterInstance.get()
-    known = set(instance.get_dynamic_partitions(source_partitions.name))
-    instance.add_dynamic_partitions(source_partitions.name, [n for n in names if n not in known])
+    instance = instance or dg.DagsterInstance.get()
+    repository = definitions.get_repository_def()
+    states = {name: source_state(config.source(name)) for name in names}
+    if not dry_run:
+        known = set(instance.get_dynamic_partitions(source_partitions.name))
+        instance.add_dynamic_partitions(
+            source_partitions.name, [n for n in names if n not in known]
+        )
+    reread = {
+        name: "--refetch: download every URL again"
+        for name in names
+        if refetch and config.source(name).reader == "url_list"
+    }
+    steps = build_plan(
+        instance,
+        repository,
+        config.partition_keys,
+        names,
+        force=force,
+        source_states=states,
+        reread=reread,
+    )
+    print_plan(steps, verbose=dry_run)
+    if dry_run or not steps:
+        return None
     # The run's events are in the instance (and the UI); the terminal gets warnings only.
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    failures: list[str] = []
-    for job_name, per_partition in PIPELINE:
-        job = defs.resolve_job_def(job_name)
-        for name in [n for n in names if n not in failures] if per_partition else [None]:
-            started = time.perf_counter()
-            result = job.execute_in_process(
-                partition_key=name, instance=instance, raise_on_error=False, run_config=quiet
-            )
-            status = "ok" if result.success else "FAILED"
-            label = f"{job_name} {name}" if name else job_name
-            print(f"  {label:<36} {status:<7} {time.perf_counter() - started:6.1f}s", flush=True)
-            if not result.success:
-                failures.append(name or job_name)
-    return failures
+
+    def report(step, status: str, seconds: float) -> None:
+        print(f"  {step.label:<36} {status:<7} {seconds:6.1f}s", flush=True)
+
+    tags = {"fineharbor/trigger": "force" if force else "cli"}
+    if refetch:  # read by the URL download store (core/download.py)
+        os.environ[REFETCH_ENV] = "1"
+        tags["fineharbor/refetch"] = "1"
+    with _interrupts_as_keyboard_interrupt():
+        return execute_plan(
+            steps, repository, instance, run_config=quiet, tags=tags, on_step=report
+        )
+
+
+@contextlib.contextmanager
+def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM stops the command like Ctrl-C does (Dagster turns either into a failed run while
+    a job runs; between jobs this raises KeyboardInterrupt, which the plan's execution catches)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def print_plan(steps, verbose: bool) -> None:
+    """The plan: a line per run; with ``verbose`` (a dry run), each asset and why it is due."""
+    if not steps:
+        print(
+            "nothing to do: every partition and global stage is up to date "
+            "(--force redoes everything)",
+            flush=True,
+        )
+        return
+    per_job: dict[str, int] = {}
+    for step in steps:
+        per_job[step.job] = per_job.get(step.job, 0) + 1
+    runs = ", ".join(f"{job} x{n}" if n > 1 else job for job, n in per_job.items())
+    print(f"plan: {len(steps)} runs ({runs})", flush=True)
+    if not verbose:
+        return
+    for step in steps:
+        print(f"  {step.label}", flush=True)
+        for asset, why in step.reasons.items():
+            print(f"      {asset:<24} {why}", flush=True)
+
+
+def print_outcome(outcome) -> int:
+    """The failures, interrupt and held-back work of a run, on stderr; the exit status."""
+    if outcome is None:
+        return 0
+    if outcome.interrupted:
+        finished = ", ".join(step.label for step in outcome.done) or "nothing"
+        print(
+            f"interrupted: stopped during {outcome.not_run[0].label}; finished before it: "
+            f"{finished}; not run: {len(outcome.not_run)} runs (the next materialize "
+            "picks them up)",
+            file=sys.stderr,
+        )
+        return 130
+    if outcome.failed:
+        print("FAILED:", file=sys.stderr)
+        for step, assets in outcome.failed:
+            where = f"partition {step.partition}" if step.partition else "global"
+            print(f"  job {step.job:<18} {where:<28} assets: {', '.join(assets)}", file=sys.stderr)
+    for step, why in outcome.held_back:
+        where = f"partition {step.partition}" if step.partition else "global"
+        print(
+            f"  not run: job {step.job} {where} ({', '.join(step.assets)}): {why}",
+            file=sys.stderr,
+        )
+    return 0 if outcome.success else 1
+
+
+def print_review_status() -> None:
+    """When no train source is approved, the release is not written: say which sources await
+    a review and the command that approves each."""
+    from fineharbor.core.release.build import awaiting_review
+    from fineharbor.core.review.decisions import load_reviews, reviews_path
+    from fineharbor.core.review.gate import review_release_gate
+
+    config = load_config()
+    if not config.release.require_review:
+        return
+    log = load_reviews(reviews_path(default_config_path()), config)
+    waiting = awaiting_review(config, review_release_gate(log, config))
+    if not waiting:
+        return
+    print(
+        "\nrelease not written: no train source is approved yet. Look at the review pages "
+        f"(fineharbor review-pages, under {fineharbor_home()}/review/), then:"
+    )
+    for name, why in waiting.items():
+        command = f"fineharbor review {name} --approve"
+        print(f"  {command:<52} # {why.split(':')[0]}")
+    print("and run fineharbor materialize again (only the release is redone).")
 
 
 def _print_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -270,12 +408,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             print("[2/4] no demo models configured: hash signatures only", flush=True)
         train_demo_clip_model(config, state, args.seed, args.clip_steps)
-        print(f"[3/4] materializing every asset (URL source served at {base_url})", flush=True)
-        failures = materialize_all()
+        print(
+            f"[3/4] materializing what is missing or stale (URL source served at {base_url})",
+            flush=True,
+        )
+        outcome = materialize_all(force=args.force)
+    status = print_outcome(outcome)
+    if status == 130:
+        return status
     print("[4/4] summary", flush=True)
     _print_table(*funnel())
-    if not failures:
+    if outcome is None or outcome.success:
         print_planted_defect_scores(config, state)
+    print_review_status()
     elapsed = time.perf_counter() - started
     print(
         f"\ndone in {elapsed:.0f}s. Next:\n"
@@ -284,23 +429,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f'group by 1"\n'
         f'  .venv/bin/fineharbor sql "select reason, count(*) from raw_samples_rejects group by 1"'
     )
-    if failures:
-        print(f"FAILED partitions/jobs: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+    return status
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     _use_persistent_instance(fineharbor_state())
     try:
-        failures = materialize_all(args.source or None)
+        outcome = materialize_all(
+            [*args.source, *(args.source_option or [])] or None,
+            force=args.force,
+            dry_run=args.dry_run,
+            refetch=args.refetch,
+        )
     except KeyError as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
-    if failures:
-        print(f"FAILED: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+    status = print_outcome(outcome)
+    if outcome is not None and not outcome.interrupted:
+        print_review_status()
+    return status
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -557,9 +704,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--clip-steps", type=int, default=None, help="training steps of the demo CLIP (default 300)"
     )
+    demo.add_argument("--force", action="store_true", help="redo every stage, fresh or not")
     demo.set_defaults(run=cmd_demo)
-    materialize = commands.add_parser("materialize", help="run every stage for some sources")
+    materialize = commands.add_parser(
+        "materialize",
+        help="bring sources up to date: only missing or stale partitions and what they feed",
+    )
     materialize.add_argument("source", nargs="*", help="source names (default: all)")
+    materialize.add_argument(
+        "--source",
+        dest="source_option",
+        action="append",
+        metavar="NAME",
+        help="a source name (the same as naming it as an argument; repeatable)",
+    )
+    materialize.add_argument(
+        "--force", action="store_true", help="redo every stage of the sources, fresh or not"
+    )
+    materialize.add_argument(
+        "--dry-run", action="store_true", help="print the plan (stage, partition, why); run nothing"
+    )
+    materialize.add_argument(
+        "--refetch",
+        action="store_true",
+        help=f"download every URL of url_list sources again (sets {REFETCH_ENV}=1)",
+    )
     materialize.set_defaults(run=cmd_materialize)
     sql = commands.add_parser("sql", help="query stage outputs with DuckDB (in memory)")
     sql.add_argument("query")
