@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
+from dagster._core.definitions.data_version import StaleCauseCategory, StaleStatus
 
 from fineharbor.defs.automation import stale_status_resolver
 from fineharbor.defs.ingest import SOURCE_STATE
 from fineharbor.defs.jobs import PIPELINE
-
 
 FIRST_STAGE = dg.AssetKey("raw_samples")
 
@@ -58,13 +58,13 @@ def _latest_source_state(instance: dg.DagsterInstance, partition: str) -> str | 
 def _own_reason(resolver, key: dg.AssetKey, partition: str | None) -> str | None:
     """Why Dagster considers this asset partition out of date, or None when it is fresh."""
     status = resolver.get_status(key, partition)
-    if status == dg.StaleStatus.MISSING:
+    if status == StaleStatus.MISSING:
         return "missing"
-    if status != dg.StaleStatus.STALE:
+    if status != StaleStatus.STALE:
         return None
     reasons = []
     for cause in resolver.get_stale_causes(key, partition):
-        if cause.category.value == "CODE":
+        if cause.category == StaleCauseCategory.CODE:
             reasons.append("config or code changed")
         elif cause.dependency is not None:
             dependency = cause.dependency.asset_key.to_user_string()
