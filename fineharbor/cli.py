@@ -69,7 +69,7 @@ def materialize_all(
     partitions that are missing or stale, and what they feed (`defs/plan.py`); ``force`` redoes
     everything; ``refetch`` re-reads url_list sources, downloading every URL again. Prints the
     plan and each run; returns the plan's `Outcome` (None for a dry run
-    or a project without sources)."""
+    or when nothing is due)."""
     import dagster as dg
 
     from fineharbor.core.readers import source_state
@@ -79,13 +79,6 @@ def materialize_all(
     if definitions is None:
         from fineharbor.definitions import defs as definitions
     config = load_config()
-    if not config.sources:
-        print(
-            f"no sources in {default_config_path()}: add one under `sources:` (fineharbor "
-            "map-source PATH --write proposes its block); nothing to materialize",
-            file=sys.stderr,
-        )
-        return None
     if sys.stderr.isatty():  # progress bars of reading, downloading, decoding, embedding
         from fineharbor.defs.ingest import PROGRESS_ENV
 
@@ -268,10 +261,19 @@ def demo_images(config) -> Iterator[bytes]:
                 yield from (image["bytes"] for image in images or [])
 
 
-def train_demo_copy_detector(config, steps: int) -> None:
+def _demo_stamp(seed: int, scale: float, base_url: str) -> str:
+    """What the generated demo sources depend on: the arguments and the generator's code."""
+    digest = hashlib.sha256(f"{seed}:{scale}:{base_url}".encode())
+    for path in sorted((Path(__file__).parent / "core" / "demo").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def train_demo_copy_detector(config, steps: int, demo_stamp: str | None = None) -> None:
     """The demo's SSCD stand-in: trained self-supervised on the demo images (no pair labels),
     exported as TorchScript to the path `stages.signatures.sscd_path` names. A model trained
-    on the same images with the same steps is reused (its fingerprint sits beside it)."""
+    on the same images with the same steps is reused (its fingerprint sits beside it; with the
+    same ``demo_stamp`` as last time, the images are not even read again)."""
     from fineharbor.core.signatures.train_copy_detector import (
         TrainConfig,
         export_torchscript,
@@ -279,6 +281,11 @@ def train_demo_copy_detector(config, steps: int) -> None:
     )
 
     target = Path(config.stages.signatures.sscd_path)
+    quick = target.with_name(target.name + ".demo-stamp")
+    same_demo = f"{demo_stamp}:{steps}"
+    if demo_stamp and target.exists() and quick.exists() and quick.read_text() == same_demo:
+        print(f"      copy detector: reused {target} (same demo sources and steps)", flush=True)
+        return
     images = list(demo_images(config))
     digest = hashlib.sha256(f"steps={steps}".encode())
     for image in images:
@@ -286,12 +293,16 @@ def train_demo_copy_detector(config, steps: int) -> None:
     stamp = target.with_name(target.name + ".fingerprint")
     if target.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest():
         print(f"      copy detector: reused {target} (same images and steps)", flush=True)
+        if demo_stamp:
+            quick.write_text(same_demo)
         return
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     model = train_copy_detector(iter(images), TrainConfig(steps=steps))
     export_torchscript(model, str(target))
     stamp.write_text(digest.hexdigest())
+    if demo_stamp:
+        quick.write_text(same_demo)
     print(f"      copy detector: {steps} steps in {time.perf_counter() - started:.0f}s", flush=True)
 
 
@@ -393,18 +404,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         served = state / "demo" / "sources" / "laion_urls" / "_served"
         base_url = _serve_demo_urls(stack, served, args.port)
-        print(f"[1/4] generating demo sources under {state / 'demo'}", flush=True)
-        summary = generate_demo(state, base_url, seed=args.seed, scale=args.scale)
-        planted = sum(summary.defects.values())
-        print(
-            f"      {sum(summary.records.values())} records in {len(summary.records)} sources, "
-            f"{planted} planted defects (truth: {summary.ground_truth_path})",
-            flush=True,
+        stamp = _demo_stamp(args.seed, args.scale, base_url)
+        stamp_file = state / "demo" / ".generated"
+        reused = (
+            not args.force
+            and stamp_file.exists()
+            and stamp_file.read_text() == stamp
+            and (state / "demo" / "ground_truth.parquet").exists()
         )
+        if reused:  # regenerating would rewrite every file, and every stage would redo its work
+            print(
+                f"[1/4] demo sources under {state / 'demo'}: reused (same seed, scale, URL and "
+                "generator; --force regenerates)",
+                flush=True,
+            )
+        else:
+            print(f"[1/4] generating demo sources under {state / 'demo'}", flush=True)
+            stamp_file.unlink(missing_ok=True)
+            summary = generate_demo(state, base_url, seed=args.seed, scale=args.scale)
+            stamp_file.write_text(stamp)
+            planted = sum(summary.defects.values())
+            print(
+                f"      {sum(summary.records.values())} records in {len(summary.records)} "
+                f"sources, {planted} planted defects (truth: {summary.ground_truth_path})",
+                flush=True,
+            )
         config = load_config()
         if config.stages.signatures.sscd_path:
             print("[2/4] training the demo copy detector named in the config", flush=True)
-            train_demo_copy_detector(config, args.model_steps)
+            train_demo_copy_detector(config, args.model_steps, stamp)
         else:
             print("[2/4] no demo models configured: hash signatures only", flush=True)
         train_demo_clip_model(config, state, args.seed, args.clip_steps)
@@ -434,6 +462,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     _use_persistent_instance(fineharbor_state())
+    if not load_config().sources:
+        print(
+            f"fineharbor materialize: no sources in {default_config_path()}: add one under "
+            "`sources:` (`fineharbor map-source PATH --write` proposes its block)",
+            file=sys.stderr,
+        )
+        return 1
     try:
         outcome = materialize_all(
             [*args.source, *(args.source_option or [])] or None,
@@ -704,7 +739,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--clip-steps", type=int, default=None, help="training steps of the demo CLIP (default 300)"
     )
-    demo.add_argument("--force", action="store_true", help="redo every stage, fresh or not")
+    demo.add_argument(
+        "--force",
+        action="store_true",
+        help="regenerate the demo sources and redo every stage, fresh or not",
+    )
     demo.set_defaults(run=cmd_demo)
     materialize = commands.add_parser(
         "materialize",

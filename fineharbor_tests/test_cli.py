@@ -138,7 +138,7 @@ def test_materialize_accepts_source_as_an_option_and_rejects_unknown_names(proje
 
 def test_an_empty_project_says_what_is_missing(project, capsys):
     Path(project.config_path).write_text("sources: []\n")
-    assert main(["materialize"]) == 0
+    assert main(["materialize"]) == 1
     assert "no sources in" in capsys.readouterr().err
 
 
