@@ -52,6 +52,7 @@ def _partition_keys(config, name: str) -> list[str]:
     return source.partitions if name == source.name else [name]
 
 
+INTERRUPTED_STATUS = 130  # the shell's status for a command stopped by SIGINT
 REFETCH_ENV = "FINEHARBOR_REFETCH"
 """Set to 1 by `materialize --refetch`: the URL download store fetches every URL again."""
 
@@ -162,7 +163,7 @@ def print_plan(steps, verbose: bool) -> None:
     for step in steps:
         per_job[step.job] = per_job.get(step.job, 0) + 1
     runs = ", ".join(f"{job} x{n}" if n > 1 else job for job, n in per_job.items())
-    print(f"plan: {len(steps)} runs ({runs})", flush=True)
+    print(f"plan: {len(steps)} run{'s' if len(steps) > 1 else ''} ({runs})", flush=True)
     if not verbose:
         return
     for step in steps:
@@ -179,11 +180,11 @@ def print_outcome(outcome) -> int:
         finished = ", ".join(step.label for step in outcome.done) or "nothing"
         print(
             f"interrupted: stopped during {outcome.not_run[0].label}; finished before it: "
-            f"{finished}; not run: {len(outcome.not_run)} runs (the next materialize "
+            f"{finished}; not finished: {len(outcome.not_run)} of the plan's runs (the next materialize "
             "picks them up)",
             file=sys.stderr,
         )
-        return 130
+        return INTERRUPTED_STATUS
     if outcome.failed:
         print("FAILED:", file=sys.stderr)
         for step, assets in outcome.failed:
@@ -442,7 +443,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         outcome = materialize_all(force=args.force)
     status = print_outcome(outcome)
-    if status == 130:
+    if status == INTERRUPTED_STATUS:
         return status
     print("[4/4] summary", flush=True)
     _print_table(*funnel())
@@ -480,7 +481,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
     status = print_outcome(outcome)
-    if outcome is not None and not outcome.interrupted:
+    if status != INTERRUPTED_STATUS:
         print_review_status()
     return status
 
@@ -785,6 +786,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"fineharbor: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a run (a run's interrupt is reported by its command)
+        print("fineharbor: interrupted", file=sys.stderr)
+        return INTERRUPTED_STATUS
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def definitions(project) -> dg.Definitions:
     return with_config_versions(
         dg.Definitions(assets=ASSETS, jobs=JOBS, resources=resources(project)),
         lambda: load_config(project.config_path),
+        project.config_path,
     )
 
 

@@ -65,7 +65,12 @@ def _own_reason(resolver, key: dg.AssetKey, partition: str | None) -> str | None
     reasons = []
     for cause in resolver.get_stale_causes(key, partition):
         if cause.category == StaleCauseCategory.CODE:
-            reasons.append("config or code changed")
+            # the code version carries the stage's config (and the release's, the reviews)
+            reasons.append(
+                "config, reviews or code changed"
+                if key.to_user_string() == "release_mix"
+                else "config or code changed"
+            )
         elif cause.dependency is not None:
             dependency = cause.dependency.asset_key.to_user_string()
             if cause.dependency.partition_key and cause.dependency.partition_key != partition:
