@@ -180,8 +180,8 @@ def print_outcome(outcome) -> int:
         finished = ", ".join(step.label for step in outcome.done) or "nothing"
         print(
             f"interrupted: stopped during {outcome.not_run[0].label}; finished before it: "
-            f"{finished}; not finished: {len(outcome.not_run)} of the plan's runs (the next materialize "
-            "picks them up)",
+            f"{finished}; not finished: {len(outcome.not_run)} of the plan's runs (the next "
+            "materialize picks them up)",
             file=sys.stderr,
         )
         return INTERRUPTED_STATUS
