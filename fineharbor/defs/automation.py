@@ -73,14 +73,17 @@ def with_config_versions(
 ) -> dg.Definitions:
     """The definitions with `<code version>+<params hash>` as code version of every stage that
     reads parameters, and the review state (``reviews_hash``) in the release's when the recipe
-    requires reviews. An invalid project or reviews file leaves the versions as they are (the
-    source sensor and every run report the error). ``config_path``: the project file beside
+    requires reviews. An invalid project file leaves the versions as they are, an invalid
+    reviews file the release's (the source sensor and every run report the error). ``config_path``: the project file beside
     which `reviews.yaml` is (default: the one `load_config` reads)."""
     try:
         config = config_loader()
-        reviewed = reviews_hash(config, config_path) if config.release.require_review else ""
     except ConfigError:
         return defs
+    try:
+        reviewed = reviews_hash(config, config_path) if config.release.require_review else ""
+    except ConfigError:  # the release run reports the reviews file's error
+        reviewed = ""
 
     def versioned(spec: dg.AssetSpec) -> dg.AssetSpec:
         name = spec.key.to_user_string()
