@@ -74,8 +74,9 @@ def with_config_versions(
     """The definitions with `<code version>+<params hash>` as code version of every stage that
     reads parameters, and the review state (``reviews_hash``) in the release's when the recipe
     requires reviews. An invalid project file leaves the versions as they are, an invalid
-    reviews file the release's (the source sensor and every run report the error). ``config_path``: the project file beside
-    which `reviews.yaml` is (default: the one `load_config` reads)."""
+    reviews file the release's (the source sensor and every run report the error).
+    ``config_path``: the project file beside which `reviews.yaml` is (default: the one
+    `load_config` reads)."""
     try:
         config = config_loader()
     except ConfigError:
