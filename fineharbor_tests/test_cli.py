@@ -222,3 +222,19 @@ def test_sigterm_between_jobs_is_an_interrupt():
     with _interrupts_as_keyboard_interrupt(), pytest.raises(KeyboardInterrupt):
         threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
         time.sleep(5)
+
+
+def test_approving_a_source_makes_only_the_release_stale(project):
+    config = Path(project.config_path)
+    config.write_text(config.read_text().replace("release: {require_review: false}", ""))
+
+    def versions() -> dict[str, str | None]:
+        graph = definitions(project).resolve_asset_graph()
+        return {k.to_user_string(): graph.get(k).code_version for k in graph.toposorted_asset_keys}
+
+    before = versions()
+    assert main(["review", "charts", "--approve", "--by", "tester"]) == 0
+    after = versions()
+    assert {k for k in before if before[k] != after[k]} == {"release_mix"}
+    assert main(["review", "charts", "--note", "looked again", "--by", "tester"]) == 0
+    assert versions() == after  # a note changes nothing the release reads
