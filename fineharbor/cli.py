@@ -69,8 +69,8 @@ def materialize_all(
     """Bring the named sources (default: all) and the global stages up to date: only the asset
     partitions that are missing or stale, and what they feed (`defs/plan.py`); ``force`` redoes
     everything; ``refetch`` re-reads url_list sources, downloading every URL again. Prints the
-    plan and each run; returns the plan's `Outcome` (None for a dry run
-    or when nothing is due)."""
+    plan and each run; returns the plan's `Outcome` (None for a dry run or when nothing is
+    due)."""
     import dagster as dg
 
     from fineharbor.core.readers import source_state
