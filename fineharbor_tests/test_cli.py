@@ -238,3 +238,22 @@ def test_approving_a_source_makes_only_the_release_stale(project):
     assert {k for k in before if before[k] != after[k]} == {"release_mix"}
     assert main(["review", "charts", "--note", "looked again", "--by", "tester"]) == 0
     assert versions() == after  # a note changes nothing the release reads
+
+
+def test_a_stage_older_than_its_input_is_redone(project, capsys):
+    """An interrupted run (or a run of one asset from the UI) redid an input but not what reads
+    it: the input's data version may be the same, the reader is still redone."""
+    with dg.instance_for_test() as instance:
+        defs = definitions(project)
+        instance.add_dynamic_partitions("source", ["scenes"])
+        job = defs.resolve_job_def("per_source_job")
+        assert job.execute_in_process(partition_key="scenes", instance=instance).success
+        raw = [dg.AssetKey("raw_samples")]
+        rerun = job.execute_in_process(
+            partition_key="scenes", instance=instance, asset_selection=raw
+        )
+        assert rerun.success
+        materialize_all(["scenes"], definitions=defs, instance=instance, dry_run=True)
+        plan = capsys.readouterr().out
+        assert "unified_samples          raw_samples was materialized after it" in plan
+        assert "raw_samples   " not in plan

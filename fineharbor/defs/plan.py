@@ -3,7 +3,10 @@
 Dagster knows, per asset partition, whether it was never materialized (missing) or whether its
 code version (which carries a hash of the stage's config, see `automation.py`) or a direct
 input's data version changed since (stale). It does not follow staleness further down the graph,
-and it does not watch source files. The plan adds both: `raw_samples` records the state of the
+does not see an input redone with the same data version (a stage's data version is a hash of its
+code version and its inputs', so `raw_samples` re-read from changed files keeps its version), and
+does not watch source files. The plan adds all three: an asset partition older than one of its
+inputs is redone; `raw_samples` records the state of the
 source's files (`source_state`) in its metadata, and a changed state makes it stale; every asset
 partition fed by a planned one is planned too, across the global stages (a planned
 `image_signatures` partition plans `duplicate_clusters`, which plans every materialized
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 from dagster._core.definitions.data_version import StaleCauseCategory, StaleStatus
+from dagster._core.events import DagsterEventType
 
 from fineharbor.defs.automation import stale_status_resolver
 from fineharbor.defs.ingest import SOURCE_STATE
@@ -53,6 +57,46 @@ def _latest_source_state(instance: dg.DagsterInstance, partition: str) -> str | 
         return None
     value = records[0].asset_materialization.metadata.get(SOURCE_STATE)
     return None if value is None else str(value.value)
+
+
+class _LatestMaterializations:
+    """The storage id of each asset partition's latest materialization (None: never), one query
+    per asset, kept for the plan."""
+
+    def __init__(self, instance: dg.DagsterInstance, graph) -> None:
+        self.instance, self.graph = instance, graph
+        self.by_key: dict[dg.AssetKey, dict[str | None, int]] = {}
+
+    def of(self, key: dg.AssetKey) -> dict[str | None, int]:
+        if key not in self.by_key:
+            if self.graph.get(key).is_partitioned:
+                found = self.instance.event_log_storage.get_latest_storage_id_by_partition(
+                    key, DagsterEventType.ASSET_MATERIALIZATION
+                )
+                self.by_key[key] = dict(found)
+            else:
+                records = self.instance.fetch_materializations(key, limit=1).records
+                self.by_key[key] = {None: records[0].storage_id} if records else {}
+        return self.by_key[key]
+
+    def newer_input(self, key: dg.AssetKey, partition: str | None) -> str | None:
+        """An input materialized after this asset partition was (an interrupted run redid the
+        input but not this; a run from the UI redid only the input): its name, else None.
+        Dagster's data versions miss it when the input's data version stayed the same."""
+        own = self.of(key).get(partition)
+        if own is None:
+            return None
+        for parent in sorted(self.graph.get(key).parent_keys):
+            if parent not in self.graph.materializable_asset_keys:
+                continue
+            latest = self.of(parent)
+            if self.graph.get(parent).is_partitioned and partition is not None:
+                newest = latest.get(partition)
+            else:
+                newest = max(latest.values(), default=None)
+            if newest is not None and newest > own:
+                return parent.to_user_string()
+        return None
 
 
 def _own_reason(resolver, key: dg.AssetKey, partition: str | None) -> str | None:
@@ -101,6 +145,7 @@ def build_plan(
     ``reread`` maps partitions whose `raw_samples` is redone anyway to why (`--refetch`)."""
     graph = repository.asset_graph
     resolver = stale_status_resolver(instance, graph)
+    latest = _LatestMaterializations(instance, graph)
     known = set(instance.get_dynamic_partitions("source"))
     wanted = set(selected)
     planned: dict[tuple[dg.AssetKey, str | None], str] = {}
@@ -113,6 +158,9 @@ def build_plan(
         if partition is not None and partition not in known:
             return "missing (new partition)"
         reason = _own_reason(resolver, key, partition)
+        if reason is None:
+            newer = latest.newer_input(key, partition)
+            reason = f"{newer} was materialized after it" if newer else None
         if reason is None and key == FIRST_STAGE and partition in (source_states or {}):
             recorded = _latest_source_state(instance, partition)
             if recorded is not None and recorded != source_states[partition]:
