@@ -52,14 +52,33 @@ def _partition_keys(config, name: str) -> list[str]:
     return source.partitions if name == source.name else [name]
 
 
-def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
-    """Run every per-source stage for each source, then the global stages; returns failures."""
+INTERRUPTED_STATUS = 130  # the shell's status for a command stopped by SIGINT
+REFETCH_ENV = "FINEHARBOR_REFETCH"
+"""Set to 1 by `materialize --refetch`: the URL download store fetches every URL again."""
+
+
+def materialize_all(
+    sources: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    refetch: bool = False,
+    definitions=None,
+    instance=None,
+):
+    """Bring the named sources (default: all) and the global stages up to date: only the asset
+    partitions that are missing or stale, and what they feed (`defs/plan.py`); ``force`` redoes
+    everything; ``refetch`` re-reads url_list sources, downloading every URL again. Prints the
+    plan and each run; returns the plan's `Outcome` (None for a dry run or when nothing is
+    due)."""
     import dagster as dg
 
-    from fineharbor.definitions import defs
-    from fineharbor.defs.jobs import PIPELINE
+    from fineharbor.core.readers import source_state
     from fineharbor.defs.partitions import source_partitions
+    from fineharbor.defs.plan import build_plan, execute_plan
 
+    if definitions is None:
+        from fineharbor.definitions import defs as definitions
     config = load_config()
     if not config.sources:
         raise ConfigError(
@@ -74,29 +93,142 @@ def materialize_all(sources: Sequence[str] | None = None) -> list[str]:
 
         os.environ.setdefault(PROGRESS_ENV, "1")
     names = (
-        [key for name in sources for key in _partition_keys(config, name)]
+        list(dict.fromkeys(k for name in sources for k in _partition_keys(config, name)))
         if sources
         else config.partition_keys
     )
-    instance = dg.DagsterInstance.get()
-    known = set(instance.get_dynamic_partitions(source_partitions.name))
-    instance.add_dynamic_partitions(source_partitions.name, [n for n in names if n not in known])
+    instance = instance or dg.DagsterInstance.get()
+    repository = definitions.get_repository_def()
+    states = {name: source_state(config.source(name)) for name in names}
+    if not dry_run:
+        known = set(instance.get_dynamic_partitions(source_partitions.name))
+        instance.add_dynamic_partitions(
+            source_partitions.name, [n for n in names if n not in known]
+        )
+    reread = {
+        name: "--refetch: download every URL again"
+        for name in names
+        if refetch and config.source(name).reader == "url_list"
+    }
+    steps = build_plan(
+        instance,
+        repository,
+        config.partition_keys,
+        names,
+        force=force,
+        source_states=states,
+        reread=reread,
+    )
+    print_plan(steps, verbose=dry_run)
+    if dry_run or not steps:
+        return None
     # The run's events are in the instance (and the UI); the terminal gets warnings only.
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    failures: list[str] = []
-    for job_name, per_partition in PIPELINE:
-        job = defs.resolve_job_def(job_name)
-        for name in [n for n in names if n not in failures] if per_partition else [None]:
-            started = time.perf_counter()
-            result = job.execute_in_process(
-                partition_key=name, instance=instance, raise_on_error=False, run_config=quiet
-            )
-            status = "ok" if result.success else "FAILED"
-            label = f"{job_name} {name}" if name else job_name
-            print(f"  {label:<36} {status:<7} {time.perf_counter() - started:6.1f}s", flush=True)
-            if not result.success:
-                failures.append(name or job_name)
-    return failures
+
+    def report(step, status: str, seconds: float) -> None:
+        print(f"  {step.label:<36} {status:<7} {seconds:6.1f}s", flush=True)
+
+    tags = {"fineharbor/trigger": "force" if force else "cli"}
+    if refetch:  # read by the URL download store (core/download.py)
+        os.environ[REFETCH_ENV] = "1"
+        tags["fineharbor/refetch"] = "1"
+    with _interrupts_as_keyboard_interrupt():
+        return execute_plan(
+            steps, repository, instance, run_config=quiet, tags=tags, on_step=report
+        )
+
+
+@contextlib.contextmanager
+def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM stops the command like Ctrl-C does (Dagster turns either into a failed run while
+    a job runs; between jobs this raises KeyboardInterrupt, which the plan's execution catches)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def print_plan(steps, verbose: bool) -> None:
+    """The plan: a line per run; with ``verbose`` (a dry run), each asset and why it is due."""
+    if not steps:
+        print(
+            "nothing to do: every partition and global stage is up to date "
+            "(--force redoes everything)",
+            flush=True,
+        )
+        return
+    per_job: dict[str, int] = {}
+    for step in steps:
+        per_job[step.job] = per_job.get(step.job, 0) + 1
+    runs = ", ".join(f"{job} x{n}" if n > 1 else job for job, n in per_job.items())
+    print(f"plan: {len(steps)} run{'s' if len(steps) > 1 else ''} ({runs})", flush=True)
+    if not verbose:
+        return
+    for step in steps:
+        print(f"  {step.label}", flush=True)
+        for asset, why in step.reasons.items():
+            print(f"      {asset:<24} {why}", flush=True)
+
+
+def print_outcome(outcome) -> int:
+    """The failures, interrupt and held-back work of a run, on stderr; the exit status."""
+    if outcome is None:
+        return 0
+    if outcome.interrupted:
+        finished = ", ".join(step.label for step in outcome.done) or "nothing"
+        print(
+            f"interrupted: stopped during {outcome.not_run[0].label}; finished before it: "
+            f"{finished}; not finished: {len(outcome.not_run)} of the plan's runs (the next "
+            "materialize picks them up)",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_STATUS
+    if outcome.failed:
+        print("FAILED:", file=sys.stderr)
+        for step, assets in outcome.failed:
+            where = f"partition {step.partition}" if step.partition else "global"
+            print(f"  job {step.job:<18} {where:<28} assets: {', '.join(assets)}", file=sys.stderr)
+    for step, why in outcome.held_back:
+        where = f"partition {step.partition}" if step.partition else "global"
+        print(
+            f"  not run: job {step.job} {where} ({', '.join(step.assets)}): {why}",
+            file=sys.stderr,
+        )
+    return 0 if outcome.success else 1
+
+
+def print_review_status() -> None:
+    """When no train source is approved, the release is not written: say which sources await
+    a review and the command that approves each."""
+    from fineharbor.core.release.build import awaiting_review
+    from fineharbor.core.review.decisions import load_reviews, reviews_path
+    from fineharbor.core.review.gate import review_release_gate
+
+    config = load_config()
+    if not config.release.require_review:
+        return
+    log = load_reviews(reviews_path(default_config_path()), config)
+    waiting = awaiting_review(config, review_release_gate(log, config))
+    if not waiting:
+        return
+    print(
+        "\nrelease not written: no train source is approved yet. Look at the review pages "
+        f"(fineharbor review-pages, under {fineharbor_home()}/review/), then:"
+    )
+    for name, why in waiting.items():
+        command = f"fineharbor review {name} --approve"
+        print(f"  {command:<52} # {why.split(':')[0]}")
+    print("and run fineharbor materialize again (only the release is redone).")
 
 
 def _print_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -138,10 +270,19 @@ def demo_images(config) -> Iterator[bytes]:
                 yield from (image["bytes"] for image in images or [])
 
 
-def train_demo_copy_detector(config, steps: int) -> None:
+def _demo_stamp(seed: int, scale: float, base_url: str) -> str:
+    """What the generated demo sources depend on: the arguments and the generator's code."""
+    digest = hashlib.sha256(f"{seed}:{scale}:{base_url}".encode())
+    for path in sorted((Path(__file__).parent / "core" / "demo").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def train_demo_copy_detector(config, steps: int, demo_stamp: str | None = None) -> None:
     """The demo's SSCD stand-in: trained self-supervised on the demo images (no pair labels),
     exported as TorchScript to the path `stages.signatures.sscd_path` names. A model trained
-    on the same images with the same steps is reused (its fingerprint sits beside it)."""
+    on the same images with the same steps is reused (its fingerprint sits beside it; with the
+    same ``demo_stamp`` as last time, the images are not even read again)."""
     from fineharbor.core.signatures.train_copy_detector import (
         TrainConfig,
         export_torchscript,
@@ -149,6 +290,11 @@ def train_demo_copy_detector(config, steps: int) -> None:
     )
 
     target = Path(config.stages.signatures.sscd_path)
+    quick = target.with_name(target.name + ".demo-stamp")
+    same_demo = f"{demo_stamp}:{steps}"
+    if demo_stamp and target.exists() and quick.exists() and quick.read_text() == same_demo:
+        print(f"      copy detector: reused {target} (same demo sources and steps)", flush=True)
+        return
     images = list(demo_images(config))
     digest = hashlib.sha256(f"steps={steps}".encode())
     for image in images:
@@ -156,12 +302,16 @@ def train_demo_copy_detector(config, steps: int) -> None:
     stamp = target.with_name(target.name + ".fingerprint")
     if target.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest():
         print(f"      copy detector: reused {target} (same images and steps)", flush=True)
+        if demo_stamp:
+            quick.write_text(same_demo)
         return
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     model = train_copy_detector(iter(images), TrainConfig(steps=steps))
     export_torchscript(model, str(target))
     stamp.write_text(digest.hexdigest())
+    if demo_stamp:
+        quick.write_text(same_demo)
     print(f"      copy detector: {steps} steps in {time.perf_counter() - started:.0f}s", flush=True)
 
 
@@ -263,27 +413,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         served = state / "demo" / "sources" / "laion_urls" / "_served"
         base_url = _serve_demo_urls(stack, served, args.port)
-        print(f"[1/4] generating demo sources under {state / 'demo'}", flush=True)
-        summary = generate_demo(state, base_url, seed=args.seed, scale=args.scale)
-        planted = sum(summary.defects.values())
-        print(
-            f"      {sum(summary.records.values())} records in {len(summary.records)} sources, "
-            f"{planted} planted defects (truth: {summary.ground_truth_path})",
-            flush=True,
+        stamp = _demo_stamp(args.seed, args.scale, base_url)
+        stamp_file = state / "demo" / ".generated"
+        reused = (
+            not args.force
+            and stamp_file.exists()
+            and stamp_file.read_text() == stamp
+            and (state / "demo" / "ground_truth.parquet").exists()
         )
+        if reused:  # regenerating would rewrite every file, and every stage would redo its work
+            print(
+                f"[1/4] demo sources under {state / 'demo'}: reused (same seed, scale, URL and "
+                "generator; --force regenerates)",
+                flush=True,
+            )
+        else:
+            print(f"[1/4] generating demo sources under {state / 'demo'}", flush=True)
+            stamp_file.unlink(missing_ok=True)
+            summary = generate_demo(state, base_url, seed=args.seed, scale=args.scale)
+            stamp_file.write_text(stamp)
+            planted = sum(summary.defects.values())
+            print(
+                f"      {sum(summary.records.values())} records in {len(summary.records)} "
+                f"sources, {planted} planted defects (truth: {summary.ground_truth_path})",
+                flush=True,
+            )
         config = load_config()
         if config.stages.signatures.sscd_path:
             print("[2/4] training the demo copy detector named in the config", flush=True)
-            train_demo_copy_detector(config, args.model_steps)
+            train_demo_copy_detector(config, args.model_steps, stamp)
         else:
             print("[2/4] no demo models configured: hash signatures only", flush=True)
         train_demo_clip_model(config, state, args.seed, args.clip_steps)
-        print(f"[3/4] materializing every asset (URL source served at {base_url})", flush=True)
-        failures = materialize_all()
+        print(
+            f"[3/4] materializing what is missing or stale (URL source served at {base_url})",
+            flush=True,
+        )
+        outcome = materialize_all(force=args.force)
+    status = print_outcome(outcome)
+    if status == INTERRUPTED_STATUS:
+        return status
     print("[4/4] summary", flush=True)
     _print_table(*funnel())
-    if not failures:
+    if outcome is None or outcome.success:
         print_planted_defect_scores(config, state)
+    print_review_status()
     elapsed = time.perf_counter() - started
     print(
         f"\ndone in {elapsed:.0f}s. Next:\n"
@@ -292,23 +466,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f'group by 1"\n'
         f'  .venv/bin/fineharbor sql "select reason, count(*) from raw_samples_rejects group by 1"'
     )
-    if failures:
-        print(f"FAILED partitions/jobs: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+    return status
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     _use_persistent_instance(fineharbor_state())
+    if not load_config().sources:
+        print(
+            f"fineharbor materialize: no sources in {default_config_path()}: add one under "
+            "`sources:` (`fineharbor map-source PATH --write` proposes its block)",
+            file=sys.stderr,
+        )
+        return 1
     try:
-        failures = materialize_all(args.source or None)
+        outcome = materialize_all(
+            [*args.source, *(args.source_option or [])] or None,
+            force=args.force,
+            dry_run=args.dry_run,
+            refetch=args.refetch,
+        )
     except KeyError as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
-    if failures:
-        print(f"FAILED: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+    status = print_outcome(outcome)
+    if status != INTERRUPTED_STATUS:
+        print_review_status()
+    return status
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -593,9 +776,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--clip-steps", type=int, default=None, help="training steps of the demo CLIP (default 300)"
     )
+    demo.add_argument(
+        "--force",
+        action="store_true",
+        help="regenerate the demo sources and redo every stage, fresh or not",
+    )
     demo.set_defaults(run=cmd_demo)
-    materialize = commands.add_parser("materialize", help="run every stage for some sources")
+    materialize = commands.add_parser(
+        "materialize",
+        help="bring sources up to date: only missing or stale partitions and what they feed",
+    )
     materialize.add_argument("source", nargs="*", help="source names (default: all)")
+    materialize.add_argument(
+        "--source",
+        dest="source_option",
+        action="append",
+        metavar="NAME",
+        help="a source name (the same as naming it as an argument; repeatable)",
+    )
+    materialize.add_argument(
+        "--force", action="store_true", help="redo every stage of the sources, fresh or not"
+    )
+    materialize.add_argument(
+        "--dry-run", action="store_true", help="print the plan (stage, partition, why); run nothing"
+    )
+    materialize.add_argument(
+        "--refetch",
+        action="store_true",
+        help=f"download every URL of url_list sources again (sets {REFETCH_ENV}=1)",
+    )
     materialize.set_defaults(run=cmd_materialize)
     sql = commands.add_parser("sql", help="query stage outputs with DuckDB (in memory)")
     sql.add_argument("query")
@@ -613,6 +822,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"fineharbor: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a run (a run's interrupt is reported by its command)
+        print("fineharbor: interrupted", file=sys.stderr)
+        return INTERRUPTED_STATUS
 
 
 if __name__ == "__main__":

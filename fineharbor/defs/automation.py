@@ -1,6 +1,7 @@
 """Stale-partition automation.
 
-Each stage's code version carries a hash of the parameters it reads from `fineharbor.yaml`, so
+Each stage's code version carries a hash of the parameters it reads from `fineharbor.yaml` (the
+release's also what reviewers decided in `reviews.yaml`), so
 after the code location reloads a changed config, Dagster's data-version machinery marks exactly
 the partitions whose stage config, code version or inputs changed as stale (the UI shows it on
 every asset). `stale_partitions_schedule` re-materializes those, and only those: it walks the
@@ -12,8 +13,10 @@ nothing.
 """
 
 import hashlib
+import json
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
@@ -21,7 +24,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilter
 from dagster._time import get_current_datetime
 
-from fineharbor.core.config import ConfigError, ProjectConfig, load_config
+from fineharbor.core.config import ConfigError, ProjectConfig, default_config_path, load_config
 from fineharbor.defs.jobs import PIPELINE
 from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 
@@ -52,22 +55,45 @@ def params_hash(config: ProjectConfig, sections: Sequence[str]) -> str:
     return hashlib.sha256(dumped.encode()).hexdigest()[:10]
 
 
+def reviews_hash(config: ProjectConfig, config_path: str | Path | None = None) -> str:
+    """What the release takes from `reviews.yaml`: the train sources that may enter and their
+    flagged samples. Approving a source makes the release stale; a note does not."""
+    from fineharbor.core.review.decisions import load_reviews, reviews_path
+    from fineharbor.core.review.gate import project_gate
+
+    log = load_reviews(reviews_path(config_path or default_config_path()), config)
+    state = {name: sorted(log.state(name).flagged) for name in project_gate(log, config).allowed}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def with_config_versions(
-    defs: dg.Definitions, config_loader: Callable[[], ProjectConfig] = load_config
+    defs: dg.Definitions,
+    config_loader: Callable[[], ProjectConfig] = load_config,
+    config_path: str | Path | None = None,
 ) -> dg.Definitions:
     """The definitions with `<code version>+<params hash>` as code version of every stage that
-    reads parameters. An invalid project file leaves the versions as they are (the source sensor
-    and every run report the error)."""
+    reads parameters, and the review state (``reviews_hash``) in the release's when the recipe
+    requires reviews. An invalid project file leaves the versions as they are, an invalid
+    reviews file the release's (the source sensor and every run report the error).
+    ``config_path``: the project file beside which `reviews.yaml` is (default: the one
+    `load_config` reads)."""
     try:
         config = config_loader()
     except ConfigError:
         return defs
+    try:
+        reviewed = reviews_hash(config, config_path) if config.release.require_review else ""
+    except ConfigError:  # the release run reports the reviews file's error
+        reviewed = ""
 
     def versioned(spec: dg.AssetSpec) -> dg.AssetSpec:
-        sections = STAGE_PARAMS.get(spec.key.to_user_string())
+        name = spec.key.to_user_string()
+        sections = STAGE_PARAMS.get(name)
         if not sections:
             return spec
         code_version = f"{spec.code_version or '1'}+{params_hash(config, sections)}"
+        if name == "release_mix" and reviewed:
+            code_version += f"+reviews-{reviewed}"
         return spec.replace_attributes(code_version=code_version)
 
     with warnings.catch_warnings():  # stable in practice; "preview" in Dagster's terms

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from fineharbor.core import stages
 from fineharbor.core.config import ProjectConfig
+from fineharbor.core.readers import source_state
 from fineharbor.core.stages import StageReport
 from fineharbor.core.storage import Storage
 from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
@@ -24,6 +25,8 @@ from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.review import review_page_metadata, source_config
 
 PROGRESS_ENV = "FINEHARBOR_PROGRESS"
+SOURCE_STATE = "source_state"
+"""Metadata key of `raw_samples`: the source's config fingerprint and files' signature as read."""
 
 StageBuilder = Callable[[ProjectConfig, str, Storage, Callable[[int], None]], StageReport]
 
@@ -62,11 +65,14 @@ def per_source_stage(
     plots: Callable[[Storage, StageReport], dict] | None = None,
     checks: Sequence[StageCheck] = (),
     review_page: bool = False,
+    record_source_state: bool = False,
 ) -> dg.AssetsDefinition:
     """A partitioned asset around a core stage function, with the blocking data checks.
 
     The stage runs with the source's reviewed overrides applied; `review_page` regenerates the
-    source's HTML review page after the stage and links it in the metadata."""
+    source's HTML review page after the stage and links it in the metadata; `record_source_state`
+    records the state of the source's files as read (`fineharbor materialize` compares it with
+    the current one to tell that a source changed)."""
 
     @dg.asset(
         name=name,
@@ -85,7 +91,10 @@ def per_source_stage(
         for partition in context.partition_keys:
             progress = ProgressLog(context.log, f"{name} {partition}")
             config = source_config(project, partition)
+            state = source_state(config.source(partition)) if record_source_state else None
             report = builder(config, partition, project.storage, progress)
+            if state is not None:
+                report.extra[SOURCE_STATE] = state
             if plots is not None:
                 report.extra.update(plots(project.storage, report))
             if review_page:
@@ -100,6 +109,7 @@ raw_samples = per_source_stage(
     "raw_samples",
     stages.build_raw_samples,
     group="ingest",
+    record_source_state=True,
     description=(
         "Each source's records as read: original fields kept as JSON in `record`, referenced "
         "images fetched into `images` (local files, tar members, or HTTP downloads for URL "

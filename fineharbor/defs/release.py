@@ -9,6 +9,7 @@ from fineharbor.core.release.build import (
     build_concept_clusters,
     build_release_mix,
 )
+from fineharbor.core.release.select import left_out_by
 from fineharbor.core.review.gate import release_violations, review_release_gate
 from fineharbor.defs.reporting import CHECK_CONSERVED, column_schema, markdown_table
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
@@ -18,6 +19,7 @@ from fineharbor.defs.sql_models import SQL_DIR
 CHECK_SIZE = "release_size_within_limits"
 CHECK_CLEAN = "release_holds_no_rejected_or_benchmark_sample"
 CHECK_REVIEWED = "reviewed_sources_only"
+AWAITING_REVIEW = "awaiting_review"
 
 
 @dg.asset(
@@ -108,6 +110,8 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
     reviews = project_reviews(project)
     gate = review_release_gate(reviews, config) if recipe.require_review else None
     result = build_release_mix(config, storage, STAGE_TABLES, SQL_DIR, gate)
+    if not result.written:
+        return _awaiting_review_result(result)
     violations = release_violations(result.index, reviews, config) if gate else []
     released = result.index.num_rows
     ids = set(result.index.column("sample_id").to_pylist())
@@ -116,14 +120,20 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
     from_benchmark = [s for s in result.index.column("source").to_pylist() if s in benchmarks]
     too_big = recipe.max_samples is not None and released > recipe.max_samples
     composition = result.tables["release_composition"]
+    reasons: dict[str, int] = {}
+    for reason in result.rejects.column("reason").to_pylist():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    size_ok = not too_big and released >= recipe.min_samples
     checks = [
         dg.AssetCheckResult(
             check_name=CHECK_SIZE,
-            passed=not too_big and released >= recipe.min_samples,
+            passed=size_ok,
+            description=None if size_ok else _size_problem(result, recipe, reasons),
             metadata={
                 "samples": released,
                 "min_samples": recipe.min_samples,
                 "max_samples": recipe.max_samples or -1,
+                "left_out_by": left_out_by(reasons) or "nothing",
             },
         ),
         dg.AssetCheckResult(
@@ -155,9 +165,6 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
             },
         ),
     ]
-    reasons: dict[str, int] = {}
-    for reason in result.rejects.column("reason").to_pylist():
-        reasons[reason] = reasons.get(reason, 0) + 1
     files = [(f.path, f.rows, f.bytes, f.sha256[:12]) for f in result.files]
     summary = (
         f"**{recipe.name} {recipe.version}**: {released} samples of {result.input_rows} in "
@@ -186,6 +193,61 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
         metadata["concept_max_median_ratio_after"] = top["max_median_ratio_after"]
         metadata["concept_flatness"] = dg.MetadataValue.json(result.facts.flatness)
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _size_problem(result, recipe, reasons: dict[str, int]) -> str:
+    """Why the release size check failed, naming the filter that emptied or shrank it."""
+    released = result.index.num_rows
+    if released > (recipe.max_samples or released):
+        return f"{released} samples, more than release.max_samples {recipe.max_samples}"
+    if not result.input_rows:
+        return (
+            f"the release input {RELEASE_INPUT_ASSET} holds no sample: no train source has been "
+            "scored yet (or every partition failed before it)"
+        )
+    return (
+        f"{released} of {result.input_rows} samples, fewer than release.min_samples "
+        f"{recipe.min_samples}; left out by {left_out_by(reasons)}"
+    )
+
+
+def _awaiting_review_result(result) -> dg.MaterializeResult:
+    """No train source is approved yet: nothing is released, and that is not a failure of a
+    new project; the checks pass and the metadata says which sources await a review."""
+    waiting = result.awaiting_review
+    commands = "\n".join(
+        f"- `fineharbor review {name} --approve`: {why}" for name, why in waiting.items()
+    )
+    summary = (
+        f"**Not written**: no train source is approved yet. {result.input_rows} input samples "
+        f"left out (`source_not_approved`). Look at each source's review page, then:\n\n{commands}"
+    )
+    passed = {"samples": 0, "written": False}
+    checks = [
+        dg.AssetCheckResult(
+            check_name=name,
+            passed=True,
+            description="release not written: no source approved yet",
+            metadata=passed,
+        )
+        for name in (CHECK_SIZE, CHECK_CLEAN, CHECK_REVIEWED)
+    ]
+    checks.append(
+        dg.AssetCheckResult(
+            check_name=CHECK_CONSERVED,
+            passed=result.input_rows == result.rejects.num_rows,
+            metadata={"input_rows": result.input_rows, "left_out": result.rejects.num_rows},
+        )
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": 0,
+            "written": False,
+            AWAITING_REVIEW: dg.MetadataValue.json(waiting),
+            "summary": dg.MetadataValue.md(summary),
+        },
+        check_results=checks,
+    )
 
 
 RELEASE_ASSETS = [concept_clusters, release_mix]

@@ -4,6 +4,8 @@ The upstream partitions (decontaminated_samples) are written directly, so these 
 quality assets only; the CLIP is a tiny random open_clip model loaded from a local directory, the
 judge a loopback OpenAI-compatible server or a tiny `transformers` model built from a config."""
 
+import json
+
 import dagster as dg
 import pyarrow as pa
 import pytest
@@ -149,12 +151,14 @@ def test_openai_judge_fills_finevision_columns_and_reruns_hit_the_cache(
     with dg.instance_for_test() as instance:
         score_all(project, instance)
         first = fake_server.requests
+        distinct = {json.dumps(body, sort_keys=True) for body in fake_server.bodies}
         fake_server.reset_counts()
         result = materialize(project, instance, [scored_samples], "vqa")
         meta = metadata(result, "scored_samples")
     # 13 samples x turns (2 each, 1 for the text-only one) x 3 text axes + image axis per image
     per_source = {"vqa": 12 * 2 * 4 + 1 * 3, "captions": 12 * 4 + 3}
-    assert first == sum(per_source.values())
+    # identical inputs (question, answer, image) of different samples are sent once
+    assert first == len(distinct) < sum(per_source.values())
     assert fake_server.requests == 0 and meta["judge/cache_hits"] == per_source["vqa"]
     assert meta["judge/parse_failures"] == 0 and "parse failures" in meta["ratings_distribution"]
 
@@ -199,4 +203,6 @@ def test_transformers_judge_rates_text_axes_in_process(
         assert table.column(f"{axis}_ratings").to_pylist() == [[4]] * 13
         assert table.column(f"{axis}_min").to_pylist() == [4] * 13
     assert table.column("image_correspondence_ratings").null_count == 13
-    assert meta["judge/requests_sent"] == 13 * 3 and meta["judge/parse_failures"] == 0
+    # every turn rated once; identical inputs of different samples were sent once
+    sent, reused = meta["judge/requests_sent"], meta["judge/cache_hits"]
+    assert sent + reused == 13 * 3 and sent < 13 * 3 and meta["judge/parse_failures"] == 0

@@ -81,3 +81,45 @@ def test_release_assets_write_the_release_models_and_checks(project):
         matrix = connection.execute("select count(*) from duplicate_matrix").fetchall()
     assert composition[-1] == ("*", 6) and shards == 6
     assert matrix[0][0] >= 0
+
+
+def test_a_new_project_ends_well_before_any_review_and_an_emptied_release_names_its_filter(
+    tmp_path, home, monkeypatch, capsys
+):
+    from fineharbor.cli import print_review_status
+    from fineharbor.core.storage import Storage
+    from fineharbor_tests.core.release.helpers import SOURCES, write_input
+
+    write_input(Storage(str(home)))
+    config = tmp_path / "fineharbor.yaml"
+    config.write_text(SOURCES)  # require_review: true, nothing reviewed yet
+    monkeypatch.setenv("FINEHARBOR_CONFIG", str(config))
+    new = FineharborProject(config_path=str(config), home=str(home))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(RELEASE_ASSETS, instance=instance, resources=resources(new))
+        assert result.success and all(c.passed for c in result.get_asset_check_evaluations())
+        event = instance.get_latest_materialization_event(dg.AssetKey("release_mix"))
+        metadata = event.asset_materialization.metadata
+        assert metadata["written"].value is False
+        assert set(metadata["awaiting_review"].value) == {"pairs", "chats"}
+        assert not new.storage.exists(new.storage.path("releases"))
+        print_review_status()
+        out = capsys.readouterr().out
+        assert "fineharbor review pairs --approve" in out and "review chats" in out
+
+        # Without the review gate, a cap of 0 empties the release: the failed check says so.
+        config.write_text(
+            SOURCES + "release: {require_review: false, sources: [{name: pairs, cap: 0}]}\n"
+        )
+        capped = FineharborProject(config_path=str(config), home=str(home))
+        failed = dg.materialize(
+            RELEASE_ASSETS, instance=instance, resources=resources(capped), raise_on_error=False
+        )
+        size = next(
+            c
+            for c in failed.get_asset_check_evaluations()
+            if c.check_name == "release_size_within_limits"
+        )
+        assert not size.passed
+        assert "source_cap: 40 (release.sources[].cap)" in size.description
+        assert "source_not_in_recipe: 20 (release.sources)" in size.description

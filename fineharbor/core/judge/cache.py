@@ -8,6 +8,11 @@ the parser fixes old judgments without re-judging, and a sample whose text chang
 id is judged again because its digest no longer matches. Request failures are not stored (they
 are retried next run); unparseable replies are (greedy decoding would repeat them).
 
+Identical requests of different samples (same model, prompt version and input digest: question,
+answer, image bytes) are answered once: a stored reply is found by its digest too
+(``get_by_digest``), and within a run ``run`` remembers the replies and the failed requests, so
+a request that failed is not sent again in the same run (one cache object lives for one run).
+
 SQLite serialises writers itself (``busy_timeout`` waits for the lock), but the cache is meant
 for one writer process at a time, e.g. one Dagster run per ``gpu`` pool slot. The file must be on
 a local filesystem: SQLite locking is unreliable on network filesystems and impossible on object
@@ -41,8 +46,26 @@ class Judgment(NamedTuple):
     rating: int | None  # stored for SQL users; readers should re-parse `reply`
 
 
+class DigestKey(NamedTuple):
+    """An exact judge input, whichever sample asked it."""
+
+    model: str
+    prompt_version: str
+    input_digest: str
+
+
+class RunMemo:
+    """What one run learned about exact inputs: replies, and requests that failed (a failed
+    request is not sent again in the same run; the next run retries it)."""
+
+    def __init__(self) -> None:
+        self.replies: dict[DigestKey, str] = {}
+        self.failed: set[DigestKey] = set()
+
+
 class JudgmentCache:
     def __init__(self, directory: str | Path) -> None:
+        self.run = RunMemo()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / FILENAME
@@ -70,6 +93,10 @@ class JudgmentCache:
                     created_at REAL NOT NULL,
                     PRIMARY KEY ({_KEY_COLUMNS})
                 ) WITHOUT ROWID"""
+            )
+            self._conn.execute(
+                "CREATE INDEX IF NOT EXISTS judgments_by_digest "
+                "ON judgments (model, prompt_version, input_digest)"
             )
             row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
@@ -99,6 +126,19 @@ class JudgmentCache:
             ).fetchall()
             conn.execute("DELETE FROM wanted")
         return {JudgmentKey(*row[:5]): Judgment(*row[5:]) for row in rows}
+
+    def get_by_digest(self, keys: Sequence[DigestKey]) -> dict[DigestKey, str]:
+        """A stored reply for each exact input that has one, whichever sample it was for."""
+        found: dict[DigestKey, str] = {}
+        for key in dict.fromkeys(keys):
+            row = self._conn.execute(
+                "SELECT reply FROM judgments WHERE model = ? AND prompt_version = ? "
+                "AND input_digest = ? LIMIT 1",
+                key,
+            ).fetchone()
+            if row is not None:
+                found[key] = row[0]
+        return found
 
     def put_many(self, items: Iterable[tuple[JudgmentKey, Judgment]]) -> int:
         """Insert or replace judgments in one transaction; returns how many were written."""

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from fineharbor.core.judge.backend import JudgeBackend, JudgeRequest
-from fineharbor.core.judge.cache import Judgment, JudgmentCache, JudgmentKey
+from fineharbor.core.judge.cache import DigestKey, Judgment, JudgmentCache, JudgmentKey, RunMemo
 from fineharbor.core.judge.openai_backend import OpenAIChatBackend
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.judge.parse import parse_rating
@@ -65,8 +65,11 @@ def _per_axis() -> dict[str, int]:
 
 @dataclass
 class JudgeStats:
-    """Counts per axis. For every axis: turns = skipped + cache_hits + requests, and
-    cache_hits + requests = ratings + parse_failures + request_failures."""
+    """Counts per axis. For every axis: turns = skipped + cache_hits + requests +
+    repeated_failures, and cache_hits + requests + repeated_failures = ratings + parse_failures
+    + request_failures. A cache hit is a turn answered without a request of its own: from the
+    cache file, or by an identical input (another sample's) earlier in the run; a repeated
+    failure is a turn whose identical input already failed in this run, so it was not sent."""
 
     samples: int = 0
     turns: int = 0
@@ -75,6 +78,7 @@ class JudgeStats:
     ratings: dict[str, int] = field(default_factory=_per_axis)
     parse_failures: dict[str, int] = field(default_factory=_per_axis)
     request_failures: dict[str, int] = field(default_factory=_per_axis)
+    repeated_failures: dict[str, int] = field(default_factory=_per_axis)
     skipped: dict[str, int] = field(default_factory=_per_axis)
     seconds: float = 0.0
 
@@ -116,6 +120,7 @@ class JudgeStats:
             ratings=add(self.ratings, other.ratings),
             parse_failures=add(self.parse_failures, other.parse_failures),
             request_failures=add(self.request_failures, other.request_failures),
+            repeated_failures=add(self.repeated_failures, other.repeated_failures),
             skipped=add(self.skipped, other.skipped),
             seconds=self.seconds + other.seconds,
         )
@@ -129,6 +134,7 @@ class JudgeStats:
             "judge/cache_hits": self.total_cache_hits,
             "judge/parse_failures": self.total_parse_failures,
             "judge/request_failures": self.total_request_failures,
+            "judge/repeated_failures_not_sent": sum(self.repeated_failures.values()),
             "judge/seconds": round(self.seconds, 3),
             "judge/requests_per_s": round(self.requests_per_s, 3),
             "judge/turns_per_s": round(self.turns_per_s, 3),
@@ -223,33 +229,75 @@ def _run_backend(
     lists: dict[Axis, list[list[int | None] | None]],
     params: JudgeParams,
     cache: JudgmentCache | None,
+    memo: RunMemo,
     stats: JudgeStats,
 ) -> None:
     hits = cache.get_many([t.key for t in tasks]) if cache is not None else {}
-    pending = []
+    by_input: dict[DigestKey, list[_Task]] = {}
     for task in tasks:
         hit = hits.get(task.key)
         if hit is not None and hit.input_digest == task.digest:
             stats.cache_hits[task.axis] += 1
             _record(task, hit.reply, lists, stats)  # re-parsed: parser fixes apply to old replies
         else:
-            pending.append(task)
+            digest = DigestKey(task.key.model, task.key.prompt_version, task.digest)
+            by_input.setdefault(digest, []).append(task)
+    # The same input for other samples: answered earlier in this run or stored for another id.
+    unknown = [k for k in by_input if k not in memo.replies and k not in memo.failed]
+    if cache is not None:
+        memo.replies.update(cache.get_by_digest(unknown))
+    reused = []
+    pending: list[DigestKey] = []
+    for digest, waiting in by_input.items():
+        if digest in memo.failed:
+            for task in waiting:
+                stats.repeated_failures[task.axis] += 1
+                _record(task, None, lists, stats)
+        elif digest in memo.replies:
+            reused += _answer(waiting, memo.replies[digest], lists, stats, sent=False)
+        else:
+            pending.append(digest)
+    if cache is not None:
+        cache.put_many(reused)
     for start in range(0, len(pending), params.flush_every):
         chunk = pending[start : start + params.flush_every]
-        replies = backend.complete([t.request for t in chunk])
+        replies = backend.complete([by_input[d][0].request for d in chunk])
         if len(replies) != len(chunk):
             raise RuntimeError(
                 f"judge backend {backend.name!r} returned {len(replies)} replies for "
                 f"{len(chunk)} requests"
             )
         done = []
-        for task, reply in zip(chunk, replies, strict=True):
-            stats.requests[task.axis] += 1
-            rating = _record(task, reply, lists, stats)
-            if reply is not None:  # failures are retried next run, so never cached
-                done.append((task.key, Judgment(task.digest, reply, rating)))
+        for digest, reply in zip(chunk, replies, strict=True):
+            if reply is None:  # failures are retried next run, so never cached
+                memo.failed.add(digest)
+            else:
+                memo.replies[digest] = reply
+            done += _answer(by_input[digest], reply, lists, stats, sent=True)
         if cache is not None:
             cache.put_many(done)
+
+
+def _answer(
+    tasks: list[_Task],
+    reply: str | None,
+    lists: dict[Axis, list[list[int | None] | None]],
+    stats: JudgeStats,
+    sent: bool,
+) -> list[tuple[JudgmentKey, Judgment]]:
+    """Record one reply for every task that asked the same input: the first counts as the
+    request when it was ``sent``, the others as answered from the run's memory. Returns the
+    judgments to store under each task's own key (none for a failure)."""
+    stored = []
+    for index, task in enumerate(tasks):
+        if sent and index == 0:
+            stats.requests[task.axis] += 1
+        else:
+            stats.cache_hits[task.axis] += 1
+        rating = _record(task, reply, lists, stats)
+        if reply is not None:
+            stored.append((task.key, Judgment(task.digest, reply, rating)))
+    return stored
 
 
 def _min_or_none(values: list[int | None] | None) -> int | None:
@@ -263,11 +311,14 @@ def rate_samples(
     vision_backend: JudgeBackend | None,
     params: JudgeParams,
     cache: JudgmentCache | None = None,
+    memo: RunMemo | None = None,
 ) -> tuple[pa.Table, JudgeStats]:
     """Ratings for every sample (``RATINGS_SCHEMA``, row-aligned with ``samples``) and stats.
 
     ``samples`` needs ``sample_id``, ``images`` and ``texts`` (the unified schema). Append the
-    result's rating columns to the samples to get FineVision's layout.
+    result's rating columns to the samples to get FineVision's layout. ``memo`` holds what
+    this run learned (replies and failed requests by exact input); by default the cache's own
+    (one cache object per run), else one for this call.
     """
     started = time.perf_counter()
     stats = JudgeStats()
@@ -281,8 +332,9 @@ def rate_samples(
         assert backend is not None
         by_backend[id(backend)].append(task)
         backends[id(backend)] = backend
+    memo = memo or (cache.run if cache is not None else RunMemo())
     for backend_id, backend_tasks in by_backend.items():
-        _run_backend(backends[backend_id], backend_tasks, lists, params, cache, stats)
+        _run_backend(backends[backend_id], backend_tasks, lists, params, cache, memo, stats)
 
     columns: dict[str, pa.Array] = {
         "sample_id": pa.array([row["sample_id"] for row in rows], pa.string())

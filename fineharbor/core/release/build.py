@@ -167,6 +167,26 @@ class ReleaseResult:
     facts: CardFacts
     input_rows: int
     extra: dict = field(default_factory=dict)
+    awaiting_review: dict[str, str] = field(default_factory=dict)
+    """When no train source may enter yet (none approved): each one and why; nothing written."""
+
+    @property
+    def written(self) -> bool:
+        return not self.awaiting_review
+
+
+def awaiting_review(project: ProjectConfig, gate: ReleaseGate | None) -> dict[str, str]:
+    """The recipe's train sources and why each is blocked, when the gate lets none of them in
+    (a new project before its first review); empty when one may enter or nothing is gated."""
+    if gate is None:
+        return {}
+    listed = {s.name for s in project.release.sources}
+    train = [
+        s.name for s in project.sources if s.role == "train" and (not listed or s.name in listed)
+    ]
+    if not train or any(name not in gate.blocked for name in train):
+        return {}
+    return {name: gate.blocked[name] for name in train}
 
 
 def _select(
@@ -365,6 +385,19 @@ def build_release_mix(
     origin: dict[str, str] = {}
     candidates, flat = _select(project, storage, sources, origin, gate or ReleaseGate())
     rejects = rejects_table(candidates.rejects)
+    input_rows = sum(storage.count_rows(RELEASE_INPUT_ASSET, s) for s in sources)
+    waiting = awaiting_review(project, gate)
+    if waiting:
+        # No source approved yet: no release directory is written (a previous release stays as
+        # it is); the index is empty and every input row is left out with its reason.
+        index = RELEASE_INDEX_SCHEMA.empty_table()
+        with storage.writer(
+            RELEASE, None, RELEASE_INDEX_SCHEMA, reject_schema=REJECT_SCHEMA
+        ) as writer:
+            writer.write(index)
+            writer.reject(rejects)
+        facts = CardFacts(RELEASE_INPUT_ASSET, [], None, "none", [])
+        return ReleaseResult(index, rejects, "", [], {}, facts, input_rows, awaiting_review=waiting)
     index_rows: list[dict] = []
     with storage.staged_directory(RELEASES_DIR, recipe.name, recipe.version) as staging:
         files = ReleaseFiles(storage.fs, staging)
@@ -398,7 +431,6 @@ def build_release_mix(
     with storage.writer(RELEASE, None, RELEASE_INDEX_SCHEMA, reject_schema=REJECT_SCHEMA) as writer:
         writer.write(index)
         writer.reject(rejects)
-    input_rows = sum(storage.count_rows(RELEASE_INPUT_ASSET, s) for s in sources)
     return ReleaseResult(
         index=index,
         rejects=rejects,

@@ -101,6 +101,12 @@ class ReleaseRecipe(_Strict):
         "mapping) enter, minus the samples reviewers flagged (FineVision's human review); "
         "false releases every train source unreviewed",
     )
+    include_image_only: bool = Field(
+        True,
+        description="image-only samples (no turns, `texts: []`, as FineVision's schema allows: "
+        "pretraining pools, screenshot dumps) may enter; false leaves them out "
+        "(`image_only_excluded`)",
+    )
     balancing: BalancingParams = BalancingParams()
     shard_rows: int = Field(1000, ge=1, description="samples per Parquet shard")
     webdataset: bool = Field(

@@ -4,7 +4,8 @@ Every candidate is either selected or rejected with a stable reason, so the rele
 for its whole input: ``source_not_in_recipe``, ``benchmark_source``, ``clip_score_low``,
 ``clip_score_high``, ``quality_low``, ``rating_below_min`` (every turn fell below a judge
 minimum), ``source_weight``, ``source_cap``, ``concept_balance``, and what reviewers decided:
-``source_not_approved`` and ``human_flagged``.
+``source_not_approved`` and ``human_flagged``; and ``image_only_excluded`` when the recipe
+leaves image-only samples out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,33 @@ SCORED_STAGE = "scored_samples (quality scoring: CLIP score, UniFilter score, ju
 
 SOURCE_NOT_APPROVED = "source_not_approved"
 HUMAN_FLAGGED = "human_flagged"
+IMAGE_ONLY_EXCLUDED = "image_only_excluded"
+
+# The recipe setting (or the decision) behind each reason a sample is left out of a release.
+REASON_SETTINGS = {
+    "benchmark_source": "role: benchmark",
+    "source_not_in_recipe": "release.sources",
+    "clip_score_low": "release.clip_score_min",
+    "clip_score_high": "release.clip_score_max",
+    "quality_low": "release.quality_min",
+    "rating_below_min": "release.min_ratings",
+    IMAGE_ONLY_EXCLUDED: "release.include_image_only",
+    "source_weight": "release.sources[].weight",
+    "source_cap": "release.sources[].cap",
+    "concept_balance": "release.balancing",
+    SOURCE_NOT_APPROVED: "reviews.yaml (fineharbor review NAME --approve)",
+    HUMAN_FLAGGED: "reviews.yaml (flagged samples)",
+}
+
+
+def left_out_by(reasons: Mapping[str, int]) -> str:
+    """What left samples out of a release, most samples first, each with the recipe setting
+    behind it: `clip_score_low: 120 (release.clip_score_min), ...`; how an empty release says
+    which filter emptied it."""
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(
+        f"{reason}: {count} ({REASON_SETTINGS.get(reason, 'stage')})" for reason, count in ranked
+    )
 
 
 @dataclass(frozen=True)
@@ -161,7 +189,13 @@ def filter_rows(rows: list[dict], recipe: ReleaseRecipe, into: Candidates) -> No
         if failed:
             into.rejects.append(reject(row, *failed))
             continue
-        turns = kept_turns(row, recipe, row["n_turns"])
+        image_only = row["n_turns"] == 0
+        if image_only and not recipe.include_image_only:
+            detail = "no turns; release.include_image_only is false"
+            into.rejects.append(reject(row, IMAGE_ONLY_EXCLUDED, detail))
+            continue
+        # An image-only sample has no turn to rate: the judge minimums do not apply to it.
+        turns = None if image_only else kept_turns(row, recipe, row["n_turns"])
         if turns is not None and not turns:
             limits = ", ".join(f"{a} >= {m}" for a, m in minimums.items())
             into.rejects.append(

@@ -97,8 +97,15 @@ def test_retries_timeouts_and_counted_failures(fake_server, tmp_path):
         assert text.stats.timeouts >= 3 and vision.stats.timeouts >= 1
         assert fake_server.statuses.count(500) == 4 * 1 + 4 * 3  # FAIL_ONCE + ALWAYS_500 x3
 
-        # Only the failed requests are sent again; the unparseable reply came from the cache.
+        # The same run does not send a failed request again (no second round of backoff).
         fake_server.reset_counts()
+        _, stats1 = rate_samples(samples, text, vision, params, cache)
+        assert stats1.requests_sent == 0 and fake_server.requests == 0
+        assert sum(stats1.repeated_failures.values()) == stats1.total_request_failures == 4
+
+    # The next run sends only the failed requests again; the unparseable reply is cached.
+    fake_server.reset_counts()
+    with JudgmentCache(tmp_path) as cache:
         _, stats2 = rate_samples(samples, text, vision, params, cache)
         assert stats2.requests_sent == 4 and fake_server.requests == 4 * 3  # ALWAYS_500 again
         assert stats2.total_cache_hits == 12 and stats2.total_request_failures == 4

@@ -41,7 +41,7 @@ def vision_reply(request: JudgeRequest) -> str:
 def assert_counts_add_up(stats: JudgeStats, turns: int) -> None:
     assert stats.turns == turns
     for axis in AXES:
-        judged = stats.cache_hits[axis] + stats.requests[axis]
+        judged = stats.cache_hits[axis] + stats.requests[axis] + stats.repeated_failures[axis]
         assert stats.skipped[axis] + judged == turns, axis
         outcomes = stats.ratings[axis] + stats.parse_failures[axis] + stats.request_failures[axis]
         assert judged == outcomes, axis
@@ -90,7 +90,13 @@ def test_failures_are_null_entries_and_counted(tmp_path) -> None:
             assert stats.parse_failures[axis] == 1 and stats.request_failures[axis] == 1
         assert stats.skipped["image_correspondence"] == 3
         assert_counts_add_up(stats, turns=3)
-        # Parse failures are cached (greedy would repeat them); request failures are retried.
+        # Within the run (one cache object), a failed request is not sent again.
+        same_run, stats1 = rate_samples(samples, text, None, JudgeParams(), cache)
+        assert same_run.equals(table) and stats1.requests_sent == 0
+        assert sum(stats1.repeated_failures.values()) == stats1.total_request_failures == 3
+        assert_counts_add_up(stats1, turns=3)
+    # Parse failures are cached (greedy would repeat them); the next run retries the failures.
+    with JudgmentCache(tmp_path) as cache:
         again, stats2 = rate_samples(samples, text, None, JudgeParams(), cache)
         assert again.equals(table)
         assert stats2.requests_sent == 3 and stats2.total_cache_hits == 6
@@ -221,3 +227,42 @@ def test_params_validation() -> None:
         JudgeParams(backend="openai", base_url="localhost:8000")
     with pytest.raises(ValueError):
         JudgeParams(unknown_field=1)
+
+
+def test_identical_inputs_of_different_samples_are_sent_once(tmp_path) -> None:
+    samples = make_samples((2, 2), no_image=())
+    texts = samples.column("texts").to_pylist()
+    texts[1] = texts[0]  # another sample asking exactly the same turns (and the same image)
+    images = samples.column("images").to_pylist()
+    images[1] = images[0]
+    samples = samples.set_column(
+        samples.schema.get_field_index("texts"),
+        "texts",
+        pa.array(texts, samples.schema.field("texts").type),
+    ).set_column(
+        samples.schema.get_field_index("images"),
+        "images",
+        pa.array(images, samples.schema.field("images").type),
+    )
+    sent: list[JudgeRequest] = []
+
+    def counting(request: JudgeRequest) -> str:
+        sent.append(request)
+        return vision_reply(request) if request.images else text_reply(request)
+
+    backend = CallableBackend("m", counting)
+    with JudgmentCache(tmp_path) as cache:
+        table, stats = rate_samples(samples, backend, backend, JudgeParams(), cache)
+        assert len(sent) == len({r.digest() for r in sent}) == stats.requests_sent
+        assert stats.total_cache_hits == stats.requests_sent  # the second sample's turns
+        rows = table.to_pylist()
+        assert {k: v for k, v in rows[0].items() if k != "sample_id"} == {
+            k: v for k, v in rows[1].items() if k != "sample_id"
+        }
+        assert_counts_add_up(stats, turns=4)
+    # A later run, a third sample with the same input: answered from the file, nothing sent.
+    third = samples.slice(0, 1).set_column(0, "sample_id", pa.array(["s9"]))
+    sent.clear()
+    with JudgmentCache(tmp_path) as cache:
+        _, stats = rate_samples(third, backend, backend, JudgeParams(), cache)
+    assert not sent and stats.total_cache_hits == 2 * 4

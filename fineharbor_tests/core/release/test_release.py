@@ -251,3 +251,42 @@ def test_balanced_release_flattens_concepts(tmp_path, storage):
     top = result.facts.flatness[-1]
     assert top["max_median_ratio_after"] < top["max_median_ratio_before"]
     assert "concept_balance" in set(result.rejects.column("reason").to_pylist())
+
+
+def test_image_only_samples_enter_unless_the_recipe_leaves_them_out():
+    from fineharbor.core.release.params import ReleaseRecipe
+
+    image_only = {"sample_id": "i", "source": "s", "origin_key": "k", "n_turns": 0}
+    rated = {**image_only, "sample_id": "r", "n_turns": 1, "relevance_ratings": [1]}
+    minimums = {"relevance": 3}
+    admitted = Candidates()
+    filter_rows([image_only, rated], ReleaseRecipe(min_ratings=minimums), admitted)
+    # no turn to rate: the judge minimum does not apply to an image-only sample
+    assert admitted.turns == {"i": None}
+    excluded = Candidates()
+    recipe = ReleaseRecipe(min_ratings=minimums, include_image_only=False)
+    filter_rows([image_only], recipe, excluded)
+    assert [(r["sample_id"], r["reason"]) for r in excluded.rejects] == [
+        ("i", "image_only_excluded")
+    ]
+
+
+def test_no_approved_source_writes_no_release_and_names_who_awaits_review(tmp_path, storage):
+    from fineharbor.core.release.select import ReleaseGate, left_out_by
+
+    write_input(storage)
+    config = project(tmp_path)
+    why = "unreviewed: approve it with `fineharbor review pairs --approve`"
+    gate = ReleaseGate(blocked={"pairs": why, "chats": "unreviewed"})
+    result = build_release_mix(config, storage, STAGE_TABLES, SQL_DIR, gate)
+    assert not result.written and result.awaiting_review == {"pairs": why, "chats": "unreviewed"}
+    assert result.index.num_rows == 0 and result.files == []
+    assert result.input_rows == result.rejects.num_rows == 60
+    assert not storage.exists(release_dir(storage))
+    # one approved source is enough for a release
+    partial = build_release_mix(config, storage, STAGE_TABLES, SQL_DIR, ReleaseGate({"pairs": why}))
+    assert partial.written and partial.index.num_rows == 20
+    reasons = {"source_cap": 6, "clip_score_low": 40}
+    assert left_out_by(reasons) == (
+        "clip_score_low: 40 (release.clip_score_min), source_cap: 6 (release.sources[].cap)"
+    )
