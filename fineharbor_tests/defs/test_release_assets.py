@@ -88,7 +88,7 @@ def test_a_new_project_ends_well_before_any_review_and_an_emptied_release_names_
 ):
     from fineharbor.cli import print_review_status
     from fineharbor.core.storage import Storage
-    from fineharbor_tests.core.release.helpers import SOURCES, write_input
+    from fineharbor.testing.release_input import SOURCES, write_input
 
     write_input(Storage(str(home)))
     config = tmp_path / "fineharbor.yaml"
