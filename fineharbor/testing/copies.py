@@ -42,7 +42,7 @@ COPIES = {
     "png": "re-encoded as PNG",
     "jpeg": "re-encoded as JPEG, quality 60",
     "webp": "re-encoded as lossy WebP, quality 70",
-    "alpha": "given an alpha channel (a transparent vignette), saved as PNG",
+    "alpha": "given an (opaque) alpha channel, saved as RGBA PNG",
 }
 SIZES = ((480, 360), (360, 480), (512, 512), (600, 338), (400, 300))
 
@@ -211,11 +211,10 @@ def copy_of(photo: Image.Image, original_bytes: bytes, transform: str) -> tuple[
     if transform == "webp":
         return encode(photo, "WEBP", quality=70), "webp"
     if transform == "alpha":
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        distance = np.hypot((xx - w / 2) / w, (yy - h / 2) / h)
-        alpha = np.clip(255 * (1.2 - 1.6 * distance), 40, 255).astype(np.uint8)
+        # as editors and screenshot tools export a photo: an opaque alpha channel. (A copy faded
+        # to transparency is another picture once cleaning flattens it on white, as trained on.)
         rgba = photo.convert("RGBA")
-        rgba.putalpha(Image.fromarray(alpha))
+        rgba.putalpha(255)
         return encode(rgba, "PNG"), "png"
     raise ValueError(f"unknown transform {transform!r}; expected one of {sorted(COPIES)}")
 
