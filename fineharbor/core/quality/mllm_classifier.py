@@ -21,7 +21,6 @@ weights, ``mllm_classifier.json``) that loads with :meth:`MllmQualityModel.load`
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -47,6 +46,7 @@ from fineharbor.core.quality.clip_score import image_bytes
 from fineharbor.core.quality.metrics import confusion_matrix
 from fineharbor.core.quality.params import MllmClassifierParams
 from fineharbor.core.quality.text import sample_segments
+from fineharbor.core.signatures.hashing import ImageDecodeError, decode_rgb
 
 Segment = bytes | str
 """One position of a document: an image's encoded bytes, or a text."""
@@ -197,18 +197,17 @@ class MllmQualityModel:
         decoded: list[Image.Image | None] = []
         for data in images:
             try:
-                with Image.open(io.BytesIO(data)) as img:
-                    decoded.append(img.convert("RGB"))
-            except Exception:  # noqa: BLE001 - any undecodable image is skipped, not fatal
+                decoded.append(decode_rgb(data))
+            except ImageDecodeError:
                 decoded.append(None)
         out: list[torch.Tensor | None] = [None] * len(images)
         ready = [i for i, img in enumerate(decoded) if img is not None]
         step = max(1, self.params.batch_size)
         for start in range(0, len(ready), step):
             chunk = ready[start : start + step]
-            pixels = self.image_processor(
-                images=[decoded[i] for i in chunk], return_tensors="pt"
-            )["pixel_values"].to(self.device)
+            pixels = self.image_processor(images=[decoded[i] for i in chunk], return_tensors="pt")[
+                "pixel_values"
+            ].to(self.device)
             with self._autocast():
                 patches = self.vision(pixel_values=pixels).last_hidden_state
             pooled = self.projector.pool(patches.float()).cpu()
