@@ -1,0 +1,138 @@
+"""Semi-synthetic four-level texts written by an MLLM through the judge's OpenAI-compatible
+client, against a loopback server (the judge tests' fixture, answering generation prompts)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from aiohttp import web
+
+from fineharbor.core.judge.backend import CallableBackend
+from fineharbor.core.judge.cache import JudgmentCache
+from fineharbor.core.judge.params import JudgeParams
+from fineharbor.core.quality.params import QualityClassifierParams
+from fineharbor.core.quality.synthetic import (
+    LEVEL_TASKS,
+    PROMPT_VERSION,
+    RULE,
+    level_request,
+    reply_segments,
+    write_level_texts,
+    writer_backend,
+)
+from fineharbor_tests.core.judge.conftest import fake_server  # noqa: F401 - the fixture
+
+from .conftest import png
+from .test_classifier import COLORS, _table
+
+WRITTEN = {3: "A {colour} square on white.", 2: "A purple square on white.", 1: "An image.", 0: "A cat."}
+
+
+def _level_of(prompt: str) -> int:
+    return next(level for level, task in LEVEL_TASKS.items() if task.split("{kind}")[1] in prompt)
+
+
+@pytest.fixture
+def writer_server(fake_server):  # noqa: F811 - pytest fixture injection
+    """The loopback server answering level prompts: the text of the asked level, naming the
+    reference's colour; "FAIL" in the reference answers 500 for level 2."""
+
+    async def answer(body: dict) -> web.Response:
+        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+        text = " ".join(p["text"] for p in user if p["type"] == "text")
+        images = [p for p in user if p["type"] == "image_url"]
+        assert "classifier" in system and images, "the writer must see the images"
+        assert all(p["image_url"]["url"].startswith("data:image/png") for p in images)
+        level = _level_of(text)
+        fake_server.seen[text] = fake_server.seen.get(text, 0) + 1
+        if "FAIL" in text and level == 2:
+            return fake_server._status(500)
+        colour = re.search(r"<reference>\nA (\w+)", text).group(1)
+        reply = WRITTEN[level].format(colour=colour)
+        if len(images) > 1:
+            reply = "\n\n".join(f'"{reply}"' for _ in images)  # one quoted paragraph per image
+        fake_server.statuses.append(200)
+        payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
+        return web.Response(text=json.dumps(payload), content_type="application/json")
+
+    fake_server._answer = answer
+    return fake_server
+
+
+def _samples():
+    rows = [
+        ([png(COLORS[name], (30 + i, 30))], [{"user": "", "assistant": f"A {name} square."}])
+        for i, name in enumerate(["red", "green", "blue"])
+    ]
+    rows.append(  # a two-image document
+        ([png(COLORS["red"]), png(COLORS["blue"])], [{"user": "", "assistant": "A red square."}])
+    )
+    rows.append(([png(COLORS["yellow"])], [{"user": "", "assistant": "A FAIL square."}]))
+    return _table(rows)
+
+
+def test_every_level_is_written_by_the_server_and_cached(writer_server, tmp_path):
+    params = JudgeParams(
+        backend="openai", base_url=writer_server.url, vision_model="vlm", retries=0
+    )
+    writer = writer_backend(params, max_tokens=128)
+    with JudgmentCache(tmp_path / "cache") as cache:
+        data, report = write_level_texts(_samples(), writer, seed=0, cache=cache)
+    assert writer_server.bodies[0]["max_tokens"] == 128 and writer_server.bodies[0]["model"] == "vlm"
+    assert report.real_samples == 5 and report.requested == 20
+    assert report.written == 19 and report.failures == 1 and report.cache_hits == 0
+    assert report.by_level == {0: 5, 1: 5, 2: 5, 3: 5} and report.balance() == 1.0
+    assert "20 training texts from 5 real samples" in report.summary()
+    rows = data.examples.to_pylist()
+    by = {(r["sample"], r["level"]): r for r in rows}
+    assert by[0, 3]["segments"] == ["A red square on white."] and by[0, 3]["rule"] == RULE
+    assert by[1, 1]["segments"] == ["An image."] and by[2, 0]["segments"] == ["A cat."]
+    # the document: one paragraph per image, quotes stripped
+    assert by[3, 3]["segments"] == ["A red square on white."] * 2
+    # the failed request fell back to the rule-based level-2 text (one attribute changed)
+    assert by[4, 2]["rule"] != RULE and by[4, 2]["segments"] != ["A FAIL square."]
+    assert data.rewrite_failures == 1
+
+    writer_server.reset_counts()
+    with JudgmentCache(tmp_path / "cache") as cache:
+        again, report = write_level_texts(_samples(), writer, seed=0, cache=cache)
+    # only the failure is asked again; the rest come from the cache
+    assert writer_server.requests == 1 and report.cache_hits == 19
+    assert again.examples.to_pylist() == rows
+
+
+def test_a_changed_image_is_asked_again(tmp_path):
+    calls = []
+
+    def reply(request):
+        calls.append(request)
+        return "A square."
+
+    writer = CallableBackend("writer", reply)
+    with JudgmentCache(tmp_path / "cache") as cache:
+        write_level_texts(_samples().slice(0, 1), writer, cache=cache)
+        assert len(calls) == 4
+        changed = _samples().slice(0, 1).set_column(
+            4, "images", [[[{"bytes": png((1, 2, 3)), "path": None}]]]
+        )
+        write_level_texts(changed, writer, cache=cache)
+    assert len(calls) == 8  # same sample id, new image: the digest differs
+
+
+def test_requests_and_replies():
+    request = level_request([b"img"], ["A red square."], 2)
+    assert request.images == (b"img",) and "exactly one clearly wrong detail" in request.user
+    assert "<reference>\nA red square.\n</reference>" in request.user
+    assert "2 images" in level_request([b"a", b"b"], ["t"], 3).user
+    assert reply_segments(' "A red square." \n\n  Second. ') == ["A red square.", "Second."]
+    assert reply_segments("  ") is None and reply_segments(None) is None
+    assert PROMPT_VERSION.startswith("unifilter-levels/")
+
+
+def test_the_writer_needs_a_vision_model():
+    with pytest.raises(ValueError, match="stages.judge.vision_model"):
+        writer_backend(JudgeParams(backend="none"), 64)
+    with pytest.raises(ValueError, match="rewrite_with_judge"):
+        QualityClassifierParams(synthetic_texts="mllm", rewrite_with_judge=True)
