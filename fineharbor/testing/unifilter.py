@@ -1,5 +1,5 @@
 """A tiny UniFilter classifier's parts with random weights: a SigLIP vision tower and a Qwen2
-causal LM with a word-level tokenizer, each saved with ``save_pretrained`` where a user's local
+causal LM with a small byte-level BPE tokenizer, each saved with ``save_pretrained`` where a user's local
 model would be, so tests and benchmarks load them through the real loading code
 (``from_pretrained(path, local_files_only=True)``). Nothing is downloaded."""
 
@@ -18,14 +18,13 @@ _COMMON = (
 )
 
 
-def _vocabulary() -> list[str]:
-    """Specials, digits, punctuation and the words the rule-based levels and the demo use."""
+def _corpus() -> list[str]:
+    """The words the rule-based levels and the demo use, as written and capitalised."""
     words: set[str] = set(_COMMON.split())
     for group in (perturb.COLORS, perturb.SHAPES, perturb.COUNT_WORDS):
         words.update(group)
     words.update(perturb.POSITION_OPPOSITES)
     words.update(w + "s" for w in perturb.SHAPES)
-    words.add("crosses")
     for phrase in (
         *perturb.GENERIC_CAPTIONS,
         *perturb.VAGUE_ANSWERS,
@@ -33,20 +32,27 @@ def _vocabulary() -> list[str]:
         *perturb._GENERIC_BODIES,
     ):
         words.update(w.lower() for w in re.findall(r"[A-Za-z]+", phrase))
-    return SPECIALS + list("0123456789.,?!:;'\"-()") + sorted(words)
+    lines = [" ".join(sorted(words)), " ".join(sorted(w.capitalize() for w in words))]
+    return lines + ["0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ' \" - ( )"]
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    """A byte-level BPE trained on :func:`_corpus`: the tokenizer family of Qwen2, which its
+    tokenizer class rebuilds from the saved vocabulary and merges (a word-level one would not
+    survive ``AutoTokenizer`` on a Qwen2 directory)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: index for index, token in enumerate(_vocabulary())}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
-    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.train_from_iterator(_corpus(), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )

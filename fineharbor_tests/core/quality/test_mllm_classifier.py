@@ -17,8 +17,8 @@ from fineharbor.core.quality.mllm_classifier import (
     MllmQualityModel,
     build_mllm_classifier,
     heldout_examples,
-    training_documents,
     train_mllm_classifier,
+    training_documents,
 )
 from fineharbor.core.quality.params import MllmClassifierParams, QualityClassifierParams
 from fineharbor.testing.unifilter import save_tiny_mllm
@@ -113,7 +113,7 @@ def test_trains_with_mse_and_reports_on_whole_heldout_images(trained):
 
 
 def test_save_load_roundtrip_scores_identically_and_nulls_like_the_clip_mlp(trained, tmp_path):
-    data, model = trained
+    _, model = trained
     model.save(tmp_path / "clf")
     loaded = MllmQualityModel.load(tmp_path / "clf")
     assert loaded.sources["language_model"] == model.sources["language_model"]
@@ -146,7 +146,7 @@ def test_a_clip_vision_tower_works_too(tmp_path):
 
 def test_a_missing_model_names_the_field_and_how_to_get_it(tiny_mllm, tmp_path):
     params = tiny_params(tiny_mllm, language_model=str(tmp_path / "absent"))
-    with pytest.raises(MllmModelNotFoundError, match="mllm.language_model.*save_pretrained"):
+    with pytest.raises(MllmModelNotFoundError, match=r"mllm\.language_model.*save_pretrained"):
         build_mllm_classifier(params)
 
 
@@ -204,7 +204,7 @@ def test_both_architectures_compared_on_the_same_heldout_split(tiny_mllm, tiny_c
         accuracy = float((np.rint(scores) == levels).mean())
         auc = roc_auc(scores[levels == 3], scores[levels == 0])
         print(f"{name}: held-out accuracy {accuracy:.3f}, ROC AUC level 3 vs 0 {auc:.3f}")
-        assert 0.0 <= accuracy <= 1.0 and 0.0 <= auc <= 1.0
-    # The MLLM learns from these few examples at least what the text alone tells: vague
-    # level-1 texts score below true captions.
-    assert roc_auc(mllm_scores[levels == 3], mllm_scores[levels == 1]) > 0.8
+        # Level 3 and level 0 texts differ only in which colour they name: both must have
+        # learned to read the image against the text, not the text alone.
+        assert auc > 0.9, name
+    assert float((np.rint(mllm_scores) == levels).mean()) > 0.6

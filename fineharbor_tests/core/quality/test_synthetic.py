@@ -3,18 +3,13 @@ client, against a loopback server (the judge tests' fixture, answering generatio
 
 from __future__ import annotations
 
-import json
-import re
-
 import pytest
-from aiohttp import web
 
 from fineharbor.core.judge.backend import CallableBackend
 from fineharbor.core.judge.cache import JudgmentCache
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.quality.params import QualityClassifierParams
 from fineharbor.core.quality.synthetic import (
-    LEVEL_TASKS,
     PROMPT_VERSION,
     RULE,
     level_request,
@@ -22,43 +17,9 @@ from fineharbor.core.quality.synthetic import (
     write_level_texts,
     writer_backend,
 )
-from fineharbor_tests.core.judge.conftest import fake_server  # noqa: F401 - the fixture
 
 from .conftest import png
 from .test_classifier import COLORS, _table
-
-WRITTEN = {3: "A {colour} square on white.", 2: "A purple square on white.", 1: "An image.", 0: "A cat."}
-
-
-def _level_of(prompt: str) -> int:
-    return next(level for level, task in LEVEL_TASKS.items() if task.split("{kind}")[1] in prompt)
-
-
-@pytest.fixture
-def writer_server(fake_server):  # noqa: F811 - pytest fixture injection
-    """The loopback server answering level prompts: the text of the asked level, naming the
-    reference's colour; "FAIL" in the reference answers 500 for level 2."""
-
-    async def answer(body: dict) -> web.Response:
-        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
-        text = " ".join(p["text"] for p in user if p["type"] == "text")
-        images = [p for p in user if p["type"] == "image_url"]
-        assert "classifier" in system and images, "the writer must see the images"
-        assert all(p["image_url"]["url"].startswith("data:image/png") for p in images)
-        level = _level_of(text)
-        fake_server.seen[text] = fake_server.seen.get(text, 0) + 1
-        if "FAIL" in text and level == 2:
-            return fake_server._status(500)
-        colour = re.search(r"<reference>\nA (\w+)", text).group(1)
-        reply = WRITTEN[level].format(colour=colour)
-        if len(images) > 1:
-            reply = "\n\n".join(f'"{reply}"' for _ in images)  # one quoted paragraph per image
-        fake_server.statuses.append(200)
-        payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
-        return web.Response(text=json.dumps(payload), content_type="application/json")
-
-    fake_server._answer = answer
-    return fake_server
 
 
 def _samples():
@@ -80,7 +41,9 @@ def test_every_level_is_written_by_the_server_and_cached(writer_server, tmp_path
     writer = writer_backend(params, max_tokens=128)
     with JudgmentCache(tmp_path / "cache") as cache:
         data, report = write_level_texts(_samples(), writer, seed=0, cache=cache)
-    assert writer_server.bodies[0]["max_tokens"] == 128 and writer_server.bodies[0]["model"] == "vlm"
+    assert (
+        writer_server.bodies[0]["max_tokens"] == 128 and writer_server.bodies[0]["model"] == "vlm"
+    )
     assert report.real_samples == 5 and report.requested == 20
     assert report.written == 19 and report.failures == 1 and report.cache_hits == 0
     assert report.by_level == {0: 5, 1: 5, 2: 5, 3: 5} and report.balance() == 1.0
@@ -114,8 +77,10 @@ def test_a_changed_image_is_asked_again(tmp_path):
     with JudgmentCache(tmp_path / "cache") as cache:
         write_level_texts(_samples().slice(0, 1), writer, cache=cache)
         assert len(calls) == 4
-        changed = _samples().slice(0, 1).set_column(
-            4, "images", [[[{"bytes": png((1, 2, 3)), "path": None}]]]
+        changed = (
+            _samples()
+            .slice(0, 1)
+            .set_column(4, "images", [[[{"bytes": png((1, 2, 3)), "path": None}]]])
         )
         write_level_texts(changed, writer, cache=cache)
     assert len(calls) == 8  # same sample id, new image: the digest differs
@@ -132,7 +97,7 @@ def test_requests_and_replies():
 
 
 def test_the_writer_needs_a_vision_model():
-    with pytest.raises(ValueError, match="stages.judge.vision_model"):
+    with pytest.raises(ValueError, match=r"stages\.judge\.vision_model"):
         writer_backend(JudgeParams(backend="none"), 64)
     with pytest.raises(ValueError, match="rewrite_with_judge"):
         QualityClassifierParams(synthetic_texts="mllm", rewrite_with_judge=True)
