@@ -1,6 +1,6 @@
 """A tiny UniFilter classifier's parts with random weights: a SigLIP vision tower and a Qwen2
-causal LM with a small byte-level BPE tokenizer, each saved with ``save_pretrained`` where a user's local
-model would be, so tests and benchmarks load them through the real loading code
+causal LM with a small byte-level BPE tokenizer, each saved with ``save_pretrained`` where a
+user's local model would be, so tests and benchmarks load them through the real loading code
 (``from_pretrained(path, local_files_only=True)``). Nothing is downloaded."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _corpus() -> list[str]:
     ):
         words.update(w.lower() for w in re.findall(r"[A-Za-z]+", phrase))
     lines = [" ".join(sorted(words)), " ".join(sorted(w.capitalize() for w in words))]
-    return lines + ["0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ' \" - ( )"]
+    return [*lines, "0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ' \" - ( )"]
 
 
 def build_tokenizer():
