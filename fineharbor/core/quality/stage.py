@@ -138,6 +138,7 @@ def train_quality_model(
     sources, batches = _train_samples(project, storage, params.max_training_samples)
     synthetic = None
     if params.synthetic_texts == "mllm":
+        own_writer = writer is None
         writer = writer or writer_backend(project.stages.judge, params.synthetic_max_tokens)
         cache = JudgmentCache(cache_dir) if cache_dir is not None else None
         try:
@@ -151,6 +152,8 @@ def train_quality_model(
         finally:
             if cache is not None:
                 cache.close()
+            if own_writer:  # an in-process writer frees its GPU memory before training
+                writer.close()
     else:
         train_set = build_quality_training_set(
             batches,
