@@ -101,3 +101,24 @@ def test_the_writer_needs_a_vision_model():
         writer_backend(JudgeParams(backend="none"), 64)
     with pytest.raises(ValueError, match="rewrite_with_judge"):
         QualityClassifierParams(synthetic_texts="mllm", rewrite_with_judge=True)
+
+
+@pytest.mark.slow
+def test_an_in_process_transformers_writer(tmp_path):
+    """The judge's in-process backend writes too: a tiny LLaVA (random weights) built from a
+    config and loaded by path; whatever it writes, every level of every sample is accounted for."""
+    from fineharbor_tests.core.judge.conftest import save_vision_model
+
+    model = save_vision_model(tmp_path / "vlm")
+    params = JudgeParams(backend="transformers", vision_model=str(model), device="cpu")
+    writer = writer_backend(params, max_tokens=6)
+    try:
+        data, report = write_level_texts(_samples().slice(0, 2), writer, seed=0)
+    finally:
+        writer.close()
+    assert report.writer == str(model.resolve())
+    assert report.requested == 8 and report.written > 0
+    assert report.written + report.failures == 8
+    assert report.by_level == {0: 2, 1: 2, 2: 2, 3: 2}
+    written = [r for r in data.examples.to_pylist() if r["rule"] == RULE]
+    assert len(written) == report.written and all(r["segments"] for r in written)
