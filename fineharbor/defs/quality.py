@@ -71,20 +71,30 @@ _LOADED: dict[tuple[str, str], object] = {}
         "every train source: each real image is paired with texts at four quality levels (3 its "
         "own text, 2 one attribute made wrong, 1 vague or generic, 0 another image's text), and "
         "a two-layer MLP regresses the level from frozen CLIP image and text features "
-        "(`stages.clip_score` model; interleaved documents: mean-pooled images, chunked texts). "
+        "(`stages.clip_score` model; interleaved documents: mean-pooled images, chunked texts), "
+        "or with `architecture: mllm` UniFilter's vision tower + AvgPool projector + small LM "
+        "reads images and text in document order. `synthetic_texts: mllm` has the judge's "
+        "vision model write all four levels (docs/quality-classifier.md). "
         "Metadata: held-out accuracy and confusion matrix over whole held-out images."
     ),
 )
 def quality_classifier(
     context: dg.AssetExecutionContext, project: FineharborProject, models: QualityModelsResource
 ) -> dg.MaterializeResult:
-    embedder = models.clip(project.config.stages.clip_score)
-    if embedder is None:
-        note = models.clip_note(project.config.stages.clip_score)
+    stages = project.config.stages
+    embedder = models.clip(stages.clip_score)
+    if embedder is None and stages.quality_classifier.architecture == "clip_mlp":
+        note = models.clip_note(stages.clip_score)
         context.log.info(f"no classifier is trained: {note}")
         return dg.MaterializeResult(metadata={"trained": False, "why_not": note})
-    text_judge, _ = models.judges(project.config.stages.judge)
-    model, stats = train_quality_model(project.config, project.storage, embedder, text_judge)
+    text_judge, _ = models.judges(stages.judge)
+    model, stats = train_quality_model(
+        project.config,
+        project.storage,
+        embedder,
+        text_judge,
+        cache_dir=project.state_path / "judge_cache",
+    )
     report = model.report
     assert report is not None
     confusion = markdown_table(
@@ -95,7 +105,8 @@ def quality_classifier(
     return dg.MaterializeResult(
         metadata={
             "trained": True,
-            "embedder": model.embedder,
+            "architecture": stats["architecture"],
+            "model": stats["model"],
             "heldout_accuracy": round(accuracy, 4) if accuracy is not None else "n/a",
             "heldout_mae": round(report.heldout_mae, 4) if report.heldout_mae is not None else "",
             "train_accuracy": round(report.train_accuracy, 4),
@@ -107,6 +118,7 @@ def quality_classifier(
             ),
             "examples_by_rule": dg.MetadataValue.json(stats["examples_by_rule"]),
             "texts_rewritten_by": stats["rewritten_by"],
+            "synthetic_texts": stats["synthetic"] or "rules",
             "rewrite_failures": stats["rewrite_failures"],
             "mean_score_by_level": dg.MetadataValue.json(report.level_mean_score),
             "sources": dg.MetadataValue.json(stats["sources"]),
@@ -146,9 +158,10 @@ def scored_samples(
     stages = project.config.stages
     on_ray = project.config.execution.on_ray(SCORED)  # then the Ray actors load CLIP
     embedder = None if on_ray else models.clip(stages.clip_score)
+    mllm = stages.quality_classifier.architecture == "mllm"
     model = (
         load_quality_model(project.storage)
-        if embedder is not None or (on_ray and stages.clip_score.model)
+        if mllm or embedder is not None or (on_ray and stages.clip_score.model)
         else None
     )
     judges = models.judges(stages.judge)

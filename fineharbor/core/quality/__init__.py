@@ -1,6 +1,8 @@
 """Quality scores (no Dagster here): the CLIP score of LAION / DanQing (:mod:`.clip_score`), a
 demo CLIP trained offline on the demo's own pairs (:mod:`.demo_clip`), and a UniFilter-style
-learned quality classifier (:mod:`.classifier`, training texts from :mod:`.perturb`).
+learned quality classifier: an MLP on frozen CLIP features (:mod:`.classifier`) or UniFilter's
+published vision tower + AvgPool projector + small LM (:mod:`.mllm_classifier`), trained on texts
+at four levels written by rules (:mod:`.perturb`) or by an MLLM (:mod:`.synthetic`).
 
 Import from the submodules: this package stays free of torch imports so the project config can
 mount :mod:`.params` cheaply. Typical use (the scoring asset does this per record batch)::

@@ -415,7 +415,7 @@ def _embedder_name(embedder: ImageTextEmbedder) -> str:
     return f"{name} ({pretrained})" if pretrained else str(name)
 
 
-def _split_images(n_images: int, fraction: float, seed: int) -> np.ndarray:
+def split_images(n_images: int, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of held-out images: whole images, so no held-out image is seen in training."""
     held = np.zeros(n_images, dtype=bool)
     n_held = round(n_images * fraction)
@@ -453,7 +453,7 @@ def train_quality_classifier(
     img = np.stack([image_features[s] for s, k in zip(sample_index, keep, strict=True) if k])
     txt = np.stack([t for t, k in zip(text_features, keep, strict=True) if k])
     y = levels[keep]
-    held_images = _split_images(len(train_set.images), params.holdout_fraction, params.seed)
+    held_images = split_images(len(train_set.images), params.holdout_fraction, params.seed)
     held = held_images[sample_index[keep]]
     x = pair_features(img, txt)
 

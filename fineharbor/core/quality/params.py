@@ -81,12 +81,63 @@ class ClipScoreParams(_Strict):
         return self
 
 
-class QualityClassifierParams(_Strict):
-    """The UniFilter-style scorer: an MLP on frozen CLIP features, trained on four levels.
+PUBLISHED_VISION_TOWER = "google/siglip-so400m-patch14-384"
+PUBLISHED_LANGUAGE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 
-    UniFilter itself fine-tunes a SigLIP + Qwen classifier; the paper's recipe kept here is the
-    data (real images with texts written at levels 0-3) and the objective (regression on the
-    level with MSE, ``num_labels = 1`` in its released script).
+
+class MllmClassifierParams(_Strict):
+    """UniFilter's published architecture (``architecture: mllm``): a SigLIP/CLIP vision tower,
+    an AvgPool projector and a small causal LM with a regression head on its last hidden state.
+
+    The published configuration is SigLIP-SO400M + Qwen2.5-0.5B, a GPU model (about 1 B
+    parameters). Both fields take a local directory written by ``save_pretrained`` or a Hub name
+    already in the local cache; nothing is downloaded at run time.
+    """
+
+    vision_model: str = Field(
+        PUBLISHED_VISION_TOWER,
+        description="SigLIP or CLIP checkpoint (full model or vision tower only); the vision "
+        "tower is frozen and its patch tokens average-pooled",
+    )
+    language_model: str = Field(
+        PUBLISHED_LANGUAGE_MODEL,
+        description="any transformers causal LM (AutoModelForCausalLM) with its tokenizer; "
+        "fine-tuned with the projector and the regression head",
+    )
+    visual_tokens: int = Field(
+        144,
+        ge=1,
+        le=4096,
+        description="tokens per image after average pooling (a square number: the patch grid "
+        "is pooled to sqrt x sqrt); default 144 = 12 x 12 (SO400M at 384 px has 27 x 27 patches)",
+    )
+    max_length: int = Field(
+        1024, ge=8, le=32768, description="LM input positions per document (visual + text)"
+    )
+    epochs: int = Field(3, ge=1, le=1000, description="passes over the training examples")
+    batch_size: int = Field(8, ge=1, le=4096, description="documents per optimiser step")
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW, LM + projector + head")
+    device: Device = Field("auto", description="auto = cuda when available, else cpu")
+    bf16: bool = Field(True, description="bfloat16 autocast on CUDA (never on CPU)")
+
+    @model_validator(mode="after")
+    def _square_tokens(self) -> MllmClassifierParams:
+        side = round(self.visual_tokens**0.5)
+        if side * side != self.visual_tokens:
+            raise ValueError(
+                f"visual_tokens ({self.visual_tokens}) must be a square number (e.g. 64, 144): "
+                "the patch grid is average-pooled to a square grid"
+            )
+        return self
+
+
+class QualityClassifierParams(_Strict):
+    """The UniFilter-style scorer, trained on real images with texts at levels 0-3.
+
+    ``architecture: clip_mlp`` (default) fits an MLP on frozen CLIP features (fast, CPU);
+    ``architecture: mllm`` trains UniFilter's published model (:class:`MllmClassifierParams`).
+    Both regress the level with MSE (``num_labels = 1`` in UniFilter's released script); the
+    fields ``hidden`` to ``chunk_words`` belong to clip_mlp.
     """
 
     objective: Literal["mse", "classification"] = Field(
@@ -126,6 +177,21 @@ class QualityClassifierParams(_Strict):
         "and 2 texts in its own words, as UniFilter had Claude write its training texts; off: "
         "the rule-based texts only (offline, reproducible)",
     )
+    architecture: Literal["clip_mlp", "mllm"] = Field(
+        "clip_mlp",
+        description="clip_mlp: the two-layer MLP on frozen CLIP features (fast, the default); "
+        "mllm: UniFilter's published vision tower + AvgPool projector + small LM (`mllm`)",
+    )
+    mllm: MllmClassifierParams = MllmClassifierParams()
+    synthetic_texts: Literal["rules", "mllm"] = Field(
+        "rules",
+        description="who writes the four-level training texts: rules (offline, reproducible; "
+        "the demo) or mllm (the judge's vision model, stages.judge.vision_model, writes all "
+        "four levels per real image, as UniFilter had Claude write them; cached)",
+    )
+    synthetic_max_tokens: int = Field(
+        256, ge=8, le=8192, description="reply budget per MLLM-written text"
+    )
     min_score: float | None = Field(
         None,
         ge=0.0,
@@ -133,3 +199,12 @@ class QualityClassifierParams(_Strict):
         description="drop samples scoring below; UniFilter keeps a top-k% whose k is not "
         "published, so the default only scores",
     )
+
+    @model_validator(mode="after")
+    def _one_writer(self) -> QualityClassifierParams:
+        if self.synthetic_texts == "mllm" and self.rewrite_with_judge:
+            raise ValueError(
+                "synthetic_texts: mllm already has the MLLM write every level; turn "
+                "rewrite_with_judge off (it rewrites the rule-based texts)"
+            )
+        return self

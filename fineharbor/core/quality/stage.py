@@ -41,6 +41,9 @@ from fineharbor.core.quality.classifier import (
     train_quality_classifier,
 )
 from fineharbor.core.quality.clip_score import ImageTextEmbedder, clip_scores
+from fineharbor.core.quality.mllm_classifier import META_FILE as MLLM_META_FILE
+from fineharbor.core.quality.mllm_classifier import MllmQualityModel, train_mllm_classifier
+from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.stages import DECONTAMINATED, Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
@@ -59,7 +62,10 @@ SCORED_SCHEMA = pa.schema(
 )
 
 
-def save_quality_model(model: QualityModel, storage: Storage) -> str:
+AnyQualityModel = QualityModel | MllmQualityModel
+
+
+def save_quality_model(model: AnyQualityModel, storage: Storage) -> str:
     """Publish the classifier at ``FINEHARBOR_HOME/models/quality_classifier`` (a directory or
     object storage) through the storage's staged publish: a killed run leaves the old model."""
     with tempfile.TemporaryDirectory(prefix="fineharbor-model-") as tmp:
@@ -68,10 +74,12 @@ def save_quality_model(model: QualityModel, storage: Storage) -> str:
     return storage.uri(*QUALITY_MODEL_DIR)
 
 
-def load_quality_model(storage: Storage) -> QualityModel:
-    """The classifier ``quality_classifier`` published (copied to a temporary local directory
-    first when the storage is object storage)."""
+def load_quality_model(storage: Storage) -> AnyQualityModel:
+    """The classifier ``quality_classifier`` published, of either architecture (copied to a
+    temporary local directory first when the storage is object storage)."""
     with storage.local_directory(*QUALITY_MODEL_DIR) as directory:
+        if (Path(directory) / MLLM_META_FILE).is_file():
+            return MllmQualityModel.load(directory)
         return QualityModel.load(directory)
 
 
@@ -105,41 +113,85 @@ def _train_samples(
 def train_quality_model(
     project: ProjectConfig,
     storage: Storage,
-    embedder: ImageTextEmbedder,
+    embedder: ImageTextEmbedder | None,
     text_judge: JudgeBackend | None = None,
-) -> tuple[QualityModel, dict]:
-    """Build the four-level semi-synthetic set from decontaminated train samples (levels 1 and 2
-    rewritten by ``text_judge`` when ``rewrite_with_judge`` is on), train the scorer on frozen
-    CLIP features of ``embedder``, save it; returns it and its statistics."""
+    *,
+    writer: JudgeBackend | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[AnyQualityModel, dict]:
+    """Build the four-level semi-synthetic set from decontaminated train samples, train the
+    classifier of ``architecture``, save it; returns it and its statistics.
+
+    Texts: rule-based (levels 1 and 2 rewritten by ``text_judge`` when ``rewrite_with_judge`` is
+    on), or with ``synthetic_texts: mllm`` all four written by ``writer`` (default: the judge's
+    vision model, :func:`~fineharbor.core.quality.synthetic.writer_backend`), cached under
+    ``cache_dir``. ``clip_mlp`` trains on frozen CLIP features of ``embedder``; ``mllm`` needs no
+    CLIP."""
     params = project.stages.quality_classifier
+    if params.architecture == "clip_mlp" and embedder is None:
+        raise ValueError("architecture clip_mlp needs the scoring CLIP (stages.clip_score.model)")
     if params.rewrite_with_judge and text_judge is None:
         raise ValueError(
             "stages.quality_classifier.rewrite_with_judge needs a text judge: set "
             "stages.judge.backend (openai or transformers) and text_model"
         )
     sources, batches = _train_samples(project, storage, params.max_training_samples)
-    train_set = build_quality_training_set(
-        batches,
-        seed=params.seed,
-        max_samples=params.max_training_samples,
-        rewrite=llm_rewriter(text_judge) if params.rewrite_with_judge else None,
-    )
+    synthetic = None
+    if params.synthetic_texts == "mllm":
+        own_writer = writer is None
+        writer = writer or writer_backend(project.stages.judge, params.synthetic_max_tokens)
+        cache = JudgmentCache(cache_dir) if cache_dir is not None else None
+        try:
+            train_set, synthetic = write_level_texts(
+                batches,
+                writer,
+                seed=params.seed,
+                max_samples=params.max_training_samples,
+                cache=cache,
+            )
+        finally:
+            if cache is not None:
+                cache.close()
+            if own_writer:  # an in-process writer frees its GPU memory before training
+                writer.close()
+    else:
+        train_set = build_quality_training_set(
+            batches,
+            seed=params.seed,
+            max_samples=params.max_training_samples,
+            rewrite=llm_rewriter(text_judge) if params.rewrite_with_judge else None,
+        )
     if len(train_set.images) < 2:
         raise ValueError(
             f"the quality classifier needs at least 2 decontaminated samples with an image and "
             f"text; the train sources ({', '.join(sources) or 'none'}) have "
             f"{len(train_set.images)}: materialize decontaminated_samples first"
         )
-    model = train_quality_classifier(train_set, embedder, params)
+    if params.architecture == "mllm":
+        model: AnyQualityModel = train_mllm_classifier(
+            train_set, params.mllm, holdout_fraction=params.holdout_fraction, seed=params.seed
+        )
+        described = "mllm: {vision_model} + AvgPool + {language_model}".format(**model.sources)
+    else:
+        assert embedder is not None
+        model = train_quality_classifier(train_set, embedder, params)
+        described = f"clip_mlp: {model.embedder}"
     target = save_quality_model(model, storage)
+    if synthetic is not None:
+        written_by = f"{synthetic.writer} ({synthetic.prompt_version}), all levels"
+    elif params.rewrite_with_judge and text_judge is not None:
+        written_by = f"{text_judge.name} ({REWRITE_PROMPT_VERSION})"
+    else:
+        written_by = "rules only"
     stats = {
+        "architecture": params.architecture,
+        "model": described,
+        "synthetic": synthetic.summary() if synthetic is not None else "",
         "sources": sources,
         "real_samples": len(train_set.images),
         "examples_by_level": train_set.level_counts(),
         "examples_by_rule": train_set.rule_counts(),
-        "rewritten_by": f"{text_judge.name} ({REWRITE_PROMPT_VERSION})"
-        if params.rewrite_with_judge and text_judge is not None
-        else "rules only",
+        "rewritten_by": written_by,
         "rewrite_failures": train_set.rewrite_failures,
         "path": target,
     }
@@ -193,7 +245,7 @@ def _null_ratings(rows: int) -> dict[str, pa.Array]:
 def _score_batch(
     batch: pa.RecordBatch,
     embedder: ImageTextEmbedder | None,
-    model: QualityModel | None,
+    model: AnyQualityModel | None,
     judges: tuple,
     params: StageParams,
     cache: JudgmentCache | None,
@@ -209,7 +261,11 @@ def _score_batch(
         started = time.perf_counter()
         clip = clip_scores(table, embedder, params.clip_score)
         stats.clip_seconds += time.perf_counter() - started
-    if model is not None and embedder is not None:
+    if isinstance(model, MllmQualityModel):  # reads images and text itself, no CLIP
+        started = time.perf_counter()
+        quality = model.score_samples(table)
+        stats.classifier_seconds += time.perf_counter() - started
+    elif model is not None and embedder is not None:
         started = time.perf_counter()
         quality = score_quality(table, model, embedder)
         stats.classifier_seconds += time.perf_counter() - started
@@ -239,7 +295,7 @@ def build_scored_samples(
     progress: Progress | None = None,
     *,
     embedder: ImageTextEmbedder | None = None,
-    model: QualityModel | None = None,
+    model: AnyQualityModel | None = None,
     judges: tuple = (None, None),
     judge_cache_dir: str | Path | None = None,
 ) -> tuple[StageReport, ScoringStats]:
@@ -290,7 +346,9 @@ def _score_in_worker(params: StageParams, model_root: str | None) -> StreamFn:
     from fineharbor.core.quality.clip_score import scoring_clip
 
     embedder, _ = scoring_clip(params.clip_score)
-    model = load_quality_model(Storage(model_root)) if embedder is not None and model_root else None
+    mllm = params.quality_classifier.architecture == "mllm"
+    wanted = model_root is not None and (embedder is not None or mllm)
+    model = load_quality_model(Storage(model_root)) if wanted else None
     stats = ScoringStats()  # the actor's own; the driver recounts scores from the rows
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:

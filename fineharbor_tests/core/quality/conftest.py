@@ -1,17 +1,23 @@
 """Tiny open_clip models with random weights, saved in the demo CLIP's local-directory layout
 and loaded through the path users take (no weights are ever downloaded), plus a fake embedder
-with hand-set vectors for checking the scoring rules exactly."""
+with hand-set vectors for checking the scoring rules exactly, and the judge tests' loopback
+OpenAI-compatible server answering the MLLM writer's level prompts."""
 
 from __future__ import annotations
 
 import io
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from aiohttp import web
 from PIL import Image
 
+from fineharbor.core.quality.synthetic import LEVEL_TASKS
 from fineharbor.testing.models import save_tiny_clip
+from fineharbor_tests.core.judge.conftest import fake_server  # noqa: F401 - the fixture
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +60,47 @@ class FakeEmbedder:
 def _unit(vector: list[float]) -> np.ndarray:
     array = np.asarray(vector, dtype=np.float32)
     return array / np.linalg.norm(array)
+
+
+WRITTEN = {
+    3: "A {colour} square on white.",
+    2: "A purple square on white.",
+    1: "An image.",
+    0: "A cat.",
+}
+
+
+def _level_of(prompt: str) -> int:
+    return next(level for level, task in LEVEL_TASKS.items() if task.split("{kind}")[1] in prompt)
+
+
+@pytest.fixture
+def writer_server(fake_server):  # noqa: F811 - pytest fixture injection
+    """The loopback server answering level prompts: the text of the asked level, naming the
+    reference's colour; "FAIL" in the reference answers 500 for level 2; judge rating prompts
+    get "Rating: 4"."""
+
+    async def answer(body: dict) -> web.Response:
+        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+        text = " ".join(p["text"] for p in user if p["type"] == "text")
+        images = [p for p in user if p["type"] == "image_url"]
+        if "rates how well a text matches" not in system:  # a judge rating, not a writer
+            reply = "Rating: 4"
+            payload = {"choices": [{"message": {"role": "assistant", "content": reply}}]}
+            return web.Response(text=json.dumps(payload), content_type="application/json")
+        assert images, "the writer must see the images"
+        assert all(p["image_url"]["url"].startswith("data:image/png") for p in images)
+        level = _level_of(text)
+        fake_server.seen[text] = fake_server.seen.get(text, 0) + 1
+        if "FAIL" in text and level == 2:
+            return fake_server._status(500)
+        colour = re.search(r"<reference>\nA (\w+)", text).group(1)
+        reply = WRITTEN[level].format(colour=colour)
+        if len(images) > 1:
+            reply = "\n\n".join(f'"{reply}"' for _ in images)  # one quoted paragraph per image
+        fake_server.statuses.append(200)
+        payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
+        return web.Response(text=json.dumps(payload), content_type="application/json")
+
+    fake_server._answer = answer
+    return fake_server
