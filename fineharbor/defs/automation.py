@@ -37,7 +37,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "deduplicated_samples": ("dedup",),
     "benchmark_index": ("decontam", "signatures"),
     "decontaminated_samples": ("decontam",),
-    "quality_classifier": ("clip_score", "quality_classifier"),
+    # the judge writes the semi-synthetic texts (synthetic_texts: mllm, rewrite_with_judge)
+    "quality_classifier": ("clip_score", "quality_classifier", "judge"),
     "scored_samples": ("clip_score", "quality_classifier", "judge"),
     "concept_clusters": ("concepts",),
     "release_mix": ("release", "concepts"),
