@@ -3,7 +3,8 @@
 :func:`check_rule` runs a sample through the real row processor with every other switchable
 rule off, so a test of one rule is one line (as datatrove's ``check_filter``)::
 
-    assert check_rule("alt_text_short", caption("hi")) == (False, "alt_text_short", ...)
+    kept, reason, detail = check_rule("alt_text_short", sample_row([("", "car")], [jpeg]))
+    assert (kept, reason, detail) == (False, "alt_text_short", "caption 3 chars < 5")
 
     python -m fineharbor.testing.rules      # rewrite the generated table in the docs
 """

@@ -7,9 +7,9 @@ the measured value and the threshold). Here the row rules run first, then each i
 through the decoder (which runs the image rules), then GUI coordinates are normalised with the
 first screenshot's size. Kept images are converted to RGB, resized and re-encoded.
 
-Text rules all run before any image is decoded. :func:`clean_batch` runs in the calling process
-(no time limit); :func:`clean_batches` runs batches in worker processes with a per-image time
-limit and survives decoder crashes (see :mod:`fineharbor.core.cleaning.pool`).
+:func:`clean_batch` runs in the calling process (no time limit); :func:`clean_batches` runs
+batches in worker processes with a per-image time limit and survives decoder crashes (see
+:mod:`fineharbor.core.cleaning.pool`).
 """
 
 from __future__ import annotations
