@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from fineharbor.core.cleaning import quality
 from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.reasons import (
     DECOMPRESSION_BOMB,
@@ -51,6 +50,7 @@ from fineharbor.core.cleaning.reasons import (
     IMAGE_TRUNCATED,
     Reject,
 )
+from fineharbor.core.cleaning.rules import DECODED_RULES, HEADER_RULES, ImageFacts, image_reject
 
 ORIENTATION_TAG = 0x0112
 # Reductions of 4x or more first box-reduce by an integer factor, leaving at least 2x to LANCZOS
@@ -412,10 +412,11 @@ def gray_thumbnail(image: Image.Image, max_side: int) -> np.ndarray:
 def clean_image(data: bytes | None, params: CleanParams, *, pair: bool = False) -> ImageResult:
     """Decode, check, normalise and re-encode one image; never raises.
 
-    ``pair`` marks an image-caption pair, for the rules whose scope is ``pairs``. The format,
-    decompression-bomb and pixel-count checks run on the header before decoding; min side,
-    aspect ratio, bytes, entropy and blur after the full decode (so a broken file is always
-    reported as broken, whatever its size).
+    ``pair`` marks an image-caption pair, for the rules whose scope is ``pairs``. The format and
+    decompression-bomb checks and the ``header`` rules of
+    :data:`~fineharbor.core.cleaning.rules.RULES` run on the header before decoding, its
+    ``decoded`` rules (min side, aspect ratio, bytes, entropy, blur) after the full decode, in
+    table order (so a broken file is always reported as broken, whatever its size).
     """
     return _safely(data, params, pair=pair, rules=True)
 
@@ -495,8 +496,9 @@ def _clean_image(
     image, fmt = open_image(data, params)
     assert data is not None  # open_image rejects missing bytes
     stored = image.size
+    facts = ImageFacts(stored, len(data), pair=pair)
     if rules:  # before decoding: nothing of the pixel data is allocated yet
-        _raise(quality.rule_max_pixels(stored, params))
+        _raise(image_reject(HEADER_RULES, facts, params))
 
     # Only JPEG's EXIF is parsed with the header. Other plugins (PNG) may *decode* the image to
     # find it, and a failed decode there must not be swallowed, so they are asked after load().
@@ -541,20 +543,14 @@ def _clean_image(
         full = params.model_copy(update={"jpeg_draft": False})
         return _clean_image(data, full, pair=pair, rules=rules)
 
+    lap = ent = None
     if rules:
         # After the decode on purpose: a broken file is reported as corrupt/truncated whatever
         # its size, and a file under the byte or side limit is cheap to decode anyway.
-        _raise(quality.rule_min_side(orig, params, pair=pair))
-        _raise(quality.rule_aspect_ratio(orig, params, pair=pair))
-        _raise(quality.rule_image_bytes(len(data), params, pair=pair))
-
-    lap = ent = None
-    if rules and (params.check_entropy or params.check_blur):
-        gray = gray_thumbnail(rgb, params.quality_max_side)
-        ent = quality.gray_entropy(gray)
-        lap = quality.laplacian_variance(gray)
-        _raise(quality.rule_low_entropy(gray, params, entropy=ent))
-        _raise(quality.rule_blur(lap, params))
+        facts.decoded(orig, functools.partial(gray_thumbnail, rgb, params.quality_max_side))
+        _raise(image_reject(DECODED_RULES, facts, params))
+        if params.check_entropy or params.check_blur:  # recorded in image_info either way
+            ent, lap = facts.entropy, facts.laplacian
 
     if not keep_bytes and rgb.size != final:
         rgb = rgb.resize(final, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)

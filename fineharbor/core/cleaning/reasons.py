@@ -1,5 +1,8 @@
 """Stable reject reason codes of the cleaning stage and the small type every rule returns.
 
+The rules that reject with them, and the set of every code (``REASONS``), are declared once in
+:mod:`fineharbor.core.cleaning.rules`.
+
 The codes are a contract: the rejects ledger, the Dagster metadata and the SQL statistics group by
 them, so a code is never renamed. Each rule function returns ``None`` (passes) or a
 :class:`Reject` whose ``detail`` states the measured value against the threshold, e.g.
@@ -8,7 +11,7 @@ them, so a code is never renamed. Each rule function returns ``None`` (passes) o
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # image integrity (always on: a sample whose image cannot be decoded safely is never kept)
 IMAGE_MISSING = "image_missing"
@@ -43,39 +46,18 @@ GUI_ACTION_UNPARSEABLE = "gui_action_unparseable"
 # this sample's text); the sample is rejected so the run can go on
 WORKER_CRASHED = "worker_crashed"
 
-REASONS: frozenset[str] = frozenset(
-    {
-        IMAGE_MISSING,
-        IMAGE_CORRUPT,
-        IMAGE_TRUNCATED,
-        IMAGE_FORMAT_NOT_ALLOWED,
-        DECOMPRESSION_BOMB,
-        IMAGE_DECODE_TIMEOUT,
-        IMAGE_TOO_SMALL_BYTES,
-        IMAGE_TOO_SMALL_SIDE,
-        ASPECT_RATIO,
-        TOO_MANY_PIXELS,
-        IMAGE_BLURRY,
-        IMAGE_LOW_ENTROPY,
-        TEXT_EMPTY,
-        ALT_TEXT_SHORT,
-        CAPTION_WORD_COUNT,
-        TURN_TOO_LONG,
-        LANGUAGE_NOT_ALLOWED,
-        TEXT_REPETITIVE,
-        TEXT_SPECIAL_CHARS,
-        TEXT_UNK_TOKENS,
-        TEXT_UNSAFE,
-        DOMAIN_DENIED,
-        DOMAIN_NOT_ALLOWED,
-        GUI_ACTION_UNPARSEABLE,
-        WORKER_CRASHED,
-    }
-)
-
 
 class Reject(NamedTuple):
     """A failed rule: a stable reason code and the measured value against its threshold."""
 
     reason: str
     detail: str
+
+
+def __getattr__(name: str) -> Any:
+    # REASONS is derived from the rule table, which imports the rule modules that import this one
+    if name == "REASONS":
+        from fineharbor.core.cleaning.rules import REASONS
+
+        return REASONS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,55 +1,31 @@
 """The cleaning stage: unified batch in, (kept rows, rejected rows) out.
 
-Rules run per sample in this order; the first that fails rejects the sample (one reject row per
-sample, ``REJECT_SCHEMA``, the detail giving the measured value and the threshold):
+The rules, their order and their scopes are declared once in
+:data:`fineharbor.core.cleaning.rules.RULES` (rendered in ``docs/cleaning-rules.md``); the first
+that fails rejects the sample (one reject row per sample, ``REJECT_SCHEMA``, the detail giving
+the measured value and the threshold). Here the row rules run first, then each image goes
+through the decoder (which runs the image rules), then GUI coordinates are normalised with the
+first screenshot's size. Kept images are converted to RGB, resized and re-encoded.
 
- 1. ``domain_denied`` / ``domain_not_allowed``      source trust, from an http(s) ``origin_uri``
- 2. ``text_empty``                                  every answer empty (empty turns are dropped
-                                                    and counted in ``dropped_turns``), or neither
-                                                    turns nor images. A sample with images and no
-                                                    turns is image-only: rules 2-8 do not apply
- 3. ``gui_action_unparseable``                      GUI sources: every answer must parse
- 4. ``turn_too_long``                               turns over the token cap are dropped; the
-                                                    sample goes only when none remain
- 5. ``text_unsafe``                                 configured safety terms
- 6. ``alt_text_short``, ``caption_word_count``      caption pairs only
- 7. ``text_unk_tokens``, ``text_special_chars``, ``text_repetitive``
- 8. ``language_not_allowed``                        lingua, allowlist
- 9. per image, in order: ``image_missing``, ``image_format_not_allowed``,
-    ``decompression_bomb``, ``too_many_pixels`` (all before decoding), then ``image_corrupt`` /
-    ``image_truncated`` (full decode) and ``image_decode_timeout`` (pool only), then
-    ``image_too_small_side``, ``aspect_ratio``, ``image_too_small_bytes``, ``image_low_entropy``,
-    ``image_blurry``; kept images are converted to RGB, resized and re-encoded. The aspect-ratio
-    and byte rules, made for web alt-text pairs, apply to web caption sources only by default
-    (``web_pair_rules``)
-10. GUI coordinates are normalised with the first screenshot's size (``gui_action_unparseable``
-    when pixel coordinates fall outside it)
-
-Text rules all run before any image is decoded. :func:`clean_batch` runs in the calling process
-(no time limit); :func:`clean_batches` runs batches in worker processes with a per-image time
-limit and survives decoder crashes (see :mod:`fineharbor.core.cleaning.pool`).
+:func:`clean_batch` runs in the calling process (no time limit); :func:`clean_batches` runs
+batches in worker processes with a per-image time limit and survives decoder crashes (see
+:mod:`fineharbor.core.cleaning.pool`).
 """
 
 from __future__ import annotations
 
 import atexit
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 import pyarrow as pa
 
-from fineharbor.core.cleaning import domains, gui_actions, text
+from fineharbor.core.cleaning import gui_actions
 from fineharbor.core.cleaning.images import ImageResult, clean_image
 from fineharbor.core.cleaning.params import CleanParams
-from fineharbor.core.cleaning.reasons import (
-    GUI_ACTION_UNPARSEABLE,
-    IMAGE_MISSING,
-    TEXT_EMPTY,
-    TURN_TOO_LONG,
-    Reject,
-)
+from fineharbor.core.cleaning.reasons import GUI_ACTION_UNPARSEABLE, IMAGE_MISSING, Reject
+from fineharbor.core.cleaning.rules import WEB_SWITCHES, Sample, row_reject
 from fineharbor.core.schema import UNIFIED_SCHEMA, reject_row, rejects_table
 
 IMAGE_INFO_TYPE = pa.struct(
@@ -116,12 +92,12 @@ _WITHOUT_WEB: dict[int, tuple[CleanParams, CleanParams]] = {}
 
 
 def _without_web_rules(params: CleanParams) -> CleanParams:
-    """``params`` with the web pair rules off; one copy per params object (a row at a time)."""
+    """``params`` with the rules of scope ``web`` off; one copy per params object."""
     cached = _WITHOUT_WEB.get(id(params))
     if cached is None or cached[0] is not params:
         if len(_WITHOUT_WEB) > 8:
             _WITHOUT_WEB.clear()
-        off = {"check_aspect_ratio": False, "check_image_bytes": False, "check_min_side": False}
+        off = dict.fromkeys(WEB_SWITCHES, False)
         cached = _WITHOUT_WEB[id(params)] = (params, params.model_copy(update=off))
     return cached[1]
 
@@ -148,76 +124,6 @@ def _image_path(path: str | None, result: ImageResult) -> str | None:
     return path[: len(path) - len(suffix)] + result.extension
 
 
-@dataclass
-class _Texts:
-    """What the text rules leave of a sample: its turns and what was measured on them."""
-
-    kept: list[dict] = field(default_factory=list)
-    dropped: int = 0
-    parsed: dict[int, list] = field(default_factory=dict)  # GUI actions by id(turn)
-    language: str | None = None
-    confidence: float | None = None
-    pair: bool = False
-
-
-def _text_rules(
-    row: dict[str, Any], turns: list[dict], gui: bool, params: CleanParams
-) -> dict | _Texts:
-    """Rules 2-8 on a sample's turns: a reject row, or the :class:`_Texts` kept."""
-    source = str(row.get("source") or "")
-    kept, dropped = text.drop_empty_turns(turns, params)
-    if not kept:
-        return _reject(row, Reject(TEXT_EMPTY, f"all {len(turns)} turns have empty answers"))
-
-    # 3. GUI actions: parse now (cheap), normalise coordinates once the screenshot size is known
-    parsed: dict[int, list] = {}
-    if gui:
-        for i, turn in enumerate(kept):
-            try:
-                parsed[id(turn)] = gui_actions.parse_actions(turn["assistant"])
-            except gui_actions.GuiActionError as error:
-                return _reject(row, Reject(GUI_ACTION_UNPARSEABLE, f"turn {i}: {error}"))
-
-    # 4. per-turn token cap (FineVision drops turns)
-    before = len(kept)
-    kept, n_long, longest = text.drop_long_turns(kept, params)
-    dropped += n_long
-    if not kept:
-        detail = f"turn tokens {longest} > {params.max_turn_tokens} (all {before} turns dropped)"
-        return _reject(row, Reject(TURN_TOO_LONG, detail))
-
-    users = [t["user"] for t in kept]
-    answers = [t["assistant"] for t in kept]
-    prose_answers = [] if gui else answers  # GUI answers are code, not language
-    all_text = "\n".join(users + answers)
-    prose = "\n".join(users + prose_answers)
-    pair = text.is_caption_pair(kept, source, params)
-
-    # 5-7. content
-    checks: list[Callable[[], Reject | None]] = [lambda: text.rule_unsafe(all_text, params)]
-    if pair:
-        caption = answers[0]
-        checks += [
-            lambda: text.rule_alt_text(caption, params),
-            lambda: text.rule_caption_words(caption, params),
-        ]
-    checks += [
-        lambda: text.rule_unk_tokens(all_text, params),
-        lambda: text.rule_special_chars(prose, params),
-        lambda: text.rule_repetition(prose_answers, params),
-    ]
-    for check in checks:
-        found = check()
-        if found:
-            return _reject(row, found)
-
-    # 8. language
-    found, language, confidence = text.rule_language(users + prose_answers, params)
-    if found:
-        return _reject(row, found)
-    return _Texts(kept, dropped, parsed, language, confidence, pair)
-
-
 def process_row(
     row: dict[str, Any],
     params: CleanParams,
@@ -228,31 +134,13 @@ def process_row(
     """Clean one unified sample. Returns (kept row, None) or (None, reject row)."""
     decode = decoder or clean_image
     source = str(row.get("source") or "")
-
-    # 1. source trust
-    found = domains.rule_domain(row.get("origin_uri"), params)
+    sample = Sample(row, params)
+    found = row_reject(sample, params)
     if found:
         return None, _reject(row, found)
-
-    # 2-8. text rules; an image-only sample (no turns) has no text to judge
-    turns = [
-        {"user": text.text_of(t.get("user")), "assistant": text.text_of(t.get("assistant"))}
-        for t in (row.get("texts") or [])
-        if t is not None
-    ]
-    gui = source in params.gui_action_sources
-    if turns:
-        texts = _text_rules(row, turns, gui, params)
-        if isinstance(texts, dict):
-            return None, texts
-    elif row.get("images"):
-        texts = _Texts()
-    else:
-        return None, _reject(row, Reject(TEXT_EMPTY, "no turns and no images"))
-    pair = texts.pair
+    pair = sample.pair
     image_params = params if params.web_pair_rules_apply(source) else _without_web_rules(params)
 
-    # 9. images
     images = row.get("images") or []
     out_images: list[dict] = []
     infos: list[dict] = []
@@ -275,13 +163,13 @@ def process_row(
         out_images.append({"bytes": result.data, "path": _image_path(image.get("path"), result)})
         infos.append({**result.info.as_row(), "decoder_warnings": result.warnings})
 
-    # 10. GUI coordinates
-    out_turns = [{"user": t["user"], "assistant": t["assistant"]} for t in texts.kept]
-    if gui:
+    # GUI coordinates, once the first screenshot's size is known
+    out_turns = [{"user": t["user"], "assistant": t["assistant"]} for t in sample.turns]
+    if sample.gui:
         size = (infos[0]["orig_width"], infos[0]["orig_height"]) if infos else None
-        for i, turn in enumerate(texts.kept):
+        for i, turn in enumerate(sample.turns):
             try:
-                out_turns[i]["assistant"] = gui_actions.render_items(texts.parsed[id(turn)], size)
+                out_turns[i]["assistant"] = gui_actions.render_items(sample.parsed[id(turn)], size)
             except gui_actions.GuiActionError as error:
                 return None, _reject(row, Reject(GUI_ACTION_UNPARSEABLE, f"turn {i}: {error}"))
 
@@ -289,9 +177,9 @@ def process_row(
     out["images"] = out_images
     out["texts"] = out_turns
     out["image_info"] = infos
-    out["language"] = texts.language
-    out["language_confidence"] = texts.confidence
-    out["dropped_turns"] = texts.dropped
+    out["language"] = sample.language
+    out["language_confidence"] = sample.confidence
+    out["dropped_turns"] = sample.dropped
     return out, None
 
 
