@@ -249,6 +249,7 @@ DUPLICATES = "duplicate_clusters"
 DEDUPLICATED = "deduplicated_samples"
 BENCHMARK_INDEX = "benchmark_index"
 DECONTAMINATED = "decontaminated_samples"
+SCORED = "scored_samples"
 SIGNATURE_BATCH_ROWS = 64
 
 

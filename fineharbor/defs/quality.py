@@ -1,21 +1,15 @@
 """Quality assets: the UniFilter-style classifier (global) and scored_samples (per source)."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from fineharbor.core.config import StageParams
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.judge.prompts import AXES, PROMPT_VERSIONS
 from fineharbor.core.judge.rate import make_backends
-from fineharbor.core.quality.classifier import LEVELS
-from fineharbor.core.quality.params import ClipScoreParams
-from fineharbor.core.quality.stage import (
-    SCORED,
-    ScoringStats,
-    build_scored_samples,
-    load_quality_model,
-    train_quality_model,
-)
-from fineharbor.core.stages import StageReport
+from fineharbor.core.quality.params import LEVELS, ClipScoreParams
+from fineharbor.core.stages import SCORED, StageReport
 from fineharbor.defs.ingest import ProgressLog, decontaminated_samples
 from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 from fineharbor.defs.reporting import (
@@ -25,6 +19,9 @@ from fineharbor.defs.reporting import (
     stage_check_specs,
 )
 from fineharbor.defs.resources import FineharborProject
+
+if TYPE_CHECKING:
+    from fineharbor.core.quality.stage import ScoringStats
 
 
 class QualityModelsResource(dg.ConfigurableResource):
@@ -87,6 +84,9 @@ def quality_classifier(
         note = models.clip_note(stages.clip_score)
         context.log.info(f"no classifier is trained: {note}")
         return dg.MaterializeResult(metadata={"trained": False, "why_not": note})
+    # torch and transformers load here, not when the definitions load (every CLI plan does)
+    from fineharbor.core.quality.stage import train_quality_model
+
     text_judge, _ = models.judges(stages.judge)
     model, stats = train_quality_model(
         project.config,
@@ -155,6 +155,8 @@ def quality_classifier(
 def scored_samples(
     context: dg.AssetExecutionContext, project: FineharborProject, models: QualityModelsResource
 ):
+    from fineharbor.core.quality.stage import build_scored_samples, load_quality_model
+
     stages = project.config.stages
     on_ray = project.config.execution.on_ray(SCORED)  # then the Ray actors load CLIP
     embedder = None if on_ray else models.clip(stages.clip_score)
@@ -185,7 +187,7 @@ def scored_samples(
 
 
 def _scoring_metadata(
-    stages: StageParams, stats: ScoringStats, report: StageReport, judges: tuple
+    stages: StageParams, stats: "ScoringStats", report: StageReport, judges: tuple
 ) -> dict:
     """Throughput, score histograms and, with a judge, its ratings for one partition."""
     extra = {

@@ -41,14 +41,12 @@ from fineharbor.core.quality.clip_score import (
     image_bytes,
 )
 from fineharbor.core.quality.metrics import confusion_matrix
-from fineharbor.core.quality.params import QualityClassifierParams
+from fineharbor.core.quality.params import LEVELS, MAX_LEVEL, QualityClassifierParams
 from fineharbor.core.quality.perturb import perturb_attribute, vague_text
 from fineharbor.core.quality.text import clean_text, pack_segments, sample_segments
 
 log = logging.getLogger(__name__)
 
-LEVELS = (0, 1, 2, 3)
-MAX_LEVEL = 3
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "quality_classifier.pt"
 META_FILE = "quality_classifier.json"

@@ -12,6 +12,10 @@ from pydantic import Field, model_validator
 from fineharbor.core.quality.text import ImageRule, TextRule
 from fineharbor.core.strict import StrictModel as _Strict
 
+# UniFilter's quality levels: 0 (another image's text) to 3 (the image's own text)
+LEVELS = (0, 1, 2, 3)
+MAX_LEVEL = 3
+
 LAION_400M_THRESHOLD = 0.30  # OpenAI CLIP ViT-B/32; "0.28-0.29 also seemed okay"
 LAION_5B_THRESHOLD = 0.28  # English subset, ViT-B/32
 LAION_5B_MULTI_THRESHOLD = 0.26  # multilingual / no-language subsets, mCLIP

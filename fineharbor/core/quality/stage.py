@@ -45,10 +45,9 @@ from fineharbor.core.quality.mllm_classifier import META_FILE as MLLM_META_FILE
 from fineharbor.core.quality.mllm_classifier import MllmQualityModel, train_mllm_classifier
 from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
-from fineharbor.core.stages import DECONTAMINATED, Progress, StageReport, write_stage
+from fineharbor.core.stages import DECONTAMINATED, SCORED, Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
 
-SCORED = "scored_samples"
 QUALITY_MODEL_DIR = ("models", "quality_classifier")
 SCORE_BATCH_ROWS = 64
 
