@@ -477,7 +477,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             "`sources:` (`fineharbor map-source PATH --write` proposes its block)",
             file=sys.stderr,
         )
-        return 1
+        return 2
     try:
         outcome = materialize_all(
             [*args.source, *(args.source_option or [])] or None,

@@ -137,10 +137,13 @@ def test_materialize_accepts_source_as_an_option_and_rejects_unknown_names(proje
     assert "per_source_job charts" in out and "per_source_job scenes" in out
 
 
-def test_an_empty_project_says_what_is_missing(project, capsys):
-    Path(project.config_path).write_text("sources: []\n")
-    assert main(["materialize"]) == 1
-    assert "no sources in" in capsys.readouterr().err
+@pytest.mark.parametrize("text", ["sources: []\n", "name: p\nsources:\n"])
+def test_an_empty_project_says_what_is_missing(project, capsys, text):
+    Path(project.config_path).write_text(text)
+    assert main(["materialize"]) == 2  # a project-file problem, like a bad field
+    err = capsys.readouterr().err.strip()
+    assert "no sources in" in err and str(project.config_path) in err
+    assert len(err.splitlines()) == 1
 
 
 def test_when_every_partition_fails_the_global_stages_say_why_they_did_not_run(

@@ -214,13 +214,3 @@ def test_status_with_a_missing_project_file_is_one_line(tmp_path, home, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fineharbor: ") and str(missing) in err and "no such project file" in err
     assert len(err.splitlines()) == 1
-
-
-@pytest.mark.parametrize("text", ["sources: []\n", "name: p\nsources:\n"])
-def test_materialize_without_sources_says_what_is_missing(tmp_path, home, capsys, text):
-    path = tmp_path / "fineharbor.yaml"
-    path.write_text(text)
-    assert main(["--config", str(path), "materialize"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "no sources to materialize" in err and str(path) in err
-    assert len(err.splitlines()) == 1
