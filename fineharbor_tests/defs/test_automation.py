@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from fineharbor.cli import stage_status
 from fineharbor.core.config import load_config
@@ -63,6 +64,7 @@ def run(repo: dg.RepositoryDefinition, instance, requests: list[dg.RunRequest]) 
         assert result.success
 
 
+@pytest.mark.slow
 def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project):  # noqa: F811
     first_pass = ["cleaned_samples", "image_signatures", "raw_samples", "unified_samples"]
     with dg.instance_for_test() as instance:
@@ -100,6 +102,7 @@ def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project
         assert requested(requests) == [(BOTH, ["decontaminated_samples", "deduplicated_samples"])]
 
 
+@pytest.mark.slow
 def test_status_has_a_line_per_stage_with_rows_rejects_and_freshness(project):  # noqa: F811
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, PARTITIONS)

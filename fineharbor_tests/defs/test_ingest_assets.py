@@ -102,6 +102,7 @@ def run_pipeline(project, instance, partitions):
         assert materialize(project, instance, partition, SCORING_ASSETS).success
 
 
+@pytest.mark.slow
 def test_per_source_stages_conserve_rows_and_report(project):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])
@@ -132,6 +133,7 @@ def test_per_source_stages_conserve_rows_and_report(project):
         ]
 
 
+@pytest.mark.slow
 def test_one_run_materializes_a_range_of_partitions_with_their_own_metadata(project):
     """A backfill run over several partitions (orchestration.partitions_per_run) records one
     materialization per partition with that partition's figures, and each check once, over all
@@ -185,6 +187,7 @@ def test_a_failed_partition_fails_the_combined_check():
     assert combined.metadata["by_partition"].value["b"] == {"kept": 1}
 
 
+@pytest.mark.slow
 def test_rematerializing_gives_the_same_rows(project):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["charts"])
@@ -194,6 +197,7 @@ def test_rematerializing_gives_the_same_rows(project):
         assert project.storage.read_table("unified_samples", "charts").equals(first)
 
 
+@pytest.mark.slow
 def test_missing_location_fails_only_its_partition(project):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["ghost", "charts"])
@@ -205,6 +209,7 @@ def test_missing_location_fails_only_its_partition(project):
         assert materialize(project, instance, "charts").success
 
 
+@pytest.mark.slow
 def test_catalog_exposes_every_stage_and_rejects(project):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])

@@ -38,6 +38,7 @@ def project(ingest_project, tmp_path):  # noqa: F811
     return ingest_project
 
 
+@pytest.mark.slow
 def test_release_assets_write_the_release_models_and_checks(project):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])

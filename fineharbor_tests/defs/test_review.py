@@ -57,6 +57,7 @@ def release(project, instance, require_review=True):
     return check, released, rejects
 
 
+@pytest.mark.slow
 def test_new_source_reviewed_before_release(project, home, monkeypatch, capsys):
     config, folder = project
     assert main(["--config", str(config), "map-source", str(folder), "--write"]) == 0

@@ -83,6 +83,7 @@ def test_shards_partition_the_records_and_refuse_more_shards_than_files(project)
         keys(Shard(0, 4))
 
 
+@pytest.mark.slow
 def test_a_sharded_source_gives_the_unsharded_samples_through_the_release(project, tmp_path):  # noqa: F811
     split_charts(project, 3)
     with dg.instance_for_test() as instance:

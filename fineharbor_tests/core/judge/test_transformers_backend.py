@@ -26,6 +26,7 @@ def forbid_calls(backend: TransformersBackend, monkeypatch) -> None:
     monkeypatch.setattr(backend, "complete", fail)
 
 
+@pytest.mark.slow
 def test_random_models_generate_and_failures_add_up(tiny_models, samples, tmp_path, monkeypatch):
     params = JudgeParams(backend="transformers", max_new_tokens=4, batch_size=2)
     text = TransformersBackend(str(tiny_models["text"]), max_new_tokens=4, batch_size=2)
