@@ -57,6 +57,20 @@ def _valid_int64(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nda
     return rows, values[rows]
 
 
+def _orientation_hashes(
+    signatures: pa.Table, rotations: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The train images' phashes to look up: as signed, mirrored and, with ``rotations`` and
+    signatures that carry them, the six rotated / upside-down variants (a benchmark image turned
+    by 90 degrees is found by the variant that turns it back)."""
+    columns = [signatures.column("phash"), signatures.column("phash_flip")]
+    if rotations and "phash_dihedral" in signatures.column_names:
+        variants = signatures.column("phash_dihedral").combine_chunks()
+        width = pc.max(pc.list_value_length(variants)).as_py() or 0
+        columns += [pc.list_element(variants, k) for k in range(width)]
+    return [_valid_int64(column) for column in columns]
+
+
 class BenchmarkMatcher:
     """Holds the index in memory: faiss for vectors and hashes, a dict for n-grams."""
 
@@ -111,14 +125,10 @@ class BenchmarkMatcher:
                         if match.stronger_than(matches[row]):
                             matches[row] = match
         if self._hashes is not None:
-            for column in ("phash", "phash_flip"):
-                values = signatures.column(column).to_numpy(zero_copy_only=False)
-                rows = np.flatnonzero(~np.isnan(values.astype(float)))
+            for rows, values in _orientation_hashes(signatures, self.params.phash_rotations):
                 if not rows.size:
                     continue
-                distances, found = self._hashes.search(
-                    _phash_bytes(values[rows].astype(np.int64)), 1
-                )
+                distances, found = self._hashes.search(_phash_bytes(values), 1)
                 for row, distance, hit in zip(rows, distances[:, 0], found[:, 0], strict=True):
                     if hit >= 0 and distance <= self.params.phash_max_distance:
                         match = self._image(int(self._hash_rows[hit]), "phash", 1 - distance / 64)

@@ -23,6 +23,11 @@ class DecontamParams(_Strict):
         description="FineVision's blog: cosine >= 0.95 is a match (its code defaults to 0.90)",
     )
     use_phash: bool = Field(True, description="also match by perceptual hash (and its mirror)")
+    phash_rotations: bool = Field(
+        True,
+        description="also match the train image's rotated and upside-down phashes "
+        "(``phash_dihedral``): a benchmark image turned by 90/180/270 degrees is still a copy",
+    )
     phash_max_distance: int = Field(
         4,
         ge=0,

@@ -2,6 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from fineharbor.core.decontam.index import (
     BENCHMARK_INDEX_SCHEMA,
@@ -18,6 +19,8 @@ from fineharbor.core.decontam.match import (
 from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.decontam.text import ngram_hashes
 from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
+from fineharbor.core.signatures.hashing import decode_rgb, image_hashes
+from fineharbor.testing.images import make_image_bytes
 
 LONG_QUESTION = "Looking at the chart above, which of the coloured bars shows the largest value for the year twenty twenty"
 
@@ -229,3 +232,31 @@ def test_precomputed_embeddings_must_come_from_the_same_model(tmp_path):
 def test_benchmark_sources_are_rejected_whole():
     rows = samples([{"sample_id": "b", "source": "bench", "origin_key": "k", "texts": []}])
     assert reject_benchmark_rows(rows).column("reason").to_pylist() == ["benchmark_source"]
+
+
+@pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180])
+def test_a_rotated_benchmark_copy_matches_through_the_rotation_hashes(turn):
+    """A benchmark image turned by 90/180 degrees: the train image's rotated phashes find it,
+    which its phash and mirror alone do not."""
+    photo = decode_rgb(make_image_bytes(7, size=(320, 240)))
+
+    def signed(image, sample_id, source):
+        hashes = image_hashes(image)
+        return {
+            "sample_id": sample_id,
+            "source": source,
+            "image_index": 0,
+            "phash": hashes.phash,
+            "phash_flip": hashes.phash_flip,
+            "phash_dihedral": list(hashes.phash_dihedral),
+            "copy_embedding": None,
+        }
+
+    bench = signatures([signed(photo, "b", "bench")])
+    train = signatures([signed(photo.transpose(turn), "t", "train")])
+    rows = samples([{"sample_id": "t", "source": "train", "origin_key": "t", "texts": []}])
+    for rotations, matched in ((True, ["b"]), (False, [])):
+        params = DecontamParams(embedding=None, phash_rotations=rotations)
+        matcher = BenchmarkMatcher(image_rows(bench, {"b": "kb"}, params), params)
+        _, rejected = decontaminate_batch(rows, train, matcher)
+        assert rejected.column("matched_sample_id").to_pylist() == matched
