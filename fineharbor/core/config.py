@@ -27,7 +27,11 @@ from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.models import report_missing_models
-from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
+from fineharbor.core.quality.params import (
+    ClipScoreParams,
+    QualityClassifierParams,
+    SignalParams,
+)
 from fineharbor.core.release.params import ReleaseRecipe
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.strict import StrictModel
@@ -275,6 +279,7 @@ class StageParams(_Strict):
     concepts: ConceptParams = ConceptParams()
     clip_score: ClipScoreParams = ClipScoreParams()
     quality_classifier: QualityClassifierParams = QualityClassifierParams()
+    signals: SignalParams = SignalParams()
 
 
 class OrchestrationParams(_Strict):
