@@ -328,6 +328,15 @@ class ProjectConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _faces_for_blurring(self) -> ProjectConfig:
+        if self.release.blur_faces and not self.stages.signals.faces:
+            raise ValueError(
+                "release.blur_faces needs the face boxes that stages.signals.faces: true stores "
+                "on scored_samples"
+            )
+        return self
+
     def clean_params(self) -> CleanParams:
         """``stages.clean`` as the cleaning stage runs it: ``web_pair_sources`` completed with
         the project's web caption sources (what ``web_pair_rules: auto`` applies to)."""

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw, ImageFilter
 from torch import nn
 
 
@@ -100,3 +101,25 @@ def save_tiny_laion_watermark(path: Path, arch: str = "test_efficientnet") -> nn
     model = laion_watermark_model(arch).eval()
     torch.save(model.state_dict(), path)
     return model
+
+
+def draw_face(size: int = 220, face_width: int = 100) -> Image.Image:
+    """A drawn frontal face (skin oval, brows, eyes, nose, mouth, softened edges) that OpenCV's
+    frontal-face Haar cascade finds, deterministically, at face widths of about 80 px and up."""
+    image = Image.new("RGB", (size, size), (90, 110, 130))
+    draw = ImageDraw.Draw(image)
+    cx = cy = size // 2
+    w, h = face_width, int(face_width * 1.3)
+    draw.ellipse([cx - w // 2, cy - h // 2, cx + w // 2, cy + h // 2], fill=(225, 190, 160))
+    for side in (-1, 1):
+        ex, ey = cx + side * w * 0.2, cy - h * 0.12
+        draw.rectangle(
+            [ex - w * 0.12, ey - h * 0.1, ex + w * 0.12, ey - h * 0.07], fill=(60, 40, 30)
+        )
+        draw.ellipse(
+            [ex - w * 0.09, ey - h * 0.04, ex + w * 0.09, ey + h * 0.04], fill=(40, 30, 30)
+        )
+    nose = [(cx, cy - h * 0.05), (cx - w * 0.07, cy + h * 0.12), (cx + w * 0.07, cy + h * 0.12)]
+    draw.polygon(nose, fill=(190, 150, 120))
+    draw.rectangle([cx - w * 0.18, cy + h * 0.22, cx + w * 0.18, cy + h * 0.26], fill=(120, 50, 50))
+    return image.filter(ImageFilter.GaussianBlur(2))
