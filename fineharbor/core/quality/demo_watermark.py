@@ -203,7 +203,8 @@ def planted_watermark_auc(storage, truth_path: str | Path) -> WatermarkAuc | Non
         if not storage.has_partition("scored_samples", source):
             continue
         table = storage.read_table("scored_samples", source, columns=["origin_key", "pwatermark"])
-        for key, score in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+        keys, scores = (table.column(c).to_pylist() for c in ("origin_key", "pwatermark"))
+        for key, score in zip(keys, scores, strict=True):
             if score is None:
                 continue
             defect = planted.get((source, key))
