@@ -233,7 +233,7 @@ WATERMARK_TEXTS = (
     "© PixelVault", "SAMPLE", "© stockframe.example", "PREVIEW", "photo by lumen.example",
     "© 2024 Harborview Images", "DRAFT", "www.imagebank.example",
 )  # fmt: skip
-WATERMARK_OPACITIES = (0.35, 0.5, 0.65, 0.8)
+WATERMARK_OPACITIES = (0.5, 0.65, 0.8, 0.9)
 WATERMARK_POSITIONS = ("bottom_right", "bottom_left", "top_right", "top_left", "center", "tiled")
 
 
@@ -265,10 +265,10 @@ def watermark(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, 
     shade = 255 if rng.random() < 0.7 else 0
     big = position in ("center", "tiled")
     if kind == "logo":
-        mark = _watermark_logo(int(short * (0.35 if big else rng.uniform(0.16, 0.24))), rng)
+        mark = _watermark_logo(int(short * (0.35 if big else rng.uniform(0.2, 0.28))), rng)
     else:
         text = WATERMARK_TEXTS[int(rng.integers(len(WATERMARK_TEXTS)))]
-        size = int(short * (rng.uniform(0.1, 0.14) if big else rng.uniform(0.06, 0.09)))
+        size = int(short * (rng.uniform(0.1, 0.14) if big else rng.uniform(0.08, 0.11)))
         probe = ImageDraw.Draw(Image.new("L", (1, 1)))
         tw, th = text_size(probe, text, size)
         mark = Image.new("L", (tw + size, th + size), 0)

@@ -40,7 +40,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DemoWatermarkConfig(_Strict):
     """Size and schedule of the demo detector (~30-60 CPU-seconds on 2 threads)."""
 
-    image_size: int = Field(128, ge=32, le=512, description="square input side")
+    image_size: int = Field(96, ge=32, le=512, description="square input side")
     images: int = Field(
         150, ge=2, description="pretraining images, each cropped 4 ways, clean and watermarked"
     )
