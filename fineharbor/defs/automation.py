@@ -35,7 +35,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "benchmark_index": ("decontam", "signatures"),
     "decontaminated_samples": ("decontam",),
     "quality_classifier": ("clip_score", "quality_classifier"),
-    "scored_samples": ("clip_score", "quality_classifier", "judge"),
+    "scored_samples": ("clip_score", "quality_classifier", "judge", "signals"),
     "concept_clusters": ("concepts",),
     "release_mix": ("release", "concepts"),
 }

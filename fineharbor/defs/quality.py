@@ -203,6 +203,7 @@ def _scoring_metadata(
             histogram_markdown(stats.quality_scores, "Learned quality score (0-3)", digits=1)
         ),
         "judge_backend": stages.judge.backend,
+        "signal_seconds": round(stats.signal_seconds, 2),
         **{
             f"{name}_histogram": dg.MetadataValue.md(histogram_markdown(values, name, digits=2))
             for name, values in stats.signals.items()
