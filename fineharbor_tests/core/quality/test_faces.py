@@ -84,3 +84,11 @@ def test_blurring_needs_the_face_stage():
     assert ProjectConfig(
         sources=[], release={"blur_faces": True}, stages={"signals": {"faces": True}}
     ).release.blur_faces
+
+
+def test_large_images_are_searched_downscaled_and_boxes_come_back_in_full_size():
+    small = FaceDetector().detect(draw_face(220, 100))
+    large = FaceDetector().detect(draw_face(220, 100).resize((1320, 1320)))  # 6x
+    assert len(small) == len(large) == 1
+    for k in "xywh":
+        assert abs(large[0][k] - 6 * small[0][k]) <= 6 * 12, (k, small, large)
