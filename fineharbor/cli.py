@@ -357,6 +357,16 @@ def print_planted_defect_scores(config, state: Path) -> None:
         f"false positives: {len(decontam.false_positives)} of {decontam.clean_samples} clean "
         f"samples ({decontam.false_positive_rate:.2%})"
     )
+    from fineharbor.core.quality.demo_watermark import planted_watermark_auc
+
+    marks = planted_watermark_auc(
+        Storage(fineharbor_home()), state / "demo" / "ground_truth.parquet"
+    )
+    if marks is not None:
+        print(
+            f"\nplanted watermarks (scored_samples.pwatermark): ROC AUC {marks.auc:.3f} "
+            f"({marks.watermarked} watermarked vs {marks.clean} clean samples of their sources)"
+        )
 
 
 def train_demo_clip_model(config, state: Path, seed: int, steps: int | None) -> None:
@@ -399,6 +409,28 @@ def train_demo_clip_model(config, state: Path, seed: int, steps: int | None) -> 
             f"{result.mismatched} mismatched)",
             flush=True,
         )
+
+
+def train_demo_watermark_model(config, seed: int) -> None:
+    """The demo watermark detector: when `stages.signals.watermark_path` names a file that does
+    not exist yet, train a small CNN there on pretraining images drawn by the demo's generators
+    (never the demo's samples; delete the file to retrain)."""
+    from fineharbor.core.quality.demo_watermark import DemoWatermarkConfig, train_demo_watermark
+
+    signals = config.stages.signals
+    if not signals.watermark_path:
+        return
+    target = Path(signals.watermark_path).expanduser()
+    if target.exists():
+        print(f"      demo watermark detector: using {target}", flush=True)
+        return
+    size = DemoWatermarkConfig(image_size=signals.watermark_image_size)
+    report = train_demo_watermark(target, seed, size)
+    print(
+        f"      demo watermark detector: {report.steps} steps on {report.images} pretraining "
+        f"images in {report.seconds:.0f}s (train accuracy {report.train_accuracy:.3f})",
+        flush=True,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -445,6 +477,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             print("[2/4] no demo models configured: hash signatures only", flush=True)
         train_demo_clip_model(config, state, args.seed, args.clip_steps)
+        train_demo_watermark_model(config, args.seed)
         print(
             f"[3/4] materializing what is missing or stale (URL source served at {base_url})",
             flush=True,

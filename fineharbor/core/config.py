@@ -27,7 +27,11 @@ from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.models import report_missing_models
-from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
+from fineharbor.core.quality.params import (
+    ClipScoreParams,
+    QualityClassifierParams,
+    SignalParams,
+)
 from fineharbor.core.release.params import ReleaseRecipe
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.strict import StrictModel
@@ -291,6 +295,7 @@ class StageParams(_Strict):
     concepts: ConceptParams = ConceptParams()
     clip_score: ClipScoreParams = ClipScoreParams()
     quality_classifier: QualityClassifierParams = QualityClassifierParams()
+    signals: SignalParams = SignalParams()
 
 
 class OrchestrationParams(_Strict):
@@ -336,6 +341,15 @@ class ProjectConfig(_Strict):
                 "execution.stages: scored_samples runs on Ray only with stages.judge.backend "
                 "none (the judgment cache is one local SQLite file); drop it from the list to "
                 "judge locally"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _faces_for_blurring(self) -> ProjectConfig:
+        if self.release.blur_faces and not self.stages.signals.faces:
+            raise ValueError(
+                "release.blur_faces needs the face boxes that stages.signals.faces: true stores "
+                "on scored_samples"
             )
         return self
 

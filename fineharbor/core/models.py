@@ -57,6 +57,26 @@ SIGNATURE_CLIP = ClipFields(
 SCORING_CLIP = ClipFields(
     "stages.clip_score.model", "stages.clip_score.pretrained", "stages.clip_score.model_config_path"
 )
+NSFW_HOW = (
+    "LAION's CLIP-based-NSFW-Detector (github.com/LAION-AI/CLIP-based-NSFW-Detector, "
+    "clip_autokeras_binary_nsfw for ViT-L/14) converted to a PyTorch state_dict or safetensors "
+    "file of layers.N Linear weights (docs/signals.md shows the conversion); download it once "
+    "and point the field at the file"
+)
+AESTHETIC_HOW = (
+    "Download sac+logos+ava1-l14-linearMSE.pth once from "
+    "github.com/christophschuhmann/improved-aesthetic-predictor and point the field at it"
+)
+WATERMARK_HOW = (
+    "Download watermark_model_v1.pt once from github.com/LAION-AI/LAION-5B-WatermarkDetection "
+    "(models/), or let `fineharbor demo` train the demo detector, and point the field at it"
+)
+
+SIGNAL_CLIP = ClipFields(
+    "stages.signals.clip_model",
+    "stages.signals.clip_pretrained",
+    "stages.signals.clip_model_config",
+)
 
 
 # What the pipeline does without each model (its stages run; these columns stay null).
@@ -68,6 +88,7 @@ WITHOUT_SIGNATURE_CLIP = "image_signatures leaves clip_embedding null"
 WITHOUT_SCORING_CLIP = (
     "scored_samples leaves clip_score and quality_score null and quality_classifier trains nothing"
 )
+WITHOUT_SIGNAL = "scored_samples leaves {column} null"
 WITHOUT_TOKENIZER = "cleaned_samples counts turn tokens with the offline estimate"
 
 
@@ -197,6 +218,7 @@ def missing_models(project: ProjectConfig, *, deep: bool = False) -> list[str]:
         )
         if problem:
             missing.append(without(problem, WITHOUT_SCORING_CLIP))
+    missing += _signal_models_missing(project, deep)
     tokenizer = stages.clean.tokenizer
     if tokenizer and not Path(tokenizer).expanduser().exists():
         how = (
@@ -205,6 +227,35 @@ def missing_models(project: ProjectConfig, *, deep: bool = False) -> list[str]:
         )
         path = str(Path(tokenizer).expanduser())
         missing.append(without(not_found("stages.clean.tokenizer", path, how), WITHOUT_TOKENIZER))
+    return missing
+
+
+def _signal_models_missing(project: ProjectConfig, deep: bool) -> list[str]:
+    """The files ``stages.signals`` names that are absent, and the heads' reference CLIP when it
+    is not the scoring CLIP and is absent."""
+    signals = project.stages.signals
+    missing = []
+    for name, path, how, column in (
+        ("nsfw_path", signals.nsfw_path, NSFW_HOW, "punsafe"),
+        ("aesthetic_path", signals.aesthetic_path, AESTHETIC_HOW, "aesthetic_score"),
+        ("watermark_path", signals.watermark_path, WATERMARK_HOW, "pwatermark"),
+    ):
+        if path and not Path(path).expanduser().is_file():
+            message = not_found(f"stages.signals.{name}", str(Path(path).expanduser()), how)
+            missing.append(without(message, WITHOUT_SIGNAL.format(column=column)))
+    heads = signals.nsfw_path or signals.aesthetic_path
+    if heads and signals.clip_model and not signals.shares_clip(project.stages.clip_score):
+        problem = _open_clip_missing(
+            signals.clip_model,
+            signals.clip_pretrained,
+            signals.clip_model_config,
+            SIGNAL_CLIP,
+            deep,
+        )
+        if problem:
+            missing.append(
+                without(problem, WITHOUT_SIGNAL.format(column="punsafe and aesthetic_score"))
+            )
     return missing
 
 

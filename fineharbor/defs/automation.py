@@ -39,7 +39,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "decontaminated_samples": ("decontam",),
     # the judge writes the semi-synthetic texts (synthetic_texts: mllm, rewrite_with_judge)
     "quality_classifier": ("clip_score", "quality_classifier", "judge"),
-    "scored_samples": ("clip_score", "quality_classifier", "judge"),
+    "scored_samples": ("clip_score", "quality_classifier", "judge", "signals"),
     "concept_clusters": ("concepts",),
     "release_mix": ("release", "concepts"),
 }

@@ -45,6 +45,16 @@ class QualityModelsResource(dg.ConfigurableResource):
             _LOADED[key] = scoring_clip(params)
         return _LOADED[key]
 
+    def signals(self, stages: StageParams, embedder):
+        """The signal models of `stages.signals` (their heads reuse `embedder` when they read
+        the scoring CLIP)."""
+        key = ("signals", stages.signals.model_dump_json() + stages.clip_score.model_dump_json())
+        if key not in _LOADED:
+            from fineharbor.core.quality.signals import load_signal_models
+
+            _LOADED[key] = load_signal_models(stages.signals, stages.clip_score, embedder)
+        return _LOADED[key]
+
     def judges(self, params: JudgeParams) -> tuple:
         """(text backend, vision backend); (None, None) when the judge is off."""
         key = ("judge", params.model_dump_json())
@@ -139,7 +149,7 @@ def quality_classifier(
     deps=[decontaminated_samples, quality_classifier],
     pool="gpu",
     check_specs=stage_check_specs(SCORED),
-    code_version="1",
+    code_version="2",
     description=(
         "Every decontaminated sample (none dropped: thresholds apply in the release mix) with "
         "`clip_score` (image-text cosine of the `stages.clip_score` open_clip model: LAION keeps "
@@ -149,7 +159,10 @@ def quality_classifier(
         "`relevance`, `visual_dependency`, `image_correspondence` as `*_ratings` lists aligned "
         "with `texts`, and `*_min`), null when `stages.judge.backend` is none. Judgments are "
         "cached by (model, prompt version, sample, turn) under FINEHARBOR_STATE/judge_cache. The "
-        "GPU op: models load once per process, batch, CUDA + half precision."
+        "GPU op: models load once per process, batch, CUDA + half precision. Image signals "
+        "(`stages.signals`, docs/signals.md): `punsafe` (LAION's CLIP NSFW head), "
+        "`aesthetic_score` (LAION aesthetic predictor v2), `pwatermark` (LAION-5B's watermark "
+        "CNN), `face_count` and `face_boxes` (OpenCV Haar cascade), null when not configured."
     ),
 )
 def scored_samples(
@@ -167,6 +180,7 @@ def scored_samples(
         else None
     )
     judges = models.judges(stages.judge)
+    signals = None if on_ray else models.signals(stages, embedder)
     outcomes = []
     for partition in context.partition_keys:
         report, stats = build_scored_samples(
@@ -178,6 +192,7 @@ def scored_samples(
             model=model,
             judges=judges,
             judge_cache_dir=project.state_path / "judge_cache",
+            signals=signals,
         )
         report.extra.update(_scoring_metadata(stages, stats, report, judges))
         if not on_ray and embedder is None:
@@ -203,6 +218,12 @@ def _scoring_metadata(
             histogram_markdown(stats.quality_scores, "Learned quality score (0-3)", digits=1)
         ),
         "judge_backend": stages.judge.backend,
+        "signal_seconds": round(stats.signal_seconds, 2),
+        **{
+            f"{name}_histogram": dg.MetadataValue.md(histogram_markdown(values, name, digits=2))
+            for name, values in stats.signals.items()
+            if values
+        },
     }
     if any(judges):
         extra["judge_prompt_versions"] = dg.MetadataValue.json(dict(PROMPT_VERSIONS))

@@ -187,6 +187,10 @@ def test_every_truth_row_resolves(truth, records):
         if row["defect"] in DUPLICATE_DEFECTS or row["defect"] == "benchmark_copy":
             assert row["of_origin_key"] in records[row["of_source"]], row
             assert row["transform"] in ("none", "resize", "jpeg", "crop", "flip")
+        elif row["defect"] == "watermark":  # transform describes the overlay
+            assert row["of_source"] is None and re.fullmatch(
+                r"(text|logo):(bottom|top)?_?(left|right|center|tiled):0\.\d+", row["transform"]
+            ), row
         else:
             assert (
                 row["of_source"] is None

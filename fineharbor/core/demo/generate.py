@@ -64,10 +64,11 @@ MISSING = "missing_image"
 BROKEN_URL = "broken_url"
 NOAI = "noai_url"
 GUI_BAD = "gui_action_unparseable"
+WATERMARK = "watermark"  # a clean pair whose image carries a visible watermark (pwatermark)
 
 DEFECTS = (
     CORRUPT, TRUNCATED, SMALL, ASPECT, EXACT, ND_RESIZE, ND_JPEG, ND_CROP, ND_FLIP,
-    MISMATCH, SHORT, FOREIGN, BENCH, MALFORMED, MISSING, BROKEN_URL, NOAI, GUI_BAD,
+    MISMATCH, SHORT, FOREIGN, BENCH, MALFORMED, MISSING, BROKEN_URL, NOAI, GUI_BAD, WATERMARK,
 )  # fmt: skip
 NEAR_DUPLICATES = {ND_RESIZE: "resize", ND_JPEG: "jpeg", ND_CROP: "crop", ND_FLIP: "flip"}
 # Groups, for the stages that must catch them.
@@ -115,14 +116,15 @@ DEFECT_RATES: dict[str, dict[str, float]] = {
     CAULDRON: {CORRUPT: 0.03, TRUNCATED: 0.02, SMALL: 0.02, ASPECT: 0.02, EXACT: 0.03, **_ND,
                MISMATCH: 0.03, BENCH: 0.03},
     LLAVA: {MALFORMED: 0.02, MISSING: 0.02, CORRUPT: 0.02, TRUNCATED: 0.02, SMALL: 0.02,
-            EXACT: 0.03, **_ND, MISMATCH: 0.03, FOREIGN: 0.02, BENCH: 0.03},
+            EXACT: 0.03, **_ND, MISMATCH: 0.03, FOREIGN: 0.02, BENCH: 0.03, WATERMARK: 0.035},
     WDS: {CORRUPT: 0.03, TRUNCATED: 0.03, SMALL: 0.03, ASPECT: 0.03, EXACT: 0.03,
           **{k: 0.025 for k in _ND}, MISMATCH: 0.03, SHORT: 0.03, FOREIGN: 0.03, BENCH: 0.03},
     LAION: {BROKEN_URL: 0.03, NOAI: 0.02, CORRUPT: 0.02, TRUNCATED: 0.02, SMALL: 0.03,
             ASPECT: 0.02, EXACT: 0.03, **_ND, MISMATCH: 0.03, SHORT: 0.03, FOREIGN: 0.03,
             BENCH: 0.03},
     FOLDER: {CORRUPT: 0.03, TRUNCATED: 0.03, SMALL: 0.03, ASPECT: 0.03, EXACT: 0.03,
-             **{k: 0.025 for k in _ND}, MISMATCH: 0.03, SHORT: 0.03, FOREIGN: 0.03, BENCH: 0.03},
+             **{k: 0.025 for k in _ND}, MISMATCH: 0.03, SHORT: 0.03, FOREIGN: 0.03, BENCH: 0.03,
+             WATERMARK: 0.02},
     AGUVIS: {GUI_BAD: 0.03, TRUNCATED: 0.02},
     ANDROID: {GUI_BAD: 0.03, CORRUPT: 0.02},
 }  # fmt: skip
@@ -288,6 +290,17 @@ class _Generator:
             if len(data) <= images.MAX_SMALL_BYTES:
                 return Visual(data, "jpeg", (side, side), scene)
         raise RuntimeError("small image too large")  # pragma: no cover
+
+    def watermarked_visual(self, rng: np.random.Generator) -> tuple[Visual, str]:
+        """A clean scene with a visible watermark (:func:`images.watermark`) that still passes
+        cleaning, so only ``pwatermark`` tells it apart; and the watermark's description."""
+        for _ in range(20):
+            vis = self.clean_visual(rng, "scene")
+            img, described = images.watermark(images.decode(vis.data), rng)
+            data = images.encode(img, "jpeg", 90)
+            if images.check(data, img).clean:
+                return Visual(data, "jpeg", img.size, vis.content), described
+        raise RuntimeError("could not draw a clean watermarked image")  # pragma: no cover
 
     def banner_visual(self, rng: np.random.Generator) -> Visual:
         """Aspect ratio 4–5.5, otherwise a clean image well above 5 KB."""
@@ -525,6 +538,10 @@ class _Generator:
                 self._texts_for(rec, vis.content, rng)  # type: ignore[arg-type]
                 if not rec.answers & original.answers:
                     break
+        elif d == WATERMARK:
+            vis, rec.transform = self.watermarked_visual(rng)
+            rec.visuals = [vis]
+            self._texts_for(rec, vis.content, rng)  # type: ignore[arg-type]
         elif d == GUI_BAD:
             pass  # GUI sources handle their own records
         else:  # pragma: no cover - programming error
@@ -1015,7 +1032,7 @@ def _readme(records, defects, by_source, seed, scale, base_url) -> str:
         "",
         "`ground_truth.parquet` has one row per planted defect: `source`, `origin_key`,",
         "`defect`, and for duplicates and benchmark copies `of_source`, `of_origin_key`,",
-        "`transform`.",
+        "`transform`; for watermarks `transform` is the overlay (`kind:position:opacity`).",
         "",
         "## Records per source",
         "",

@@ -225,3 +225,75 @@ def truncate(data: bytes, rng: np.random.Generator) -> bytes:
         except Exception:
             return cut
     raise RuntimeError("could not produce an undecodable truncation")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- watermarks
+
+WATERMARK_TEXTS = (
+    "© PixelVault", "SAMPLE", "© stockframe.example", "PREVIEW", "photo by lumen.example",
+    "© 2024 Harborview Images", "DRAFT", "www.imagebank.example",
+)  # fmt: skip
+WATERMARK_OPACITIES = (0.5, 0.65, 0.8, 0.9)
+WATERMARK_POSITIONS = ("bottom_right", "bottom_left", "top_right", "top_left", "center", "tiled")
+
+
+def _watermark_logo(side: int, rng: np.random.Generator) -> Image.Image:
+    """A stock-agency style badge: a ring or rounded square with initials, white on clear."""
+    logo = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(logo)
+    width = max(2, side // 12)
+    if rng.random() < 0.5:
+        draw.ellipse([width, width, side - width, side - width], outline=255, width=width)
+    else:
+        draw.rounded_rectangle(
+            [width, width, side - width, side - width], radius=side // 5, outline=255, width=width
+        )
+    letters = "".join(chr(int(rng.integers(65, 91))) for _ in range(2))
+    draw.text((side / 2, side / 2), letters, font=font(max(8, side // 3)), fill=255, anchor="mm")
+    return logo
+
+
+def watermark(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """``img`` with a visible watermark overlaid the way stock sites mark previews: a text or a
+    logo, white or black, at one of several opacities and positions (a corner, the centre, or
+    tiled over the whole image). Returns the image and a description for the ground truth."""
+    w, h = img.size
+    short = min(w, h)
+    kind = "logo" if rng.random() < 0.35 else "text"
+    opacity = float(WATERMARK_OPACITIES[int(rng.integers(len(WATERMARK_OPACITIES)))])
+    position = WATERMARK_POSITIONS[int(rng.integers(len(WATERMARK_POSITIONS)))]
+    shade = 255 if rng.random() < 0.7 else 0
+    big = position in ("center", "tiled")
+    if kind == "logo":
+        mark = _watermark_logo(int(short * (0.35 if big else rng.uniform(0.2, 0.28))), rng)
+    else:
+        text = WATERMARK_TEXTS[int(rng.integers(len(WATERMARK_TEXTS)))]
+        size = int(short * (rng.uniform(0.1, 0.14) if big else rng.uniform(0.08, 0.11)))
+        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+        tw, th = text_size(probe, text, size)
+        mark = Image.new("L", (tw + size, th + size), 0)
+        ImageDraw.Draw(mark).text(
+            (mark.width / 2, mark.height / 2), text, font=font(size), fill=255, anchor="mm"
+        )
+        if mark.width > w * 0.9:
+            mark = mark.resize((int(w * 0.9), max(1, int(mark.height * w * 0.9 / mark.width))))
+    alpha = Image.new("L", (w, h), 0)
+    margin = int(short * 0.04)
+    spots = {
+        "bottom_right": [(w - mark.width - margin, h - mark.height - margin)],
+        "bottom_left": [(margin, h - mark.height - margin)],
+        "top_right": [(w - mark.width - margin, margin)],
+        "top_left": [(margin, margin)],
+        "center": [((w - mark.width) // 2, (h - mark.height) // 2)],
+        "tiled": [
+            (x, y)
+            for y in range(margin, h, mark.height * 3)
+            for x in range(margin - (y // 3) % mark.width, w, int(mark.width * 1.6))
+        ],
+    }[position]
+    for x, y in spots:
+        alpha.paste(mark, (int(x), int(y)), mark)
+    alpha = alpha.point(lambda v: int(v * opacity))
+    layer = Image.new("RGB", (w, h), (shade, shade, shade))
+    marked = Image.composite(layer, img.convert("RGB"), alpha)
+    return marked, f"{kind}:{position}:{opacity:g}"

@@ -212,3 +212,66 @@ class QualityClassifierParams(_Strict):
                 "rewrite_with_judge off (it rewrites the rule-based texts)"
             )
         return self
+
+
+class SignalParams(_Strict):
+    """LAION-5B's safety and quality tags and DataComp's face counts, one column each on
+    ``scored_samples`` (docs/signals.md). Every model is a local file; null leaves its column
+    null. Thresholds on these columns belong to the release recipe, not here."""
+
+    nsfw_path: str | None = Field(
+        None,
+        description="LAION's CLIP-based NSFW detector for ViT-L/14 as a PyTorch state_dict or "
+        ".safetensors file of layers.N Linear weights -> punsafe (0-1, 1 = unsafe)",
+    )
+    aesthetic_path: str | None = Field(
+        None,
+        description="LAION aesthetic predictor v2, sac+logos+ava1-l14-linearMSE.pth (or a "
+        ".safetensors file of the same layers) -> aesthetic_score (about 1-10)",
+    )
+    watermark_path: str | None = Field(
+        None,
+        description="LAION-5B's watermark_model_v1.pt (state_dict of watermark_arch with LAION's "
+        "head) or a TorchScript module taking watermark_image_size pixels -> pwatermark (0-1)",
+    )
+    watermark_arch: str = Field(
+        "efficientnet_b3a", description="timm architecture of a watermark state_dict"
+    )
+    watermark_image_size: int = Field(
+        256, ge=16, le=1024, description="square input side of the watermark model (LAION: 256)"
+    )
+    watermark_class: int = Field(
+        0, ge=0, le=1, description="logit index of 'watermarked' (LAION's model: 0)"
+    )
+    clip_model: str | None = Field(
+        "ViT-L-14",
+        description="open_clip model whose image embeddings the NSFW and aesthetic heads read "
+        "(LAION's heads: OpenAI ViT-L/14). When it equals stages.clip_score's model, pretrained "
+        "and config, the scoring CLIP's embeddings are reused",
+    )
+    clip_pretrained: str | None = Field("openai", description="open_clip pretrained tag or file")
+    clip_model_config: str | None = Field(None, description="JSON config for a custom model")
+    faces: bool = Field(
+        False,
+        description="count faces per image with OpenCV's frontal-face Haar cascade (shipped in "
+        "opencv-python-headless) -> face_count and face_boxes; release.blur_faces needs it",
+    )
+    face_min_size: int = Field(
+        24, ge=8, le=4096, description="smallest face side in pixels the detector reports"
+    )
+    face_min_neighbors: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="Haar detections merged into one face (higher: fewer false faces)",
+    )
+    batch_size: int = Field(32, ge=1, le=4096, description="images per forward pass")
+    device: Device = Field("auto", description="auto = cuda when available, else cpu")
+
+    def shares_clip(self, scoring: ClipScoreParams) -> bool:
+        """Whether the heads read the scoring CLIP itself (its embeddings are then reused)."""
+        return bool(scoring.model) and (
+            self.clip_model,
+            self.clip_pretrained,
+            self.clip_model_config,
+        ) == (scoring.model, scoring.pretrained, scoring.model_config_path)

@@ -2,9 +2,11 @@
 then score each source partition (CLIP score, learned quality score, judge ratings).
 
 ``scored_samples`` keeps every row of ``decontaminated_samples`` (no rejects: thresholds are
-applied when the release is mixed) and appends ``clip_score``, ``quality_score`` and FineVision's
-``*_ratings`` / ``*_min`` columns. A score that is switched off is a null column, never a missing
-one, so every partition has the same schema.
+applied when the release is mixed) and appends ``clip_score``, ``quality_score``, FineVision's
+``*_ratings`` / ``*_min`` columns and the image signals of ``stages.signals`` (``punsafe``,
+``aesthetic_score``, ``pwatermark``, ``face_count``, ``face_boxes``: docs/signals.md). A score
+that is switched off is a null column, never a missing one, so every partition has the same
+schema.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from fineharbor.core.quality.classifier import (
     train_quality_classifier,
 )
 from fineharbor.core.quality.clip_score import ImageTextEmbedder, clip_scores
+from fineharbor.core.quality.faces import BOXES_TYPE, FACE_BOXES, FACE_COUNT
 from fineharbor.core.quality.mllm_classifier import META_FILE as MLLM_META_FILE
 from fineharbor.core.quality.mllm_classifier import MllmQualityModel, train_mllm_classifier
+from fineharbor.core.quality.signals import SIGNAL_COLUMNS, SignalModels, load_signal_models
 from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.stages import DECONTAMINATED, SCORED, Progress, StageReport, write_stage
@@ -57,6 +61,9 @@ SCORED_SCHEMA = pa.schema(
         pa.field("clip_score", pa.float32()),
         pa.field("quality_score", pa.float32()),
         *(f for f in RATINGS_SCHEMA if f.name != "sample_id"),
+        *(pa.field(name, pa.float32()) for name in SIGNAL_COLUMNS),
+        pa.field(FACE_COUNT, pa.int32()),
+        pa.field(FACE_BOXES, BOXES_TYPE),
     ]
 )
 
@@ -208,6 +215,10 @@ class ScoringStats:
     images: int = 0
     clip_seconds: float = 0.0
     classifier_seconds: float = 0.0
+    signal_seconds: float = 0.0
+    signals: dict[str, list] = field(
+        default_factory=lambda: {name: [] for name in (*SIGNAL_COLUMNS, FACE_COUNT)}
+    )
 
 
 class _BatchMemo:
@@ -249,6 +260,7 @@ def _score_batch(
     params: StageParams,
     cache: JudgmentCache | None,
     stats: ScoringStats,
+    signals: SignalModels | None = None,
 ) -> pa.Table:
     table = pa.Table.from_batches([batch])
     rows = table.num_rows
@@ -271,6 +283,13 @@ def _score_batch(
     stats.clip_scores += [v for v in clip.to_pylist() if v is not None]
     stats.quality_scores += [v for v in quality.to_pylist() if v is not None]
     columns = {"clip_score": clip, "quality_score": quality}
+    started = time.perf_counter()
+    # the heads read the scoring CLIP's per-batch memo when they share it: each image once
+    shared = embedder if signals is not None and signals.shares_scoring_clip else None
+    columns.update((signals or SignalModels()).columns(table, shared))
+    stats.signal_seconds += time.perf_counter() - started
+    for name in (*SIGNAL_COLUMNS, FACE_COUNT):
+        stats.signals[name] += [v for v in columns[name].to_pylist() if v is not None]
     if any(judges):
         ratings, judge_stats = rate_samples(table, *judges, params.judge, cache)
         stats.judge = stats.judge.merge(judge_stats)
@@ -297,6 +316,7 @@ def build_scored_samples(
     model: AnyQualityModel | None = None,
     judges: tuple = (None, None),
     judge_cache_dir: str | Path | None = None,
+    signals: SignalModels | None = None,
 ) -> tuple[StageReport, ScoringStats]:
     """Every decontaminated sample of ``source_name`` with its scores appended (no rejects)."""
     project.source(source_name)
@@ -306,7 +326,7 @@ def build_scored_samples(
     def score_here(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
         for batch in batches:
             yield (
-                _score_batch(batch, embedder, model, judges, project.stages, cache, stats),
+                _score_batch(batch, embedder, model, judges, project.stages, cache, stats, signals),
                 REJECT_SCHEMA.empty_table(),
             )
 
@@ -348,12 +368,13 @@ def _score_in_worker(params: StageParams, model_root: str | None) -> StreamFn:
     mllm = params.quality_classifier.architecture == "mllm"
     wanted = model_root is not None and (embedder is not None or mllm)
     model = load_quality_model(Storage(model_root)) if wanted else None
+    signals = load_signal_models(params.signals, params.clip_score, embedder)
     stats = ScoringStats()  # the actor's own; the driver recounts scores from the rows
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
         for batch in batches:
             yield (
-                _score_batch(batch, embedder, model, (None, None), params, None, stats),
+                _score_batch(batch, embedder, model, (None, None), params, None, stats, signals),
                 REJECT_SCHEMA.empty_table(),
             )
 
@@ -370,4 +391,6 @@ def _recounted(
         stats.quality_scores += [
             v for v in kept.column("quality_score").to_pylist() if v is not None
         ]
+        for name, values in stats.signals.items():
+            values += [v for v in kept.column(name).to_pylist() if v is not None]
         yield kept, rejected

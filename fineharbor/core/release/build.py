@@ -290,7 +290,7 @@ def _write_source(
         batch = batch.filter(pc.is_in(batch.column("sample_id"), wanted))
         for row in batch.to_pylist():
             turns = candidates.turns[row["sample_id"]]
-            out = release_row(row, turns, recipe.include_sample_id)
+            out = release_row(row, turns, recipe.include_sample_id, blur_faces=recipe.blur_faces)
             entry = {
                 "sample_id": row["sample_id"],
                 "source": source,

@@ -116,6 +116,11 @@ class ReleaseRecipe(_Strict):
         "WebDataset tar shards (.jpg/.png + .txt + .json)",
     )
     webdataset_shard_rows: int = Field(1000, ge=1, description="pairs per tar shard")
+    blur_faces: bool = Field(
+        False,
+        description="blur every face box of scored_samples.face_boxes in the released image "
+        "bytes, as DataComp released its pool (needs stages.signals.faces: true)",
+    )
     include_sample_id: bool = Field(
         True,
         description="append `sample_id` to FineVision's columns in the shards (provenance)",

@@ -49,12 +49,15 @@ def release_schema(include_sample_id: bool) -> pa.Schema:
     return _features(include_sample_id)
 
 
-def release_row(row: dict, turns: list[int] | None, include_sample_id: bool) -> dict:
-    """A FineVision row from an input row: turns filtered, ratings aligned, minimums recomputed."""
+def release_row(
+    row: dict, turns: list[int] | None, include_sample_id: bool, *, blur_faces: bool = False
+) -> dict:
+    """A FineVision row from an input row: turns filtered, ratings aligned, minimums recomputed,
+    and with ``blur_faces`` the row's ``face_boxes`` blurred in its image bytes."""
     texts = row["texts"] or []
     keep = range(len(texts)) if turns is None else turns
     out = {
-        "images": row["images"] or [],
+        "images": blurred_images(row) if blur_faces else row["images"] or [],
         "texts": [texts[i] for i in keep],
         "source": row["source"],
     }
@@ -70,6 +73,20 @@ def release_row(row: dict, turns: list[int] | None, include_sample_id: bool) -> 
         out[min_column(axis)] = min(present) if present else None
     if include_sample_id:
         out["sample_id"] = row["sample_id"]
+    return out
+
+
+def blurred_images(row: dict) -> list[dict]:
+    """The row's images with the face boxes found by scoring blurred (DataComp); images with no
+    box keep their bytes. ``face_boxes`` holds one list per image that had bytes."""
+    from fineharbor.core.quality.faces import blur_boxes
+
+    boxes = iter(row.get("face_boxes") or [])
+    out = []
+    for image in row["images"] or []:
+        if image and image.get("bytes"):
+            image = {**image, "bytes": blur_boxes(image["bytes"], next(boxes, None) or [])}
+        out.append(image)
     return out
 
 
