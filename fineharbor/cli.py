@@ -89,7 +89,7 @@ def materialize_all(
 
     report_missing_models(config, deep=True)  # pretrained tags too: this run loads them anyway
     if sys.stderr.isatty():  # progress bars of reading, downloading, decoding, embedding
-        from fineharbor.defs.ingest import PROGRESS_ENV
+        from fineharbor.defs.factory import PROGRESS_ENV
 
         os.environ.setdefault(PROGRESS_ENV, "1")
     names = (

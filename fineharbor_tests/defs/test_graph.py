@@ -10,6 +10,7 @@ from fineharbor.defs.automation import STAGE_PARAMS
 from fineharbor.defs.jobs import ASSETS, JOBS, PIPELINE
 from fineharbor.defs.quality import QualityModelsResource
 from fineharbor.defs.resources import STAGE_TABLES, EmbedderResource, FineharborProject
+from fineharbor.defs.sensors import source_sensor
 
 ASSET_ORDER = [
     "raw_samples",
@@ -371,6 +372,7 @@ def test_jobs_select_the_pinned_assets_in_the_pinned_order():
     }
     assert selections == JOB_SELECTIONS
     assert PIPELINE == PIPELINE_ORDER
+    assert source_sensor.job_name == "per_source_job"
 
 
 def test_staleness_sections_and_catalog_views_are_the_pinned_ones():

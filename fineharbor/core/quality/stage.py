@@ -32,6 +32,7 @@ from fineharbor.core.judge.rate import (
     rate_samples,
     ratings_column,
 )
+from fineharbor.core.pipeline import DECONTAMINATED, SCORED
 from fineharbor.core.quality.classifier import (
     REWRITE_PROMPT_VERSION,
     QualityModel,
@@ -45,7 +46,7 @@ from fineharbor.core.quality.mllm_classifier import META_FILE as MLLM_META_FILE
 from fineharbor.core.quality.mllm_classifier import MllmQualityModel, train_mllm_classifier
 from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
-from fineharbor.core.stages import DECONTAMINATED, SCORED, Progress, StageReport, write_stage
+from fineharbor.core.stages import Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
 
 QUALITY_MODEL_DIR = ("models", "quality_classifier")

@@ -37,6 +37,7 @@ from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.pool import setup_worker_process
 from fineharbor.core.cleaning.reasons import IMAGE_DECODE_TIMEOUT, WORKER_CRASHED
 from fineharbor.core.config import ProjectConfig, SourceConfig
+from fineharbor.core.pipeline import CLEANED, RAW, UNIFIED
 from fineharbor.core.review.decisions import (
     Approve,
     Decision,
@@ -46,7 +47,6 @@ from fineharbor.core.review.decisions import (
     mapping_fingerprint,
 )
 from fineharbor.core.review.gate import release_gate
-from fineharbor.core.stages import CLEANED, RAW, UNIFIED
 from fineharbor.core.storage import DATA, REJECTS, Storage
 
 REVIEW_DIR = "review"
