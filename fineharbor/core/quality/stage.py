@@ -32,7 +32,7 @@ from fineharbor.core.judge.rate import (
     rate_samples,
     ratings_column,
 )
-from fineharbor.core.pipeline import DECONTAMINATED, SCORED
+from fineharbor.core.pipeline import DECONTAMINATED, QUALITY_MODEL, SCORED
 from fineharbor.core.quality.classifier import (
     REWRITE_PROMPT_VERSION,
     QualityModel,
@@ -49,7 +49,7 @@ from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.stages import Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
 
-QUALITY_MODEL_DIR = ("models", "quality_classifier")
+QUALITY_MODEL_DIR = ("models", QUALITY_MODEL)
 SCORE_BATCH_ROWS = 64
 
 SCORED_SCHEMA = pa.schema(
