@@ -358,3 +358,24 @@ def stage_params() -> dict[str, tuple[str, ...]]:
 def table_stages() -> list[Stage]:
     """The stages that write a Parquet table (each has a catalog view), in pipeline order."""
     return [s for s in STAGES if s.has_table]
+
+
+def markdown() -> str:
+    """The stage table as docs/stages.md shows it (a test keeps the two the same)."""
+    rows = [
+        "| stage | runs | upstream | reads `stages.*` | group | job | kinds | pool |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in STAGES:
+        cells = (
+            f"`{s.name}`",
+            "per source" if s.per_source else "once",
+            ", ".join(f"`{u}`" for u in s.upstream) or "-",
+            ", ".join(s.params) or "-",
+            s.group,
+            s.job,
+            ", ".join(sorted(s.kinds)),
+            s.pool or "-",
+        )
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -4,34 +4,20 @@ global ones once. The global job also refreshes the SQL statistics models and th
 import dagster as dg
 
 from fineharbor.core import pipeline
+from fineharbor.defs import cleaning, decontam, dedup, ingest, quality, release
 from fineharbor.defs.catalog import duckdb_catalog
-from fineharbor.defs.cleaning import cleaned_samples
-from fineharbor.defs.decontam import benchmark_index, decontaminated_samples
-from fineharbor.defs.dedup import deduplicated_samples, duplicate_clusters, image_signatures
-from fineharbor.defs.ingest import raw_samples, unified_samples
-from fineharbor.defs.quality import quality_classifier, scored_samples
-from fineharbor.defs.release import concept_clusters, release_mix
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 
-STAGE_ASSETS: dict[str, dg.AssetsDefinition] = {
+DOMAINS = (ingest, cleaning, dedup, decontam, quality, release)
+"""The modules that define the stages' assets, one per domain."""
+
+_DEFINED = {
     a.key.to_user_string(): a
-    for a in (
-        raw_samples,
-        unified_samples,
-        cleaned_samples,
-        image_signatures,
-        duplicate_clusters,
-        deduplicated_samples,
-        benchmark_index,
-        decontaminated_samples,
-        quality_classifier,
-        scored_samples,
-        concept_clusters,
-        release_mix,
-    )
+    for a in dg.load_assets_from_modules(DOMAINS)
+    if isinstance(a, dg.AssetsDefinition)
 }
-"""Every stage's asset by name (the domain modules define them; the table names them)."""
-assert list(STAGE_ASSETS) == [s.name for s in pipeline.STAGES], "a stage without its asset"
+STAGE_ASSETS: dict[str, dg.AssetsDefinition] = {s.name: _DEFINED[s.name] for s in pipeline.STAGES}
+"""Every stage's asset by name, in pipeline order (a stage without its asset fails here)."""
 
 _AFTER_STAGES = {"global_job": [*SQL_MODEL_ASSETS, duckdb_catalog]}
 

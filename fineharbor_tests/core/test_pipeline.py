@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -52,3 +53,8 @@ def test_the_definitions_load_without_torch_or_the_stage_modules_that_need_it():
         "assert 'fineharbor.core.quality.stage' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_the_docs_show_the_stage_table_as_it_is():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "stages.md"
+    assert pipeline.markdown() in docs.read_text()
