@@ -220,7 +220,7 @@ def test_contamination_rate_check_ran_on_every_train_partition(demo_home):
 def test_a_changed_match_threshold_changes_the_next_materialization(demo_home, tmp_path):
     import dagster as dg
 
-    from fineharbor.defs.ingest import decontaminated_samples
+    from fineharbor.defs.decontam import decontaminated_samples
     from fineharbor.defs.partitions import source_partitions
     from fineharbor.defs.resources import EmbedderResource, FineharborProject
 

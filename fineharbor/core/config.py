@@ -27,6 +27,7 @@ from fineharbor.core.dedup.params import DedupParams
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.models import report_missing_models
+from fineharbor.core.pipeline import SCORED
 from fineharbor.core.quality.params import (
     ClipScoreParams,
     QualityClassifierParams,
@@ -336,7 +337,7 @@ class ProjectConfig(_Strict):
 
     @model_validator(mode="after")
     def _judge_stays_local(self) -> ProjectConfig:
-        if self.execution.on_ray("scored_samples") and self.stages.judge.backend != "none":
+        if self.execution.on_ray(SCORED) and self.stages.judge.backend != "none":
             raise ValueError(
                 "execution.stages: scored_samples runs on Ray only with stages.judge.backend "
                 "none (the judgment cache is one local SQLite file); drop it from the list to "

@@ -39,16 +39,22 @@ from fineharbor.core.download_store import (
     ReusePolicy,
 )
 from fineharbor.core.mapping import map_batch
+from fineharbor.core.pipeline import (
+    BENCHMARK_INDEX,
+    CLEANED,
+    DECONTAMINATED,
+    DEDUPLICATED,
+    DUPLICATES,
+    RAW,
+    SIGNATURES,
+    UNIFIED,
+)
 from fineharbor.core.readers import ReadStats, read_source, reports_stats
 from fineharbor.core.readers.url_list import read_url_list
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA, UNIFIED_SCHEMA
 from fineharbor.core.storage import Storage
 
 Progress = Callable[[int], None]
-
-RAW = "raw_samples"
-UNIFIED = "unified_samples"
-CLEANED = "cleaned_samples"
 
 # Cleaning decodes every image: small batches keep all worker processes busy.
 CLEAN_BATCH_ROWS = 64
@@ -244,12 +250,6 @@ def build_cleaned_samples(
 # --------------------------------------------------------------------------- signatures, dedup,
 # decontamination. Cross-source stages work on compact tables (signatures, ids), never on images.
 
-SIGNATURES = "image_signatures"
-DUPLICATES = "duplicate_clusters"
-DEDUPLICATED = "deduplicated_samples"
-BENCHMARK_INDEX = "benchmark_index"
-DECONTAMINATED = "decontaminated_samples"
-SCORED = "scored_samples"
 SIGNATURE_BATCH_ROWS = 64
 
 

@@ -25,24 +25,12 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilt
 from dagster._time import get_current_datetime
 
 from fineharbor.core.config import ConfigError, ProjectConfig, default_config_path, load_config
+from fineharbor.core.pipeline import RELEASE, stage_params
 from fineharbor.defs.jobs import PIPELINE
 from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 
-# The `stages.*` sections of the project file that each asset reads. New stages add theirs.
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "raw_samples": ("ingest",),
-    "cleaned_samples": ("clean",),
-    "image_signatures": ("signatures",),
-    "duplicate_clusters": ("dedup",),
-    "deduplicated_samples": ("dedup",),
-    "benchmark_index": ("decontam", "signatures"),
-    "decontaminated_samples": ("decontam",),
-    # the judge writes the semi-synthetic texts (synthetic_texts: mllm, rewrite_with_judge)
-    "quality_classifier": ("clip_score", "quality_classifier", "judge"),
-    "scored_samples": ("clip_score", "quality_classifier", "judge", "signals"),
-    "concept_clusters": ("concepts",),
-    "release_mix": ("release", "concepts"),
-}
+# The `stages.*` sections of the project file that each stage reads (core/pipeline.py).
+STAGE_PARAMS: dict[str, tuple[str, ...]] = stage_params()
 
 SCHEDULE_NAME = "stale_partitions_schedule"
 
@@ -93,7 +81,7 @@ def with_config_versions(
         if not sections:
             return spec
         code_version = f"{spec.code_version or '1'}+{params_hash(config, sections)}"
-        if name == "release_mix" and reviewed:
+        if name == RELEASE and reviewed:
             code_version += f"+reviews-{reviewed}"
         return spec.replace_attributes(code_version=code_version)
 

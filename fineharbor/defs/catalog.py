@@ -3,15 +3,21 @@
 import dagster as dg
 
 from fineharbor.core.catalog import refresh_catalog
-from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, PER_SOURCE_ASSETS
+from fineharbor.core.pipeline import DECONTAMINATED, STAGES
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
 from fineharbor.defs.sql_models import MODEL_TABLES, SQL_MODEL_ASSETS
+
+# The stages up to the filtered samples; the later ones (scores, release) run in the catalog's
+# own job, before it, and their views refresh with it.
+_CATALOGUED = [
+    dg.AssetKey(s.name) for s in STAGES[: [s.name for s in STAGES].index(DECONTAMINATED) + 1]
+]
 
 
 @dg.asset(
     group_name="catalog",
     kinds={"duckdb"},
-    deps=[*PER_SOURCE_ASSETS, *CROSS_SOURCE_ASSETS, *SQL_MODEL_ASSETS],
+    deps=[*_CATALOGUED, *SQL_MODEL_ASSETS],
     pool="duckdb_write",
     description=(
         "Refreshes `catalog.duckdb` under FINEHARBOR_HOME: a view over every stage's Parquet "

@@ -1,69 +1,46 @@
-"""Jobs in pipeline order: per-source stages run per partition, cross-source stages once."""
+"""Jobs in pipeline order, generated from the stage table: per-source jobs run per partition,
+global ones once. The global job also refreshes the SQL statistics models and the catalog."""
 
 import dagster as dg
 
+from fineharbor.core import pipeline
+from fineharbor.defs import cleaning, decontam, dedup, ingest, quality, release
 from fineharbor.defs.catalog import duckdb_catalog
-from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECOND_PASS_ASSETS
-from fineharbor.defs.quality import QUALITY_MODEL_ASSETS, SCORING_ASSETS
-from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 
-per_source_job = dg.define_asset_job(
-    "per_source_job",
-    selection=dg.AssetSelection.assets(*FIRST_PASS_ASSETS),
-    description="Ingest, clean and sign one source partition.",
-)
+DOMAINS = (ingest, cleaning, dedup, decontam, quality, release)
+"""The modules that define the stages' assets, one per domain."""
 
-cross_source_job = dg.define_asset_job(
-    "cross_source_job",
-    selection=dg.AssetSelection.assets(*CROSS_SOURCE_ASSETS),
-    description="Duplicate clusters and the benchmark index, over every source.",
-)
+_DEFINED = {
+    a.key.to_user_string(): a
+    for a in dg.load_assets_from_modules(DOMAINS)
+    if isinstance(a, dg.AssetsDefinition)
+}
+STAGE_ASSETS: dict[str, dg.AssetsDefinition] = {s.name: _DEFINED[s.name] for s in pipeline.STAGES}
+"""Every stage's asset by name, in pipeline order (a stage without its asset fails here)."""
 
-filter_job = dg.define_asset_job(
-    "filter_job",
-    selection=dg.AssetSelection.assets(*SECOND_PASS_ASSETS),
-    description="Deduplicate and decontaminate one source partition.",
-)
+_AFTER_STAGES = {"global_job": [*SQL_MODEL_ASSETS, duckdb_catalog]}
 
-quality_model_job = dg.define_asset_job(
-    "quality_model_job",
-    selection=dg.AssetSelection.assets(*QUALITY_MODEL_ASSETS),
-    description="Train the learned quality classifier over every train source.",
-)
+JOB_ASSETS: dict[str, list[dg.AssetsDefinition]] = {
+    job.name: [
+        *(STAGE_ASSETS[s.name] for s in pipeline.job_stages(job.name)),
+        *_AFTER_STAGES.get(job.name, []),
+    ]
+    for job in pipeline.JOBS
+}
+"""Each job's assets, in pipeline order."""
 
-scoring_job = dg.define_asset_job(
-    "scoring_job",
-    selection=dg.AssetSelection.assets(*SCORING_ASSETS),
-    description="CLIP score, learned quality score and judge ratings of one source partition.",
-)
-
-global_job = dg.define_asset_job(
-    "global_job",
-    selection=dg.AssetSelection.assets(*RELEASE_ASSETS, *SQL_MODEL_ASSETS, duckdb_catalog),
-    description="Concept clusters, the release mix, SQL statistics models and the DuckDB catalog.",
-)
-
-PIPELINE = [
-    ("per_source_job", True),
-    ("cross_source_job", False),
-    ("filter_job", True),
-    ("quality_model_job", False),
-    ("scoring_job", True),
-    ("global_job", False),
+JOBS = [
+    dg.define_asset_job(
+        job.name,
+        selection=dg.AssetSelection.assets(*JOB_ASSETS[job.name]),
+        description=job.description,
+    )
+    for job in pipeline.JOBS
 ]
+
+PIPELINE = [(job.name, pipeline.per_partition(job.name)) for job in pipeline.JOBS]
 """Job names in the order that runs the whole pipeline, and whether each runs per partition."""
 
-ASSETS = [
-    *FIRST_PASS_ASSETS,
-    *CROSS_SOURCE_ASSETS,
-    *SECOND_PASS_ASSETS,
-    *QUALITY_MODEL_ASSETS,
-    *SCORING_ASSETS,
-    *RELEASE_ASSETS,
-    *SQL_MODEL_ASSETS,
-    duckdb_catalog,
-]
+ASSETS = [asset for job in pipeline.JOBS for asset in JOB_ASSETS[job.name]]
 """Every asset of the project, in pipeline order."""
-
-JOBS = [per_source_job, cross_source_job, filter_job, quality_model_job, scoring_job, global_job]

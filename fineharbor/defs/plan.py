@@ -24,11 +24,12 @@ import dagster as dg
 from dagster._core.definitions.data_version import StaleCauseCategory, StaleStatus
 from dagster._core.events import DagsterEventType
 
+from fineharbor.core.pipeline import RAW, RELEASE
 from fineharbor.defs.automation import stale_status_resolver
-from fineharbor.defs.ingest import SOURCE_STATE
+from fineharbor.defs.factory import SOURCE_STATE
 from fineharbor.defs.jobs import PIPELINE
 
-FIRST_STAGE = dg.AssetKey("raw_samples")
+FIRST_STAGE = dg.AssetKey(RAW)
 
 
 @dataclass
@@ -112,7 +113,7 @@ def _own_reason(resolver, key: dg.AssetKey, partition: str | None) -> str | None
             # the code version carries the stage's config (and the release's, the reviews)
             reasons.append(
                 "config, reviews or code changed"
-                if key.to_user_string() == "release_mix"
+                if key.to_user_string() == RELEASE
                 else "config or code changed"
             )
         elif cause.dependency is not None:

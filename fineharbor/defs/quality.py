@@ -8,16 +8,11 @@ from fineharbor.core.config import StageParams
 from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.judge.prompts import AXES, PROMPT_VERSIONS
 from fineharbor.core.judge.rate import make_backends
+from fineharbor.core.pipeline import QUALITY_MODEL, SCORED
 from fineharbor.core.quality.params import LEVELS, ClipScoreParams
-from fineharbor.core.stages import SCORED, StageReport
-from fineharbor.defs.ingest import ProgressLog, decontaminated_samples
-from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
-from fineharbor.defs.reporting import (
-    histogram_markdown,
-    markdown_table,
-    partitions_result,
-    stage_check_specs,
-)
+from fineharbor.core.stages import StageReport
+from fineharbor.defs.factory import StageRun, global_stage, per_source_stage
+from fineharbor.defs.reporting import histogram_markdown, markdown_table
 from fineharbor.defs.resources import FineharborProject
 
 if TYPE_CHECKING:
@@ -66,25 +61,7 @@ class QualityModelsResource(dg.ConfigurableResource):
 _LOADED: dict[tuple[str, str], object] = {}
 
 
-@dg.asset(
-    group_name="quality",
-    kinds={"pytorch", "python"},
-    deps=[decontaminated_samples],
-    pool="gpu",
-    code_version="1",
-    description=(
-        "UniFilter-style learned quality classifier, saved under "
-        "FINEHARBOR_HOME/models/quality_classifier. Built from the decontaminated samples of "
-        "every train source: each real image is paired with texts at four quality levels (3 its "
-        "own text, 2 one attribute made wrong, 1 vague or generic, 0 another image's text), and "
-        "a two-layer MLP regresses the level from frozen CLIP image and text features "
-        "(`stages.clip_score` model; interleaved documents: mean-pooled images, chunked texts), "
-        "or with `architecture: mllm` UniFilter's vision tower + AvgPool projector + small LM "
-        "reads images and text in document order. `synthetic_texts: mllm` has the judge's "
-        "vision model write all four levels (docs/quality-classifier.md). "
-        "Metadata: held-out accuracy and confusion matrix over whole held-out images."
-    ),
-)
+@global_stage(QUALITY_MODEL)
 def quality_classifier(
     context: dg.AssetExecutionContext, project: FineharborProject, models: QualityModelsResource
 ) -> dg.MaterializeResult:
@@ -141,35 +118,10 @@ def quality_classifier(
     )
 
 
-@dg.asset(
-    partitions_def=source_partitions,
-    backfill_policy=per_source_backfill_policy,
-    group_name="quality",
-    kinds={"parquet", "pytorch"},
-    deps=[decontaminated_samples, quality_classifier],
-    pool="gpu",
-    check_specs=stage_check_specs(SCORED),
-    code_version="2",
-    description=(
-        "Every decontaminated sample (none dropped: thresholds apply in the release mix) with "
-        "`clip_score` (image-text cosine of the `stages.clip_score` open_clip model: LAION keeps "
-        ">= 0.30 with ViT-B/32, DanQing also drops implausibly high OCR-dominated pairs; text = "
-        "every turn joined, image = best-matching image), `quality_score` (the learned "
-        "classifier, 0-3) and FineVision's judge ratings 1-5 per turn (`formatting`, "
-        "`relevance`, `visual_dependency`, `image_correspondence` as `*_ratings` lists aligned "
-        "with `texts`, and `*_min`), null when `stages.judge.backend` is none. Judgments are "
-        "cached by (model, prompt version, sample, turn) under FINEHARBOR_STATE/judge_cache. The "
-        "GPU op: models load once per process, batch, CUDA + half precision. Image signals "
-        "(`stages.signals`, docs/signals.md): `punsafe` (LAION's CLIP NSFW head), "
-        "`aesthetic_score` (LAION aesthetic predictor v2), `pwatermark` (LAION-5B's watermark "
-        "CNN), `face_count` and `face_boxes` (OpenCV Haar cascade), null when not configured."
-    ),
-)
-def scored_samples(
-    context: dg.AssetExecutionContext, project: FineharborProject, models: QualityModelsResource
-):
+def _score_with_models(context: dg.AssetExecutionContext, project: FineharborProject) -> StageRun:
     from fineharbor.core.quality.stage import build_scored_samples, load_quality_model
 
+    models: QualityModelsResource = context.resources.models
     stages = project.config.stages
     on_ray = project.config.execution.on_ray(SCORED)  # then the Ray actors load CLIP
     embedder = None if on_ray else models.clip(stages.clip_score)
@@ -181,13 +133,13 @@ def scored_samples(
     )
     judges = models.judges(stages.judge)
     signals = None if on_ray else models.signals(stages, embedder)
-    outcomes = []
-    for partition in context.partition_keys:
+
+    def run(config, partition, storage, progress):
         report, stats = build_scored_samples(
-            project.config,
+            config,
             partition,
-            project.storage,
-            ProgressLog(context.log, f"scored_samples {partition}"),
+            storage,
+            progress,
             embedder=embedder,
             model=model,
             judges=judges,
@@ -197,8 +149,15 @@ def scored_samples(
         report.extra.update(_scoring_metadata(stages, stats, report, judges))
         if not on_ray and embedder is None:
             report.extra["clip_model"] = f"absent: {models.clip_note(stages.clip_score)}"
-        outcomes.append((report, []))
-    return partitions_result(context, project.storage, outcomes)
+        return report
+
+    return run
+
+
+# Models load once per run, with the project's config (overrides do not reach the scorer).
+scored_samples = per_source_stage(
+    SCORED, setup=_score_with_models, resources={"models"}, reviewed=False
+)
 
 
 def _scoring_metadata(
@@ -242,7 +201,3 @@ def _scoring_metadata(
         )
         extra.update(stats.judge.as_metadata())
     return extra
-
-
-QUALITY_MODEL_ASSETS = [quality_classifier]
-SCORING_ASSETS = [scored_samples]

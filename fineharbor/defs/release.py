@@ -2,15 +2,15 @@
 
 import dagster as dg
 
+from fineharbor.core.pipeline import CONCEPTS, RELEASE
 from fineharbor.core.release.build import (
-    CONCEPTS,
-    RELEASE,
     RELEASE_INPUT_ASSET,
     build_concept_clusters,
     build_release_mix,
 )
 from fineharbor.core.release.select import left_out_by
 from fineharbor.core.review.gate import release_violations, review_release_gate
+from fineharbor.defs.factory import global_stage
 from fineharbor.defs.reporting import CHECK_CONSERVED, column_schema, markdown_table
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
 from fineharbor.defs.review import project_reviews
@@ -22,21 +22,7 @@ CHECK_REVIEWED = "reviewed_sources_only"
 AWAITING_REVIEW = "awaiting_review"
 
 
-@dg.asset(
-    name=CONCEPTS,
-    group_name="release",
-    kinds={"parquet", "faiss"},
-    deps=[dg.AssetKey(RELEASE_INPUT_ASSET), dg.AssetKey("image_signatures")],
-    code_version="1",
-    description=(
-        "Hierarchical k-means (Vo et al. 2024) over one vector per release-input sample (the "
-        "mean of its images' copy-detection or CLIP embeddings from image_signatures): level 1 "
-        "clusters the samples, each higher level clusters the previous level's centroids; "
-        "k-means++ seeding, 50 faiss iterations, resampling steps with a per-level sample size. "
-        "Holds each sample's cluster at every level (`clusters`, level 1 first) and its squared "
-        "distance to its level-1 centroid."
-    ),
-)
+@global_stage(CONCEPTS)
 def concept_clusters(project: FineharborProject) -> dg.MaterializeResult:
     table, stats = build_concept_clusters(project.config, project.storage)
     levels = stats["levels"]
@@ -60,12 +46,8 @@ def concept_clusters(project: FineharborProject) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(
-    name=RELEASE,
-    group_name="release",
-    kinds={"parquet", "duckdb"},
-    deps=[dg.AssetKey(RELEASE_INPUT_ASSET), concept_clusters],
-    code_version="1",
+@global_stage(
+    RELEASE,
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_SIZE,
@@ -93,16 +75,6 @@ def concept_clusters(project: FineharborProject) -> dg.MaterializeResult:
             "reviews.yaml (for its current mapping) and was not flagged by a reviewer",
         ),
     ],
-    description=(
-        "The release written by the recipe in `release:`: train sources with weights and caps, "
-        "CLIP score bounds (LAION lower, DanQing upper), the learned quality threshold, judge "
-        "minimums with FineVision's turn-level filtering, and optional balanced concept sampling "
-        "(Vo et al.). Writes `releases/<name>/<version>/` atomically: Parquet shards in the "
-        "`datasets` layout with FineVision's columns, WebDataset tars for caption pairs on "
-        "request, a dataset card whose numbers come from the SQL models, and manifest.json "
-        "with a sha256 per file. This table indexes the released samples; left-out samples "
-        "are in its rejects with a reason."
-    ),
 )
 def release_mix(project: FineharborProject) -> dg.MaterializeResult:
     config, storage = project.config, project.storage

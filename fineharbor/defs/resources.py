@@ -22,6 +22,7 @@ from fineharbor.core.config import (
     is_uri,
     load_config,
 )
+from fineharbor.core.pipeline import table_stages
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.storage import Storage
 
@@ -89,19 +90,7 @@ class FineharborProject(dg.ConfigurableResource):
 
 
 # Every stage that writes Parquet, in pipeline order; the catalog exposes each as a view.
-STAGE_TABLES = [
-    StageTable("raw_samples"),
-    StageTable("unified_samples"),
-    StageTable("cleaned_samples"),
-    StageTable("image_signatures"),
-    StageTable("duplicate_clusters", partitioned=False),
-    StageTable("deduplicated_samples"),
-    StageTable("benchmark_index", partitioned=False),
-    StageTable("decontaminated_samples"),
-    StageTable("scored_samples"),
-    StageTable("concept_clusters", partitioned=False),
-    StageTable("release_mix", partitioned=False),
-]
+STAGE_TABLES = [StageTable(s.name, partitioned=s.per_source) for s in table_stages()]
 
 
 class EmbedderResource(dg.ConfigurableResource):

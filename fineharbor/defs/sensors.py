@@ -6,13 +6,13 @@ import dagster as dg
 
 from fineharbor.core.config import ConfigError
 from fineharbor.core.readers import source_state
-from fineharbor.defs.jobs import per_source_job
+from fineharbor.defs.jobs import JOBS
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.resources import FineharborProject
 
 
 @dg.sensor(
-    job=per_source_job,
+    job=JOBS[0],  # the pipeline's first job: ingest, clean and sign the source
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description=(

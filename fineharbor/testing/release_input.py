@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from fineharbor.core.config import parse_config
 from fineharbor.core.decontam.match import DECONTAM_REJECT_SCHEMA
+from fineharbor.core.pipeline import DECONTAMINATED, DEDUPLICATED, SIGNATURES
 from fineharbor.core.release.build import RELEASE_INPUT_ASSET
 from fineharbor.core.schema import UNIFIED_SCHEMA
 from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
@@ -83,7 +84,7 @@ def write_input(
         with storage.writer(RELEASE_INPUT_ASSET, source, schema) as w:
             w.write(table)  # scoring keeps every row
         with storage.writer(
-            "decontaminated_samples", source, schema, reject_schema=DECONTAM_REJECT_SCHEMA
+            DECONTAMINATED, source, schema, reject_schema=DECONTAM_REJECT_SCHEMA
         ) as w:
             w.write(table)
             if source == "bench":
@@ -101,7 +102,7 @@ def write_input(
                         schema=DECONTAM_REJECT_SCHEMA,
                     )
                 )
-        with storage.writer("deduplicated_samples", source, schema) as w:
+        with storage.writer(DEDUPLICATED, source, schema) as w:
             w.write(table)
         signatures = [
             {
@@ -113,7 +114,7 @@ def write_input(
             }
             for r in samples
         ]
-        with storage.writer("image_signatures", source, SIGNATURE_SCHEMA) as w:
+        with storage.writer(SIGNATURES, source, SIGNATURE_SCHEMA) as w:
             w.write(pa.Table.from_pylist(signatures, schema=SIGNATURE_SCHEMA))
 
 

@@ -8,15 +8,21 @@ import pytest
 
 from fineharbor.core.schema import IMAGE_TYPE, TURN_TYPE
 from fineharbor.defs.catalog import duckdb_catalog
-from fineharbor.defs.ingest import CROSS_SOURCE_ASSETS, FIRST_PASS_ASSETS, SECOND_PASS_ASSETS
+from fineharbor.defs.jobs import JOB_ASSETS
 from fineharbor.defs.partitions import source_partitions
-from fineharbor.defs.quality import QUALITY_MODEL_ASSETS, SCORING_ASSETS, QualityModelsResource
+from fineharbor.defs.quality import QualityModelsResource
 from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.reporting import _combined_check
 from fineharbor.defs.resources import EmbedderResource, FineharborProject
 from fineharbor.defs.sensors import source_sensor
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 from fineharbor_tests.conftest import make_image_bytes
+
+FIRST_PASS_ASSETS = JOB_ASSETS["per_source_job"]
+CROSS_SOURCE_ASSETS = JOB_ASSETS["cross_source_job"]
+SECOND_PASS_ASSETS = JOB_ASSETS["filter_job"]
+QUALITY_MODEL_ASSETS = JOB_ASSETS["quality_model_job"]
+SCORING_ASSETS = JOB_ASSETS["scoring_job"]
 
 CONFIG = """
 sources:

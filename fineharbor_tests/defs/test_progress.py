@@ -1,5 +1,5 @@
 def test_progress_bar_when_the_cli_asks_for_one(monkeypatch, capsys):
-    from fineharbor.defs.ingest import PROGRESS_ENV, ProgressLog
+    from fineharbor.defs.factory import PROGRESS_ENV, ProgressLog
 
     class Log:
         def info(self, message: str) -> None:

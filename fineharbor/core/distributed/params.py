@@ -13,10 +13,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from fineharbor.core.pipeline import CLEANED, SIGNATURES, UNIFIED
 from fineharbor.core.strict import StrictModel
 
-RAY_STAGES = ("unified_samples", "cleaned_samples", "image_signatures")
+RAY_STAGES = (UNIFIED, CLEANED, SIGNATURES)
 # scored_samples is opt-in: on Ray it scores CLIP and the classifier; the judge stays local.
+# A type holds literal names only (the project file's schema lists them).
 RayStage = Literal["unified_samples", "cleaned_samples", "image_signatures", "scored_samples"]
 
 

@@ -34,6 +34,7 @@ from fineharbor.core.judge.rate import (
     rate_samples,
     ratings_column,
 )
+from fineharbor.core.pipeline import DECONTAMINATED, QUALITY_MODEL, SCORED
 from fineharbor.core.quality.classifier import (
     REWRITE_PROMPT_VERSION,
     QualityModel,
@@ -49,10 +50,10 @@ from fineharbor.core.quality.mllm_classifier import MllmQualityModel, train_mllm
 from fineharbor.core.quality.signals import SIGNAL_COLUMNS, SignalModels, load_signal_models
 from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
-from fineharbor.core.stages import DECONTAMINATED, SCORED, Progress, StageReport, write_stage
+from fineharbor.core.stages import Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
 
-QUALITY_MODEL_DIR = ("models", "quality_classifier")
+QUALITY_MODEL_DIR = ("models", QUALITY_MODEL)
 SCORE_BATCH_ROWS = 64
 
 SCORED_SCHEMA = pa.schema(

@@ -24,6 +24,7 @@ from fineharbor.core.catalog import StageTable, connect_in_memory
 from fineharbor.core.concepts import hierarchical_kmeans
 from fineharbor.core.concepts.embeddings import sample_embeddings
 from fineharbor.core.dedup.diversity import CovarianceAccumulator
+from fineharbor.core.pipeline import CONCEPTS, RELEASE, SCORED, SIGNATURES
 from fineharbor.core.release.card import CARD_MODELS, CardFacts, render_card
 from fineharbor.core.release.params import RATING_AXES
 from fineharbor.core.release.select import (
@@ -58,10 +59,7 @@ if TYPE_CHECKING:
 
 # The stage the release reads: decontaminated rows plus clip_score, quality_score and the judge
 # ratings. A filter on a score column the input lacks fails with a clear error.
-RELEASE_INPUT_ASSET = "scored_samples"
-SIGNATURES = "image_signatures"
-CONCEPTS = "concept_clusters"
-RELEASE = "release_mix"
+RELEASE_INPUT_ASSET = SCORED
 RELEASES_DIR = "releases"
 
 CONCEPT_SCHEMA = pa.schema(

@@ -37,6 +37,14 @@ from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.pool import setup_worker_process
 from fineharbor.core.cleaning.reasons import IMAGE_DECODE_TIMEOUT, WORKER_CRASHED
 from fineharbor.core.config import ProjectConfig, SourceConfig
+from fineharbor.core.pipeline import (
+    CLEANED,
+    DECONTAMINATED,
+    DEDUPLICATED,
+    RAW,
+    SIGNATURES,
+    UNIFIED,
+)
 from fineharbor.core.review.decisions import (
     Approve,
     Decision,
@@ -46,7 +54,6 @@ from fineharbor.core.review.decisions import (
     mapping_fingerprint,
 )
 from fineharbor.core.review.gate import release_gate
-from fineharbor.core.stages import CLEANED, RAW, UNIFIED
 from fineharbor.core.storage import DATA, REJECTS, Storage
 
 REVIEW_DIR = "review"
@@ -61,9 +68,9 @@ CHAIN = (
     RAW,
     UNIFIED,
     CLEANED,
-    "image_signatures",
-    "deduplicated_samples",
-    "decontaminated_samples",
+    SIGNATURES,
+    DEDUPLICATED,
+    DECONTAMINATED,
 )
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
