@@ -40,7 +40,6 @@ from fineharbor.core.dedup import (
 )
 from fineharbor.core.dedup.evaluate import QualityReport, evaluate_clusters
 from fineharbor.core.dedup.verify import batches_thumbnail_loader
-from fineharbor.core.demo import generate_demo, serve_directory
 from fineharbor.core.signatures import SignatureParams, build_embedders, compute_signatures
 from fineharbor.core.signatures.train_copy_detector import (
     TrainConfig,
@@ -49,6 +48,7 @@ from fineharbor.core.signatures.train_copy_detector import (
 )
 from fineharbor.core.stages import UNIFIED, build_raw_samples, build_unified_samples
 from fineharbor.core.storage import Storage
+from fineharbor.demo import generate_demo, serve_directory
 
 REPO = Path(__file__).resolve().parents[1]
 URL_SOURCE = "laion_urls"

@@ -172,9 +172,9 @@ def test_demo_gives_the_same_samples_on_ray(ray_address, tmp_path, monkeypatch):
     same sample_ids, with the same reasons, on Ray as locally."""
     from fineharbor.core import stages
     from fineharbor.core.config import load_config
-    from fineharbor.core.demo import generate_demo
     from fineharbor.core.distributed.params import ExecutionParams
     from fineharbor.core.storage import Storage
+    from fineharbor.demo import generate_demo
 
     monkeypatch.setenv("FINEHARBOR_HOME", str(tmp_path / "demo_home"))
     generate_demo(tmp_path / "demo_home", "http://127.0.0.1:9", seed=0, scale=0.1)

@@ -24,7 +24,7 @@ class ClipScoreParams(_Strict):
 
     Thresholds belong to a model: LAION's 0.30 / 0.28 are for OpenAI CLIP ViT-B/32 and mean
     nothing for another model (a small demo CLIP has its own scale; its directory records a
-    suggested bound, see :mod:`fineharbor.core.quality.demo_clip`).
+    suggested bound, see :mod:`fineharbor.demo.clip`).
     """
 
     model: str | None = Field(
