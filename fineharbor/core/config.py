@@ -90,16 +90,10 @@ def default_config_path() -> Path:
     return Path(os.environ.get("FINEHARBOR_CONFIG", DEFAULT_CONFIG)).expanduser().resolve()
 
 
-_Strict = StrictModel
-
-
 # --------------------------------------------------------------------------- mapping
 
 
-MAPPING_PRESETS = ("finevision", "cauldron", "llava", "laion", "webdataset_caption")
-
-
-class MappingSpec(_Strict):
+class MappingSpec(StrictModel):
     """How a source's records become unified samples.
 
     A preset fills the field paths for a known layout; any field given here overrides it.
@@ -144,7 +138,7 @@ class MappingSpec(_Strict):
 # --------------------------------------------------------------------------- sources
 
 
-class _SourceBase(_Strict):
+class _SourceBase(StrictModel):
     name: str
     location: str = Field(description="file, directory or glob; relative to the config file")
     mapping: MappingSpec = Field(
@@ -253,7 +247,7 @@ SourceConfig = Annotated[
 # --------------------------------------------------------------------------- stage parameters
 
 
-class DownloadParams(_Strict):
+class DownloadParams(StrictModel):
     """img2dataset-style downloader settings."""
 
     concurrency: int = Field(32, ge=1, le=4096)
@@ -266,7 +260,7 @@ class DownloadParams(_Strict):
     honour_noai: bool = Field(True, description="skip X-Robots-Tag noai / noimageai responses")
 
 
-class IngestParams(_Strict):
+class IngestParams(StrictModel):
     download: DownloadParams = DownloadParams()
     max_image_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger local image files are rejected unread"
@@ -279,7 +273,7 @@ class IngestParams(_Strict):
     )
 
 
-class StageParams(_Strict):
+class StageParams(StrictModel):
     """Every stage's thresholds, each defaulting to its paper's value."""
 
     ingest: IngestParams = IngestParams()
@@ -293,7 +287,7 @@ class StageParams(_Strict):
     quality_classifier: QualityClassifierParams = QualityClassifierParams()
 
 
-class OrchestrationParams(_Strict):
+class OrchestrationParams(StrictModel):
     """How Dagster groups work into runs (read when the definitions load)."""
 
     partitions_per_run: int = Field(
@@ -306,7 +300,7 @@ class OrchestrationParams(_Strict):
     )
 
 
-class ProjectConfig(_Strict):
+class ProjectConfig(StrictModel):
     name: str = "fineharbor"
     sources: list[SourceConfig]
     stages: StageParams = StageParams()

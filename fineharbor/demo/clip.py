@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
@@ -48,7 +48,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 MISMATCH = "mismatched_caption"
 
 
-class DemoClipConfig(_Strict):
+class DemoClipConfig(StrictModel):
     """Architecture and schedule of the demo CLIP.
 
     Chosen by measurement on the demo at scale 1.0 (seed 0, one thread; ROC AUC of the planted

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fineharbor.core.quality.text import ImageRule, TextRule
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 LAION_400M_THRESHOLD = 0.30  # OpenAI CLIP ViT-B/32; "0.28-0.29 also seemed okay"
 LAION_5B_THRESHOLD = 0.28  # English subset, ViT-B/32
@@ -19,7 +19,7 @@ LAION_5B_MULTI_THRESHOLD = 0.26  # multilingual / no-language subsets, mCLIP
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class ClipScoreParams(_Strict):
+class ClipScoreParams(StrictModel):
     """Image-text cosine similarity with an open_clip model, and the bounds that filter on it.
 
     Thresholds belong to a model: LAION's 0.30 / 0.28 are for OpenAI CLIP ViT-B/32 and mean
@@ -85,7 +85,7 @@ PUBLISHED_VISION_TOWER = "google/siglip-so400m-patch14-384"
 PUBLISHED_LANGUAGE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 
 
-class MllmClassifierParams(_Strict):
+class MllmClassifierParams(StrictModel):
     """UniFilter's published architecture (``architecture: mllm``): a SigLIP/CLIP vision tower,
     an AvgPool projector and a small causal LM with a regression head on its last hidden state.
 
@@ -131,7 +131,7 @@ class MllmClassifierParams(_Strict):
         return self
 
 
-class QualityClassifierParams(_Strict):
+class QualityClassifierParams(StrictModel):
     """The UniFilter-style scorer, trained on real images with texts at levels 0-3.
 
     ``architecture: clip_mlp`` (default) fits an MLP on frozen CLIP features (fast, CPU);
