@@ -220,10 +220,6 @@ class DemoSummary:
     source_paths: dict[str, Path]
     seconds: float = 0.0
 
-    @property
-    def total_records(self) -> int:
-        return sum(self.records.values())
-
 
 class _Generator:
     def __init__(self, seed: int, scale: float, base_url: str) -> None:
