@@ -35,7 +35,7 @@ from fineharbor.demo.clip import (
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 SCALE = 0.3
 SMALL = DemoClipConfig(pretraining_pairs=1500, steps=200)
 CLIP_AUC_MIN = 0.9
