@@ -333,7 +333,7 @@ def part2(scale: float, imagededup_python: str) -> None:
                 ),
                 priorities,
                 thumbnails,
-            )
+            ).table
             search_seconds = time.perf_counter() - started
             verified = "pixel-verified" if thumbnails else "unverified"
             print_report(
@@ -398,7 +398,7 @@ def _hash_only_clusters(files) -> tuple[dict[str, str], dict, float]:
     )  # fmt: skip
     started = time.perf_counter()
     signatures = pa.concat_tables(list(compute_signatures([batch], SignatureParams(num_workers=0))))
-    clusters = find_duplicates(
+    clusters, report = find_duplicates(
         signatures,
         compact_samples([batch]),
         DedupParams(copy_embedding=False, phash_verify_min_cosine=None),
@@ -409,7 +409,7 @@ def _hash_only_clusters(files) -> tuple[dict[str, str], dict, float]:
     cluster_of = dict(
         zip(clusters["sample_id"].to_pylist(), clusters["cluster_id"].to_pylist(), strict=True)
     )
-    return cluster_of, json.loads(clusters.schema.metadata[b"fineharbor.dedup"]), seconds
+    return cluster_of, report, seconds
 
 
 def _imagededup_clusters(files) -> tuple[dict[str, str], float] | None:
@@ -548,7 +548,7 @@ def part4(count: int, before_rev: str) -> None:
     signatures = pa.concat_tables(list(compute_signatures([batch], SignatureParams(num_workers=0))))
     for cap in (None, DedupParams().max_candidates_per_item):
         started = time.perf_counter()
-        clusters = find_duplicates(
+        clusters, report = find_duplicates(
             signatures,
             compact_samples([batch]),
             DedupParams(
@@ -558,7 +558,6 @@ def part4(count: int, before_rev: str) -> None:
             {},
             thumbnails=batches_thumbnail_loader(lambda: iter([batch])),
         )  # fmt: skip
-        report = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])
         print(f"find_duplicates, {len(many)} charts, phash <= 10, cap {cap}: "
               f"{time.perf_counter() - started:.1f} s, candidates {report['candidates']}, "
               f"clustered samples {clusters.num_rows}")  # fmt: skip

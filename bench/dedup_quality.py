@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import os
 import socket
 import sys
@@ -40,7 +39,6 @@ from fineharbor.core.dedup import (
 )
 from fineharbor.core.dedup.evaluate import QualityReport, evaluate_clusters
 from fineharbor.core.dedup.verify import batches_thumbnail_loader
-from fineharbor.core.demo import generate_demo, serve_directory
 from fineharbor.core.signatures import SignatureParams, build_embedders, compute_signatures
 from fineharbor.core.signatures.train_copy_detector import (
     TrainConfig,
@@ -49,6 +47,7 @@ from fineharbor.core.signatures.train_copy_detector import (
 )
 from fineharbor.core.stages import UNIFIED, build_raw_samples, build_unified_samples
 from fineharbor.core.storage import Storage
+from fineharbor.demo import generate_demo, serve_directory
 
 REPO = Path(__file__).resolve().parents[1]
 URL_SOURCE = "laion_urls"
@@ -203,13 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for title, dedup, thumbnails in variants:
             started = time.perf_counter()
-            clusters = find_duplicates(signed, samples, dedup, priorities, thumbnails)
+            clusters, meta = find_duplicates(signed, samples, dedup, priorities, thumbnails)
             seconds = time.perf_counter() - started
             report = evaluate_clusters(clusters, present, truth)
-            meta = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])
             print_report(f"{title} [{seconds:.1f} s; {meta}]", report)
 
-        clusters = find_duplicates(signed, samples, defaults, priorities, loader)
+        clusters = find_duplicates(signed, samples, defaults, priorities, loader).table
         removed = set(clusters.filter(pc.invert(clusters["is_kept"]))["sample_id"].to_pylist())
         before, after = CovarianceAccumulator(), CovarianceAccumulator()
         before.update_table(signed)
@@ -227,11 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         header = " ".join(f"{t:>13}" for t in ("exact", "resize", "jpeg", "crop", "flip"))
         print(f"{'threshold':>9} {header} {'all-pairs P':>11} {'verified':>8}")
         for threshold in (0.70, 0.75, 0.80, 0.85, 0.90, 0.95):
-            clusters = find_duplicates(
+            clusters, meta = find_duplicates(
                 signed, samples, DedupParams(copy_threshold=threshold), priorities, loader
             )
             report = evaluate_clusters(clusters, present, truth)
-            meta = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])
             cells = [f"R{s.recall:.2f}/P{s.precision:.2f}" for s in report.by_transform.values()]
             checked = meta["verification"]["pairs_checked"]
             print(

@@ -15,8 +15,7 @@ from fineharbor.core.config import load_config
 from fineharbor.defs.automation import with_config_versions
 from fineharbor.defs.jobs import ASSETS, JOBS
 from fineharbor.defs.plan import Step, execute_plan, held_back
-from fineharbor_tests.defs.test_ingest_assets import project as ingest_project  # noqa: F401
-from fineharbor_tests.defs.test_ingest_assets import resources
+from fineharbor_tests.defs.pipeline import resources
 
 GHOST = """  - name: ghost
     reader: image_folder
@@ -27,7 +26,7 @@ STAGES = ["raw_samples", "unified_samples", "cleaned_samples", "image_signatures
 
 
 @pytest.fixture
-def project(ingest_project, monkeypatch):  # noqa: F811
+def project(ingest_project, monkeypatch):
     """The two-source project of the ingest tests, without its broken source."""
     config = Path(ingest_project.config_path)
     config.write_text(config.read_text().replace(GHOST, ""))
@@ -147,7 +146,7 @@ def test_an_empty_project_says_what_is_missing(project, capsys, text):
 
 
 def test_when_every_partition_fails_the_global_stages_say_why_they_did_not_run(
-    ingest_project,  # noqa: F811
+    ingest_project,
     monkeypatch,
     capsys,
 ):

@@ -145,7 +145,7 @@ def test_cleaning_rejects_every_planted_defect_and_keeps_clean_samples(demo_home
 
 
 def planted_scores(home: Path):
-    from fineharbor.core.demo.quality import score_planted_defects
+    from fineharbor.demo.quality import score_planted_defects
 
     config = load_config(REPO / "fineharbor.yaml")
     return score_planted_defects(config, Storage(str(home)), home / "demo" / "ground_truth.parquet")

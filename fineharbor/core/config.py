@@ -95,16 +95,10 @@ def default_config_path() -> Path:
     return Path(os.environ.get("FINEHARBOR_CONFIG", DEFAULT_CONFIG)).expanduser().resolve()
 
 
-_Strict = StrictModel
-
-
 # --------------------------------------------------------------------------- mapping
 
 
-MAPPING_PRESETS = ("finevision", "cauldron", "llava", "laion", "webdataset_caption")
-
-
-class MappingSpec(_Strict):
+class MappingSpec(StrictModel):
     """How a source's records become unified samples.
 
     A preset fills the field paths for a known layout; any field given here overrides it.
@@ -149,7 +143,7 @@ class MappingSpec(_Strict):
 # --------------------------------------------------------------------------- sources
 
 
-class _SourceBase(_Strict):
+class _SourceBase(StrictModel):
     name: str
     location: str = Field(description="file, directory or glob; relative to the config file")
     mapping: MappingSpec = Field(
@@ -258,7 +252,7 @@ SourceConfig = Annotated[
 # --------------------------------------------------------------------------- stage parameters
 
 
-class DownloadParams(_Strict):
+class DownloadParams(StrictModel):
     """img2dataset-style downloader settings."""
 
     concurrency: int = Field(32, ge=1, le=4096)
@@ -271,7 +265,7 @@ class DownloadParams(_Strict):
     honour_noai: bool = Field(True, description="skip X-Robots-Tag noai / noimageai responses")
 
 
-class IngestParams(_Strict):
+class IngestParams(StrictModel):
     download: DownloadParams = DownloadParams()
     max_image_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger local image files are rejected unread"
@@ -284,7 +278,7 @@ class IngestParams(_Strict):
     )
 
 
-class StageParams(_Strict):
+class StageParams(StrictModel):
     """Every stage's thresholds, each defaulting to its paper's value."""
 
     ingest: IngestParams = IngestParams()
@@ -299,7 +293,7 @@ class StageParams(_Strict):
     signals: SignalParams = SignalParams()
 
 
-class OrchestrationParams(_Strict):
+class OrchestrationParams(StrictModel):
     """How Dagster groups work into runs (read when the definitions load)."""
 
     partitions_per_run: int = Field(
@@ -312,7 +306,7 @@ class OrchestrationParams(_Strict):
     )
 
 
-class ProjectConfig(_Strict):
+class ProjectConfig(StrictModel):
     name: str = "fineharbor"
     sources: list[SourceConfig]
     stages: StageParams = StageParams()

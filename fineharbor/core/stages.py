@@ -7,7 +7,6 @@ Dagster here, so the same functions run from the CLI, a process pool or a distri
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -129,7 +128,7 @@ def build_raw_samples(
     else:
         batches = read_source(source, project.stages.ingest, progress, shard, stats)
 
-    def counted() -> Iterable[tuple[pa.Table, pa.Table]]:
+    def seen_and_guarded() -> Iterable[tuple[pa.Table, pa.Table]]:
         nonlocal seen
         losses = LossCounter()
         for kept, rejected in batches:
@@ -140,7 +139,7 @@ def build_raw_samples(
         if store is not None:
             _guard_downloads(storage, source_name, losses)
 
-    report = write_stage(storage, RAW, source_name, RAW_SCHEMA, counted(), lambda: seen)
+    report = write_stage(storage, RAW, source_name, RAW_SCHEMA, seen_and_guarded(), lambda: seen)
     if store is not None:
         report.extra.update(store.stats.as_metadata())
     if reports_stats(source.reader):  # files seen = rows + rejects + sidecars read into rows
@@ -354,16 +353,15 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
             storage.iter_batches(CLEANED, s, columns=["sample_id", "images"]) for s in sources
         )
     )
-    clusters = (
+    clusters, report = (
         find_duplicates(signatures, samples, params, priorities, thumbnails=thumbnails)
         if samples is not None
-        else DUPLICATE_SCHEMA.empty_table()
+        else (DUPLICATE_SCHEMA.empty_table(), {})
     )
     dropped = set(
         clusters.filter(pc.invert(clusters.column("is_kept"))).column("sample_id").to_pylist()
     )
     stats: dict = {"sources": sources, "signatures": signatures.num_rows}
-    report = json.loads((clusters.schema.metadata or {}).get(b"fineharbor.dedup", b"{}"))
     # candidates proposed / capped / verified / refuted per signal, and how they were searched
     for key in ("vector_search", "candidates", "verification", "max_candidates_per_item"):
         if report.get(key):

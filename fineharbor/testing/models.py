@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from fineharbor.core.quality.demo_clip import DemoClipConfig, TrainingReport, save_demo_clip
+from fineharbor.demo.clip import DemoClipConfig, TrainingReport, save_demo_clip
 
 TINY = DemoClipConfig(
     image_size=32,
@@ -25,7 +25,7 @@ TINY = DemoClipConfig(
 def save_tiny_clip(out: Path) -> Path:
     import open_clip
 
-    from fineharbor.core.quality.demo_clip import open_clip_model_cfg
+    from fineharbor.demo.clip import open_clip_model_cfg
 
     torch.manual_seed(0)
     model = open_clip.CLIP(**open_clip_model_cfg(TINY)).eval()

@@ -252,11 +252,10 @@ def test_503_then_success_is_retried(server: Server) -> None:
 
 
 def test_slow_endpoint_times_out_and_is_retried(server: Server) -> None:
-    started = time.monotonic()
     (result,) = fetch([f"{server.base}/slow"], download_params=params(timeout_s=0.3, retries=1))
+    # a timeout, not the image the endpoint sends after 1.5 s: neither attempt waited for it
     assert not result.ok and result.error_code == "timeout"
     assert result.attempts == 2
-    assert time.monotonic() - started < 1.4  # did not wait for the 1.5 s response
 
 
 def test_connection_refused_is_a_connection_error() -> None:

@@ -15,13 +15,13 @@ from fineharbor.defs.automation import (
 )
 from fineharbor.defs.jobs import ASSETS, JOBS, PIPELINE
 from fineharbor.defs.partitions import source_partitions
-from fineharbor_tests.defs.test_ingest_assets import project, resources  # noqa: F401
+from fineharbor_tests.defs.pipeline import resources
 
 PARTITIONS = ["charts", "scenes"]
 BOTH = "charts..scenes"
 
 
-def repository(project) -> dg.RepositoryDefinition:  # noqa: F811
+def repository(project) -> dg.RepositoryDefinition:
     """The project's definitions as the code location builds them from its current config."""
     defs = dg.Definitions(
         assets=ASSETS,
@@ -32,7 +32,7 @@ def repository(project) -> dg.RepositoryDefinition:  # noqa: F811
     return with_config_versions(defs, lambda: load_config(project.config_path)).get_repository_def()
 
 
-def change_cleaning_threshold(project) -> None:  # noqa: F811
+def change_cleaning_threshold(project) -> None:
     config = Path(project.config_path)
     config.write_text(
         config.read_text().replace("stages:\n", "stages:\n  clean:\n    jpeg_quality: 90\n")
@@ -65,7 +65,7 @@ def run(repo: dg.RepositoryDefinition, instance, requests: list[dg.RunRequest]) 
 
 
 @pytest.mark.slow
-def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project):  # noqa: F811
+def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project):
     first_pass = ["cleaned_samples", "image_signatures", "raw_samples", "unified_samples"]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, PARTITIONS)
@@ -103,7 +103,7 @@ def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project
 
 
 @pytest.mark.slow
-def test_status_has_a_line_per_stage_with_rows_rejects_and_freshness(project):  # noqa: F811
+def test_status_has_a_line_per_stage_with_rows_rejects_and_freshness(project):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, PARTITIONS)
         repo = repository(project)

@@ -24,8 +24,7 @@ from fineharbor.core.signatures.embedders import build_embedders
 from fineharbor.core.stages import build_image_signatures
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.resources import FineharborProject
-from fineharbor_tests.core.signatures.conftest import tiny_sscd  # noqa: F401
-from fineharbor_tests.defs.test_ingest_assets import CONFIG, materialize, project  # noqa: F401
+from fineharbor_tests.defs.pipeline import CONFIG, materialize
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +96,7 @@ def _rows(storage, asset, partition, kind="data"):
     return sorted(zip(*(table.column(c).to_pylist() for c in keys), strict=True))
 
 
-def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):  # noqa: F811
+def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):
     """Unified, cleaned, signatures (hashes, then a model) and scored partitions on Ray equal the
     local ones, rows, rejects and reasons; the work ran in Ray's worker processes."""
     config = Path(project.config_path).with_name("fineharbor_ray.yaml")
@@ -172,9 +171,9 @@ def test_demo_gives_the_same_samples_on_ray(ray_address, tmp_path, monkeypatch):
     same sample_ids, with the same reasons, on Ray as locally."""
     from fineharbor.core import stages
     from fineharbor.core.config import load_config
-    from fineharbor.core.demo import generate_demo
     from fineharbor.core.distributed.params import ExecutionParams
     from fineharbor.core.storage import Storage
+    from fineharbor.demo import generate_demo
 
     monkeypatch.setenv("FINEHARBOR_HOME", str(tmp_path / "demo_home"))
     generate_demo(tmp_path / "demo_home", "http://127.0.0.1:9", seed=0, scale=0.1)

@@ -9,8 +9,7 @@ from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.resources import FineharborProject
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
-from fineharbor_tests.defs.test_ingest_assets import project as ingest_project  # noqa: F401
-from fineharbor_tests.defs.test_ingest_assets import resources, run_pipeline
+from fineharbor_tests.defs.pipeline import resources, run_pipeline
 
 RELEASE = """
 release:
@@ -30,7 +29,7 @@ CONCEPTS = """stages:
 
 
 @pytest.fixture
-def project(ingest_project, tmp_path):  # noqa: F811
+def project(ingest_project, tmp_path):
     config = tmp_path / "fineharbor.yaml"
     default = "release: {require_review: false}"
     text = config.read_text().replace(default, "").replace("stages:\n", CONCEPTS)

@@ -15,7 +15,7 @@ from fineharbor.defs.release import CHECK_REVIEWED, RELEASE_ASSETS
 from fineharbor.defs.resources import FineharborProject
 from fineharbor.defs.review import project_reviews, source_config
 from fineharbor_tests.conftest import make_image_bytes
-from fineharbor_tests.defs.test_ingest_assets import resources, run_pipeline
+from fineharbor_tests.defs.pipeline import resources, run_pipeline
 
 CAPTIONS = [
     "A small red ball lies on the green grass next to a wooden fence.",

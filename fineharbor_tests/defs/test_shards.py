@@ -14,16 +14,12 @@ from fineharbor.core.readers import SourceLocationError, read_source
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
-from fineharbor_tests.defs.test_ingest_assets import (
-    project,  # noqa: F401
-    resources,
-    run_pipeline,
-)
+from fineharbor_tests.defs.pipeline import resources, run_pipeline
 
 SHARDS = ["charts.shard-000", "charts.shard-001"]
 
 
-def split_charts(project, files: int) -> None:  # noqa: F811
+def split_charts(project, files: int) -> None:
     """The charts source as ``files`` Parquet files instead of one."""
     directory = Path(project.config_path).parent / "charts"
     table = pq.read_table(directory / "train.parquet")
@@ -33,7 +29,7 @@ def split_charts(project, files: int) -> None:  # noqa: F811
         pq.write_table(table.slice(i * step, step), directory / f"part-{i}.parquet")
 
 
-def shard_charts(project, shards: int) -> None:  # noqa: F811
+def shard_charts(project, shards: int) -> None:
     config = Path(project.config_path)
     text = config.read_text().replace(
         "mapping: {preset: cauldron}", f"mapping: {{preset: cauldron}}\n    shards: {shards}"
@@ -49,7 +45,7 @@ def ids(storage, asset: str, partitions: list[str]) -> set[str]:
     }
 
 
-def test_config_names_shard_partitions_and_resolves_them(project):  # noqa: F811
+def test_config_names_shard_partitions_and_resolves_them(project):
     shard_charts(project, 2)
     config = load_config(project.config_path)
     assert config.partition_keys == [*SHARDS, "scenes", "ghost"]
@@ -61,7 +57,7 @@ def test_config_names_shard_partitions_and_resolves_them(project):  # noqa: F811
         config.source("scenes.shard-000")
 
 
-def test_shards_partition_the_records_and_refuse_more_shards_than_files(project):  # noqa: F811
+def test_shards_partition_the_records_and_refuse_more_shards_than_files(project):
     split_charts(project, 3)
     config = load_config(project.config_path)
     source = config.source("charts")
@@ -84,7 +80,7 @@ def test_shards_partition_the_records_and_refuse_more_shards_than_files(project)
 
 
 @pytest.mark.slow
-def test_a_sharded_source_gives_the_unsharded_samples_through_the_release(project, tmp_path):  # noqa: F811
+def test_a_sharded_source_gives_the_unsharded_samples_through_the_release(project, tmp_path):
     split_charts(project, 3)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from fineharbor.core.config import load_config
-from fineharbor.core.demo import DemoSummary, generate_demo, serve_directory
+from fineharbor.demo import DemoSummary, generate_demo, serve_directory
 from fineharbor_tests.e2e.services import (
     REQUIRED_ENV,
     DagsterStack,

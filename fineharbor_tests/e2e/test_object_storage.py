@@ -12,7 +12,7 @@ from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 from fineharbor_tests.conftest import s3_keys
-from fineharbor_tests.defs.test_ingest_assets import project, resources, run_pipeline  # noqa: F401
+from fineharbor_tests.defs.pipeline import resources, run_pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def contents(storage) -> dict:
     return found
 
 
-def test_pipeline_on_s3_gives_the_rows_of_a_local_run(project, s3_bucket, tmp_path):  # noqa: F811
+def test_pipeline_on_s3_gives_the_rows_of_a_local_run(project, s3_bucket, tmp_path):
     bucket, client = s3_bucket
     on_s3 = FineharborProject(
         config_path=project.config_path, home=f"s3://{bucket}/fh", state=str(tmp_path / "state")

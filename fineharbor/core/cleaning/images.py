@@ -369,14 +369,6 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
     return image.convert("RGB"), True
 
 
-def resize_longest(image: Image.Image, size: tuple[int, int], max_side: int) -> Image.Image:
-    """LANCZOS-resize so that the displayed ``size`` has its longest side at ``max_side``."""
-    target = target_size(size, max_side)
-    if image.size == target:
-        return image
-    return image.resize(target, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
-
-
 def target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     width, height = size
     longest = max(width, height)

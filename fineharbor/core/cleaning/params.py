@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 # Pillow format names whose decoders run fully in process (no external program, no delegate):
 # the raster formats real image folders hold. MPO is the multi-picture JPEG many cameras write;
@@ -77,7 +77,7 @@ DEFAULT_UNSAFE_TERMS = [
 ]
 
 
-class CleanParams(_Strict):
+class CleanParams(StrictModel):
     """Thresholds and switches of the cleaning stage (``stages.clean`` in ``fineharbor.yaml``)."""
 
     # ------------------------------------------------------------------ decoding and resizing

@@ -303,12 +303,6 @@ def language_scores(text: str, params: CleanParams) -> list[tuple[str, float]] |
     return [(v.language.iso_code_639_1.name.lower(), float(v.value)) for v in values] or None
 
 
-def detect_language(text: str, params: CleanParams) -> tuple[str | None, float | None]:
-    """(ISO 639-1 code, confidence), or (None, None) when the text is too short to judge."""
-    scores = language_scores(text, params)
-    return scores[0] if scores else (None, None)
-
-
 def rule_language(
     texts: list[str], params: CleanParams
 ) -> tuple[Reject | None, str | None, float | None]:

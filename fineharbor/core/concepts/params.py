@@ -23,10 +23,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 
-class ConceptLevel(_Strict):
+class ConceptLevel(StrictModel):
     """One level of the hierarchy: level 1 clusters the points, level l the level l-1 centroids."""
 
     n_clusters: int = Field(
@@ -48,7 +48,7 @@ class ConceptLevel(_Strict):
     )
 
 
-class ConceptParams(_Strict):
+class ConceptParams(StrictModel):
     """Hierarchical k-means over image embeddings (Vo et al. 2024)."""
 
     embedding: Literal["auto", "copy_embedding", "clip_embedding", "phash"] = Field(

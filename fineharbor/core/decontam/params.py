@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 
-class DecontamParams(_Strict):
+class DecontamParams(StrictModel):
     """FineVision compares SSCD embeddings of train images with 66 benchmarks' test images."""
 
     embedding: Literal["copy_embedding", "clip_embedding"] | None = Field(

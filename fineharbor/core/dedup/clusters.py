@@ -27,10 +27,10 @@ listed above (exact before near), then by similarity.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -507,6 +507,13 @@ def make_verifier(
     )
 
 
+class Duplicates(NamedTuple):
+    """What :func:`find_duplicates` found: the clusters and how they were found."""
+
+    table: pa.Table
+    report: dict
+
+
 def find_duplicates(
     signatures: pa.Table,
     samples: pa.Table,
@@ -514,8 +521,8 @@ def find_duplicates(
     priorities: Mapping[str, int],
     thumbnails: ThumbnailLoader | None = None,
     verify_mapper: BatchMapper | None = None,
-) -> pa.Table:
-    """One ``DUPLICATE_SCHEMA`` row per sample that belongs to a duplicate cluster.
+) -> Duplicates:
+    """One ``DUPLICATE_SCHEMA`` row per sample that belongs to a duplicate cluster (``table``).
 
     ``signatures``: ``SIGNATURE_SCHEMA`` rows (extra columns ignored, embeddings optional).
     ``samples``: ``SAMPLE_SCHEMA`` rows (see :func:`~fineharbor.core.dedup.samples.
@@ -527,9 +534,9 @@ def find_duplicates(
     of the local process pool.
 
     Rows come sorted by (cluster_id, sample_id); the same inputs in any order give the same
-    table. The schema metadata ``fineharbor.dedup`` holds edge counts per signal, candidate
-    pairs per signal (``candidates``: proposed / capped / verified / refuted), the verification
-    counts and how each embedding column was searched (``vector_search``), as JSON.
+    table. ``report`` holds edge counts per signal, candidate pairs per signal
+    (``candidates``: proposed / capped / verified / refuted), the verification counts and how
+    each embedding column was searched (``vector_search``).
     """
     samples = samples.sort_by([("sample_id", "ascending")])
     ids, node_of = _sample_nodes(samples)
@@ -550,4 +557,4 @@ def find_duplicates(
         "verification": verifier.stats() if verifier is not None else None,
         "vector_search": searches,
     }
-    return table.replace_schema_metadata({"fineharbor.dedup": json.dumps(report)})
+    return Duplicates(table, report)

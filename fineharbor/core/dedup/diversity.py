@@ -83,13 +83,6 @@ class CovarianceAccumulator:
         return diversity_from_eigenvalues(self.eigenvalues(), n=self.n)
 
 
-def covariance_eigenvalues(embeddings: np.ndarray) -> np.ndarray:
-    """Eigenvalues of the sample covariance of ``embeddings`` (n x d)."""
-    accumulator = CovarianceAccumulator()
-    accumulator.update(embeddings)
-    return accumulator.eigenvalues()
-
-
 def diversity_from_eigenvalues(eigenvalues: np.ndarray, n: int = 0) -> Diversity:
     lam = np.asarray(eigenvalues, dtype=np.float64)
     dim = lam.size

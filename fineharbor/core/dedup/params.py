@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 KeepCriterion = Literal["priority", "resolution", "quality"]
 
 
-class DedupParams(_Strict):
+class DedupParams(StrictModel):
     """Which duplicate signals run, their thresholds, the search backends and the keep policy.
 
     Defaults are the papers' where they give one, otherwise the value measured best on the demo's

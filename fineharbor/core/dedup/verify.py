@@ -488,11 +488,6 @@ def align(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyConfig()) -> 
     return float(ncc[0]), float(worst[0])
 
 
-def alignment_score(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyConfig()) -> float:
-    """Best NCC over turns, crop scale, offset, direction and mirroring (see the module doc)."""
-    return align(a, b, config)[0]
-
-
 ThumbnailLoader = Callable[[list[ImageKey]], dict[ImageKey, Thumbnail]]
 # mapper(verify_stacks, [args of each batch]) -> results in order: a distributed engine's map
 # (e.g. one Ray task per batch) instead of the local process pool

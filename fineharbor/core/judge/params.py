@@ -13,12 +13,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fineharbor.core.judge.prompts import AXES, Axis
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 BackendKind = Literal["transformers", "openai", "none"]
 
 
-class JudgeParams(_Strict):
+class JudgeParams(StrictModel):
     """Judge settings (the ``judge`` block of the scoring stage)."""
 
     backend: BackendKind = Field(

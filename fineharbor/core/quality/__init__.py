@@ -1,5 +1,5 @@
-"""Quality scores (no Dagster here): the CLIP score of LAION / DanQing (:mod:`.clip_score`), a
-demo CLIP trained offline on the demo's own pairs (:mod:`.demo_clip`), and a UniFilter-style
+"""Quality scores (no Dagster here): the CLIP score of LAION / DanQing (:mod:`.clip_score`; the
+demo trains its own small CLIP in :mod:`fineharbor.demo.clip`), and a UniFilter-style
 learned quality classifier: an MLP on frozen CLIP features (:mod:`.classifier`) or UniFilter's
 published vision tower + AvgPool projector + small LM (:mod:`.mllm_classifier`), trained on texts
 at four levels written by rules (:mod:`.perturb`) or by an MLLM (:mod:`.synthetic`).

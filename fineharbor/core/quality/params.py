@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fineharbor.core.quality.text import ImageRule, TextRule
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 # UniFilter's quality levels: 0 (another image's text) to 3 (the image's own text)
 LEVELS = (0, 1, 2, 3)
@@ -23,12 +23,12 @@ LAION_5B_MULTI_THRESHOLD = 0.26  # multilingual / no-language subsets, mCLIP
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class ClipScoreParams(_Strict):
+class ClipScoreParams(StrictModel):
     """Image-text cosine similarity with an open_clip model, and the bounds that filter on it.
 
     Thresholds belong to a model: LAION's 0.30 / 0.28 are for OpenAI CLIP ViT-B/32 and mean
     nothing for another model (a small demo CLIP has its own scale; its directory records a
-    suggested bound, see :mod:`fineharbor.core.quality.demo_clip`).
+    suggested bound, see :mod:`fineharbor.demo.clip`).
     """
 
     model: str | None = Field(
@@ -89,7 +89,7 @@ PUBLISHED_VISION_TOWER = "google/siglip-so400m-patch14-384"
 PUBLISHED_LANGUAGE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 
 
-class MllmClassifierParams(_Strict):
+class MllmClassifierParams(StrictModel):
     """UniFilter's published architecture (``architecture: mllm``): a SigLIP/CLIP vision tower,
     an AvgPool projector and a small causal LM with a regression head on its last hidden state.
 
@@ -135,7 +135,7 @@ class MllmClassifierParams(_Strict):
         return self
 
 
-class QualityClassifierParams(_Strict):
+class QualityClassifierParams(StrictModel):
     """The UniFilter-style scorer, trained on real images with texts at levels 0-3.
 
     ``architecture: clip_mlp`` (default) fits an MLP on frozen CLIP features (fast, CPU);
@@ -214,7 +214,7 @@ class QualityClassifierParams(_Strict):
         return self
 
 
-class SignalParams(_Strict):
+class SignalParams(StrictModel):
     """LAION-5B's safety and quality tags and DataComp's face counts, one column each on
     ``scored_samples`` (docs/signals.md). Every model is a local file; null leaves its column
     null. Thresholds on these columns belong to the release recipe, not here."""

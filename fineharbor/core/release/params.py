@@ -13,13 +13,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 RATING_AXES = ("relevance", "image_correspondence", "visual_dependency", "formatting")
 _VERSION = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z._\-]{0,63}\Z")
 
 
-class SourceMix(_Strict):
+class SourceMix(StrictModel):
     """One source's share of the release."""
 
     name: str
@@ -33,7 +33,7 @@ class SourceMix(_Strict):
     cap: int | None = Field(None, ge=0, description="at most this many samples from the source")
 
 
-class RatingMinimums(_Strict):
+class RatingMinimums(StrictModel):
     """FineVision judge minimums per axis (1-5; nanoVLM's `*_min_rating`, default 1 = off)."""
 
     relevance: int | None = Field(None, ge=1, le=5)
@@ -45,7 +45,7 @@ class RatingMinimums(_Strict):
         return {axis: getattr(self, axis) for axis in RATING_AXES if getattr(self, axis)}
 
 
-class BalancingParams(_Strict):
+class BalancingParams(StrictModel):
     """Vo et al.'s balanced top-down sampling over `concept_clusters`."""
 
     enabled: bool = Field(False, description="sample balanced across concepts")
@@ -62,7 +62,7 @@ class BalancingParams(_Strict):
     )
 
 
-class ReleaseRecipe(_Strict):
+class ReleaseRecipe(StrictModel):
     """Name, version, sources, thresholds, sampling and output layout of one release."""
 
     name: str = Field("fineharbor-release", description="release and dataset name")

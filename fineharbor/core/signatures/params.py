@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class SignatureParams(_Strict):
+class SignatureParams(StrictModel):
     """Which signatures to compute per image, and how the embedders run.
 
     Hashes need no model and are on by default. The two embeddings are on only when a model is

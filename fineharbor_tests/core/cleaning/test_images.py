@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import resource
-import time
 import warnings
 
 import numpy as np
@@ -159,10 +158,8 @@ def test_draft_verification_matches_full_decode_on_broken_jpegs():
 def test_declared_huge_png_is_a_bomb_without_allocating():
     data = png_declaring(100_000, 100_000)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
     result = clean_image(data, P)
     assert result.reason == DECOMPRESSION_BOMB
-    assert time.perf_counter() - started < 1.0
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 50  # 10^10 pixels would be 30 GB
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -150,7 +148,7 @@ def _clusters(table: pa.Table) -> dict[str, set[str]]:
 
 def test_every_signal_forms_its_cluster(world):
     sigs, samples = world
-    result = find_duplicates(sigs, samples, DedupParams(phash_max_distance=4), PRIORITIES)
+    result = find_duplicates(sigs, samples, DedupParams(phash_max_distance=4), PRIORITIES).table
     assert result.schema == DUPLICATE_SCHEMA
     clusters = sorted(sorted(c) for c in _clusters(result).values())
     assert clusters == [
@@ -181,9 +179,11 @@ def test_switches_and_thresholds(world):
         exact_pixels=False, phash=False, copy_embedding=False, url_caption=False,
         text_exact=False, text_minhash=False,
     )  # fmt: skip
-    assert find_duplicates(sigs, samples, none, PRIORITIES).num_rows == 0
+    assert find_duplicates(sigs, samples, none, PRIORITIES).table.num_rows == 0
     tight = DedupParams(phash_max_distance=2, phash_flip=False)
-    ids = set(find_duplicates(sigs, samples, tight, PRIORITIES).column("sample_id").to_pylist())
+    ids = set(
+        find_duplicates(sigs, samples, tight, PRIORITIES).table.column("sample_id").to_pylist()
+    )
     assert not ids & {"s5", "s6", "s7", "s8"}
     # a phash match the copy embeddings contradict is dropped by the verification
     contradicted = sigs.set_column(
@@ -192,14 +192,16 @@ def test_switches_and_thresholds(world):
         pa.array([_vec().tolist() for _ in range(sigs.num_rows)], pa.list_(pa.float16())),
     )
     strict = DedupParams(phash_verify_min_cosine=0.9, copy_embedding=False)
-    ids = set(find_duplicates(contradicted, samples, strict, PRIORITIES)["sample_id"].to_pylist())
+    ids = set(
+        find_duplicates(contradicted, samples, strict, PRIORITIES).table["sample_id"].to_pylist()
+    )
     assert not ids & {"s5", "s6"}
 
 
 def test_exempt_sources_are_not_near_matched_among_themselves(world):
     sigs, samples = world
     params = DedupParams(near_duplicate_exempt_sources=("src_a", "src_b"))
-    ids = set(find_duplicates(sigs, samples, params, PRIORITIES)["sample_id"].to_pylist())
+    ids = set(find_duplicates(sigs, samples, params, PRIORITIES).table["sample_id"].to_pylist())
     assert {"s1", "s2"} <= ids  # exact pixels still count
     assert {"s3", "s4"} <= ids  # src_c is not exempt
     assert not ids & {"s5", "s6", "s7", "s8"}
@@ -208,7 +210,7 @@ def test_exempt_sources_are_not_near_matched_among_themselves(world):
 def test_keep_policy_is_deterministic_under_shuffling(world):
     sigs, samples = world
     params = DedupParams()
-    reference = find_duplicates(sigs, samples, params, PRIORITIES)
+    reference = find_duplicates(sigs, samples, params, PRIORITIES).table
     for seed in range(3):
         order = np.random.default_rng(seed)
         shuffled = find_duplicates(
@@ -216,7 +218,7 @@ def test_keep_policy_is_deterministic_under_shuffling(world):
             samples.take(order.permutation(samples.num_rows)),
             params,
             PRIORITIES,
-        )
+        ).table
         assert shuffled.equals(reference)
 
 
@@ -234,7 +236,7 @@ def test_keep_order_resolution_quality_and_id_ties():
     )  # fmt: skip
 
     def kept(order) -> str:
-        table = find_duplicates(sigs, samples, DedupParams(keep_order=order), {})
+        table = find_duplicates(sigs, samples, DedupParams(keep_order=order), {}).table
         return table.column("kept_sample_id")[0].as_py()
 
     assert kept(("resolution", "quality")) == "b"  # a, b, d tie on pixels; b has best quality
@@ -283,10 +285,10 @@ def test_forest_search_finds_the_same_clusters_and_reports_its_recall(world):
     forest = find_duplicates(
         sigs, samples, DedupParams(exact_search_limit=50, forest_leaf_size=16), PRIORITIES
     )
-    assert _clusters(forest) == _clusters(exact)
-    searched = json.loads(forest.schema.metadata[b"fineharbor.dedup"])["vector_search"]
+    assert _clusters(forest.table) == _clusters(exact.table)
+    searched = forest.report["vector_search"]
     copy = searched["copy_embedding"]
     assert copy["method"].startswith("kmeans_forest") and copy["vectors"] > 300
     assert copy["recall"] == 1.0 and copy["recall_exact_neighbours"] >= 2
-    plain = json.loads(exact.schema.metadata[b"fineharbor.dedup"])["vector_search"]
+    plain = exact.report["vector_search"]
     assert plain["copy_embedding"]["method"] == "exact" and "recall" not in plain["copy_embedding"]

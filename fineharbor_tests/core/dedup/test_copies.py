@@ -76,7 +76,7 @@ def _clusters(photos, **params):
 
 
 def test_every_copy_joins_its_original_and_no_two_photos_merge(photos):
-    clusters = _clusters(photos)
+    clusters, report = _clusters(photos)
     cluster_of = dict(
         zip(
             clusters.column("sample_id").to_pylist(),
@@ -90,7 +90,6 @@ def test_every_copy_joins_its_original_and_no_two_photos_merge(photos):
         assert scores[transform]["recall"] == 1.0, (transform, scores[transform])
         assert scores[transform]["wrong_pairs"] == 0, (transform, scores[transform])
     assert scores[OTHER_ANGLE]["wrong_pairs"] == 0
-    report = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])
     phash = report["candidates"]["phash"]
     assert phash["proposed"] >= phash["verified"] > 0
     assert phash["verified"] + phash["refuted"] + phash["capped"] == phash["proposed"]
@@ -98,7 +97,7 @@ def test_every_copy_joins_its_original_and_no_two_photos_merge(photos):
 
 
 def test_rotated_copies_are_candidates_only_through_the_turned_hashes(photos):
-    without = _clusters(photos, phash_rotations=False)
+    without = _clusters(photos, phash_rotations=False).table
     members = set(without.column("sample_id").to_pylist())
     rotated = {f.name for f in photos["files"] if f.transform in ("rot90", "rot270")}
     assert not rotated & members
@@ -170,8 +169,7 @@ def test_cap_keeps_each_items_most_similar_pairs():
 
 
 def test_the_cap_is_reported_when_it_cuts(photos):
-    clusters = _clusters(photos, phash_max_distance=32, max_candidates_per_item=2)
-    report = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])
+    report = _clusters(photos, phash_max_distance=32, max_candidates_per_item=2).report
     assert report["max_candidates_per_item"] == 2
     assert report["candidates"]["phash"]["capped"] > 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import socket
 
 import pyarrow as pa
@@ -21,10 +20,10 @@ from fineharbor.core.config import load_config
 from fineharbor.core.dedup import DedupParams, compact_samples, find_duplicates
 from fineharbor.core.dedup.evaluate import evaluate_clusters
 from fineharbor.core.dedup.verify import batches_thumbnail_loader
-from fineharbor.core.demo import generate_demo, serve_directory
 from fineharbor.core.signatures import SignatureParams, compute_signatures
 from fineharbor.core.stages import UNIFIED, build_raw_samples, build_unified_samples
 from fineharbor.core.storage import Storage
+from fineharbor.demo import generate_demo, serve_directory
 from fineharbor_tests.core.signatures.conftest import TinyCopyNet, save_script
 
 pytestmark = pytest.mark.slow
@@ -88,7 +87,7 @@ def _params(**overrides) -> DedupParams:
 
 
 def test_model_free_signals_find_exact_resize_jpeg_and_flip_copies(demo):
-    clusters = find_duplicates(
+    clusters, dedup_report = find_duplicates(
         demo["signatures"], demo["samples"], _params(), demo["priorities"], demo["thumbnails"]
     )
     present = set(demo["samples"].column("sample_id").to_pylist())
@@ -106,16 +105,18 @@ def test_model_free_signals_find_exact_resize_jpeg_and_flip_copies(demo):
     exact = clusters.filter(pa.compute.equal(clusters["signal"], "exact_pixels"))
     assert exact.num_rows >= 2 * scores["exact"].planted
     assert set(exact.column("similarity").to_pylist()) == {1.0}
-    verification = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])["verification"]
+    verification = dedup_report["verification"]
     assert verification["pairs_checked"] >= verification["pairs_passed"] > 0
 
 
 def test_rerun_keeps_the_same_members(demo):
-    first = find_duplicates(demo["signatures"], demo["samples"], _params(), demo["priorities"])
+    first = find_duplicates(
+        demo["signatures"], demo["samples"], _params(), demo["priorities"]
+    ).table
     order = pa.array(list(reversed(range(demo["signatures"].num_rows))))
     second = find_duplicates(
         demo["signatures"].take(order), demo["samples"], _params(), demo["priorities"]
-    )
+    ).table
     assert first.equals(second)
     kept = first.filter(first["is_kept"])
     assert kept.num_rows == len(set(first.column("cluster_id").to_pylist()))

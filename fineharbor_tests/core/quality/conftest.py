@@ -17,7 +17,6 @@ from PIL import Image
 
 from fineharbor.core.quality.synthetic import LEVEL_TASKS
 from fineharbor.testing.models import save_tiny_clip
-from fineharbor_tests.core.judge.conftest import fake_server  # noqa: F401 - the fixture
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +74,7 @@ def _level_of(prompt: str) -> int:
 
 
 @pytest.fixture
-def writer_server(fake_server):  # noqa: F811 - pytest fixture injection
+def writer_server(fake_server):
     """The loopback server answering level prompts: the text of the asked level, naming the
     reference's colour; "FAIL" in the reference answers 500 for level 2; judge rating prompts
     get "Rating: 4"."""

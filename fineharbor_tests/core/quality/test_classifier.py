@@ -16,10 +16,10 @@ from fineharbor.core.quality.classifier import (
     score_quality,
     train_quality_classifier,
 )
-from fineharbor.core.quality.demo_clip import load_demo_clip
 from fineharbor.core.quality.metrics import confusion_matrix, roc_auc
 from fineharbor.core.quality.params import QualityClassifierParams
 from fineharbor.core.schema import UNIFIED_SCHEMA
+from fineharbor.demo.clip import load_demo_clip
 
 from .conftest import image, png, turn
 

@@ -16,8 +16,8 @@ from fineharbor.core.quality.clip_score import (
     clip_verdicts,
     load_clip_embedder,
 )
-from fineharbor.core.quality.demo_clip import load_demo_clip
 from fineharbor.core.quality.params import ClipScoreParams
+from fineharbor.demo.clip import load_demo_clip
 
 from .conftest import FakeEmbedder, image, png, turn
 

@@ -170,7 +170,7 @@ def _balanced_samples(n: int):
 @pytest.mark.slow
 def test_both_architectures_compared_on_the_same_heldout_split(tiny_mllm, tiny_clip_dir):
     from fineharbor.core.quality.classifier import train_quality_classifier
-    from fineharbor.core.quality.demo_clip import load_demo_clip
+    from fineharbor.demo.clip import load_demo_clip
 
     data = build_quality_training_set(_balanced_samples(48), seed=0)
     clip_params = QualityClassifierParams(hidden=32, epochs=60, batch_size=32, seed=0)

@@ -14,7 +14,6 @@ from aiohttp import web
 
 from fineharbor.cli import main
 from fineharbor.core.config import load_config
-from fineharbor.core.demo import SOURCES, generate_demo
 from fineharbor.core.judge import CallableBackend, JudgeParams
 from fineharbor.core.mapping import map_batch
 from fineharbor.core.review.propose import (
@@ -23,6 +22,7 @@ from fineharbor.core.review.propose import (
     propose_source,
     sample_raw,
 )
+from fineharbor.demo import SOURCES, generate_demo
 
 PROJECT_FILE = Path(__file__).resolve().parents[3] / "fineharbor.yaml"
 

@@ -49,13 +49,6 @@ def save_script(module: nn.Module, path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_sscd(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("sscd")
-    return save_script(TinyCopyNet(), root / "tiny_sscd.torchscript.pt")
-
-
-@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> tuple[str, Path, Path]:
     """(model name, config JSON, checkpoint) of a tiny open_clip model with random weights."""
     import open_clip

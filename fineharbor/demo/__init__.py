@@ -1,6 +1,6 @@
 """Demo sources with planted defects and their ground truth (see ``generate.py``)."""
 
-from fineharbor.core.demo.generate import (
+from fineharbor.demo.generate import (
     DEFECT_RATES,
     DEFECTS,
     DUPLICATE_DEFECTS,
@@ -14,7 +14,7 @@ from fineharbor.core.demo.generate import (
     generate_demo,
     plan_counts,
 )
-from fineharbor.core.demo.server import serve_directory
+from fineharbor.demo.server import serve_directory
 
 __all__ = [
     "DEFECTS",

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fineharbor.core.demo import (
+from fineharbor.demo import (
     DEFECT_RATES,
     DUPLICATE_DEFECTS,
     SOURCES,
@@ -26,7 +26,7 @@ from fineharbor.core.demo import (
     plan_counts,
     serve_directory,
 )
-from fineharbor.core.demo.generate import record_count
+from fineharbor.demo.generate import record_count
 
 pytestmark = pytest.mark.slow
 

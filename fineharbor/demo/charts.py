@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fineharbor.core.demo.images import add_field, add_noise, draw_text_centered, font
-from fineharbor.core.demo.scenes import NUMBERS, join_phrases
+from fineharbor.demo.images import add_field, add_noise, draw_text_centered, font
+from fineharbor.demo.scenes import NUMBERS, join_phrases
 
 DOMAINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "fruit": (

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
@@ -48,7 +48,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 MISMATCH = "mismatched_caption"
 
 
-class DemoClipConfig(_Strict):
+class DemoClipConfig(StrictModel):
     """Architecture and schedule of the demo CLIP.
 
     Chosen by measurement on the demo at scale 1.0 (seed 0, one thread; ROC AUC of the planted
@@ -404,11 +404,11 @@ class DemoPairs:
 
 def pretraining_pairs(count: int, seed: int) -> list[tuple[bytes, str]]:
     """The demo CLIP's training data: ``count`` clean pairs drawn like the demo's but from a seed
-    of their own (:func:`fineharbor.core.demo.generate.pretraining_corpus`), text made as the CLIP
+    of their own (:func:`fineharbor.demo.generate.pretraining_corpus`), text made as the CLIP
     score reads it. The demo CLIP stands in for a model pretrained elsewhere, so it never sees
     the demo's samples, and no ground truth decides what it learns from."""
-    from fineharbor.core.demo.generate import pretraining_corpus
     from fineharbor.core.quality.text import sample_segments
+    from fineharbor.demo.generate import pretraining_corpus
 
     corpus_seed = int.from_bytes(hashlib.sha256(f"demo-clip/{seed}".encode()).digest()[:4], "big")
     return [

@@ -1,4 +1,4 @@
-"""``python -m fineharbor.core.demo``: generate the demo sources, optionally serve the URL list."""
+"""``python -m fineharbor.demo``: generate the demo sources, optionally serve the URL list."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import os
 import time
 from pathlib import Path
 
-from fineharbor.core.demo import generate_demo, serve_directory
+from fineharbor.demo import generate_demo, serve_directory
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fineharbor.core.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fineharbor.demo", description=__doc__)
     parser.add_argument("--home", default=os.environ.get("FINEHARBOR_HOME", ".fineharbor"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)

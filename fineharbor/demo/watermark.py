@@ -4,9 +4,9 @@ without LAION's weights.
 Real deployments name LAION-5B's ``watermark_model_v1.pt`` in ``stages.signals.watermark_path``.
 The demo cannot download it, so ``fineharbor demo`` calls :func:`train_demo_watermark`: a small
 CNN learns to tell images with a visible watermark from clean ones on images drawn by the demo's
-generators from a seed of their own (:func:`fineharbor.core.demo.generate.pretraining_corpus`),
+generators from a seed of their own (:func:`fineharbor.demo.generate.pretraining_corpus`),
 each image once clean and once with a watermark drawn by
-:func:`fineharbor.core.demo.images.watermark` — never on the demo's samples or its ground truth.
+:func:`fineharbor.demo.images.watermark` — never on the demo's samples or its ground truth.
 It is exported as TorchScript with LAION's output convention (two logits, index 0 =
 watermarked) and loads through the same loader as LAION's file
 (:class:`fineharbor.core.quality.signals.WatermarkScorer`). :func:`planted_watermark_auc` then
@@ -30,14 +30,14 @@ from PIL import Image
 from pydantic import Field
 from torch import nn
 
-from fineharbor.core.strict import StrictModel as _Strict
+from fineharbor.core.strict import StrictModel
 
 WATERMARK_DEFECT = "watermark"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DemoWatermarkConfig(_Strict):
+class DemoWatermarkConfig(StrictModel):
     """Size and schedule of the demo detector (~30-60 CPU-seconds on 2 threads)."""
 
     image_size: int = Field(96, ge=32, le=512, description="square input side")
@@ -77,7 +77,7 @@ class DemoWatermarkNet(nn.Module):
 def _square(image: Image.Image, side: int) -> np.ndarray:
     """The scorer's resize (``SquareResize``: skewing, bicubic) as uint8, after a JPEG round
     trip like the demo's files, so training sees the pixels scoring will."""
-    from fineharbor.core.demo import images as demo_images
+    from fineharbor.demo import images as demo_images
 
     rgb = demo_images.decode(demo_images.encode(image, "jpeg", 90))
     return np.asarray(rgb.resize((side, side), Image.Resampling.BICUBIC), dtype=np.uint8)
@@ -89,8 +89,8 @@ def training_images(
     """``2 * count * variants`` images (n, side, side, 3) uint8 and labels (0 = watermarked,
     LAION's index): each pretraining image cropped ``variants`` ways, each crop clean and with a
     watermark of its own (drawing scenes is the slow part; crops and overlays are cheap)."""
-    from fineharbor.core.demo import images as demo_images
-    from fineharbor.core.demo.generate import pretraining_corpus
+    from fineharbor.demo import images as demo_images
+    from fineharbor.demo.generate import pretraining_corpus
 
     corpus_seed = int.from_bytes(hashlib.sha256(f"demo-watermark/{seed}".encode()).digest()[:4])
     pixels, labels = [], []

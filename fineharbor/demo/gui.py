@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fineharbor.core.demo.images import add_field, font
+from fineharbor.demo.images import add_field, font
 
 Box = tuple[int, int, int, int]
 

@@ -14,14 +14,16 @@ import pyarrow as pa
 import pytest
 
 from fineharbor.core.config import load_config
-from fineharbor.core.demo import generate_demo
 from fineharbor.core.quality.classifier import (
     build_quality_training_set,
     score_quality,
     train_quality_classifier,
 )
 from fineharbor.core.quality.clip_score import clip_scores
-from fineharbor.core.quality.demo_clip import (
+from fineharbor.core.quality.metrics import roc_auc
+from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
+from fineharbor.demo import generate_demo
+from fineharbor.demo.clip import (
     TRAINING_FILE,
     DemoClipConfig,
     demo_clip_aucs,
@@ -30,12 +32,10 @@ from fineharbor.core.quality.demo_clip import (
     pretraining_pairs,
     train_demo_clip,
 )
-from fineharbor.core.quality.metrics import roc_auc
-from fineharbor.core.quality.params import ClipScoreParams, QualityClassifierParams
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 SCALE = 0.3
 SMALL = DemoClipConfig(pretraining_pairs=1500, steps=200)
 CLIP_AUC_MIN = 0.9

@@ -10,18 +10,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fineharbor.core.demo import images as demo_images
-from fineharbor.core.demo.generate import GT_SCHEMA, pretraining_corpus
-from fineharbor.core.quality.demo_watermark import (
+from fineharbor.core.quality.metrics import roc_auc
+from fineharbor.core.quality.params import SignalParams
+from fineharbor.core.quality.signals import WatermarkScorer
+from fineharbor.core.storage import Storage
+from fineharbor.demo import images as demo_images
+from fineharbor.demo.generate import GT_SCHEMA, pretraining_corpus
+from fineharbor.demo.watermark import (
     DemoWatermarkConfig,
     planted_watermark_auc,
     train_demo_watermark,
     training_images,
 )
-from fineharbor.core.quality.metrics import roc_auc
-from fineharbor.core.quality.params import SignalParams
-from fineharbor.core.quality.signals import WatermarkScorer
-from fineharbor.core.storage import Storage
 
 
 def test_watermarks_are_drawn_deterministically_and_visibly():

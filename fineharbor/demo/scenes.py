@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fineharbor.core.demo.images import add_field, add_noise
+from fineharbor.demo.images import add_field, add_noise
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond", "cross")
 PLURAL = {"cross": "crosses"}
