@@ -75,7 +75,7 @@ def materialize_all(
 
     report_missing_models(config, deep=True)  # pretrained tags too: this run loads them anyway
     if sys.stderr.isatty():  # progress bars of reading, downloading, decoding, embedding
-        from fineharbor.defs.ingest import PROGRESS_ENV
+        from fineharbor.defs.factory import PROGRESS_ENV
 
         os.environ.setdefault(PROGRESS_ENV, "1")
     names = (
@@ -296,7 +296,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             "`sources:` (`fineharbor map-source PATH --write` proposes its block)",
             file=sys.stderr,
         )
-        return 1
+        return 2
     try:
         outcome = materialize_all(
             [*args.source, *(args.source_option or [])] or None,
@@ -387,10 +387,12 @@ def _reviewer() -> str:
 
 def _unknown_ids(storage, source: str, ids: Sequence[str]) -> list[str]:
     """Ids not among the source's unified samples (none when it is not materialized yet)."""
-    if not storage.has_partition("unified_samples", source):
+    from fineharbor.core.pipeline import UNIFIED
+
+    if not storage.has_partition(UNIFIED, source):
         return []
     wanted = set(ids)
-    for batch in storage.iter_batches("unified_samples", source, columns=["sample_id"]):
+    for batch in storage.iter_batches(UNIFIED, source, columns=["sample_id"]):
         wanted -= set(batch.column("sample_id").to_pylist())
     return sorted(wanted)
 
