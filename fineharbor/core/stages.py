@@ -346,10 +346,7 @@ def read_dedup_signatures(
     """The signature rows the duplicate search uses, streamed: only ``dedup_signature_columns``,
     only decodable images of ``sample_ids`` (signatures of samples an earlier stage dropped
     cannot be kept or removed). Embeddings stay float16 lists (2 bytes a value)."""
-    from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
-
     columns = dedup_signature_columns(params)
-    schema = pa.schema([SIGNATURE_SCHEMA.field(c) for c in columns])
     tables = []
     for source in sources:
         for batch in storage.iter_batches(
@@ -361,7 +358,10 @@ def read_dedup_signatures(
             )
             tables.append(pa.Table.from_batches([batch.filter(keep).select(columns)]))
     if not tables:
-        return schema.empty_table()
+        # the schema module imports torch: only the empty case pays for it
+        from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
+
+        return pa.schema([SIGNATURE_SCHEMA.field(c) for c in columns]).empty_table()
     return pa.concat_tables(tables)
 
 

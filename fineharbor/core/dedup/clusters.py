@@ -133,7 +133,9 @@ def _image_rows(signatures: pa.Table, ids: pa.Array) -> _Images:
     table = signatures
     if "error" in table.column_names:
         table = table.filter(pc.is_null(table.column("error")))
-    table = table.filter(pc.is_in(table.column("sample_id"), value_set=ids))
+    known = pc.is_in(table.column("sample_id"), value_set=ids)
+    if not pc.all(known).as_py():
+        table = table.filter(known)
     table = table.sort_by([("sample_id", "ascending"), ("image_index", "ascending")])
     nodes = pc.index_in(table.column("sample_id"), value_set=ids)
     return _Images(table, nodes.to_numpy(zero_copy_only=False).astype(np.int64))
