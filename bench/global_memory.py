@@ -112,7 +112,7 @@ def generate(root: str, n: int, dim: int, seed: int = 0) -> None:
                 writer.write(pa.table(columns, schema=SIGNATURE_SCHEMA))
 
 
-def build(root: str, n: int) -> dict:
+def build(root: str, n: int, binary_exact_limit: int) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -144,7 +144,7 @@ def build(root: str, n: int) -> dict:
         )
     samples = pa.concat_tables(parts)
     del parts
-    params = DedupParams()
+    params = DedupParams(binary_exact_limit=binary_exact_limit)
     clusters = find_duplicates(
         read_dedup_signatures(
             storage, SOURCES, params, samples.column("sample_id").combine_chunks()
@@ -169,11 +169,11 @@ def build(root: str, n: int) -> dict:
     }
 
 
-def _child(mode: str, root: str, n: int, dim: int) -> dict | None:
+def _child(mode: str, root: str, n: int, dim: int, binary_limit: int) -> dict | None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     done = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--root", root, "--sizes", str(n),
-         "--dim", str(dim)],
+         "--dim", str(dim), "--binary-exact-limit", str(binary_limit)],
         env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -184,6 +184,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument(
+        "--binary-exact-limit",
+        type=int,
+        default=100_000,
+        help="DedupParams.binary_exact_limit: phash codes searched flat up to it (quadratic; "
+        "the stage default, 1M, takes hours at 1M codes with the 7 variant codes), multi-hash "
+        "above",
+    )
     parser.add_argument("--root", default=None, help="storage root (default: a temp dir)")
     parser.add_argument("--child", choices=("generate", "build"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,14 +199,14 @@ def main() -> None:
         generate(args.root, args.sizes[0], args.dim)
         return
     if args.child == "build":
-        print(json.dumps(build(args.root, args.sizes[0])))
+        print(json.dumps(build(args.root, args.sizes[0], args.binary_exact_limit)))
         return
     for n in args.sizes:
         with tempfile.TemporaryDirectory(dir=args.root) as root:
             started = time.perf_counter()
-            _child("generate", root, n, args.dim)
+            _child("generate", root, n, args.dim, args.binary_exact_limit)
             generated = time.perf_counter() - started
-            result = _child("build", root, n, args.dim) or {}
+            result = _child("build", root, n, args.dim, args.binary_exact_limit) or {}
         model = predicted_mib(n, args.dim)
         predicted = result.get("rss_after_imports_mib", 0) + model["data_mib"]
         result |= {
