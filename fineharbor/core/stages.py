@@ -557,7 +557,10 @@ def build_benchmark_index(project: ProjectConfig, storage: Storage) -> tuple[pa.
                 strict=True,
             )
         )
-        parts.append(image_rows(storage.read_table(SIGNATURES, name), keys, params))
+        columns = ["source", "sample_id", "image_index", "phash", "phash_flip", "error"]
+        columns += [params.embedding] if params.embedding else []
+        signatures = storage.read_table(SIGNATURES, name, columns=columns)
+        parts.append(image_rows(signatures, keys, params))
         parts.append(ngram_rows(samples.to_pylist(), params))
     for path in params.precomputed_embeddings:
         parts.append(precomputed_rows(Path(path), embedder_id(project, params.embedding), params))
