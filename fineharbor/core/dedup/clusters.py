@@ -240,12 +240,21 @@ def _near_pairs(pairs: Pairs, node: np.ndarray, exempt: np.ndarray) -> Pairs:
     return i[keep], j[keep], sim[keep]
 
 
+def _take_embeddings(images: _Images, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_embeddings` of ``images.table``, then the column is dropped from it: the float32
+    matrix is the only copy held while the vectors are searched."""
+    found = _embeddings(images.table, column)
+    if column in images.table.column_names:
+        images.table = images.table.drop_columns([column])
+    return found
+
+
 def _cosine_candidates(
-    table: pa.Table, column: str, threshold: float, params: DedupParams, searches: dict
+    images: _Images, column: str, threshold: float, params: DedupParams, searches: dict
 ):
     """Candidate pairs of one embedding column; ``searches[column]`` says how they were found,
     with the recall of the k-means forest (1,000 sampled vectors) when it was used."""
-    rows, vectors = _embeddings(table, column)
+    rows, vectors = _take_embeddings(images, column)
     if rows.size < 2:
         return empty_pairs(), rows, vectors
     i, j, sim = cosine_pairs(
@@ -377,23 +386,24 @@ def image_edges(
     (``max_candidates_per_item``) and checked by ``verifier`` (pixel alignment) when one is
     given; CLIP pairs are semantic by intent and are not.
     """
-    table, node = images.table, images.node
+    node = images.node
     searches = {} if searches is None else searches
     counts = {} if counts is None else counts
     edges: list[Edges] = []
-    if params.exact_pixels and "sha256_pixels" in table.column_names:
-        edges.append(_to_nodes(_group_pairs(table.column("sha256_pixels")), node, EXACT_PIXELS))
+    if params.exact_pixels and "sha256_pixels" in images.table.column_names:
+        keys = images.table.column("sha256_pixels")
+        edges.append(_to_nodes(_group_pairs(keys), node, EXACT_PIXELS))
     candidates: list[tuple[str, Pairs]] = []
     copy_rows, copy_vectors = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     if params.copy_embedding:
         pairs, copy_rows, copy_vectors = _cosine_candidates(
-            table, COPY, params.copy_threshold, params, searches
+            images, COPY, params.copy_threshold, params, searches
         )
         candidates.append((COPY, _near_pairs(pairs, node, exempt)))
     elif params.phash and params.phash_verify_min_cosine is not None:
-        copy_rows, copy_vectors = _embeddings(table, COPY)
+        copy_rows, copy_vectors = _take_embeddings(images, COPY)
     if params.phash:
-        pairs = _near_pairs(_phash_candidates(table, params), node, exempt)
+        pairs = _near_pairs(_phash_candidates(images.table, params), node, exempt)
         proposed = pairs[0].size
         if params.phash_verify_min_cosine is not None:
             pairs = _verify_with_embedding(
@@ -404,11 +414,7 @@ def image_edges(
             "proposed": proposed,
             "refuted_by_copy_embedding": proposed - pairs[0].size,
         }
-    # the float32 copies are the largest thing held: free them (and the float16 column they
-    # came from) before the CLIP search builds its own
-    del copy_rows, copy_vectors
-    if COPY in table.column_names:
-        table = images.table = table.drop_columns([COPY])
+    del copy_rows, copy_vectors  # the largest thing held: freed before the CLIP search
     for position, (signal, pairs) in enumerate(candidates):
         counts.setdefault(signal, {"proposed": int(pairs[0].size)})
         if params.max_candidates_per_item is not None:
@@ -416,11 +422,11 @@ def image_edges(
             counts[signal]["capped"] = dropped
             candidates[position] = (signal, pairs)
     if verifier is not None:
-        candidates = _pixel_verified(candidates, table, verifier, counts)
+        candidates = _pixel_verified(candidates, images.table, verifier, counts)
     for signal, pairs in candidates:
         edges.append(_to_nodes(pairs, node, signal))
     if params.clip_embedding:
-        pairs, _, _ = _cosine_candidates(table, CLIP, params.clip_threshold, params, searches)
+        pairs, _, _ = _cosine_candidates(images, CLIP, params.clip_threshold, params, searches)
         edges.append(_to_nodes(_near_pairs(pairs, node, exempt), node, CLIP))
     return edges
 
