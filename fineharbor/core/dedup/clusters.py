@@ -127,6 +127,12 @@ def _sample_nodes(samples: pa.Table) -> pa.Array:
     return ids
 
 
+def _release_arrow_memory() -> None:
+    """Hand Arrow's freed pages back to the OS: NumPy allocates through another allocator,
+    so pages Arrow keeps cached would add to the peak instead of being reused."""
+    pa.default_memory_pool().release_unused()
+
+
 def _image_rows(signatures: pa.Table, ids: pa.Array) -> _Images:
     """Decodable images of known samples. Signatures of samples absent from ``samples`` (dropped
     by an earlier stage) are ignored: they cannot be kept or removed here."""
@@ -137,6 +143,7 @@ def _image_rows(signatures: pa.Table, ids: pa.Array) -> _Images:
     if not pc.all(known).as_py():
         table = table.filter(known)
     table = table.sort_by([("sample_id", "ascending"), ("image_index", "ascending")])
+    _release_arrow_memory()
     nodes = pc.index_in(table.column("sample_id"), value_set=ids)
     return _Images(table, nodes.to_numpy(zero_copy_only=False).astype(np.int64))
 
@@ -246,6 +253,7 @@ def _take_embeddings(images: _Images, column: str) -> tuple[np.ndarray, np.ndarr
     found = _embeddings(images.table, column)
     if column in images.table.column_names:
         images.table = images.table.drop_columns([column])
+        _release_arrow_memory()
     return found
 
 
