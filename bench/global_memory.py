@@ -48,16 +48,18 @@ def _vm(field: str) -> float:
     return float("nan")
 
 
-def predicted_mib(n: int, dim: int, id_bytes: int = 24) -> dict[str, float]:
-    """docs/scale.md's formula for duplicate_clusters with hash signals and one embedding."""
-    table = id_bytes + 4 + 4 + 8 + 68 + 8 + 8 + 52 + (2 * dim + 4)  # Arrow signature row
-    samples = 2 * id_bytes + 8 + 40 + 4 + 8 + 8 + 32  # ids, source, caption, URL, sizes
-    load = 2 * table  # the streamed table and its (sample_id, image_index) sorted copy
-    search = table + 4 * dim + 8 + 64 + 6 * 8 + 16 * 8  # f32 vectors, nodes, codes, leaves
-    per_signature = samples + max(load, search)
+def predicted_mib(n: int, dim: int, id_bytes: int = 17) -> dict[str, float]:
+    """docs/scale.md's formula for duplicate_clusters with hash signals and one embedding:
+    bytes per signature = S + max(2T, T - 2d + 4d + H + F), plus a fixed ~200 MiB of Arrow
+    reader and allocator pages (measured at 20k) on top of the imports."""
+    table = (id_bytes + 4) + 4 + 8 + 68 + 8 + 8 + 52 + (2 * dim + 4)  # T: the Arrow row
+    samples = 2 * (id_bytes + 4) + 8 + 4 + 8 + 8 + 250  # S: per-sample table + Python keys
+    hashes = 8 * 8 + 6 * 8 + 8 + 200  # H: 8 codes, turns, nodes, multi-hash buckets
+    forest = 8 + 64 + 24  # F: a tree's leaf ids, root scores, pairs
+    per_signature = samples + max(2 * table, table - 2 * dim + 4 * dim + hashes + forest)
     return {
         "bytes_per_signature": per_signature,
-        "data_mib": n * per_signature / 2**20,
+        "data_mib": 200 + n * per_signature / 2**20,
     }
 
 
