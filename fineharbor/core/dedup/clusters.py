@@ -115,8 +115,12 @@ class Edges:
 class _Images:
     """Valid signature rows, sorted by (sample_id, image_index), mapped to sample nodes."""
 
-    table: pa.Table
+    table: pa.Table  # without the embedding columns
     node: np.ndarray  # sample node of each image row
+    # the embedding columns, left in read order: sorting them would copy the largest columns
+    # (see docs/scale.md); ``order[k]`` is the read-order row of sorted row k
+    vectors: dict[str, pa.ChunkedArray]
+    order: np.ndarray
 
 
 def _sample_nodes(samples: pa.Table) -> pa.Array:
@@ -142,10 +146,46 @@ def _image_rows(signatures: pa.Table, ids: pa.Array) -> _Images:
     known = pc.is_in(table.column("sample_id"), value_set=ids)
     if not pc.all(known).as_py():
         table = table.filter(known)
-    table = table.sort_by([("sample_id", "ascending"), ("image_index", "ascending")])
+    keys = [("sample_id", "ascending"), ("image_index", "ascending")]
+    order = pc.sort_indices(table.select(["sample_id", "image_index"]), sort_keys=keys)
+    embedded = [c for c in (COPY, CLIP) if c in table.column_names]
+    vectors = {c: table.column(c) for c in embedded}
+    table = table.drop_columns(embedded).take(order)
     _release_arrow_memory()
     nodes = pc.index_in(table.column("sample_id"), value_set=ids)
-    return _Images(table, nodes.to_numpy(zero_copy_only=False).astype(np.int64))
+    return _Images(
+        table,
+        nodes.to_numpy(zero_copy_only=False).astype(np.int64),
+        vectors,
+        order.to_numpy().astype(np.int64),
+    )
+
+
+def gather_vectors(
+    column: pa.ChunkedArray, rows: np.ndarray, dtype=np.float32, block: int = 16_384
+) -> np.ndarray:
+    """The vectors of ``rows`` (non-null rows of a list<float> column) as one contiguous
+    (len(rows), d) ``dtype`` matrix, gathered from each chunk's values buffer."""
+    bounds = np.cumsum([0, *(len(chunk) for chunk in column.chunks)])
+    which = np.searchsorted(bounds, rows, side="right") - 1
+    out, dim = None, None
+    for number, chunk in enumerate(column.chunks):
+        here = np.flatnonzero(which == number)
+        if here.size == 0:
+            continue
+        offsets = chunk.offsets.to_numpy()
+        values = chunk.values.to_numpy(zero_copy_only=False)
+        for start in range(0, here.size, block):
+            part = here[start : start + block]
+            local = rows[part] - bounds[number]
+            begin, lengths = offsets[local], offsets[local + 1] - offsets[local]
+            dim = int(lengths[0]) if dim is None else dim
+            if (lengths != dim).any():
+                raise ValueError("embeddings of different lengths")
+            if out is None:
+                out = np.empty((rows.size, dim), dtype)
+            out[part] = values[begin[:, None] + np.arange(dim)]
+    return out if out is not None else np.zeros((0, 0), dtype)
 
 
 def list_matrix(array: pa.Array | pa.ChunkedArray, dtype=np.float32) -> np.ndarray:
@@ -170,23 +210,6 @@ def list_matrix(array: pa.Array | pa.ChunkedArray, dtype=np.float32) -> np.ndarr
     out = np.empty((sum(len(p) for p in parts), dim), dtype)
     np.concatenate(parts, out=out, casting="same_kind")
     return out
-
-
-def _embeddings(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(row positions with a vector, float32 matrix) of a list<float16> column."""
-    if column not in table.column_names:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    values = table.column(column)
-    valid = np.flatnonzero(pc.is_valid(values).to_numpy(zero_copy_only=False))
-    if valid.size == 0:
-        return valid, np.zeros((0, 0), np.float32)
-    try:
-        return valid, list_matrix(values)
-    except ValueError as error:
-        raise ValueError(f"{column}: {error}") from None
-
-
-# --------------------------------------------------------------------------- signals
 
 
 def _group_pairs(keys: list[str | None] | pa.Array | pa.ChunkedArray) -> Pairs:
@@ -248,13 +271,20 @@ def _near_pairs(pairs: Pairs, node: np.ndarray, exempt: np.ndarray) -> Pairs:
 
 
 def _take_embeddings(images: _Images, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_embeddings` of ``images.table``, then the column is dropped from it: the float32
-    matrix is the only copy held while the vectors are searched."""
-    found = _embeddings(images.table, column)
-    if column in images.table.column_names:
-        images.table = images.table.drop_columns([column])
-        _release_arrow_memory()
-    return found
+    """(sorted row positions with a vector, their float32 matrix) of an embedding column, which
+    ``images`` then lets go of: the matrix is the only copy held while it is searched."""
+    values = images.vectors.pop(column, None)
+    if values is None:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)[images.order]
+    positions = np.flatnonzero(valid)
+    try:
+        matrix = gather_vectors(values, images.order[positions], np.float32)
+    except ValueError as error:
+        raise ValueError(f"{column}: {error}") from None
+    del values
+    _release_arrow_memory()
+    return positions, matrix
 
 
 def _cosine_candidates(
