@@ -50,13 +50,15 @@ def _vm(field: str) -> float:
 
 def predicted_mib(n: int, dim: int, id_bytes: int = 17) -> dict[str, float]:
     """docs/scale.md's formula for duplicate_clusters with hash signals and one embedding:
-    bytes per signature = S + max(2T, T - 2d + 4d + H + F), plus a fixed ~200 MiB of Arrow
-    reader and allocator pages (measured at 20k) on top of the imports."""
+    bytes per signature = S + max(2T - 2d, T + 4d, T + 2d + H + F), plus a fixed ~200 MiB of
+    Arrow reader and allocator pages on top of the imports."""
     table = (id_bytes + 4) + 4 + 8 + 68 + 8 + 8 + 52 + (2 * dim + 4)  # T: the Arrow row
     samples = 2 * (id_bytes + 4) + 8 + 4 + 8 + 8 + 250  # S: per-sample table + Python keys
     hashes = 8 * 8 + 6 * 8 + 8 + 200  # H: 8 codes, turns, nodes, multi-hash buckets
     forest = 8 + 64 + 24  # F: a tree's leaf ids, root scores, pairs
-    per_signature = samples + max(2 * table, table - 2 * dim + 4 * dim + hashes + forest)
+    per_signature = samples + max(
+        2 * table - 2 * dim, table + 4 * dim, table + 2 * dim + hashes + forest
+    )
     return {
         "bytes_per_signature": per_signature,
         "data_mib": 200 + n * per_signature / 2**20,
