@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fineharbor.core.dedup.clusters import _group_pairs, list_matrix
+from fineharbor.core.dedup.clusters import _group_pairs, gather_vectors, list_matrix
 from fineharbor.core.dedup.diversity import CovarianceAccumulator, diversity_score
 from fineharbor.core.dedup.union_find import UnionFind, components
 
@@ -59,3 +59,12 @@ def test_streamed_covariance_is_bit_for_bit_the_whole_arrays():
     assert diversity_score(vectors.astype(np.float32)).as_dict() == (
         diversity_score(vectors).as_dict()
     )
+
+
+def test_gather_vectors_follows_the_requested_rows_across_chunks():
+    first = pa.array([[1.0, 2.0], None, [3.0, 4.0]], pa.list_(pa.float16()))
+    second = pa.array([[9.0, 9.0], [5.0, 6.0]], pa.list_(pa.float16())).slice(1)
+    column = pa.chunked_array([first, second])
+    matrix = gather_vectors(column, np.array([3, 0, 2]), np.float32, block=1)
+    assert matrix.dtype == np.float32
+    assert matrix.tolist() == [[5.0, 6.0], [1.0, 2.0], [3.0, 4.0]]
