@@ -250,6 +250,8 @@ def build_cleaned_samples(
 # decontamination. Cross-source stages work on compact tables (signatures, ids), never on images.
 
 SIGNATURE_BATCH_ROWS = 64
+# rows per batch when a global stage streams signature columns (a few MB a batch)
+SIGNATURE_READ_ROWS = 16_384
 
 
 def _image_count(storage: Storage, asset: str, source_name: str) -> int:
@@ -324,19 +326,76 @@ def _train_sources(project: ProjectConfig, storage: Storage, asset: str) -> list
     return [p for p in project.role_partitions("train") if p in done]
 
 
+def dedup_signature_columns(params) -> list[str]:
+    """The signature columns the duplicate search reads with ``params`` (``DedupParams``)."""
+    columns = ["sample_id", "image_index", "width", "height"]
+    if params.exact_pixels:
+        columns.append("sha256_pixels")
+    if params.phash:
+        columns += ["phash", "phash_flip", "phash_dihedral"]
+    if params.copy_embedding or (params.phash and params.phash_verify_min_cosine is not None):
+        columns.append("copy_embedding")
+    if params.clip_embedding:
+        columns.append("clip_embedding")
+    return columns
+
+
+def read_dedup_signatures(
+    storage: Storage, sources: Sequence[str], params, sample_ids: pa.Array
+) -> pa.Table:
+    """The signature rows the duplicate search uses, streamed: only ``dedup_signature_columns``,
+    only decodable images of ``sample_ids`` (signatures of samples an earlier stage dropped
+    cannot be kept or removed). Embeddings stay float16 lists (2 bytes a value)."""
+    columns = dedup_signature_columns(params)
+    tables = []
+    for source in sources:
+        for batch in storage.iter_batches(
+            SIGNATURES, source, columns=[*columns, "error"], batch_size=SIGNATURE_READ_ROWS
+        ):
+            keep = pc.and_(
+                pc.is_null(batch.column("error")),
+                pc.is_in(batch.column("sample_id"), value_set=sample_ids),
+            )
+            tables.append(pa.Table.from_batches([batch.filter(keep).select(columns)]))
+    if not tables:
+        # the schema module imports torch: only the empty case pays for it
+        from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
+
+        return pa.schema([SIGNATURE_SCHEMA.field(c) for c in columns]).empty_table()
+    return pa.concat_tables(tables)
+
+
+def signature_diversity(
+    storage: Storage, sources: Sequence[str], column: str, dropped: pa.Array
+) -> object | None:
+    """FineVision's diversity of the ``column`` vectors of every signature row whose sample is
+    not in ``dropped``, streamed batch by batch (None when fewer than two vectors)."""
+    from fineharbor.core.dedup.clusters import list_matrix
+    from fineharbor.core.dedup.diversity import CovarianceAccumulator
+
+    accumulator = CovarianceAccumulator()
+    for source in sources:
+        for batch in storage.iter_batches(
+            SIGNATURES, source, columns=["sample_id", column], batch_size=SIGNATURE_READ_ROWS
+        ):
+            keep = pc.and_(
+                pc.is_valid(batch.column(column)),
+                pc.invert(pc.is_in(batch.column("sample_id"), value_set=dropped)),
+            )
+            accumulator.update(list_matrix(batch.column(column).filter(keep), np.float16))
+    return accumulator.result() if accumulator.n > 1 else None
+
+
 def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa.Table, dict]:
-    """Exact and near duplicates across every train source, union-found into clusters."""
+    """Exact and near duplicates across every train source, union-found into clusters.
+
+    Signatures stream in with only the columns the search reads; what stays in memory is
+    sized in docs/scale.md."""
     from fineharbor.core.dedup.clusters import DUPLICATE_SCHEMA, find_duplicates
-    from fineharbor.core.dedup.diversity import diversity_score
     from fineharbor.core.dedup.samples import compact_samples
     from fineharbor.core.dedup.verify import batches_thumbnail_loader
-    from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
 
     sources = _train_sources(project, storage, SIGNATURES)
-    signature_tables = [storage.read_table(SIGNATURES, s) for s in sources]
-    signatures = (
-        pa.concat_tables(signature_tables) if signature_tables else SIGNATURE_SCHEMA.empty_table()
-    )
     samples = (
         pa.concat_tables(
             [compact_samples(storage.iter_batches(CLEANED, s, batch_size=256)) for s in sources]
@@ -353,31 +412,31 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
             storage.iter_batches(CLEANED, s, columns=["sample_id", "images"]) for s in sources
         )
     )
+    signatures = sum(storage.count_rows(SIGNATURES, s) for s in sources)
+    # the signatures are passed unbound, so find_duplicates holds their only copy
     clusters, report = (
-        find_duplicates(signatures, samples, params, priorities, thumbnails=thumbnails)
+        find_duplicates(
+            read_dedup_signatures(
+                storage, sources, params, samples.column("sample_id").combine_chunks()
+            ),
+            samples,
+            params,
+            priorities,
+            thumbnails=thumbnails,
+        )
         if samples is not None
         else (DUPLICATE_SCHEMA.empty_table(), {})
     )
-    dropped = set(
-        clusters.filter(pc.invert(clusters.column("is_kept"))).column("sample_id").to_pylist()
-    )
-    stats: dict = {"sources": sources, "signatures": signatures.num_rows}
+    stats: dict = {"sources": sources, "signatures": signatures}
     # candidates proposed / capped / verified / refuted per signal, and how they were searched
     for key in ("vector_search", "candidates", "verification", "max_candidates_per_item"):
         if report.get(key):
             stats[key] = report[key]
+    dropped = clusters.filter(pc.invert(clusters.column("is_kept"))).column("sample_id")
     for column in ("copy_embedding", "clip_embedding"):
-        kept_rows = signatures.filter(
-            pc.and_(
-                pc.is_valid(signatures.column(column)),
-                pc.invert(
-                    pc.is_in(signatures.column("sample_id"), pa.array(list(dropped), pa.string()))
-                ),
-            )
-        )
-        if kept_rows.num_rows > 1:
-            vectors = np.asarray(kept_rows.column(column).to_pylist(), dtype=np.float32)
-            stats[f"diversity_{column}"] = diversity_score(vectors)
+        diversity = signature_diversity(storage, sources, column, dropped.combine_chunks())
+        if diversity is not None:
+            stats[f"diversity_{column}"] = diversity
     with storage.writer(DUPLICATES, None, DUPLICATE_SCHEMA) as writer:
         writer.write(clusters)
     return clusters, stats
@@ -497,7 +556,10 @@ def build_benchmark_index(project: ProjectConfig, storage: Storage) -> tuple[pa.
                 strict=True,
             )
         )
-        parts.append(image_rows(storage.read_table(SIGNATURES, name), keys, params))
+        columns = ["source", "sample_id", "image_index", "phash", "phash_flip", "error"]
+        columns += [params.embedding] if params.embedding else []
+        signatures = storage.read_table(SIGNATURES, name, columns=columns)
+        parts.append(image_rows(signatures, keys, params))
         parts.append(ngram_rows(samples.to_pylist(), params))
     for path in params.precomputed_embeddings:
         parts.append(precomputed_rows(Path(path), embedder_id(project, params.embedding), params))

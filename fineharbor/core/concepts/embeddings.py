@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -9,19 +11,26 @@ import pyarrow.compute as pc
 EMBEDDING_CHOICES = ("copy_embedding", "clip_embedding")
 
 
-def pick_column(signatures: pa.Table, choice: str) -> str:
-    """The configured column, or for `auto` the first embedding with values, else phash."""
+def pick_column_from_counts(rows: int, null_counts: dict[str, int], choice: str) -> str:
+    """:func:`pick_column` from the row count and each embedding column's null count (so the
+    choice can be made while streaming, without holding the vectors)."""
     if choice != "auto":
-        if choice != "phash" and signatures.column(choice).null_count == signatures.num_rows > 0:
+        if choice != "phash" and null_counts[choice] == rows > 0:
             raise ValueError(
                 f"stages.concepts.embedding is {choice!r} but image_signatures holds no such "
                 "vectors: configure the embedder in stages.signatures (sscd_path / clip_model)"
             )
         return choice
     for column in EMBEDDING_CHOICES:
-        if signatures.column(column).null_count < signatures.num_rows:
+        if null_counts[column] < rows:
             return column
     return "phash"
+
+
+def pick_column(signatures: pa.Table, choice: str) -> str:
+    """The configured column, or for `auto` the first embedding with values, else phash."""
+    counts = {c: signatures.column(c).null_count for c in EMBEDDING_CHOICES}
+    return pick_column_from_counts(signatures.num_rows, counts, choice)
 
 
 def _vectors(signatures: pa.Table, column: str) -> np.ndarray:
@@ -29,34 +38,63 @@ def _vectors(signatures: pa.Table, column: str) -> np.ndarray:
         hashes = signatures.column("phash").to_numpy().astype(np.int64).view(np.uint64)
         bits = (hashes[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
         return (bits.astype(np.float32) * 2 - 1) / 8.0  # +-1 per bit, unit norm
-    values = signatures.column(column).combine_chunks()
-    return (
-        values.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(values), -1)
-    )
+    from fineharbor.core.dedup.clusters import list_matrix
+
+    return list_matrix(signatures.column(column), np.float32)
 
 
 def sample_embeddings(
-    signatures: pa.Table, sample_ids: set[str], choice: str
+    signatures: pa.Table, sample_ids: set[str] | pa.Array, choice: str, *, picked: bool = False
 ) -> tuple[list[str], list[str], np.ndarray, str]:
     """Mean of each sample's image vectors (L2-normalised), for the samples in `sample_ids`.
 
     Returns ids and sources sorted by sample_id (so the result does not depend on read order),
     the (n, d) float32 matrix, and the column used. Images without a vector are skipped.
+    ``picked``: ``choice`` is the column already chosen (:func:`pick_column_from_counts`).
     """
     if signatures.num_rows == 0:
         return [], [], np.zeros((0, 0), np.float32), "none"
-    column = pick_column(signatures, choice)
-    keep = pc.is_in(signatures.column("sample_id"), pa.array(sorted(sample_ids), pa.string()))
+    column = choice if picked else pick_column(signatures, choice)
+    wanted = (
+        sample_ids
+        if isinstance(sample_ids, pa.Array)
+        else pa.array(sorted(sample_ids), pa.string())
+    )
+    keep = pc.is_in(signatures.column("sample_id"), wanted)
     keep = pc.and_(keep, pc.is_valid(signatures.column(column)))
     rows = signatures.filter(keep)
     if rows.num_rows == 0:
         return [], [], np.zeros((0, 0), np.float32), column
     vectors = _vectors(rows, column)
-    ids = np.asarray(rows.column("sample_id").to_pylist())
-    unique, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    sums = np.zeros((len(unique), vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, vectors)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    means = (sums / np.where(norms > 0, norms, 1)).astype(np.float32)
-    sources = rows.column("source").to_pylist()
-    return unique.tolist(), [sources[i] for i in first], means, column
+    ids = rows.column("sample_id")
+    unique = pc.unique(ids)
+    unique = unique.take(pc.sort_indices(unique))
+    inverse = pc.index_in(ids, value_set=unique).to_numpy(zero_copy_only=False)
+    # rows grouped by sample, in read order within a sample: each mean is summed in float64
+    # one sample block at a time (not an n x d float64 matrix at once)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]
+    means = np.empty((len(unique), vectors.shape[1]), dtype=np.float32)
+    block = 65_536
+    for first in range(0, len(starts), block):
+        segment = starts[first : first + block]
+        end = starts[first + block] if first + block < len(starts) else order.size
+        chunk = vectors[order[segment[0] : end]].astype(np.float64)
+        sums = np.add.reduceat(chunk, segment - segment[0], axis=0)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        means[first : first + len(segment)] = sums / np.where(norms > 0, norms, 1)
+    sources = rows.column("source").take(pa.array(order[starts])).to_pylist()
+    return unique.to_pylist(), sources, means, column
+
+
+def stream_signatures(
+    batches: Iterable[pa.RecordBatch], sample_ids: pa.Array, columns: list[str]
+) -> pa.Table:
+    """The ``columns`` of the signature rows of ``sample_ids``, batch by batch."""
+    tables = [
+        pa.Table.from_batches(
+            [batch.filter(pc.is_in(batch.column("sample_id"), sample_ids))]
+        ).select(columns)
+        for batch in batches
+    ]
+    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})

@@ -35,19 +35,20 @@ class EmbedderMismatchError(ValueError):
 
 def image_rows(signatures: pa.Table, keys: dict[str, str], params: DecontamParams) -> pa.Table:
     """Index rows for a benchmark's images, from its `image_signatures` partition."""
-    valid = [i for i, error in enumerate(signatures.column("error").to_pylist()) if error is None]
-    table = signatures.take(valid)
+    table = signatures.filter(pa.compute.is_null(signatures.column("error")))
     embedding = (
         table.column(params.embedding)
         if params.embedding
         else pa.nulls(table.num_rows, pa.list_(pa.float16()))
     )
-    ids = table.column("sample_id").to_pylist()
+    known = pa.array(list(keys), pa.string())
+    where = pa.compute.index_in(table.column("sample_id"), value_set=known)
+    origin = pa.array(list(keys.values()), pa.string()).take(where)
     return pa.Table.from_arrays(
         [
             table.column("source"),
             table.column("sample_id"),
-            pa.array([keys.get(i) for i in ids], pa.string()),
+            origin,
             pa.array(["image"] * table.num_rows, pa.string()),
             table.column("image_index"),
             table.column("phash"),
@@ -114,17 +115,22 @@ def precomputed_rows(path: Path, embedder: str, params: DecontamParams) -> pa.Ta
 
 def embedding_dim(index: pa.Table) -> int | None:
     images = index.filter(pa.compute.equal(index.column("kind"), "image"))
-    for value in images.column("embedding").to_pylist():
-        if value is not None:
-            return len(value)
-    return None
+    lengths = pa.compute.drop_null(pa.compute.list_value_length(images.column("embedding")))
+    return lengths[0].as_py() if len(lengths) else None
 
 
-def as_matrix(values: list[list[float] | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Float32 matrix of the non-null vectors (L2-normalised) and their row positions."""
-    positions = np.array([i for i, v in enumerate(values) if v is not None], dtype=np.int64)
+def as_matrix(
+    values: list[list[float] | None] | pa.Array | pa.ChunkedArray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 matrix of the non-null vectors (L2-normalised) and their row positions; an Arrow
+    list column is read from its buffers."""
+    from fineharbor.core.dedup.clusters import list_matrix
+
+    if not isinstance(values, pa.Array | pa.ChunkedArray):
+        values = pa.array(values, pa.list_(pa.float32()))
+    positions = np.flatnonzero(pa.compute.is_valid(values).to_numpy(zero_copy_only=False))
     if positions.size == 0:
-        return np.zeros((0, 0), dtype=np.float32), positions
-    matrix = np.asarray([values[i] for i in positions], dtype=np.float32)
+        return np.zeros((0, 0), dtype=np.float32), positions.astype(np.int64)
+    matrix = list_matrix(values, np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12), positions
+    return matrix / np.maximum(norms, 1e-12), positions.astype(np.int64)

@@ -78,7 +78,7 @@ class BenchmarkMatcher:
         self.params = params
         images = index.filter(pc.equal(index.column("kind"), "image"))
         self._image_meta = images.select(["benchmark", "sample_id", "origin_key"]).to_pylist()
-        vectors, self._vector_rows = as_matrix(images.column("embedding").to_pylist())
+        vectors, self._vector_rows = as_matrix(images.column("embedding"))
         self._vectors = None
         if params.embedding and vectors.size:
             self._vectors = faiss.IndexFlatIP(vectors.shape[1])
@@ -109,7 +109,7 @@ class BenchmarkMatcher:
         """The best benchmark match of each signature row (one row per train image)."""
         matches: list[Match | None] = [None] * signatures.num_rows
         if self._vectors is not None and self.params.embedding:
-            vectors, rows = as_matrix(signatures.column(self.params.embedding).to_pylist())
+            vectors, rows = as_matrix(signatures.column(self.params.embedding))
             if rows.size:
                 if vectors.shape[1] != self._vectors.d:
                     raise ValueError(

@@ -27,8 +27,7 @@ listed above (exact before near), then by similarity.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,7 +46,7 @@ from fineharbor.core.dedup.search import (
     measure_recall,
 )
 from fineharbor.core.dedup.text import minhash_pairs, text_key, url_caption_key
-from fineharbor.core.dedup.union_find import UnionFind, cluster_id
+from fineharbor.core.dedup.union_find import cluster_id, components
 from fineharbor.core.dedup.verify import (
     BatchMapper,
     ImageKey,
@@ -83,15 +82,30 @@ DUPLICATE_SCHEMA = pa.schema(
 
 
 @dataclass(frozen=True)
-class Edge:
-    a: int
-    b: int
-    signal: str
-    similarity: float
+class Edges:
+    """Sample edges as aligned arrays: nodes ``a``/``b``, the signal's rank in ``SIGNALS``
+    (smaller is stronger: exact signals first) and the similarity."""
 
-    def strength(self) -> tuple[int, float]:
-        """Sort key: smaller is stronger (exact signals first, then higher similarity)."""
-        return (_RANK[self.signal], -self.similarity)
+    a: np.ndarray
+    b: np.ndarray
+    rank: np.ndarray
+    similarity: np.ndarray
+
+    @staticmethod
+    def concat(parts: Iterable[Edges]) -> Edges:
+        parts = list(parts)
+        if not parts:
+            return Edges(*(np.zeros(0, t) for t in (np.int64, np.int64, np.int8, np.float32)))
+        return Edges(
+            *(
+                np.concatenate([getattr(p, name) for p in parts])
+                for name in ("a", "b", "rank", "similarity")
+            )
+        )
+
+    def counts(self) -> dict[str, int]:
+        found = np.bincount(self.rank, minlength=len(SIGNALS))
+        return {SIGNALS[r]: int(found[r]) for r in np.argsort(SIGNALS) if found[r]}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -101,72 +115,133 @@ class Edge:
 class _Images:
     """Valid signature rows, sorted by (sample_id, image_index), mapped to sample nodes."""
 
-    table: pa.Table
+    table: pa.Table  # without the embedding columns
     node: np.ndarray  # sample node of each image row
+    # the embedding columns, left in read order: sorting them would copy the largest columns
+    # (see docs/scale.md); ``order[k]`` is the read-order row of sorted row k
+    vectors: dict[str, pa.ChunkedArray]
+    order: np.ndarray
 
 
-def _sample_nodes(samples: pa.Table) -> tuple[list[str], dict[str, int]]:
-    ids = samples.column("sample_id").to_pylist()
-    if len(set(ids)) != len(ids):
+def _sample_nodes(samples: pa.Table) -> pa.Array:
+    """The sorted sample ids; a sample's node is its position."""
+    ids = samples.column("sample_id").combine_chunks()
+    if pc.count_distinct(ids).as_py() != len(ids):
         raise ValueError("samples has repeated sample_id values")
-    return ids, {sample_id: node for node, sample_id in enumerate(ids)}
+    return ids
 
 
-def _image_rows(signatures: pa.Table, node_of: dict[str, int]) -> _Images:
+def _release_arrow_memory() -> None:
+    """Hand Arrow's freed pages back to the OS: NumPy allocates through another allocator,
+    so pages Arrow keeps cached would add to the peak instead of being reused."""
+    pa.default_memory_pool().release_unused()
+
+
+def _image_rows(signatures: pa.Table, ids: pa.Array) -> _Images:
     """Decodable images of known samples. Signatures of samples absent from ``samples`` (dropped
     by an earlier stage) are ignored: they cannot be kept or removed here."""
     table = signatures
     if "error" in table.column_names:
         table = table.filter(pc.is_null(table.column("error")))
-    known = pa.array(list(node_of), pa.string())
-    table = table.filter(pc.is_in(table.column("sample_id"), value_set=known))
-    table = table.sort_by([("sample_id", "ascending"), ("image_index", "ascending")])
-    nodes = np.array([node_of[s] for s in table.column("sample_id").to_pylist()], dtype=np.int64)
-    return _Images(table, nodes)
+    known = pc.is_in(table.column("sample_id"), value_set=ids)
+    if not pc.all(known).as_py():
+        table = table.filter(known)
+    keys = [("sample_id", "ascending"), ("image_index", "ascending")]
+    order = pc.sort_indices(table.select(["sample_id", "image_index"]), sort_keys=keys)
+    embedded = [c for c in (COPY, CLIP) if c in table.column_names]
+    vectors = {c: table.column(c) for c in embedded}
+    table = table.drop_columns(embedded).take(order)
+    _release_arrow_memory()
+    nodes = pc.index_in(table.column("sample_id"), value_set=ids)
+    return _Images(
+        table,
+        nodes.to_numpy(zero_copy_only=False).astype(np.int64),
+        vectors,
+        order.to_numpy().astype(np.int64),
+    )
 
 
-def _embeddings(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(row positions with a vector, float32 matrix) of a list<float16> column."""
-    if column not in table.column_names:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    values = table.column(column).combine_chunks()
-    valid = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
-    if valid.size == 0:
-        return valid, np.zeros((0, 0), np.float32)
-    present = values.filter(values.is_valid())
-    dim = len(present[0])
-    flat = present.flatten().to_numpy(zero_copy_only=False)
-    if flat.size != dim * len(present):
-        raise ValueError(f"{column}: embeddings of different lengths")
-    return valid, flat.reshape(len(present), dim).astype(np.float32)
+def gather_vectors(
+    column: pa.ChunkedArray, rows: np.ndarray, dtype=np.float32, block: int = 16_384
+) -> np.ndarray:
+    """The vectors of ``rows`` (non-null rows of a list<float> column) as one contiguous
+    (len(rows), d) ``dtype`` matrix, gathered from each chunk's values buffer."""
+    bounds = np.cumsum([0, *(len(chunk) for chunk in column.chunks)])
+    which = np.searchsorted(bounds, rows, side="right") - 1
+    out, dim = None, None
+    for number, chunk in enumerate(column.chunks):
+        here = np.flatnonzero(which == number)
+        if here.size == 0:
+            continue
+        offsets = chunk.offsets.to_numpy()
+        values = chunk.values.to_numpy(zero_copy_only=False)
+        for start in range(0, here.size, block):
+            part = here[start : start + block]
+            local = rows[part] - bounds[number]
+            begin, lengths = offsets[local], offsets[local + 1] - offsets[local]
+            dim = int(lengths[0]) if dim is None else dim
+            if (lengths != dim).any():
+                raise ValueError("embeddings of different lengths")
+            if out is None:
+                out = np.empty((rows.size, dim), dtype)
+            out[part] = values[begin[:, None] + np.arange(dim)]
+    return out if out is not None else np.zeros((0, 0), dtype)
 
 
-# --------------------------------------------------------------------------- signals
+def list_matrix(array: pa.Array | pa.ChunkedArray, dtype=np.float32) -> np.ndarray:
+    """The non-null vectors of a list<float> column as one contiguous (n, d) ``dtype`` matrix,
+    read from each chunk's values buffer (no Python floats); every vector must have d values."""
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    parts, dim = [], None
+    for chunk in chunks:
+        if chunk.null_count:
+            chunk = chunk.filter(chunk.is_valid())
+        if len(chunk) == 0:
+            continue
+        offsets = chunk.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        dim = int(lengths[0]) if dim is None else dim
+        if (lengths != dim).any():
+            raise ValueError("embeddings of different lengths")
+        flat = chunk.values.slice(offsets[0], offsets[-1] - offsets[0])
+        parts.append(flat.to_numpy(zero_copy_only=False).reshape(len(chunk), dim))
+    if not parts:
+        return np.zeros((0, 0), dtype)
+    out = np.empty((sum(len(p) for p in parts), dim), dtype)
+    np.concatenate(parts, out=out, casting="same_kind")
+    return out
 
 
-def _group_pairs(keys: list[str | None]) -> Pairs:
-    """Star pairs (first member, other member) for every key shared by 2+ positions."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for position, key in enumerate(keys):
-        if key is not None:
-            groups[key].append(position)
-    i, j = [], []
-    for members in groups.values():
-        for other in members[1:]:
-            i.append(members[0])
-            j.append(other)
-    if not i:
+def _group_pairs(keys: list[str | None] | pa.Array | pa.ChunkedArray) -> Pairs:
+    """Star pairs (first member, other member) for every key shared by 2+ positions; nulls
+    match nothing. Vectorised: the keys are dictionary-encoded and sorted by (key, position)."""
+    keys = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys, pa.string())
+    if len(keys) < 2:
         return empty_pairs()
-    return canonical_pairs(np.array(i), np.array(j), np.ones(len(i), np.float32))
+    encoded = pc.dictionary_encode(keys)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries().combine_chunks()
+    codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64)
+    positions = np.flatnonzero(codes >= 0)
+    order = positions[np.argsort(codes[positions], kind="stable")]
+    grouped = codes[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = grouped[1:] != grouped[:-1]
+    leader = order[first][np.cumsum(first) - 1]
+    others = ~first
+    if not others.any():
+        return empty_pairs()
+    i, j = leader[others], order[others]
+    return canonical_pairs(i, j, np.ones(i.size, np.float32))
 
 
-def _to_nodes(pairs: Pairs, node: np.ndarray, signal: str) -> list[Edge]:
+def _to_nodes(pairs: Pairs, node: np.ndarray, signal: str) -> Edges:
     """Image (or subset) positions -> sample edges, dropping pairs inside one sample."""
     i, j, sim = pairs
     a, b = node[i], node[j]
-    return [
-        Edge(int(x), int(y), signal, float(s)) for x, y, s in zip(a, b, sim, strict=True) if x != y
-    ]
+    keep = a != b
+    rank = np.full(int(keep.sum()), _RANK[signal], dtype=np.int8)
+    return Edges(a[keep], b[keep], rank, np.asarray(sim, np.float32)[keep])
 
 
 def _verify_with_embedding(
@@ -195,12 +270,29 @@ def _near_pairs(pairs: Pairs, node: np.ndarray, exempt: np.ndarray) -> Pairs:
     return i[keep], j[keep], sim[keep]
 
 
+def _take_embeddings(images: _Images, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted row positions with a vector, their float32 matrix) of an embedding column, which
+    ``images`` then lets go of: the matrix is the only copy held while it is searched."""
+    values = images.vectors.pop(column, None)
+    if values is None:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)[images.order]
+    positions = np.flatnonzero(valid)
+    try:
+        matrix = gather_vectors(values, images.order[positions], np.float32)
+    except ValueError as error:
+        raise ValueError(f"{column}: {error}") from None
+    del values
+    _release_arrow_memory()
+    return positions, matrix
+
+
 def _cosine_candidates(
-    table: pa.Table, column: str, threshold: float, params: DedupParams, searches: dict
+    images: _Images, column: str, threshold: float, params: DedupParams, searches: dict
 ):
     """Candidate pairs of one embedding column; ``searches[column]`` says how they were found,
     with the recall of the k-means forest (1,000 sampled vectors) when it was used."""
-    rows, vectors = _embeddings(table, column)
+    rows, vectors = _take_embeddings(images, column)
     if rows.size < 2:
         return empty_pairs(), rows, vectors
     i, j, sim = cosine_pairs(
@@ -282,13 +374,30 @@ def _pixel_verified(
 ) -> list[tuple[str, Pairs]]:
     """Keep the candidate pairs whose pixels align (one loader call for all of them);
     ``counts[signal]`` receives how many were verified and refuted."""
-    ids = table.column("sample_id").to_pylist()
-    indexes = table.column("image_index").to_pylist()
+    ends = [np.concatenate([i, j]) for _, (i, j, _) in candidates]
+    involved = np.unique(np.concatenate(ends)) if ends else np.zeros(0, np.int64)
+    picked = table.select(["sample_id", "image_index"]).take(pa.array(involved))
+    keys = dict(
+        zip(
+            involved.tolist(),
+            zip(
+                picked.column("sample_id").to_pylist(),
+                picked.column("image_index").to_pylist(),
+                strict=True,
+            ),
+            strict=True,
+        )
+    )
 
     def key(position: int) -> ImageKey:
-        return (ids[position], int(indexes[position]))
+        sample_id, index = keys[position]
+        return (sample_id, int(index))
 
-    flat = [(key(a), key(b)) for _, (i, j, _) in candidates for a, b in zip(i, j, strict=True)]
+    flat = [
+        (key(a), key(b))
+        for _, (i, j, _) in candidates
+        for a, b in zip(i.tolist(), j.tolist(), strict=True)
+    ]
     verdicts = iter(verifier.check(flat))
     out = []
     for signal, (i, j, sim) in candidates:
@@ -305,7 +414,7 @@ def image_edges(
     verifier: PairVerifier | None = None,
     searches: dict | None = None,
     counts: dict | None = None,
-) -> list[Edge]:
+) -> list[Edges]:
     """Edges from image signatures; ``exempt[node]`` marks samples of exempt sources;
     ``searches`` (when given) receives how each embedding column was searched, ``counts`` the
     candidate pairs per signal: proposed, dropped by the per-item cap, refuted by the copy
@@ -315,24 +424,24 @@ def image_edges(
     (``max_candidates_per_item``) and checked by ``verifier`` (pixel alignment) when one is
     given; CLIP pairs are semantic by intent and are not.
     """
-    table, node = images.table, images.node
+    node = images.node
     searches = {} if searches is None else searches
     counts = {} if counts is None else counts
-    edges: list[Edge] = []
-    if params.exact_pixels and "sha256_pixels" in table.column_names:
-        keys = table.column("sha256_pixels").to_pylist()
-        edges += _to_nodes(_group_pairs(keys), node, EXACT_PIXELS)
+    edges: list[Edges] = []
+    if params.exact_pixels and "sha256_pixels" in images.table.column_names:
+        keys = images.table.column("sha256_pixels")
+        edges.append(_to_nodes(_group_pairs(keys), node, EXACT_PIXELS))
     candidates: list[tuple[str, Pairs]] = []
     copy_rows, copy_vectors = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     if params.copy_embedding:
         pairs, copy_rows, copy_vectors = _cosine_candidates(
-            table, COPY, params.copy_threshold, params, searches
+            images, COPY, params.copy_threshold, params, searches
         )
         candidates.append((COPY, _near_pairs(pairs, node, exempt)))
     elif params.phash and params.phash_verify_min_cosine is not None:
-        copy_rows, copy_vectors = _embeddings(table, COPY)
+        copy_rows, copy_vectors = _take_embeddings(images, COPY)
     if params.phash:
-        pairs = _near_pairs(_phash_candidates(table, params), node, exempt)
+        pairs = _near_pairs(_phash_candidates(images.table, params), node, exempt)
         proposed = pairs[0].size
         if params.phash_verify_min_cosine is not None:
             pairs = _verify_with_embedding(
@@ -343,6 +452,7 @@ def image_edges(
             "proposed": proposed,
             "refuted_by_copy_embedding": proposed - pairs[0].size,
         }
+    del copy_rows, copy_vectors  # the largest thing held: freed before the CLIP search
     for position, (signal, pairs) in enumerate(candidates):
         counts.setdefault(signal, {"proposed": int(pairs[0].size)})
         if params.max_candidates_per_item is not None:
@@ -350,30 +460,30 @@ def image_edges(
             counts[signal]["capped"] = dropped
             candidates[position] = (signal, pairs)
     if verifier is not None:
-        candidates = _pixel_verified(candidates, table, verifier, counts)
+        candidates = _pixel_verified(candidates, images.table, verifier, counts)
     for signal, pairs in candidates:
-        edges += _to_nodes(pairs, node, signal)
+        edges.append(_to_nodes(pairs, node, signal))
     if params.clip_embedding:
-        pairs, _, _ = _cosine_candidates(table, CLIP, params.clip_threshold, params, searches)
-        edges += _to_nodes(_near_pairs(pairs, node, exempt), node, CLIP)
+        pairs, _, _ = _cosine_candidates(images, CLIP, params.clip_threshold, params, searches)
+        edges.append(_to_nodes(_near_pairs(pairs, node, exempt), node, CLIP))
     return edges
 
 
-def sample_edges(samples: pa.Table, params: DedupParams) -> list[Edge]:
+def sample_edges(samples: pa.Table, params: DedupParams) -> list[Edges]:
     nodes = np.arange(samples.num_rows, dtype=np.int64)
     texts = samples.column("text").to_pylist()
-    edges: list[Edge] = []
+    edges: list[Edges] = []
     if params.url_caption:
         uris = samples.column("origin_uri").to_pylist()
         keys = [url_caption_key(u, t) for u, t in zip(uris, texts, strict=True)]
-        edges += _to_nodes(_group_pairs(keys), nodes, URL_CAPTION)
+        edges.append(_to_nodes(_group_pairs(keys), nodes, URL_CAPTION))
     n_images = samples.column("n_images").to_numpy(zero_copy_only=False)
     text_only = np.flatnonzero(np.nan_to_num(n_images.astype(float), nan=0.0) == 0)
     if text_only.size > 1:
         only_texts = [texts[k] for k in text_only]
         if params.text_exact:
             pairs = _group_pairs([text_key(t) for t in only_texts])
-            edges += _to_nodes(pairs, text_only, TEXT_EXACT)
+            edges.append(_to_nodes(pairs, text_only, TEXT_EXACT))
         if params.text_minhash:
             pairs = minhash_pairs(
                 only_texts,
@@ -382,7 +492,7 @@ def sample_edges(samples: pa.Table, params: DedupParams) -> list[Edge]:
                 shingle_size=params.shingle_size,
                 min_words=params.minhash_min_words,
             )
-            edges += _to_nodes(pairs, text_only, TEXT_MINHASH)
+            edges.append(_to_nodes(pairs, text_only, TEXT_MINHASH))
     return edges
 
 
@@ -442,52 +552,80 @@ def _max_pixels(samples: pa.Table, images: _Images) -> np.ndarray:
 # --------------------------------------------------------------------------- clusters
 
 
-def _best_edges(edges: list[Edge]) -> dict[tuple[int, int], Edge]:
-    best: dict[tuple[int, int], Edge] = {}
-    for edge in edges:
-        key = (min(edge.a, edge.b), max(edge.a, edge.b))
-        if key not in best or edge.strength() < best[key].strength():
-            best[key] = edge
-    return best
+def _best_edges(edges: Edges) -> Edges:
+    """The strongest edge of every linked pair, oriented (lo, hi), sorted by (lo, hi)."""
+    lo, hi = np.minimum(edges.a, edges.b), np.maximum(edges.a, edges.b)
+    order = np.lexsort((-edges.similarity, edges.rank, hi, lo))
+    lo, hi = lo[order], hi[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    best = order[first]
+    return Edges(lo[first], hi[first], edges.rank[best], edges.similarity[best])
 
 
 def clusters_table(
-    ids: list[str],
-    sources: list[str],
-    edges: list[Edge],
-    rank_keys: list[tuple],
+    ids: pa.Array,
+    sources: pa.Array,
+    edges: Edges,
+    rank_keys: Callable[[np.ndarray], list[tuple]],
 ) -> pa.Table:
-    """Union the edges and describe every member of every cluster (``DUPLICATE_SCHEMA``)."""
-    union = UnionFind(len(ids))
+    """Union the edges and describe every member of every cluster (``DUPLICATE_SCHEMA``).
+
+    ``ids`` are sorted, so a node's position orders it as its id does; ``rank_keys(nodes)``
+    gives the keep-policy keys of those nodes (asked only for cluster members). Every member is
+    reported with its strongest edge to the kept member, else to any neighbour (ties: the
+    smaller neighbour id)."""
     best = _best_edges(edges)
-    neighbours: dict[int, list[tuple[int, Edge]]] = defaultdict(list)
-    for (a, b), edge in sorted(best.items()):
-        union.union(a, b)
-        neighbours[a].append((b, edge))
-        neighbours[b].append((a, edge))
-    rows = []
-    for members in union.components(min_size=2):
-        kept = min(members, key=lambda m: rank_keys[m])
-        cid = cluster_id([ids[m] for m in members])
-        for member in sorted(members, key=lambda m: ids[m]):
-            links = neighbours[member]
-            direct = [(other, e) for other, e in links if other == kept]
-            other, edge = min(direct or links, key=lambda oe: (oe[1].strength(), ids[oe[0]]))
-            rows.append(
-                {
-                    "sample_id": ids[member],
-                    "source": sources[member],
-                    "cluster_id": cid,
-                    "cluster_size": len(members),
-                    "kept_sample_id": ids[kept],
-                    "is_kept": member == kept,
-                    "signal": edge.signal,
-                    "similarity": min(1.0, edge.similarity),
-                    "matched_sample_id": ids[other],
-                }
-            )
-    rows.sort(key=lambda r: (r["cluster_id"], r["sample_id"]))
-    return pa.Table.from_pylist(rows, schema=DUPLICATE_SCHEMA)
+    sets = components(len(ids), best.a, best.b, min_size=2)
+    if not sets:
+        return DUPLICATE_SCHEMA.empty_table()
+    members = np.concatenate(sets)
+    sizes = np.array([len(m) for m in sets], dtype=np.int64)
+    cluster_of = np.full(len(ids), -1, dtype=np.int64)
+    cluster_of[members] = np.repeat(np.arange(len(sets)), sizes)
+    keys = rank_keys(members)
+    kept = np.empty(len(sets), dtype=np.int64)
+    start = 0
+    for number, size in enumerate(sizes.tolist()):
+        chosen = min(range(start, start + size), key=keys.__getitem__)
+        kept[number] = members[chosen]
+        start += size
+    # both directions of every edge; per member the first link in (not to the kept member,
+    # strength, neighbour) order is the one reported
+    src = np.concatenate([best.a, best.b])
+    dst = np.concatenate([best.b, best.a])
+    rank = np.concatenate([best.rank, best.rank])
+    sim = np.concatenate([best.similarity, best.similarity])
+    indirect = dst != kept[cluster_of[src]]
+    order = np.lexsort((dst, -sim, rank, indirect, src))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = src[order][1:] != src[order][:-1]
+    link = order[first]  # one per member, ordered by member node
+    by_member = np.full(len(ids), -1, dtype=np.int64)
+    by_member[src[link]] = link
+    member_ids = pc.take(ids, pa.array(members)).to_pylist()
+    cids = []
+    start = 0
+    for size in sizes.tolist():
+        cids.append(cluster_id(member_ids[start : start + size]))
+        start += size
+    clusters = np.repeat(np.arange(len(sets)), sizes)
+    chosen = by_member[members]
+    table = pa.table(
+        {
+            "sample_id": member_ids,
+            "source": pc.take(sources, pa.array(members)),
+            "cluster_id": pa.array([cids[c] for c in clusters.tolist()], pa.string()),
+            "cluster_size": pa.array(sizes[clusters], pa.int32()),
+            "kept_sample_id": pc.take(ids, pa.array(kept[clusters])),
+            "is_kept": pa.array(members == kept[clusters]),
+            "signal": pa.array([SIGNALS[r] for r in rank[chosen].tolist()], pa.string()),
+            "similarity": pa.array(np.minimum(sim[chosen], np.float32(1.0)), pa.float32()),
+            "matched_sample_id": pc.take(ids, pa.array(dst[chosen])),
+        },
+        schema=DUPLICATE_SCHEMA,
+    )
+    return table.sort_by([("cluster_id", "ascending"), ("sample_id", "ascending")])
 
 
 def make_verifier(
@@ -539,19 +677,32 @@ def find_duplicates(
     each embedding column was searched (``vector_search``).
     """
     samples = samples.sort_by([("sample_id", "ascending")])
-    ids, node_of = _sample_nodes(samples)
-    images = _image_rows(signatures, node_of)
-    exempt_sources = set(params.near_duplicate_exempt_sources)
-    exempt = np.array([s in exempt_sources for s in samples.column("source").to_pylist()], bool)
+    ids = _sample_nodes(samples)
+    images = _image_rows(signatures, ids)
+    del signatures  # the caller passes it unbound: the sorted rows are the only copy held
+    exempt = pc.is_in(
+        samples.column("source"),
+        value_set=pa.array(list(params.near_duplicate_exempt_sources), pa.string()),
+    ).to_numpy(zero_copy_only=False)
     verifier = make_verifier(params, thumbnails, verify_mapper)
     searches: dict = {}
     candidates: dict = {}
-    edges = image_edges(images, params, exempt, verifier, searches, candidates)
-    edges += sample_edges(samples, params)
-    rank_keys = keep_rank_keys(samples, priorities, params.keep_order, _max_pixels(samples, images))
-    table = clusters_table(ids, samples.column("source").to_pylist(), edges, rank_keys)
+    edges = Edges.concat(
+        [
+            *image_edges(images, params, exempt, verifier, searches, candidates),
+            *sample_edges(samples, params),
+        ]
+    )
+    pixels = _max_pixels(samples, images)
+    del images
+
+    def rank_keys(nodes: np.ndarray) -> list[tuple]:
+        taken = pa.array(nodes)
+        return keep_rank_keys(samples.take(taken), priorities, params.keep_order, pixels[nodes])
+
+    table = clusters_table(ids, samples.column("source").combine_chunks(), edges, rank_keys)
     report = {
-        "edges": dict(sorted(Counter(e.signal for e in edges).items())),
+        "edges": edges.counts(),
         "candidates": candidates,
         "max_candidates_per_item": params.max_candidates_per_item,
         "verification": verifier.stats() if verifier is not None else None,

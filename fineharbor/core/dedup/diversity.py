@@ -43,25 +43,42 @@ class Diversity:
 class CovarianceAccumulator:
     """Streams embeddings into a float64 sum and d x d Gram matrix, so a partition's vectors
     never need to be in memory together (and a million float16 vectors are never copied to
-    float64 at once)."""
+    float64 at once). Rows are added in blocks of ``chunk`` however the input is batched, so
+    streaming batches gives bit-for-bit the figures of one array holding them all."""
 
-    def __init__(self, dim: int | None = None) -> None:
+    def __init__(self, dim: int | None = None, chunk: int = 65_536) -> None:
         self.n = 0
+        self.chunk = chunk
         self.total: np.ndarray | None = None if dim is None else np.zeros(dim)
         self.gram: np.ndarray | None = None if dim is None else np.zeros((dim, dim))
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
 
-    def update(self, embeddings: np.ndarray, chunk: int = 65_536) -> None:
+    def update(self, embeddings: np.ndarray) -> None:
         x = np.asarray(embeddings)
         if x.size == 0:
             return
         if self.total is None:
             self.total = np.zeros(x.shape[1])
             self.gram = np.zeros((x.shape[1], x.shape[1]))
-        for start in range(0, x.shape[0], chunk):
-            block = x[start : start + chunk].astype(np.float64)
+        self._pending.append(x)
+        self._pending_rows += x.shape[0]
+        self.n += x.shape[0]
+        if self._pending_rows >= self.chunk:
+            self._flush(whole_blocks_only=True)
+
+    def _flush(self, whole_blocks_only: bool = False) -> None:
+        if not self._pending_rows:
+            return
+        x = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        end = x.shape[0] - x.shape[0] % self.chunk if whole_blocks_only else x.shape[0]
+        for start in range(0, end, self.chunk):
+            block = x[start : min(start + self.chunk, end)].astype(np.float64)
             self.total += block.sum(axis=0)
             self.gram += block.T @ block
-        self.n += x.shape[0]
+        rest = np.array(x[end:])  # a copy, so a large input is not held through a view
+        self._pending = [rest] if len(rest) else []
+        self._pending_rows = len(rest)
 
     def update_table(self, table: pa.Table, column: str = "copy_embedding") -> None:
         """Add the non-null vectors of a list<float> column (e.g. a signatures table)."""
@@ -73,6 +90,7 @@ class CovarianceAccumulator:
         self.update(flat.reshape(len(present), -1))
 
     def eigenvalues(self) -> np.ndarray:
+        self._flush()
         if self.n < 2 or self.total is None or self.gram is None:
             raise ValueError("the covariance needs at least 2 embeddings")
         mean = self.total / self.n

@@ -256,8 +256,9 @@ def measure_recall(
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
     exact: set[tuple[int, int]] = set()
-    for start in range(0, len(picked), 256):
-        sims = x[picked[start : start + 256]] @ x.T
+    block = max(1, min(256, (1 << 24) // len(x)))  # a similarity block of <= 64 MB
+    for start in range(0, len(picked), block):
+        sims = x[picked[start : start + block]] @ x.T
         rows, cols = np.nonzero(sims >= threshold)
         exact.update(
             (int(picked[start + r]), int(c))

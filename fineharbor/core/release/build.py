@@ -9,6 +9,7 @@ card, manifest) is written.
 
 from __future__ import annotations
 
+import itertools
 import math
 import posixpath
 from collections.abc import Iterable
@@ -22,7 +23,12 @@ import pyarrow.compute as pc
 
 from fineharbor.core.catalog import StageTable, connect_in_memory
 from fineharbor.core.concepts import hierarchical_kmeans
-from fineharbor.core.concepts.embeddings import sample_embeddings
+from fineharbor.core.concepts.embeddings import (
+    EMBEDDING_CHOICES,
+    pick_column_from_counts,
+    sample_embeddings,
+    stream_signatures,
+)
 from fineharbor.core.dedup.diversity import CovarianceAccumulator
 from fineharbor.core.pipeline import CONCEPTS, RELEASE, SCORED, SIGNATURES
 from fineharbor.core.release.card import CARD_MODELS, CardFacts, render_card
@@ -112,20 +118,44 @@ def build_concept_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa
     sources = [
         s for s in _train_input_partitions(project, storage) if storage.has_partition(SIGNATURES, s)
     ]
-    ids: set[str] = set()
-    for source in sources:
-        ids.update(
+    ids = pa.concat_arrays(
+        [
             storage.read_table(RELEASE_INPUT_ASSET, source, columns=["sample_id"])
             .column(0)
-            .to_pylist()
+            .combine_chunks()
+            for source in sources
+        ]
+        or [pa.array([], pa.string())]
+    ).unique()
+    # which column: null counts streamed over every signature row (as pick_column counts them),
+    # then only that column is read, for the release-input samples
+    rows, nulls = 0, dict.fromkeys(EMBEDDING_CHOICES, 0)
+    for source in sources:
+        for batch in storage.iter_batches(
+            SIGNATURES, source, columns=list(EMBEDDING_CHOICES), batch_size=16_384
+        ):
+            rows += batch.num_rows
+            for name in EMBEDDING_CHOICES:
+                nulls[name] += batch.column(name).null_count
+    if rows:
+        column = pick_column_from_counts(rows, nulls, params.embedding)
+        signatures = stream_signatures(
+            itertools.chain.from_iterable(
+                storage.iter_batches(
+                    SIGNATURES, s, columns=["sample_id", "source", column], batch_size=16_384
+                )
+                for s in sources
+            ),
+            ids,
+            ["sample_id", "source", column],
         )
-    columns = ["sample_id", "source", "phash", "copy_embedding", "clip_embedding"]
-    tables = [storage.read_table(SIGNATURES, s, columns=columns) for s in sources]
-    signatures = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
-    sample_ids, sample_sources, vectors, column = sample_embeddings(
-        signatures, ids, params.embedding
-    )
-    stats: dict = {"embedding": column, "samples": len(ids), "clustered": len(sample_ids)}
+        sample_ids, sample_sources, vectors, column = sample_embeddings(
+            signatures, ids, column, picked=True
+        )
+    else:
+        sample_ids, sample_sources, vectors, column = [], [], np.zeros((0, 0), np.float32), "none"
+    ids_count = len(ids)
+    stats: dict = {"embedding": column, "samples": ids_count, "clustered": len(sample_ids)}
     if sample_ids:
         hierarchy = hierarchical_kmeans(vectors, params)
         paths = np.stack(hierarchy.labels, axis=1)

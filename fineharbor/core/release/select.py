@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fineharbor.core.concepts.kmeans import ConceptHierarchy
 from fineharbor.core.concepts.sampling import Flatness, balanced_sample, flatness
@@ -240,13 +241,15 @@ def balance(
     origin: dict[str, str],
 ) -> list[Flatness]:
     """Vo et al.'s balanced sampling over the candidates that have a concept; others pass."""
-    ids = clusters.column("sample_id").to_pylist()
-    rows = np.array([i for i, s in enumerate(ids) if s in candidates.turns], dtype=np.int64)
+    from fineharbor.core.dedup.clusters import list_matrix
+
+    ids = clusters.column("sample_id")
+    present = pc.is_in(ids, value_set=pa.array(list(candidates.turns), pa.string()))
+    rows = np.flatnonzero(present.to_numpy(zero_copy_only=False))
     if rows.size == 0:
         return []
-    paths = clusters.column("clusters").to_pylist()
-    n_levels = len(paths[0])
-    labels = [np.array([p[level] for p in paths], dtype=np.int64) for level in range(n_levels)]
+    paths = list_matrix(clusters.column("clusters"), np.int64)  # (samples, levels)
+    labels = [np.ascontiguousarray(paths[:, level]) for level in range(paths.shape[1])]
     hierarchy = ConceptHierarchy(
         labels,
         [int(level.max()) + 1 for level in labels],
@@ -255,11 +258,8 @@ def balance(
     policy = recipe.balancing
     target = policy.target_size or max(1, round(policy.target_fraction * rows.size))
     chosen = balanced_sample(hierarchy, target, policy.strategy, recipe.seed)
-    chosen_set = set(chosen.tolist())
-    for position, row in enumerate(rows.tolist()):
-        if position in chosen_set:
-            continue
-        sample_id = ids[row]
+    left = np.setdiff1d(np.arange(rows.size), chosen)
+    for sample_id in ids.take(pa.array(rows[left])).to_pylist():
         source = candidates.source_of.pop(sample_id)
         del candidates.turns[sample_id]
         left_out = {"sample_id": sample_id, "source": source, "origin_key": origin[sample_id]}
