@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import posixpath
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -41,6 +42,12 @@ class _Handler(SimpleHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        # a client that hangs up mid-response (the downloader stops reading an oversized or
+        # opted-out image) is expected, not a traceback on the demo's terminal
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @contextmanager
