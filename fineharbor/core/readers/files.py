@@ -17,9 +17,12 @@ bytes, images by the cleaning stage's sniffer and then by Pillow's own plugin id
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass
+
+from PIL import Image
 
 from fineharbor.core.cleaning.images import plugin_format, sniff_format
 
@@ -177,6 +180,21 @@ def identify(data: bytes) -> Identified:
     if pillow is not None:
         return Identified(pillow, True)
     return Identified(_text_or_unknown(data[:HEAD_BYTES]), False)
+
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions, with their dot, of the formats Pillow reads."""
+    Image.init()
+    return frozenset(Image.registered_extensions())
+
+
+def damaged_image(name: str, identified: Identified) -> bool:
+    """A file named as an image whose bytes are no known format: a damaged image, which the
+    cleaning stage names (``image_corrupt``, ``image_truncated``) with its sidecars kept, not an
+    unsupported file. Known non-image containers (ZIP, PDF, HTML...) stay what they are."""
+    suffix = os.path.splitext(name)[1].lower()
+    return identified.kind in ("unknown", "text") and suffix in image_extensions()
 
 
 def _text_or_unknown(head: bytes) -> str:

@@ -32,6 +32,7 @@ from fineharbor.core.readers.files import (
     FileRefused,
     Identified,
     RegularFile,
+    damaged_image,
     describe,
     identify,
     read_text,
@@ -137,7 +138,7 @@ def _read_group(
         except FileRefused as refusal:
             builder.reject(entry.key, refusal.reason, refusal.detail)
             continue
-        if identified.image and payload is not None:
+        if payload is not None and (identified.image or damaged_image(entry.name, identified)):
             images.append((entry, payload))
         else:
             builder.reject(entry.key, UNSUPPORTED_FILE, describe(entry.key, identified))

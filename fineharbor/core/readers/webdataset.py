@@ -30,8 +30,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from PIL import Image
-
 from fineharbor.core.config import IngestParams, Shard, WebDatasetSource
 from fineharbor.core.readers.common import (
     BatchBuilder,
@@ -52,6 +50,7 @@ from fineharbor.core.readers.files import (
     RegularFile,
     describe,
     identify,
+    image_extensions,
 )
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -76,7 +75,7 @@ def split_member_name(name: str) -> tuple[str, str] | None:
 
 
 def _image_extensions() -> frozenset[str]:
-    return frozenset(ext.lstrip(".") for ext in Image.registered_extensions())
+    return frozenset(ext.lstrip(".") for ext in image_extensions())
 
 
 def _is_text(extension: str) -> bool:

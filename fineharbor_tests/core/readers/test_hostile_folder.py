@@ -145,3 +145,22 @@ def test_raw_samples_metadata_states_files_seen(tmp_path):
     report = build_raw_samples(config, "pool", Storage(str(tmp_path / "home")))
     assert (report.kept, report.rejected, report.reasons) == (3, 1, {"unsupported_file": 1})
     assert report.extra == {"files_seen": 5, "sidecars": 1}
+
+
+def test_a_damaged_image_keeps_its_caption_and_is_named_by_cleaning(tmp_path):
+    """A `.jpg` whose bytes are no known format is a damaged image, not an unsupported file:
+    one row with its sidecar, which cleaning rejects as image_corrupt (one record, one outcome)."""
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    (folder / "x.jpg").write_bytes(bytes(range(256)) * 8)
+    (folder / "x.txt").write_text("a red bus parked on a quiet street at night")
+    (folder / "notes.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    src = make_source(tmp_path, reader="image_folder", location="pool")
+    kept, rejected, stats = read_whole(src)
+    assert [row["origin_key"] for row in kept] == ["x.jpg"]
+    assert '"txt": "a red bus' in kept[0]["record"]
+    assert reasons(rejected) == {"notes.zip": "unsupported_file"}
+    caption = "a red bus parked on a quiet street at night"
+    unified = {**kept[0], "source": "s", "texts": [{"user": "", "assistant": caption}]}
+    _, reject = process_row(unified, CleanParams(check_language=False))
+    assert reject["reason"] == "image_corrupt"
