@@ -157,6 +157,7 @@ def test_a_damaged_image_keeps_its_caption_and_is_named_by_cleaning(tmp_path):
     (folder / "notes.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
     src = make_source(tmp_path, reader="image_folder", location="pool")
     kept, rejected, stats = read_whole(src)
+    assert stats.files_seen == 3 and stats.sidecars == 1
     assert [row["origin_key"] for row in kept] == ["x.jpg"]
     assert '"txt": "a red bus' in kept[0]["record"]
     assert reasons(rejected) == {"notes.zip": "unsupported_file"}
