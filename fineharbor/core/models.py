@@ -90,6 +90,12 @@ WITHOUT_SCORING_CLIP = (
 )
 WITHOUT_SIGNAL = "scored_samples leaves {column} null"
 WITHOUT_TOKENIZER = "cleaned_samples counts turn tokens with the offline estimate"
+# A transformers model has no fallback: the step that loads it fails with this message.
+TRANSFORMERS_HOW = (
+    "Give a directory written by save_pretrained, or download it once where there is internet "
+    "(`hf download {name}`) into the Hugging Face cache (HF_HOME / HF_HUB_CACHE)"
+)
+FAILS_WITHOUT = "{step} fails when it loads it"
 
 
 def not_found(field: str, looked_at: str, how: str) -> str:
@@ -219,6 +225,7 @@ def missing_models(project: ProjectConfig, *, deep: bool = False) -> list[str]:
         if problem:
             missing.append(without(problem, WITHOUT_SCORING_CLIP))
     missing += _signal_models_missing(project, deep)
+    missing += _transformers_models_missing(project)
     tokenizer = stages.clean.tokenizer
     if tokenizer and not Path(tokenizer).expanduser().exists():
         how = (
@@ -257,6 +264,43 @@ def _signal_models_missing(project: ProjectConfig, deep: bool) -> list[str]:
                 without(problem, WITHOUT_SIGNAL.format(column="punsafe and aesthetic_score"))
             )
     return missing
+
+
+def transformers_model_present(name: str) -> bool:
+    """A save_pretrained directory, or a Hub name whose config is in the local cache."""
+    from huggingface_hub.errors import HFValidationError
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return (path / "config.json").is_file()
+    try:
+        return hub_cached(name, "config.json") is not None
+    except HFValidationError:  # a path that is not there, not a Hub name
+        return False
+
+
+def _transformers_models_missing(project: ProjectConfig) -> list[str]:
+    """The judge's in-process models and UniFilter's MLLM backbone, when configured to run."""
+    named: list[tuple[str, str, str]] = []
+    judge = project.stages.judge
+    if judge.backend == "transformers":
+        named.append(("stages.judge.text_model", judge.text_model, "the judge"))
+        if judge.vision_model:
+            named.append(("stages.judge.vision_model", judge.vision_model, "the judge"))
+    classifier = project.stages.quality_classifier
+    if classifier.architecture == "mllm":
+        for field_name in ("vision_model", "language_model"):
+            name = getattr(classifier.mllm, field_name)
+            field_path = f"stages.quality_classifier.mllm.{field_name}"
+            named.append((field_path, name, "quality_classifier"))
+    return [
+        without(
+            not_found(field_path, name, TRANSFORMERS_HOW.format(name=name)),
+            FAILS_WITHOUT.format(step=step),
+        )
+        for field_path, name, step in named
+        if not transformers_model_present(name)
+    ]
 
 
 _REPORTED: set[str] = set()

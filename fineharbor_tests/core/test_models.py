@@ -193,3 +193,34 @@ def test_a_cache_miss_wrapped_by_a_loader_is_recognised():
     except RuntimeError as wrapped:
         assert _cache_miss(wrapped)
     assert not _cache_miss(RuntimeError("a broken checkpoint"))
+
+
+def test_named_transformers_models_are_checked_at_load(offline, caplog):
+    """UniFilter's MLLM backbone and the in-process judge name transformers models: each one
+    absent is named with its field when the project file loads; a saved directory is not."""
+    from transformers import GPT2Config, GPT2Model
+
+    saved = offline / "tiny_lm"
+    GPT2Model(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16)).save_pretrained(saved)
+    text = PROJECT + (
+        "  judge:\n"
+        "    backend: transformers\n"
+        f"    text_model: {saved}\n"
+        "    vision_model: null\n"
+        "  quality_classifier:\n"
+        "    architecture: mllm\n"
+        "    mllm:\n"
+        f"      language_model: {saved}\n"
+        f"      vision_model: {offline}/no_such_tower\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="fineharbor.models"):
+        load_config(project_file(offline, text))
+    messages = [r.getMessage() for r in caplog.records if r.name == "fineharbor.models"]
+    (tower,) = [m for m in messages if "mllm" in m]
+    assert tower.startswith("stages.quality_classifier.mllm.vision_model: not found (")
+    assert str(offline / "no_such_tower") in tower and "quality_classifier fails" in tower
+    assert not [m for m in messages if "language_model" in m or "judge" in m]
+    # The published defaults are Hub names: absent from an empty cache, named with `hf download`.
+    config = load_config(project_file(offline, PROJECT + "  judge: {backend: transformers}\n"))
+    judged = [m for m in models.missing_models(config) if m.startswith("stages.judge")]
+    assert len(judged) == 2 and "hf download Qwen/Qwen3-32B" in judged[0]
