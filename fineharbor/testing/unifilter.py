@@ -58,6 +58,23 @@ def build_tokenizer():
     )
 
 
+def tiny_decoder_config(config_class, tokenizer, *, max_positions: int):
+    """A 2-layer decoder of width 32 (4 heads, 2 key-value heads) for ``tokenizer``'s vocabulary,
+    of any transformers causal-LM config class (Qwen2Config, LlamaConfig, ...)."""
+    return config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+
+
 def save_tiny_mllm(root: Path, *, vision: str = "siglip") -> tuple[Path, Path]:
     """(vision tower directory, language model directory) under ``root``: a 1-layer SigLIP (or
     CLIP) vision tower on 32 px images with 4 x 4 patches and a 2-layer Qwen2 of width 32."""
@@ -95,18 +112,7 @@ def save_tiny_mllm(root: Path, *, vision: str = "siglip") -> tuple[Path, Path]:
     processor.save_pretrained(vision_dir)
 
     tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
+    config = tiny_decoder_config(Qwen2Config, tokenizer, max_positions=1024)
     lm_dir = root / "tiny-qwen2"
     Qwen2ForCausalLM(config).save_pretrained(lm_dir)
     tokenizer.save_pretrained(lm_dir)

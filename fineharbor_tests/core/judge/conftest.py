@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from fineharbor.core.schema import UNIFIED_SCHEMA
+from fineharbor.testing.unifilter import tiny_decoder_config
 from fineharbor_tests.conftest import make_image_bytes
 
 SPECIALS = ["<pad>", "<eos>", "<unk>", "<|im_start|>", "<|im_end|>", "<image>"]
@@ -50,18 +51,7 @@ def build_tokenizer():
 def _text_config(tokenizer):
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
+    return tiny_decoder_config(LlamaConfig, tokenizer, max_positions=4096)
 
 
 def _always_four(language_model) -> None:
