@@ -241,3 +241,44 @@ def test_production_instance_is_a_valid_dagster_instance(services, tmp_path, mon
         pytest.fail(f"docker/dagster.yaml connects with {url.split('://')[0]}:// ({error})")
     settings = ref.settings
     assert settings["concurrency"]["runs"]["max_concurrent_runs"] > 0
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """Compose's merge of an override file: mappings merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merged(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def test_gpu_override_runs_the_code_location_on_the_cuda_image_with_a_gpu(compose):
+    override = yaml.safe_load((DOCKER / "docker-compose.gpu.yml").read_text())
+    services = _merged(compose, override)["services"]
+    code = services["code"]
+    assert code["build"]["dockerfile"] == "docker/Dockerfile.cuda"
+    (device,) = code["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    # the image the code service builds is the one the webserver and daemon run
+    assert {services[s]["image"] for s in DAGSTER_SERVICES} == {code["image"]}
+    cpu, cuda = (parse_dockerfile(DOCKER / n) for n in ("Dockerfile", "Dockerfile.cuda"))
+    assert sorted(map(str, cuda.copies)) == sorted(map(str, cpu.copies))
+
+
+def test_gpu_pool_steps_request_a_gpu_on_kubernetes():
+    import dagster as dg
+
+    from fineharbor.core.pipeline import STAGES
+    from fineharbor.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for spec in STAGES:
+        node = graph.get(dg.AssetKey(spec.name))
+        k8s = (node.assets_def.op.tags or {}).get("dagster-k8s/config")
+        if spec.pool == "gpu":
+            limits = json.loads(k8s)["container_config"]["resources"]["limits"]
+            assert limits == {"nvidia.com/gpu": "1"}, spec.name
+        else:
+            assert k8s is None, spec.name

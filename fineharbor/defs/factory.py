@@ -59,9 +59,19 @@ class ProgressLog:
             self.log.info(f"{self.what}: {self.done} rows ({rate:.0f} rows/s)")
 
 
+# Under dagster-k8s's k8s_job_executor each step is a pod: a `gpu`-pool step's pod asks for one
+# GPU. Executors that run steps in one process or container ignore the tag.
+K8S_GPU_STEP = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+    }
+}
+
+
 def _declared(spec: Stage) -> dict:
     """The `dg.asset` arguments the stage table fixes."""
     return {
+        "op_tags": K8S_GPU_STEP if spec.pool == "gpu" else None,
         "name": spec.name,
         "group_name": spec.group,
         "kinds": set(spec.kinds),
