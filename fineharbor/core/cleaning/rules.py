@@ -29,6 +29,7 @@ from fineharbor.core.cleaning.reasons import (
     ASPECT_RATIO,
     CAPTION_WORD_COUNT,
     DECOMPRESSION_BOMB,
+    DOCUMENT_SEGMENTS_MISMATCH,
     DOMAIN_DENIED,
     DOMAIN_NOT_ALLOWED,
     GUI_ACTION_UNPARSEABLE,
@@ -343,6 +344,9 @@ RULES: tuple[Rule, ...] = (
          "min_gray_std"),
     Rule((IMAGE_BLURRY,), "image", "decoded", "check_blur", _blur,
          "DanQing visual fidelity: variance of the Laplacian under min_laplacian_var"),
+    Rule((DOCUMENT_SEGMENTS_MISMATCH,), "text", "decoded", None, None,
+         "interleaved documents: a rewritten text no longer splits into the document's "
+         "paragraphs (segments would disagree with texts)"),
     Rule((IMAGE_DECODE_TIMEOUT,), "image", "pool", None, None,
          "an image's decode overran decode_timeout_s (its worker is killed)"),
     Rule((WORKER_CRASHED,), "sample", "pool", None, None,
