@@ -17,7 +17,15 @@ from fineharbor.core.config import ProjectConfig, fineharbor_home, load_config
 from fineharbor.demo.generate import generate_demo
 from fineharbor.demo.server import serve_directory
 
-GENERATOR_FILES = ("charts.py", "generate.py", "gui.py", "images.py", "scenes.py", "server.py")
+GENERATOR_FILES = (
+    "charts.py",
+    "documents.py",
+    "generate.py",
+    "gui.py",
+    "images.py",
+    "scenes.py",
+    "server.py",
+)
 """The modules whose code decides the generated demo sources."""
 
 

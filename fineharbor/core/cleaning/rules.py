@@ -147,7 +147,9 @@ class Sample:
                 prose_answers,
                 "\n".join(users + answers),
                 "\n".join(users + prose_answers),
-                text.is_caption_pair(self.turns, self.source, self.params),
+                # a document's one turn (no question) is its whole text, not a caption
+                text.is_caption_pair(self.turns, self.source, self.params)
+                and self.row.get("segments") is None,
             )
         return self._texts
 

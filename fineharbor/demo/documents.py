@@ -1,0 +1,78 @@
+"""The demo's interleaved source: web documents (a title, then scene images each followed by the
+paragraph that describes it) in OBELICS Parquet, with planted bad documents.
+
+Bad documents are what UniFilter's classifier must rank low, not what a cleaning rule rejects:
+``shuffled_image_positions`` (the images rotated by one position, so every paragraph describes
+the image before another), ``boilerplate_text`` (the paragraphs replaced by web page chrome) and
+``unrelated_images`` (the images replaced by scenes the paragraphs do not describe).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fineharbor.testing.documents import document, write_obelics_parquet
+
+SHUFFLED = "shuffled_image_positions"
+BOILERPLATE = "boilerplate_text"
+UNRELATED = "unrelated_images"
+DOCUMENT_DEFECTS = (SHUFFLED, BOILERPLATE, UNRELATED)
+FILE_NAME = "documents-00000.parquet"
+
+_TITLES = (
+    "Notes from a walk through the old town",
+    "What we saw at the weekend market",
+    "A photo diary of the harbour festival",
+    "Pictures from our trip to the coast",
+    "Sketches of everyday scenes",
+)
+_BOILERPLATE = (
+    "Accept all cookies to continue. We use cookies to improve your experience.",
+    "Subscribe to our newsletter! Click here to sign up and never miss an update.",
+    "Share on Facebook | Share on Twitter | Email this page | Print",
+    "Copyright 2024. All rights reserved. Terms of use | Privacy policy | Contact us",
+    "Advertisement. Continue reading below. Sponsored content from our partners.",
+)
+
+
+def _key(index: int) -> str:
+    return f"doc-{index:05d}"
+
+
+def build_documents(generator, count: int, rates: dict[str, float]) -> list[dict]:
+    """``count`` OBELICS rows (``_defect`` names a planted defect, None for a good document).
+    ``generator`` is the demo's record generator: its scenes and captions, its seeded rngs."""
+    plan = generator.rng("documents", "plan")
+    order = plan.permutation(count)
+    defect_of: dict[int, str] = {}
+    start = 0
+    for defect in DOCUMENT_DEFECTS:
+        n = max(1, round(rates[defect] * count))
+        defect_of.update({int(i): defect for i in order[start : start + n]})
+        start += n
+    rows = []
+    for index in range(count):
+        rng = generator.rng("documents", index)
+        defect = defect_of.get(index)
+        visuals = [generator.clean_visual(rng, "scene") for _ in range(int(rng.integers(2, 4)))]
+        images = [v.data for v in visuals]
+        paragraphs = [generator.caption_for(v.content, rng) for v in visuals]
+        if defect == SHUFFLED:
+            images = images[1:] + images[:1]
+        elif defect == UNRELATED:
+            images = [generator.clean_visual(rng, "scene").data for _ in images]
+        elif defect == BOILERPLATE:
+            picks = rng.choice(len(_BOILERPLATE), size=len(paragraphs), replace=False)
+            paragraphs = [_BOILERPLATE[int(i)] for i in picks]
+        parts: list[bytes | str] = [f"{_TITLES[index % len(_TITLES)]}, part {index + 1}."]
+        for image, text in zip(images, paragraphs, strict=True):
+            parts += [image, text]
+        row = document(_key(index), parts, {"url": f"https://demo.invalid/{_key(index)}"})
+        rows.append({**row, "_defect": defect})
+    return rows
+
+
+def write_documents(root: Path, rows: list[dict]) -> None:
+    write_obelics_parquet(
+        root / FILE_NAME, [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    )
