@@ -451,6 +451,11 @@ def build_release_mix(
             embedding,
             [f.as_dict() for f in flat],
             cleaning_notes=[project.clean_params().web_pair_scope()],
+            interleaved=[
+                s
+                for s in configs
+                if recipe.interleaved_layout == "obelics" and is_interleaved_source(project, s)
+            ],
         )
         card = render_card(recipe, tables, facts).encode()
         files.write("README.md", card, 0, "card")
