@@ -9,10 +9,15 @@ the image before another), ``boilerplate_text`` (the paragraphs replaced by web 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from fineharbor.core.schema import make_sample_id
 from fineharbor.testing.documents import document, write_obelics_parquet
 
+SOURCE = "web_documents"
 SHUFFLED = "shuffled_image_positions"
 BOILERPLATE = "boilerplate_text"
 UNRELATED = "unrelated_images"
@@ -76,3 +81,38 @@ def write_documents(root: Path, rows: list[dict]) -> None:
     write_obelics_parquet(
         root / FILE_NAME, [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     )
+
+
+@dataclass(frozen=True)
+class DocumentAuc:
+    """ROC AUC of a score column: good documents above planted bad ones (1.0: all of them)."""
+
+    column: str
+    auc: float
+    good: int
+    bad: int
+
+
+def planted_document_aucs(storage, truth_path: str | Path) -> list[DocumentAuc]:
+    """From ``scored_samples`` of the demo's documents, per score column that is not null
+    (``quality_score`` from the configured UniFilter classifier, ``clip_score``)."""
+    from fineharbor.core.quality.metrics import roc_auc
+
+    truth = pq.read_table(truth_path, columns=["source", "origin_key", "defect"]).to_pylist()
+    bad = {
+        make_sample_id(SOURCE, r["origin_key"])
+        for r in truth
+        if r["source"] == SOURCE and r["defect"] in DOCUMENT_DEFECTS
+    }
+    if not storage.has_partition("scored_samples", SOURCE):
+        return []
+    results = []
+    for column in ("quality_score", "clip_score"):
+        table = storage.read_table("scored_samples", SOURCE, columns=["sample_id", column])
+        ids, values = table.column("sample_id").to_pylist(), table.column(column).to_pylist()
+        scored = [(i, v) for i, v in zip(ids, values, strict=True) if v is not None]
+        good = [v for i, v in scored if i not in bad]
+        planted = [v for i, v in scored if i in bad]
+        if good and planted:
+            results.append(DocumentAuc(column, roc_auc(good, planted), len(good), len(planted)))
+    return results

@@ -44,6 +44,7 @@ from fineharbor.demo import charts, gui, images, scenes
 from fineharbor.demo.charts import Chart
 from fineharbor.demo.documents import DOCUMENT_DEFECTS, build_documents, write_documents
 from fineharbor.demo.documents import FILE_NAME as DOCUMENTS_FILE
+from fineharbor.demo.documents import SOURCE as DOCS
 from fineharbor.demo.scenes import Scene
 
 # --------------------------------------------------------------------------- defect codes
@@ -90,7 +91,6 @@ FOLDER = "folder_captions"
 AGUVIS = "gui_aguvis"
 ANDROID = "gui_android"
 BENCH_VQA = "bench_vqa"
-DOCS = "web_documents"
 TRAIN_SOURCES = (CAULDRON, LLAVA, WDS, LAION, FOLDER, AGUVIS, ANDROID, DOCS)
 SOURCES = (*TRAIN_SOURCES, BENCH_VQA)
 

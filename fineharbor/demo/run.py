@@ -152,6 +152,15 @@ def print_planted_defect_scores(config, state: Path) -> None:
             f"\nplanted watermarks (scored_samples.pwatermark): ROC AUC {marks.auc:.3f} "
             f"({marks.watermarked} watermarked vs {marks.clean} clean samples of their sources)"
         )
+    from fineharbor.demo.documents import planted_document_aucs
+
+    for doc in planted_document_aucs(
+        Storage(fineharbor_home()), state / "demo" / "ground_truth.parquet"
+    ):
+        print(
+            f"planted bad documents (scored_samples.{doc.column}): ROC AUC {doc.auc:.3f} "
+            f"({doc.good} good vs {doc.bad} shuffled / boilerplate / unrelated-image documents)"
+        )
 
 
 def train_demo_clip_model(config, state: Path, seed: int, steps: int | None) -> None:

@@ -64,3 +64,36 @@ def test_planted_documents_are_what_the_truth_says(tmp_path):
     for k, r in read_source(source, IngestParams()):
         kept, rejected = kept + k.num_rows, rejected + r.num_rows
     assert (kept, rejected) == (8, 0)
+
+
+def test_planted_document_aucs_rank_bad_documents_from_scored_samples(tmp_path):
+    import pyarrow as pa
+
+    from fineharbor.core.schema import make_sample_id
+    from fineharbor.core.storage import Storage
+    from fineharbor.demo.documents import SOURCE, planted_document_aucs
+    from fineharbor.demo.generate import GT_SCHEMA
+
+    truth = [
+        {"source": SOURCE, "origin_key": key, "defect": defect}
+        for key, defect in (("doc-00001", SHUFFLED), ("doc-00003", BOILERPLATE))
+    ]
+    truth.append({"source": "other", "origin_key": "doc-00000", "defect": "watermark"})
+    pq.write_table(pa.Table.from_pylist(truth, schema=GT_SCHEMA), tmp_path / "truth.parquet")
+    storage = Storage(str(tmp_path / "home"))
+    schema = pa.schema(
+        [("sample_id", pa.string()), ("quality_score", pa.float32()), ("clip_score", pa.float32())]
+    )
+    scores = [2.5, 0.5, 2.0, 1.0, None]  # doc-00001 and doc-00003 are the planted ones
+    rows = [
+        {
+            "sample_id": make_sample_id(SOURCE, f"doc-{i:05d}"),
+            "quality_score": s,
+            "clip_score": None,
+        }
+        for i, s in enumerate(scores)
+    ]
+    with storage.writer("scored_samples", SOURCE, schema) as writer:
+        writer.write(pa.Table.from_pylist(rows, schema=schema))
+    (result,) = planted_document_aucs(storage, tmp_path / "truth.parquet")
+    assert (result.column, result.auc, result.good, result.bad) == ("quality_score", 1.0, 2, 2)
