@@ -31,13 +31,27 @@ _TITLES = (
     "Pictures from our trip to the coast",
     "Sketches of everyday scenes",
 )
+# Page chrome, drawn a few fragments per paragraph: two boilerplate documents share fragments,
+# as real pages do, but not enough text to be near duplicates of each other.
 _BOILERPLATE = (
-    "Accept all cookies to continue. We use cookies to improve your experience.",
-    "Subscribe to our newsletter! Click here to sign up and never miss an update.",
-    "Share on Facebook | Share on Twitter | Email this page | Print",
-    "Copyright 2024. All rights reserved. Terms of use | Privacy policy | Contact us",
-    "Advertisement. Continue reading below. Sponsored content from our partners.",
+    "Accept all cookies to continue.",
+    "We use cookies to improve your experience on our site.",
+    "Subscribe to our newsletter and never miss an update!",
+    "Click here to sign up for free today.",
+    "Share on Facebook, share on Twitter, or email this page to a friend.",
+    "Print this page.",
+    "Copyright 2024, all rights reserved.",
+    "Terms of use and privacy policy apply.",
+    "Contact us for advertising opportunities.",
+    "Advertisement: continue reading below.",
+    "Sponsored content from our partners.",
+    "Log in or create an account to leave a comment.",
+    "Back to top.",
+    "Skip to main content.",
+    "Read more stories like this in our archive.",
+    "Follow us for the latest news and offers.",
 )
+_FRAGMENTS_PER_PARAGRAPH = 3
 
 
 def _key(index: int) -> str:
@@ -67,8 +81,12 @@ def build_documents(generator, count: int, rates: dict[str, float]) -> list[dict
         elif defect == UNRELATED:
             images = [generator.clean_visual(rng, "scene").data for _ in images]
         elif defect == BOILERPLATE:
-            picks = rng.choice(len(_BOILERPLATE), size=len(paragraphs), replace=False)
-            paragraphs = [_BOILERPLATE[int(i)] for i in picks]
+            size = _FRAGMENTS_PER_PARAGRAPH
+            picks = rng.choice(len(_BOILERPLATE), size=size * len(paragraphs), replace=False)
+            paragraphs = [
+                " ".join(_BOILERPLATE[int(i)] for i in picks[k : k + size])
+                for k in range(0, len(picks), size)
+            ]
         parts: list[bytes | str] = [f"{_TITLES[index % len(_TITLES)]}, part {index + 1}."]
         for image, text in zip(images, paragraphs, strict=True):
             parts += [image, text]
