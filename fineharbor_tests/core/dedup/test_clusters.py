@@ -277,7 +277,7 @@ def test_compact_samples_reads_only_unified_columns():
 def test_documents_are_deduplicated_per_document_text():
     """Two interleaved documents with the same text and other images are text duplicates; two
     caption pairs with the same caption are not (their images decide)."""
-    from fineharbor.core.dedup.clusters import TEXT_EXACT, _RANK, sample_edges
+    from fineharbor.core.dedup.clusters import _RANK, TEXT_EXACT, sample_edges
     from fineharbor.core.dedup.params import DedupParams
 
     text = "A long enough paragraph about the harbour.\n\nAnd another one after the image."
@@ -290,7 +290,9 @@ def test_documents_are_deduplicated_per_document_text():
         schema=SAMPLE_SCHEMA,
     )  # fmt: skip
     edges = [e for e in sample_edges(samples, DedupParams()) if e.a.size]
-    pairs = {(int(a), int(b), int(r)) for e in edges for a, b, r in zip(e.a, e.b, e.rank)}
+    pairs = {
+        (int(a), int(b), int(r)) for e in edges for a, b, r in zip(e.a, e.b, e.rank, strict=True)
+    }
     assert (0, 1, _RANK[TEXT_EXACT]) in pairs
     assert not {p for p in pairs if 2 in p[:2] or 3 in p[:2]}
 
