@@ -266,13 +266,20 @@ def test_demo_release_loads_and_holds_no_rejected_or_benchmark_sample(demo_home)
     home, _ = demo_home
     config = load_config(REPO / "fineharbor.yaml")
     root = home / "releases" / config.release.name / config.release.version
+    shards = sorted(root.glob("data/*/*.parquet"))
+    documents = [str(p) for p in shards if p.parent.name == "web_documents"]
     loaded = datasets.load_dataset(
-        "parquet", data_files=str(root / "data" / "*" / "*.parquet"), split="train"
+        "parquet", data_files=[str(p) for p in shards if str(p) not in documents], split="train"
     )
     assert loaded.column_names[:3] == ["images", "texts", "source"]
+    # the interleaved source: OBELICS layout, images and texts aligned with nulls
+    obelics = datasets.load_dataset("parquet", data_files=documents, split="train")
+    assert obelics.column_names[:3] == ["images", "texts", "metadata"] and obelics.num_rows
+    for row in obelics:
+        assert [i is None for i in row["images"]] == [t is not None for t in row["texts"]]
     assert {"relevance_ratings", "relevance_min", "formatting_min"} <= set(loaded.column_names)
-    released = set(loaded["sample_id"])
-    assert len(released) == len(loaded) >= config.release.min_samples
+    released = set(loaded["sample_id"]) | set(obelics["sample_id"])
+    assert len(released) == len(loaded) + len(obelics) >= config.release.min_samples
     benchmarks = {s.name for s in config.sources if s.role == "benchmark"}
     assert not set(loaded["source"]) & benchmarks
     with duckdb.connect() as connection:

@@ -105,7 +105,10 @@ class MappingSpec(StrictModel):
     Paths are dotted (``meta.caption``) and may index lists (``turns.0.text``).
     """
 
-    preset: Literal["finevision", "cauldron", "llava", "laion", "webdataset_caption"] | None = None
+    preset: (
+        Literal["finevision", "cauldron", "llava", "laion", "webdataset_caption", "interleaved"]
+        | None
+    ) = None
     images: str | None = Field(None, description="field holding image references or structs")
     texts: str | None = Field(None, description="list of {user, assistant} turns")
     conversations: str | None = Field(None, description="ShareGPT list of {from, value}")
@@ -229,6 +232,31 @@ class ImageFolderSource(_SourceBase):
     reader: Literal["image_folder"]
 
 
+class InterleavedSource(_SourceBase):
+    """Interleaved image-text documents: OBELICS / MINT-1T HTML Parquet (``images`` and
+    ``texts`` aligned lists, ``metadata``) or MINT-style JSONL; kept in document order
+    (``segments``) and released in the OBELICS layout (docs/sources.md)."""
+
+    reader: Literal["interleaved"]
+    image_root: str | None = Field(None, description="directory image paths are relative to")
+    mapping: MappingSpec = Field(
+        default_factory=lambda: MappingSpec(preset="interleaved"),
+        description="always the interleaved preset (origin_key may be set)",
+    )
+
+    @field_validator("mapping")
+    @classmethod
+    def _interleaved_mapping(cls, mapping: MappingSpec) -> MappingSpec:
+        if mapping.image_only:
+            return mapping.model_copy(update={"preset": "interleaved"})
+        if mapping.preset != "interleaved":
+            raise ValueError(
+                "an interleaved source maps its documents itself: leave mapping out or set "
+                "preset: interleaved (origin_key may be given)"
+            )
+        return mapping
+
+
 class HfDatasetSource(_SourceBase):
     """`datasets.load_dataset` by name (Hub) or by builder + data files (local)."""
 
@@ -245,7 +273,8 @@ SourceConfig = Annotated[
     | WebDatasetSource
     | UrlListSource
     | ImageFolderSource
-    | HfDatasetSource,
+    | HfDatasetSource
+    | InterleavedSource,
     Field(discriminator="reader"),
 ]
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from fineharbor.core.config import MappingSpec
+from fineharbor.core.interleaved import DocumentError, document_segments, document_turns
 from fineharbor.core.readers.fields import get_path, has_path
 from fineharbor.core.schema import REJECT_SCHEMA, UNIFIED_SCHEMA, reject_row
 
@@ -40,7 +41,8 @@ class MappingError(ValueError):
 class TextRule:
     """The resolved text rule of a mapping: exactly one kind with its field paths."""
 
-    kind: str  # "texts" | "conversations" | "qa" | "caption" | "none" (image-only)
+    # "texts" | "conversations" | "qa" | "caption" | "interleaved" | "none" (image-only)
+    kind: str
     fields: tuple[str, ...]
 
 
@@ -60,6 +62,8 @@ def resolve_rule(mapping: MappingSpec) -> TextRule:
     if mapping.caption:
         return TextRule("caption", (mapping.caption,))
     preset = mapping.preset
+    if preset == "interleaved":
+        return TextRule("interleaved", ("texts",))
     if preset in ("finevision", "cauldron"):
         return TextRule("texts", ("texts",))
     if preset == "llava":
@@ -183,9 +187,15 @@ def map_batch(raw: pa.RecordBatch | pa.Table, mapping: MappingSpec) -> tuple[pa.
     kept, rejected = [], []
     for row in raw.to_pylist():
         images = row["images"] or []
+        document: dict = {}
         try:
-            turns = map_record(json.loads(row["record"]), len(images), mapping, rule)
-        except MappingError as error:
+            record = json.loads(row["record"])
+            if rule.kind == "interleaved":
+                document = _document(record, len(images))
+                turns = document_turns(document["segments"])
+            else:
+                turns = map_record(record, len(images), mapping, rule)
+        except (MappingError, DocumentError) as error:
             rejected.append(
                 reject_row(row["source"], row["origin_key"], error.reason, error.detail)
             )
@@ -205,9 +215,25 @@ def map_batch(raw: pa.RecordBatch | pa.Table, mapping: MappingSpec) -> tuple[pa.
                 "origin_key": row["origin_key"],
                 "images": images,
                 "texts": turns,
+                **document,
             }
         )
     return (
         pa.Table.from_pylist(kept, schema=UNIFIED_SCHEMA),
         pa.Table.from_pylist(rejected, schema=REJECT_SCHEMA),
     )
+
+
+def _document(record: dict, image_count: int) -> dict:
+    """The segments and metadata of an interleaved document record (the interleaved reader's
+    ``texts`` aligned list, null at each image position)."""
+    texts = record.get("texts")
+    if not isinstance(texts, list):
+        raise MappingError("unmappable_record", "field 'texts' is not a list")
+    segments = document_segments(texts, image_count)
+    if not any(s["text"] is not None for s in segments) and not image_count:
+        raise MappingError("empty_sample", "the document holds no text and no image")
+    metadata = record.get("metadata")
+    if metadata is not None and not isinstance(metadata, str):
+        metadata = json.dumps(metadata, ensure_ascii=False)
+    return {"segments": segments, "metadata": metadata}

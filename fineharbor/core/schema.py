@@ -14,6 +14,9 @@ import pyarrow as pa
 # Hugging Face `datasets` Image feature, stored undecoded.
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 TURN_TYPE = pa.struct([("user", pa.string()), ("assistant", pa.string())])
+# One position of an interleaved document: an index into `images` (text null) or a paragraph
+# (image null). See fineharbor.core.interleaved.
+SEGMENT_TYPE = pa.struct([("image", pa.int32()), ("text", pa.string())])
 
 PROVENANCE_FIELDS = [
     pa.field("sample_id", pa.string(), nullable=False),
@@ -37,6 +40,10 @@ UNIFIED_SCHEMA = pa.schema(
         *PROVENANCE_FIELDS,
         pa.field("images", pa.list_(IMAGE_TYPE)),
         pa.field("texts", pa.list_(TURN_TYPE)),
+        # interleaved documents only (null for caption and chat samples): document order and
+        # the document's metadata JSON, as OBELICS / MINT-1T publish them
+        pa.field("segments", pa.list_(SEGMENT_TYPE)),
+        pa.field("metadata", pa.string()),
     ]
 )
 

@@ -42,6 +42,9 @@ import pyarrow.parquet as pq
 
 from fineharbor.demo import charts, gui, images, scenes
 from fineharbor.demo.charts import Chart
+from fineharbor.demo.documents import DOCUMENT_DEFECTS, build_documents, write_documents
+from fineharbor.demo.documents import FILE_NAME as DOCUMENTS_FILE
+from fineharbor.demo.documents import SOURCE as DOCS
 from fineharbor.demo.scenes import Scene
 
 # --------------------------------------------------------------------------- defect codes
@@ -65,10 +68,13 @@ BROKEN_URL = "broken_url"
 NOAI = "noai_url"
 GUI_BAD = "gui_action_unparseable"
 WATERMARK = "watermark"  # a clean pair whose image carries a visible watermark (pwatermark)
+# bad interleaved documents (fineharbor.demo.documents): for the quality classifier to rank low
+SHUFFLED_DOC, BOILERPLATE_DOC, UNRELATED_DOC = DOCUMENT_DEFECTS
 
 DEFECTS = (
     CORRUPT, TRUNCATED, SMALL, ASPECT, EXACT, ND_RESIZE, ND_JPEG, ND_CROP, ND_FLIP,
     MISMATCH, SHORT, FOREIGN, BENCH, MALFORMED, MISSING, BROKEN_URL, NOAI, GUI_BAD, WATERMARK,
+    *DOCUMENT_DEFECTS,
 )  # fmt: skip
 NEAR_DUPLICATES = {ND_RESIZE: "resize", ND_JPEG: "jpeg", ND_CROP: "crop", ND_FLIP: "flip"}
 # Groups, for the stages that must catch them.
@@ -85,7 +91,7 @@ FOLDER = "folder_captions"
 AGUVIS = "gui_aguvis"
 ANDROID = "gui_android"
 BENCH_VQA = "bench_vqa"
-TRAIN_SOURCES = (CAULDRON, LLAVA, WDS, LAION, FOLDER, AGUVIS, ANDROID)
+TRAIN_SOURCES = (CAULDRON, LLAVA, WDS, LAION, FOLDER, AGUVIS, ANDROID, DOCS)
 SOURCES = (*TRAIN_SOURCES, BENCH_VQA)
 
 # Records at scale 1.0 (gui_android: episodes of 3–4 steps, so about 175 steps).
@@ -98,6 +104,7 @@ BASE_RECORDS = {
     AGUVIS: 160,
     ANDROID: 50,
     BENCH_VQA: 120,
+    DOCS: 100,
 }
 MIN_RECORDS = {
     CAULDRON: 30,
@@ -108,6 +115,7 @@ MIN_RECORDS = {
     AGUVIS: 12,
     ANDROID: 5,
     BENCH_VQA: 16,
+    DOCS: 30,
 }
 
 _ND = {ND_RESIZE: 0.02, ND_JPEG: 0.02, ND_CROP: 0.02, ND_FLIP: 0.02}
@@ -127,6 +135,7 @@ DEFECT_RATES: dict[str, dict[str, float]] = {
              WATERMARK: 0.02},
     AGUVIS: {GUI_BAD: 0.03, TRUNCATED: 0.02},
     ANDROID: {GUI_BAD: 0.03, CORRUPT: 0.02},
+    DOCS: {SHUFFLED_DOC: 0.04, BOILERPLATE_DOC: 0.04, UNRELATED_DOC: 0.04},
 }  # fmt: skip
 
 SHORT_TEXTS = ("img", "pic", "IMG", "jpg", "pic1", "a", "?", "ok", "foto", "DSC", "img2", "--")
@@ -794,6 +803,7 @@ SOURCE_LOCATIONS = {
     AGUVIS: f"{AGUVIS}/steps.jsonl",
     ANDROID: ANDROID,
     BENCH_VQA: BENCH_VQA,
+    DOCS: f"{DOCS}/{DOCUMENTS_FILE}",
 }
 
 
@@ -930,6 +940,7 @@ def _generate(
         g.assign_keys(source)
     gui_rows = _finish_gui_worker(gui_worker) if gui_worker is not None else None
     aguvis_rows, android_rows = gui_rows or _build_gui(seed, scale, base_url)
+    document_rows = build_documents(g, record_count(DOCS, scale), DEFECT_RATES[DOCS])
 
     for source in SOURCES:
         (staging / source).mkdir()
@@ -940,6 +951,7 @@ def _generate(
     _write_folder(staging / FOLDER, g.records[FOLDER])
     _write_aguvis(staging / AGUVIS, aguvis_rows)
     _write_android(staging / ANDROID, android_rows)
+    write_documents(staging / DOCS, document_rows)
     _write_finevision(
         staging / BENCH_VQA / "test-00000-of-00001.parquet", g.records[BENCH_VQA], BENCH_VQA
     )
@@ -959,7 +971,12 @@ def _generate(
                         "transform": rec.transform,
                     }
                 )
-    for source, rows, key in ((AGUVIS, aguvis_rows, "id"), (ANDROID, android_rows, "step_id")):
+    keyed = (
+        (AGUVIS, aguvis_rows, "id"),
+        (ANDROID, android_rows, "step_id"),
+        (DOCS, document_rows, "id"),
+    )
+    for source, rows, key in keyed:
         for row in rows:
             if row["_defect"] is not None:
                 gt.append(
@@ -975,6 +992,7 @@ def _generate(
     records = {s: len(g.records[s]) for s in (CAULDRON, LLAVA, WDS, LAION, FOLDER)}
     records[AGUVIS] = len(aguvis_rows)
     records[ANDROID] = len(android_rows)
+    records[DOCS] = len(document_rows)
     records[BENCH_VQA] = len(g.records[BENCH_VQA])
     records = {s: records[s] for s in SOURCES}
     by_source: dict[str, dict[str, int]] = {s: {} for s in SOURCES}

@@ -17,7 +17,15 @@ from fineharbor.core.config import ProjectConfig, fineharbor_home, load_config
 from fineharbor.demo.generate import generate_demo
 from fineharbor.demo.server import serve_directory
 
-GENERATOR_FILES = ("charts.py", "generate.py", "gui.py", "images.py", "scenes.py", "server.py")
+GENERATOR_FILES = (
+    "charts.py",
+    "documents.py",
+    "generate.py",
+    "gui.py",
+    "images.py",
+    "scenes.py",
+    "server.py",
+)
 """The modules whose code decides the generated demo sources."""
 
 
@@ -143,6 +151,15 @@ def print_planted_defect_scores(config, state: Path) -> None:
         print(
             f"\nplanted watermarks (scored_samples.pwatermark): ROC AUC {marks.auc:.3f} "
             f"({marks.watermarked} watermarked vs {marks.clean} clean samples of their sources)"
+        )
+    from fineharbor.demo.documents import planted_document_aucs
+
+    for doc in planted_document_aucs(
+        Storage(fineharbor_home()), state / "demo" / "ground_truth.parquet"
+    ):
+        print(
+            f"planted bad documents (scored_samples.{doc.column}): ROC AUC {doc.auc:.3f} "
+            f"({doc.good} good vs {doc.bad} shuffled / boilerplate / unrelated-image documents)"
         )
 
 

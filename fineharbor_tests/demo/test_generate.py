@@ -125,6 +125,12 @@ def _read_source(root: Path, source: str) -> dict[str, dict]:
                     "images": [path.read_bytes()],
                     "text": path.with_suffix(".txt").read_text(encoding="utf-8"),
                 }
+    elif source == "web_documents":
+        for rec in pq.read_table(d / "documents-00000.parquet").to_pylist():
+            out[rec["id"]] = {
+                "images": [im["bytes"] for im in rec["images"] if im is not None],
+                "text": " ".join(t for t in rec["texts"] if t is not None),
+            }
     else:  # pragma: no cover
         raise AssertionError(source)
     return out

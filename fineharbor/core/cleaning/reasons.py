@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+# interleaved documents: a rewritten text no longer splits into the document's paragraphs
+from fineharbor.core.interleaved import DOCUMENT_SEGMENTS_MISMATCH as DOCUMENT_SEGMENTS_MISMATCH
+
 # image integrity (always on: a sample whose image cannot be decoded safely is never kept)
 IMAGE_MISSING = "image_missing"
 IMAGE_CORRUPT = "image_corrupt"

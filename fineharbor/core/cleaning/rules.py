@@ -29,6 +29,7 @@ from fineharbor.core.cleaning.reasons import (
     ASPECT_RATIO,
     CAPTION_WORD_COUNT,
     DECOMPRESSION_BOMB,
+    DOCUMENT_SEGMENTS_MISMATCH,
     DOMAIN_DENIED,
     DOMAIN_NOT_ALLOWED,
     GUI_ACTION_UNPARSEABLE,
@@ -146,7 +147,9 @@ class Sample:
                 prose_answers,
                 "\n".join(users + answers),
                 "\n".join(users + prose_answers),
-                text.is_caption_pair(self.turns, self.source, self.params),
+                # a document's one turn (no question) is its whole text, not a caption
+                text.is_caption_pair(self.turns, self.source, self.params)
+                and self.row.get("segments") is None,
             )
         return self._texts
 
@@ -343,6 +346,9 @@ RULES: tuple[Rule, ...] = (
          "min_gray_std"),
     Rule((IMAGE_BLURRY,), "image", "decoded", "check_blur", _blur,
          "DanQing visual fidelity: variance of the Laplacian under min_laplacian_var"),
+    Rule((DOCUMENT_SEGMENTS_MISMATCH,), "text", "decoded", None, None,
+         "interleaved documents: a rewritten text no longer splits into the document's "
+         "paragraphs (segments would disagree with texts)"),
     Rule((IMAGE_DECODE_TIMEOUT,), "image", "pool", None, None,
          "an image's decode overran decode_timeout_s (its worker is killed)"),
     Rule((WORKER_CRASHED,), "sample", "pool", None, None,

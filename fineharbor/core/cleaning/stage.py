@@ -26,6 +26,7 @@ from fineharbor.core.cleaning.images import ImageResult, clean_image
 from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.reasons import GUI_ACTION_UNPARSEABLE, IMAGE_MISSING, Reject
 from fineharbor.core.cleaning.rules import WEB_SWITCHES, Sample, row_reject
+from fineharbor.core.interleaved import DocumentError, resync_segments
 from fineharbor.core.schema import UNIFIED_SCHEMA, reject_row, rejects_table
 
 IMAGE_INFO_TYPE = pa.struct(
@@ -174,6 +175,11 @@ def process_row(
                 return None, _reject(row, Reject(GUI_ACTION_UNPARSEABLE, f"turn {i}: {error}"))
 
     out = dict(row)
+    if row.get("segments") is not None:  # an interleaved document: its order follows its text
+        try:
+            out["segments"] = resync_segments(row["segments"], out_turns)
+        except DocumentError as error:
+            return None, _reject(row, Reject(error.reason, error.detail))
     out["images"] = out_images
     out["texts"] = out_turns
     out["image_info"] = infos

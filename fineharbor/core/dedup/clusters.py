@@ -7,11 +7,13 @@ signal              pairs                                           similarity
 ==================  ==============================================  ======================
 ``exact_pixels``    images with the same decoded pixels             1.0
 ``url_caption``     same normalised http(s) URL + caption (LAION)   1.0
-``text_exact``      text-only samples with the same normalised text 1.0
+``text_exact``      text-only samples and interleaved documents     1.0
+                    with the same normalised text
 ``copy_embedding``  copy-detection cosine >= ``copy_threshold``     cosine
 ``phash``           phash (or mirror phash) within the distance     1 - hamming / 64
 ``clip_embedding``  CLIP cosine >= ``clip_threshold`` (off)         cosine
-``text_minhash``    text-only samples, shingle Jaccard >= threshold Jaccard
+``text_minhash``    text-only samples and documents, shingle        Jaccard
+                    Jaccard >= threshold
 ==================  ==============================================  ======================
 
 Copy-embedding and phash candidates are verified by aligning the two images' pixels when the
@@ -478,7 +480,10 @@ def sample_edges(samples: pa.Table, params: DedupParams) -> list[Edges]:
         keys = [url_caption_key(u, t) for u, t in zip(uris, texts, strict=True)]
         edges.append(_to_nodes(_group_pairs(keys), nodes, URL_CAPTION))
     n_images = samples.column("n_images").to_numpy(zero_copy_only=False)
-    text_only = np.flatnonzero(np.nan_to_num(n_images.astype(float), nan=0.0) == 0)
+    textual = np.nan_to_num(n_images.astype(float), nan=0.0) == 0
+    if "document" in samples.column_names:  # documents: per image and per document text
+        textual |= samples.column("document").fill_null(False).to_numpy(zero_copy_only=False)
+    text_only = np.flatnonzero(textual)
     if text_only.size > 1:
         only_texts = [texts[k] for k in text_only]
         if params.text_exact:

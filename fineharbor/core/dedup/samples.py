@@ -21,6 +21,8 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("n_images", pa.int32()),
         pa.field("max_pixels", pa.int64()),
         pa.field("quality", pa.float64()),
+        # an interleaved document: its text is deduplicated like a text-only sample's
+        pa.field("document", pa.bool_()),
     ]
 )
 
@@ -69,6 +71,11 @@ def compact_samples(
             quality = pa.array(batch.column(quality_column).to_pylist(), type=pa.float64())
         else:
             quality = pa.nulls(batch.num_rows, type=pa.float64())
+        documents = (
+            batch.column("segments").is_valid()
+            if "segments" in batch.schema.names
+            else pa.array([False] * batch.num_rows, pa.bool_())
+        )
         tables.append(
             pa.table(
                 {
@@ -81,6 +88,7 @@ def compact_samples(
                     "n_images": pa.array([len(i or []) for i in images], pa.int32()),
                     "max_pixels": pa.array(pixels, pa.int64()),
                     "quality": quality,
+                    "document": documents,
                 },
                 schema=SAMPLE_SCHEMA,
             )

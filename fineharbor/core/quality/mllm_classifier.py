@@ -377,10 +377,30 @@ def build_mllm_classifier(params: MllmClassifierParams, seed: int = 0) -> MllmQu
 
 def sample_documents(samples: pa.Table | pa.RecordBatch) -> list[list[Segment]]:
     """Unified rows as documents: the sample's images first, then its text segments (a caption
-    pair is ``[image, caption]``; a Q&A sample its images, then each turn)."""
-    images = [image_bytes(row) for row in samples.column("images").to_pylist()]
+    pair is ``[image, caption]``; a Q&A sample its images, then each turn); an interleaved
+    document (``segments`` set) in its own order."""
+    rows = samples.column("images").to_pylist()
     texts = [sample_segments(row) for row in samples.column("texts").to_pylist()]
-    return [[*imgs, *segs] for imgs, segs in zip(images, texts, strict=True)]
+    orders = (
+        samples.column("segments").to_pylist()
+        if "segments" in samples.schema.names
+        else [None] * samples.num_rows
+    )
+    return [
+        [*image_bytes(imgs), *segs] if order is None else _in_order(order, imgs or [])
+        for imgs, segs, order in zip(rows, texts, orders, strict=True)
+    ]
+
+
+def _in_order(order: list[dict], images: list[dict | None]) -> list[Segment]:
+    """A document's segments in document order (an image entry without bytes left out)."""
+    out: list[Segment] = []
+    for segment in order:
+        if segment["image"] is None:
+            out.append(segment["text"] or "")
+        elif segment["image"] < len(images) and (images[segment["image"]] or {}).get("bytes"):
+            out.append(images[segment["image"]]["bytes"])  # type: ignore[index]
+    return out
 
 
 def training_documents(train_set: QualityTrainingSet) -> list[list[Segment]]:

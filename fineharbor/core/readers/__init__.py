@@ -11,6 +11,7 @@ from fineharbor.core.readers.common import Progress, RawBatch, ReadStats, Source
 from fineharbor.core.readers.hf_dataset import read_hf_dataset
 from fineharbor.core.readers.hf_parquet import read_hf_parquet
 from fineharbor.core.readers.image_folder import read_image_folder
+from fineharbor.core.readers.interleaved import read_interleaved
 from fineharbor.core.readers.json_records import read_json
 from fineharbor.core.readers.url_list import read_url_list
 from fineharbor.core.readers.webdataset import read_webdataset
@@ -22,6 +23,7 @@ READERS: dict[str, Callable[..., Iterator[RawBatch]]] = {
     "url_list": read_url_list,
     "image_folder": read_image_folder,
     "hf_dataset": read_hf_dataset,
+    "interleaved": read_interleaved,
 }
 
 

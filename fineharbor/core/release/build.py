@@ -30,6 +30,7 @@ from fineharbor.core.concepts.embeddings import (
     stream_signatures,
 )
 from fineharbor.core.dedup.diversity import CovarianceAccumulator
+from fineharbor.core.interleaved import obelics_row, obelics_schema
 from fineharbor.core.pipeline import CONCEPTS, RELEASE, SCORED, SIGNATURES
 from fineharbor.core.release.card import CARD_MODELS, CardFacts, render_card
 from fineharbor.core.release.params import RATING_AXES
@@ -272,6 +273,10 @@ def is_caption_source(project: ProjectConfig, source: str) -> bool:
     return mapping.caption is not None or mapping.preset in CAPTION_PRESETS
 
 
+def is_interleaved_source(project: ProjectConfig, source: str) -> bool:
+    return project.source(source).mapping.preset == "interleaved"
+
+
 def _write_source(
     project: ProjectConfig,
     storage: Storage,
@@ -284,7 +289,8 @@ def _write_source(
     chosen = sorted(i for i, s in candidates.source_of.items() if s == source)
     if not chosen:
         return
-    schema = release_schema(recipe.include_sample_id)
+    obelics = recipe.interleaved_layout == "obelics" and is_interleaved_source(project, source)
+    schema = (obelics_schema if obelics else release_schema)(recipe.include_sample_id)
     total = math.ceil(len(chosen) / recipe.shard_rows)
     license_ = project.source(source).license
     caption_source = is_caption_source(project, source)
@@ -353,6 +359,8 @@ def _write_source(
                     if pair_count >= recipe.webdataset_shard_rows:
                         flush_tar()
             index.append(entry)
+            if obelics:
+                out = obelics_row(row, out["images"], recipe.include_sample_id)
             shard_rows.append(out)
             if len(shard_rows) >= recipe.shard_rows:
                 flush_shard()
@@ -443,6 +451,11 @@ def build_release_mix(
             embedding,
             [f.as_dict() for f in flat],
             cleaning_notes=[project.clean_params().web_pair_scope()],
+            interleaved=[
+                s
+                for s in configs
+                if recipe.interleaved_layout == "obelics" and is_interleaved_source(project, s)
+            ],
         )
         card = render_card(recipe, tables, facts).encode()
         files.write("README.md", card, 0, "card")

@@ -44,6 +44,8 @@ class CardFacts:
     diversity_embedding: str
     flatness: list[dict]
     cleaning_notes: list[str] = dataclasses.field(default_factory=list)  # rule scopes
+    # sources released in the OBELICS layout: their own configs, outside `default` (other columns)
+    interleaved: list[str] = dataclasses.field(default_factory=list)
 
 
 def number(value: object) -> str:
@@ -90,10 +92,16 @@ def _header(recipe: ReleaseRecipe, composition: pa.Table, facts: CardFacts) -> s
     per_source = [r for r in composition.to_pylist() if r["source"] != "*"]
     licenses = sorted({r["license"] for r in per_source}) or ["unknown"]
     total = sum(r["samples"] for r in per_source)
+    paths = [f"data/{s}/train-*.parquet" for s in facts.configs if s not in facts.interleaved]
     configs = [
         {
             "config_name": "default",
-            "data_files": [{"split": "train", "path": "data/*/train-*.parquet"}],
+            "data_files": [
+                {
+                    "split": "train",
+                    "path": paths if facts.interleaved and paths else "data/*/train-*.parquet",
+                }
+            ],
         }
     ]
     configs += [

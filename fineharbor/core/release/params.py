@@ -116,6 +116,12 @@ class ReleaseRecipe(StrictModel):
         "WebDataset tar shards (.jpg/.png + .txt + .json)",
     )
     webdataset_shard_rows: int = Field(1000, ge=1, description="pairs per tar shard")
+    interleaved_layout: Literal["obelics", "finevision"] = Field(
+        "obelics",
+        description="interleaved document sources: obelics = `images` / `texts` aligned lists "
+        "with nulls + `metadata` (how OBELICS and MINT-1T are published); finevision = the "
+        "document as one turn with its images, document order lost",
+    )
     blur_faces: bool = Field(
         False,
         description="blur every face box of scored_samples.face_boxes in the released image "

@@ -78,7 +78,7 @@ QUESTION_NAMES = ("question", "query", "prompt", "instruction", "goal", "input",
 ANSWER_NAMES = ("answer", "response", "output", "action", "target", "label", "a")
 CAPTION_NAMES = ("caption", "txt", "text", "alt_text", "description", "title", "sentence")
 ID_NAMES = ("id", "key", "uid", "uuid", "sample_id", "qid", "question_id")
-READERS_WITH_ORIGIN_KEY = ("hf_parquet", "json", "url_list", "hf_dataset")
+READERS_WITH_ORIGIN_KEY = ("hf_parquet", "json", "url_list", "hf_dataset", "interleaved")
 _SOURCE_ADAPTER: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
 
 
@@ -259,6 +259,9 @@ def _table_reader(
 ) -> tuple[str, dict[str, Any], list[str]] | None:
     if first.suffix == ".parquet":
         schema = pq.read_schema(first)
+        if _obelics(schema):
+            evidence.append("Parquet with aligned `images` / `texts` lists: interleaved (OBELICS)")
+            return "interleaved", {"location": location}, evidence
         found = image_columns(schema, None)
         if found:
             evidence.append(f"Parquet with image struct column(s) {found}: hf_parquet")
@@ -275,6 +278,19 @@ def _table_reader(
         evidence.append(f"{first.name}: a table without a URL column, beside images: not read")
         return None
     raise ProposalError(f"{first}: a table without a URL column; no reader for it")
+
+
+def _obelics(schema: pa.Schema) -> bool:
+    """OBELICS / MINT-1T documents: `images` and `texts` lists, `texts` of plain strings."""
+    fields = {f.name: f.type for f in schema}
+    texts, images = fields.get("texts"), fields.get("images")
+    return (
+        images is not None
+        and pa.types.is_list(images)
+        and texts is not None
+        and pa.types.is_list(texts)
+        and pa.types.is_string(texts.value_type)
+    )
 
 
 def _take(items: Iterator, n: int) -> Iterator:
@@ -523,8 +539,10 @@ def heuristic_mapping(inspection: Inspection) -> tuple[dict[str, Any], list[str]
     if inspection.reader in ("image_folder", "webdataset") and sidecar_captions:
         # Captions for some files only: the others become image-only samples.
         strings = [*strings, "txt"] if "txt" not in strings else strings
-    mapping: dict[str, Any] | None = None
-    for path in paths:
+    mapping: dict[str, Any] | None = (
+        {"preset": "interleaved"} if inspection.reader == "interleaved" else None
+    )
+    for path in paths if mapping is None else []:
         values = _values(records, path)
         if _mostly(values, lambda v: isinstance(v, list) and v):
             mapping = _chat_rule(records, path, evidence)

@@ -69,6 +69,9 @@ REJECTED: list[tuple[str, dict, dict, str]] = [
     ("image_low_entropy", pair(image=flat_png()), {}, "entropy 0.000 bits"),
     ("image_blurry", pair(image=encode(blurred(scene(640, 480, 4), 12), "PNG")), {},
      "laplacian var"),
+    # a document whose (rewritten) text no longer splits into its two paragraphs
+    ("document_segments_mismatch", pair(segments=[{"image": None, "text": "A."},
+     {"image": 0, "text": None}, {"image": None, "text": "B."}]), {}, "1 paragraphs"),
 ]  # fmt: skip
 # reported by the worker pool only (a decode overrunning its time limit, a killed worker):
 # covered by test_pool.py

@@ -260,3 +260,14 @@ def test_a_rotated_benchmark_copy_matches_through_the_rotation_hashes(turn):
         matcher = BenchmarkMatcher(image_rows(bench, {"b": "kb"}, params), params)
         _, rejected = decontaminate_batch(rows, train, matcher)
         assert rejected.column("matched_sample_id").to_pylist() == matched
+
+
+def test_a_document_quoting_a_benchmark_question_in_one_paragraph_matches(matcher):
+    from fineharbor.core.interleaved import document_segments, document_turns
+
+    match, _, _ = matcher
+    segments = document_segments(["An unrelated introduction.", None, LONG_QUESTION], 1)
+    found = match.match_text(document_turns(segments))
+    assert found is not None and (found.benchmark, found.origin_key) == ("bench", "k1")
+    clean = document_segments(["An unrelated introduction.", None, "Nothing else."], 1)
+    assert match.match_text(document_turns(clean)) is None

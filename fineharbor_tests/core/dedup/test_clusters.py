@@ -267,10 +267,34 @@ def test_compact_samples_reads_only_unified_columns():
     assert out.schema == SAMPLE_SCHEMA
     assert out.to_pylist() == [
         {"sample_id": "x", "source": "s", "origin_uri": "https://e.org/x.jpg",
-         "text": "Q?\nA.\nB.", "n_images": 2, "max_pixels": 2048, "quality": 0.5},
+         "text": "Q?\nA.\nB.", "n_images": 2, "max_pixels": 2048, "quality": 0.5,
+         "document": False},
         {"sample_id": "y", "source": "s", "origin_uri": None, "text": "only text",
-         "n_images": 0, "max_pixels": None, "quality": None},
+         "n_images": 0, "max_pixels": None, "quality": None, "document": False},
     ]  # fmt: skip
+
+
+def test_documents_are_deduplicated_per_document_text():
+    """Two interleaved documents with the same text and other images are text duplicates; two
+    caption pairs with the same caption are not (their images decide)."""
+    from fineharbor.core.dedup.clusters import _RANK, TEXT_EXACT, sample_edges
+    from fineharbor.core.dedup.params import DedupParams
+
+    text = "A long enough paragraph about the harbour.\n\nAnd another one after the image."
+    samples = pa.Table.from_pylist(
+        [
+            {"sample_id": str(i), "source": "s", "origin_uri": None, "text": text,
+             "n_images": 1, "max_pixels": 1, "quality": None, "document": document}
+            for i, document in enumerate([True, True, False, False])
+        ],
+        schema=SAMPLE_SCHEMA,
+    )  # fmt: skip
+    edges = [e for e in sample_edges(samples, DedupParams()) if e.a.size]
+    pairs = {
+        (int(a), int(b), int(r)) for e in edges for a, b, r in zip(e.a, e.b, e.rank, strict=True)
+    }
+    assert (0, 1, _RANK[TEXT_EXACT]) in pairs
+    assert not {p for p in pairs if 2 in p[:2] or 3 in p[:2]}
 
 
 def test_forest_search_finds_the_same_clusters_and_reports_its_recall(world):

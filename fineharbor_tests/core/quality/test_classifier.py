@@ -40,6 +40,8 @@ def _table(rows: list[tuple[list[bytes], list[dict]]]) -> pa.Table:
             "origin_key": [str(i) for i in range(len(rows))],
             "images": [[image(d) for d in r[0]] for r in rows],
             "texts": [r[1] for r in rows],
+            "segments": [None] * len(rows),  # not interleaved documents
+            "metadata": [None] * len(rows),
         },
         schema=UNIFIED_SCHEMA,
     )

@@ -208,3 +208,36 @@ def test_both_architectures_compared_on_the_same_heldout_split(tiny_mllm, tiny_c
         # learned to read the image against the text, not the text alone.
         assert auc > 0.9, name
     assert float((np.rint(mllm_scores) == levels).mean()) > 0.6
+
+
+def test_an_interleaved_document_reaches_the_lm_in_its_own_order():
+    import pyarrow as pa
+
+    from fineharbor.core.quality.mllm_classifier import sample_documents
+    from fineharbor.core.schema import UNIFIED_SCHEMA
+
+    a, b = png((255, 0, 0)), png((0, 0, 255))
+    rows = [
+        {
+            "sample_id": "d",
+            "source": "docs",
+            "origin_key": "d",
+            "images": [{"bytes": a, "path": None}, {"bytes": b, "path": None}],
+            "texts": [{"user": "", "assistant": "Intro.\n\nAfter a."}],
+            "segments": [
+                {"image": None, "text": "Intro."},
+                {"image": 0, "text": None},
+                {"image": None, "text": "After a."},
+                {"image": 1, "text": None},
+            ],
+        },
+        {
+            "sample_id": "c",
+            "source": "caps",
+            "origin_key": "c",
+            "images": [{"bytes": a, "path": None}],
+            "texts": [{"user": "", "assistant": "A red square."}],
+        },
+    ]
+    documents = sample_documents(pa.Table.from_pylist(rows, schema=UNIFIED_SCHEMA))
+    assert documents == [["Intro.", a, "After a.", b], [a, "A red square."]]

@@ -123,6 +123,8 @@ def _samples() -> pa.Table:
             "origin_key": [r[0] for r in rows],
             "images": [[image(d) for d in r[1]] for r in rows],
             "texts": [r[2] for r in rows],
+            "segments": [None] * len(rows),  # not interleaved documents
+            "metadata": [None] * len(rows),
         },
         schema=UNIFIED_SCHEMA,
     )

@@ -57,3 +57,13 @@ def test_card_tables_keep_their_shape_with_hostile_source_names_and_licenses():
         assert cells == columns, line
     assert r"evil\|source" in body and r"MIT \| injected \| row \| &lt;img" in body
     assert r"| source cap | a\|b: 5 | `source_cap` | 2 |" in body
+
+
+def test_interleaved_sources_get_their_own_config_outside_default():
+    import yaml
+
+    facts = CardFacts("scored_samples", ["captions", "docs"], None, "", [], interleaved=["docs"])
+    card = render_card(ReleaseRecipe(), _tables(), facts)
+    configs = {c["config_name"]: c for c in yaml.safe_load(card.split("---\n")[1])["configs"]}
+    assert configs["default"]["data_files"][0]["path"] == ["data/captions/train-*.parquet"]
+    assert configs["docs"]["data_files"][0]["path"] == "data/docs/train-*.parquet"

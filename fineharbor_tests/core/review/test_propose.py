@@ -40,6 +40,7 @@ EXPECTED = {
         {"question": "goal", "answer": "action", "origin_key": "step_id"},
     ),
     "bench_vqa": ("hf_parquet", {"preset": "finevision"}),
+    "web_documents": ("interleaved", {"preset": "interleaved", "origin_key": "id"}),
 }
 
 
