@@ -17,7 +17,9 @@ from fineharbor.core.config import ProjectConfig, fineharbor_home, load_config
 from fineharbor.demo.generate import generate_demo
 from fineharbor.demo.server import serve_directory
 
-GENERATOR_FILES = ("charts.py", "generate.py", "gui.py", "images.py", "scenes.py", "server.py")
+GENERATOR_FILES = (
+    "charts.py", "generate.py", "gui.py", "images.py", "pii.py", "scenes.py", "server.py",
+)  # fmt: skip
 """The modules whose code decides the generated demo sources."""
 
 
@@ -134,6 +136,7 @@ def print_planted_defect_scores(config, state: Path) -> None:
         f"false positives: {len(decontam.false_positives)} of {decontam.clean_samples} clean "
         f"samples ({decontam.false_positive_rate:.2%})"
     )
+    print_planted_pii(Storage(fineharbor_home()), state / "demo" / "ground_truth.parquet")
     from fineharbor.demo.watermark import planted_watermark_auc
 
     marks = planted_watermark_auc(
@@ -144,6 +147,37 @@ def print_planted_defect_scores(config, state: Path) -> None:
             f"\nplanted watermarks (scored_samples.pwatermark): ROC AUC {marks.auc:.3f} "
             f"({marks.watermarked} watermarked vs {marks.clean} clean samples of their sources)"
         )
+
+
+def print_planted_pii(storage, truth_path: Path) -> None:
+    """Recall and precision of the cleaning's PII detection on the planted PII sentences (per
+    type), and how many hard negatives it flagged; nothing when PII detection was off."""
+    from fineharbor.cli import print_table
+    from fineharbor.demo.pii import planted_pii_scores
+
+    scores = planted_pii_scores(storage, truth_path)
+    if scores is None:
+        return
+    print("\nplanted PII found (cleaned_samples.pii_found vs ground truth):")
+    print_table(
+        ["type", "planted", "found", "false positives", "recall", "precision"],
+        [
+            (
+                r["type"],
+                r["planted"],
+                r["found"],
+                r["false_positives"],
+                f"{r['recall']:.3f}",
+                f"{r['precision']:.3f}",
+            )
+            for r in scores.rows()
+        ],
+    )
+    print(
+        f"PII recall {scores.recall:.3f} at precision {scores.precision:.3f} over "
+        f"{scores.records} samples; {scores.negatives_flagged} of {scores.negatives} hard "
+        "negatives (versions, dates, ISBNs, prices, Luhn-failing order numbers...) flagged"
+    )
 
 
 def train_demo_clip_model(config, state: Path, seed: int, steps: int | None) -> None:

@@ -51,7 +51,7 @@ _EMAIL = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
 )
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![a-z0-9])")
-_CARD = re.compile(r"(?<![\d.,-])\d(?:[ -]?\d){12,18}(?![\d,]|\.\d)")
+_CARD = re.compile(r"(?<!\d)(?<!\d[.,-])\d(?:[ -]?\d){12,18}(?!\d|[.,-]\d)")
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _VERSION_BEFORE = re.compile(
@@ -144,7 +144,9 @@ def _ips(text: str) -> Iterator[Match]:
 
 def _phones(text: str, regions: Iterable[str]) -> Iterator[Match]:
     for region in regions:
-        for m in phonenumbers.PhoneNumberMatcher(text, region, phonenumbers.Leniency.VALID):
+        for m in phonenumbers.PhoneNumberMatcher(
+            text, region, phonenumbers.Leniency.STRICT_GROUPING
+        ):
             yield Match(m.start, m.end, PHONE)
 
 
