@@ -559,7 +559,11 @@ class _Generator:
     def plant_pii(self, source: str) -> None:
         """Append a planted PII sentence or hard negative to some clean records' caption or
         last answer (:func:`fineharbor.demo.pii.planted_cases`)."""
-        clean = [rec for rec in self.records[source] if rec.defect is None]
+        clean = [  # the originals of planted copies stay clean: their copies are the defect
+            rec
+            for rec in self.records[source]
+            if rec.defect is None and (source, rec.index) not in self.used_originals
+        ]
         rng = self.rng(source, "pii")
         count = min(len(clean), defect_count(PII_RATE, len(self.records[source])))
         chosen = sorted(int(i) for i in rng.choice(len(clean), size=count, replace=False))

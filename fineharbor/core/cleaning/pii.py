@@ -7,7 +7,8 @@ regular expressions plus checksums anyway. So this is a careful regex set with v
 
 * phone numbers: Google's libphonenumber (``phonenumbers``, the lite build without geocoding
   data), whose matcher finds numbers in text and accepts only numbers valid for their region
-  (international ``+CC`` numbers for any region, national ones for ``pii_phone_regions``);
+  and grouped the way that region writes them (international ``+CC`` numbers for any region,
+  national ones for ``pii_phone_regions``); it runs only on texts with a run of 7+ digits;
 * IBANs: ``python-stdnum`` (country length and BBAN format, then ISO 7064 mod 97);
 * payment cards: 13-19 digits with a card network's prefix and length, Luhn-checked;
 * IP addresses: candidates checked by :mod:`ipaddress` (v4 and v6), not after "version";
@@ -54,6 +55,10 @@ _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![a-z0-
 _CARD = re.compile(r"(?<!\d)(?<!\d[.,-])\d(?:[ -]?\d){12,18}(?!\d|[.,-]\d)")
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+# valid for its region and grouped as the region writes numbers: "6865-5033-63" is a product code
+_LENIENCY = phonenumbers.Leniency.STRICT_GROUPING
+# a run that may hold a phone number (the shortest valid national numbers have 7 digits)
+_PHONE_HINT = re.compile(r"\d[\d\s().\-/]{5,}\d")
 _VERSION_BEFORE = re.compile(
     r"(?:\b(?:v|ver|version|release|build|firmware|rev|revision)\.?\s*)$", re.IGNORECASE
 )
@@ -142,7 +147,12 @@ def _ips(text: str) -> Iterator[Match]:
             yield Match(m.start(), m.end(), IP)
 
 
-def _phones(text: str, regions: Iterable[str]) -> Iterator[Match]:
+def _phones(text: str, regions: Iterable[str], claimed: list[Match]) -> Iterator[Match]:
+    # libphonenumber's matcher is most of the cost: run it only where a phone number can be,
+    # outside the spans already claimed (cards, IBANs, IPs)
+    hints = (m for m in _PHONE_HINT.finditer(text) if not _overlaps(m.start(), m.end(), claimed))
+    if not any(sum(c.isdigit() for c in m.group()) >= 7 for m in hints):
+        return
     for region in regions:
         for m in phonenumbers.PhoneNumberMatcher(
             text, region, phonenumbers.Leniency.STRICT_GROUPING
@@ -155,22 +165,27 @@ def _addresses(text: str) -> Iterator[Match]:
         yield Match(m.start(), m.end(), ADDRESS)
 
 
+def _overlaps(start: int, end: int, matches: list[Match]) -> bool:
+    return any(start < kept.end and kept.start < end for kept in matches)
+
+
 def find(text: str, regions: Iterable[str] = ("US",)) -> list[Match]:
     """Every PII match in ``text``, in text order, none overlapping another."""
     if not text:
         return []
     found: list[Match] = list(_emails(text))
     if any(c.isdigit() for c in text):  # every other type holds a digit
-        candidates = (
-            *_ibans(text),
-            *_cards(text),
-            *_ips(text),
-            *_phones(text, regions),
-            *_addresses(text),
+        detectors = (
+            _ibans,
+            _cards,
+            _ips,
+            lambda t: _phones(t, regions, found),
+            _addresses,
         )
-        for match in candidates:
-            if not any(match.start < kept.end and kept.start < match.end for kept in found):
-                found.append(match)
+        for detect in detectors:
+            for match in detect(text):
+                if not _overlaps(match.start, match.end, found):
+                    found.append(match)
     return sorted(found)
 
 
