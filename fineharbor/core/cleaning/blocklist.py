@@ -129,7 +129,3 @@ def _read(path: str, mtime_ns: int, size: int) -> Blocklist:
 
 def read_all(paths: list[str]) -> list[Blocklist]:
     return [read(path) for path in paths]
-
-
-def needs_pixels(lists: list[Blocklist]) -> bool:
-    return any(bl.sha256_pixels or len(bl.phash) for bl in lists)

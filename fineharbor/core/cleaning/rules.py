@@ -180,7 +180,7 @@ class ImageFacts:
         self.pair = pair
         self.size = stored
         self._pixels: Callable[[], np.ndarray] | None = None
-        self._rgb: Any = None
+        self._rgb: Callable[[], Any] | None = None
         self._full_rgb: Callable[[], Any] | None = None
 
     def decoded(
@@ -195,8 +195,8 @@ class ImageFacts:
         :func:`fineharbor.core.signatures.hashing.decode_rgb` decodes it (None: ``rgb`` is)."""
         self.size = size
         self._pixels = pixels
-        self._rgb = rgb
-        self._full_rgb = full_rgb or (lambda: rgb)
+        self._rgb = lambda: rgb
+        self._full_rgb = full_rgb or self._rgb
 
     def _needs(self, what: Callable[[], Any] | None) -> Any:
         if what is None:
@@ -213,9 +213,8 @@ class ImageFacts:
 
     @functools.cached_property
     def phash(self) -> int:
-        if self._rgb is None:
-            raise RuntimeError("pixels are measured only after the decode")
-        return hashing.perceptual_hashes(self._rgb)[0]
+        # phash is robust to the reduced JPEG scale: no second decode
+        return hashing.perceptual_hashes(self._needs(self._rgb))[0]
 
     @functools.cached_property
     def entropy(self) -> float:

@@ -167,3 +167,16 @@ def test_phash_matching_takes_the_closest_entry_within_the_distance():
     assert listed.phash_match(0xFE, 4) == (2, 1)
     assert listed.phash_match(0xF0F0, 4) is None
     assert listed.phash_match(-1, 64) is not None  # a negative int64 is the same 64 bits
+
+
+def test_worker_processes_read_the_lists(tmp_path, images):
+    """The stage's pool path: lists are read in each worker, rows conserved."""
+    import pyarrow as pa
+
+    from fineharbor.core.cleaning.stage import clean_batches
+
+    listed = write_list(tmp_path / "l.txt", [f"sha256 {sha256_bytes(images['clean_b'])}"])
+    params = CleanParams(blocklists=[listed], check_language=False, processes=1)
+    batch = pa.Table.from_pylist([caption_pair(images["clean_a"]), caption_pair(images["clean_b"])])
+    ((kept, rejected),) = list(clean_batches([batch], params))
+    assert kept.num_rows == 1 and rejected.column("reason").to_pylist() == ["blocklisted_image"]
