@@ -11,7 +11,8 @@ regular expressions plus checksums anyway. So this is a careful regex set with v
   national ones for ``pii_phone_regions``); it runs only on texts with a run of 7+ digits;
 * IBANs: ``python-stdnum`` (country length and BBAN format, then ISO 7064 mod 97);
 * payment cards: 13-19 digits with a card network's prefix and length, Luhn-checked;
-* IP addresses: candidates checked by :mod:`ipaddress` (v4 and v6), not after "version";
+* IP addresses: candidates checked by :mod:`ipaddress` (v4 and v6), not after "version" or
+  "section";
 * emails and street addresses: regular expressions (addresses: a house number, capitalised
   street words and a street type, with the unit, city, state and ZIP when they follow; written
   for English-language addresses).
@@ -59,8 +60,11 @@ _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w
 _LENIENCY = phonenumbers.Leniency.STRICT_GROUPING
 # a run that may hold a phone number (the shortest valid national numbers have 7 digits)
 _PHONE_HINT = re.compile(r"\d[\d\s().\-/]{5,}\d")
-_VERSION_BEFORE = re.compile(
-    r"(?:\b(?:v|ver|version|release|build|firmware|rev|revision)\.?\s*)$", re.IGNORECASE
+# dotted numbers after these words are versions or section numbers, not IPv4 addresses
+_NOT_AN_IP_BEFORE = re.compile(
+    r"(?:\b(?:v|ver|version|release|build|firmware|rev|revision|section|sec|chapter|figure|"
+    r"fig|table|step|item|clause|§)\.?\s*)$",
+    re.IGNORECASE,
 )
 
 _SUFFIXES = (
@@ -128,7 +132,7 @@ def _cards(text: str) -> Iterator[Match]:
 
 def _ips(text: str) -> Iterator[Match]:
     for m in _IPV4.finditer(text):
-        if _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()):
+        if _NOT_AN_IP_BEFORE.search(text, max(0, m.start() - 12), m.start()):
             continue
         try:
             ipaddress.IPv4Address(m.group())

@@ -44,6 +44,7 @@ FOUND = [
 LOOK_ALIKES = [
     "Rendered with version 10.2.0.1 of the tool and v2.4.1 of the plugin.",
     "Shot on 2024-03-15 at 12:30:45, printed 15/03/2024.",
+    "See section 2.1.3.4 of the manual and Fig. 10.2.1.3 below.",
     "From the book ISBN 978-3-16-148410-0.",
     "Prints cost $1,299.99 each, or 1.234.567,00 EUR for the lot.",
     "Order number 4532 1488 0343 6468 shipped.",  # a Visa-like number failing Luhn
