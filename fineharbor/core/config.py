@@ -502,6 +502,16 @@ def _resolve_locations(raw: dict, base: Path) -> None:
                 )
 
 
+def _resolve_blocklists(raw: dict, base: Path) -> None:
+    """``stages.clean.blocklists`` are relative to the project file, like source locations."""
+    clean = (raw.get("stages") or {}).get("clean") if isinstance(raw.get("stages"), dict) else None
+    lists = clean.get("blocklists") if isinstance(clean, dict) else None
+    if isinstance(lists, list):
+        clean["blocklists"] = [
+            str(base / Path(p).expanduser()) if isinstance(p, str) else p for p in lists
+        ]
+
+
 def _format_validation_error(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid configuration ({error.error_count()} problem(s))"]
     for item in error.errors():
@@ -516,6 +526,7 @@ def parse_config(raw: dict, base_dir: Path, origin: str = "<config>") -> Project
             f"{origin}: expected a mapping at the top level, got {type(raw).__name__}"
         )
     _resolve_locations(raw, base_dir)
+    _resolve_blocklists(raw, base_dir)
     try:
         return ProjectConfig.model_validate(raw)
     except ValidationError as error:

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fineharbor.demo import charts, gui, images, scenes
+from fineharbor.demo import charts, gui, images, pii, scenes
 from fineharbor.demo.charts import Chart
 from fineharbor.demo.documents import DOCUMENT_DEFECTS, build_documents, write_documents
 from fineharbor.demo.documents import FILE_NAME as DOCUMENTS_FILE
@@ -70,11 +70,15 @@ GUI_BAD = "gui_action_unparseable"
 WATERMARK = "watermark"  # a clean pair whose image carries a visible watermark (pwatermark)
 # bad interleaved documents (fineharbor.demo.documents): for the quality classifier to rank low
 SHUFFLED_DOC, BOILERPLATE_DOC, UNRELATED_DOC = DOCUMENT_DEFECTS
+# a clean record whose caption or last answer ends with a sentence holding personal data
+# (transform: the types planted) or a hard negative that only looks like it (transform: its kind)
+PII = pii.PII
+PII_NEGATIVE = pii.PII_NEGATIVE
 
 DEFECTS = (
     CORRUPT, TRUNCATED, SMALL, ASPECT, EXACT, ND_RESIZE, ND_JPEG, ND_CROP, ND_FLIP,
     MISMATCH, SHORT, FOREIGN, BENCH, MALFORMED, MISSING, BROKEN_URL, NOAI, GUI_BAD, WATERMARK,
-    *DOCUMENT_DEFECTS,
+    *DOCUMENT_DEFECTS, PII, PII_NEGATIVE,
 )  # fmt: skip
 NEAR_DUPLICATES = {ND_RESIZE: "resize", ND_JPEG: "jpeg", ND_CROP: "crop", ND_FLIP: "flip"}
 # Groups, for the stages that must catch them.
@@ -137,6 +141,12 @@ DEFECT_RATES: dict[str, dict[str, float]] = {
     ANDROID: {GUI_BAD: 0.03, CORRUPT: 0.02},
     DOCS: {SHUFFLED_DOC: 0.04, BOILERPLATE_DOC: 0.04, UNRELATED_DOC: 0.04},
 }  # fmt: skip
+
+# Share of a source's clean records given a planted PII sentence (two thirds personal data,
+# one third hard negatives), after the other defects are planted: the other defects' slots and
+# draws stay as they were.
+PII_RATE = 0.09
+PII_SOURCES = (CAULDRON, LLAVA, WDS, LAION, FOLDER)
 
 SHORT_TEXTS = ("img", "pic", "IMG", "jpg", "pic1", "a", "?", "ok", "foto", "DSC", "img2", "--")
 GT_SCHEMA = pa.schema(
@@ -552,6 +562,30 @@ class _Generator:
         else:  # pragma: no cover - programming error
             raise ValueError(d)
 
+    # ------------------------------------------------------------------ phase 3: PII
+
+    def plant_pii(self, source: str) -> None:
+        """Append a planted PII sentence or hard negative to some clean records' caption or
+        last answer (:func:`fineharbor.demo.pii.planted_cases`)."""
+        clean = [  # the originals of planted copies stay clean: their copies are the defect
+            rec
+            for rec in self.records[source]
+            if rec.defect is None and (source, rec.index) not in self.used_originals
+        ]
+        rng = self.rng(source, "pii")
+        count = min(len(clean), defect_count(PII_RATE, len(self.records[source])))
+        chosen = sorted(int(i) for i in rng.choice(len(clean), size=count, replace=False))
+        for rec, case in zip(
+            (clean[i] for i in chosen), pii.planted_cases(rng, count), strict=True
+        ):
+            if rec.caption is not None:
+                rec.caption = f"{rec.caption} {case.sentence}"
+            else:
+                question, answer = rec.turns[-1]
+                rec.turns[-1] = (question, f"{answer} {case.sentence}")
+            rec.defect = PII if case.types else PII_NEGATIVE
+            rec.transform = ",".join(case.types) if case.types else case.kind
+
     # ------------------------------------------------------------------ keys
 
     def assign_keys(self, source: str) -> None:
@@ -938,6 +972,9 @@ def _generate(
     for source in (CAULDRON, LLAVA, WDS, LAION, FOLDER):
         g.fill_defects(source)
         g.assign_keys(source)
+    # phase 3: PII sentences in clean records' texts
+    for source in PII_SOURCES:
+        g.plant_pii(source)
     gui_rows = _finish_gui_worker(gui_worker) if gui_worker is not None else None
     aguvis_rows, android_rows = gui_rows or _build_gui(seed, scale, base_url)
     document_rows = build_documents(g, record_count(DOCS, scale), DEFECT_RATES[DOCS])
@@ -1046,7 +1083,8 @@ def _readme(records, defects, by_source, seed, scale, base_url) -> str:
         "",
         "`ground_truth.parquet` has one row per planted defect: `source`, `origin_key`,",
         "`defect`, and for duplicates and benchmark copies `of_source`, `of_origin_key`,",
-        "`transform`; for watermarks `transform` is the overlay (`kind:position:opacity`).",
+        "`transform`; for watermarks `transform` is the overlay (`kind:position:opacity`), for",
+        "`pii` the planted types and for `pii_negative` the kind of look-alike.",
         "",
         "## Records per source",
         "",

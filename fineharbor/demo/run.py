@@ -23,6 +23,7 @@ GENERATOR_FILES = (
     "generate.py",
     "gui.py",
     "images.py",
+    "pii.py",
     "scenes.py",
     "server.py",
 )
@@ -142,6 +143,7 @@ def print_planted_defect_scores(config, state: Path) -> None:
         f"false positives: {len(decontam.false_positives)} of {decontam.clean_samples} clean "
         f"samples ({decontam.false_positive_rate:.2%})"
     )
+    print_planted_pii(Storage(fineharbor_home()), state / "demo" / "ground_truth.parquet")
     from fineharbor.demo.watermark import planted_watermark_auc
 
     marks = planted_watermark_auc(
@@ -161,6 +163,37 @@ def print_planted_defect_scores(config, state: Path) -> None:
             f"planted bad documents (scored_samples.{doc.column}): ROC AUC {doc.auc:.3f} "
             f"({doc.good} good vs {doc.bad} shuffled / boilerplate / unrelated-image documents)"
         )
+
+
+def print_planted_pii(storage, truth_path: Path) -> None:
+    """Recall and precision of the cleaning's PII detection on the planted PII sentences (per
+    type), and how many hard negatives it flagged; nothing when PII detection was off."""
+    from fineharbor.cli import print_table
+    from fineharbor.demo.pii import planted_pii_scores
+
+    scores = planted_pii_scores(storage, truth_path)
+    if scores is None:
+        return
+    print("\nplanted PII found (cleaned_samples.pii_found vs ground truth):")
+    print_table(
+        ["type", "planted", "found", "false positives", "recall", "precision"],
+        [
+            (
+                r["type"],
+                r["planted"],
+                r["found"],
+                r["false_positives"],
+                f"{r['recall']:.3f}",
+                f"{r['precision']:.3f}",
+            )
+            for r in scores.rows()
+        ],
+    )
+    print(
+        f"PII recall {scores.recall:.3f} at precision {scores.precision:.3f} over "
+        f"{scores.records} samples; {scores.negatives_flagged} of {scores.negatives} hard "
+        "negatives (versions, dates, ISBNs, prices, Luhn-failing order numbers...) flagged"
+    )
 
 
 def train_demo_clip_model(config, state: Path, seed: int, steps: int | None) -> None:

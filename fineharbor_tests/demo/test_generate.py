@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from fineharbor.core.cleaning.pii import TYPES as PII_TYPES
 from fineharbor.demo import (
     DEFECT_RATES,
     DUPLICATE_DEFECTS,
@@ -26,7 +27,7 @@ from fineharbor.demo import (
     plan_counts,
     serve_directory,
 )
-from fineharbor.demo.generate import record_count
+from fineharbor.demo.generate import PII_RATE, PII_SOURCES, defect_count, record_count
 
 pytestmark = pytest.mark.slow
 
@@ -197,6 +198,10 @@ def test_every_truth_row_resolves(truth, records):
             assert row["of_source"] is None and re.fullmatch(
                 r"(text|logo):(bottom|top)?_?(left|right|center|tiled):0\.\d+", row["transform"]
             ), row
+        elif row["defect"] == "pii":  # transform lists the planted types
+            assert row["of_source"] is None and set(row["transform"].split(",")) <= set(PII_TYPES)
+        elif row["defect"] == "pii_negative":  # transform names the look-alike
+            assert row["of_source"] is None and row["transform"]
         else:
             assert (
                 row["of_source"] is None
@@ -213,9 +218,17 @@ def test_defect_rates(demo, truth):
             assert by_source[(source, defect)] >= 1, (source, defect)
             if source in planned:
                 assert by_source[(source, defect)] == planned[source][defect]
-    # defects only where they make sense
+    # defects only where they make sense; PII sentences in clean records of PII_SOURCES
     for source, defect in by_source:
+        if defect in ("pii", "pii_negative"):
+            assert source in PII_SOURCES, source
+            continue
         assert defect in DEFECT_RATES[source], (source, defect)
+    for source in PII_SOURCES:
+        planted = by_source[(source, "pii")] + by_source[(source, "pii_negative")]
+        assert (
+            planted == defect_count(PII_RATE, demo.records[source]) and by_source[(source, "pii")]
+        )
     assert not any(r["source"] == "bench_vqa" for r in truth)
     # at full scale every planted defect is a 1.5–4% share of its source
     full = plan_counts(1.0)
@@ -332,6 +345,9 @@ def test_texts(truth, records):
             elif defect == "foreign_language":
                 assert " the " not in f" {text.lower()} "
                 assert not text.isascii() or {"Une", "Das", "Una"} & set(text.split()), text
+            elif defect in ("pii", "pii_negative"):  # a caption and one planted sentence
+                assert 10 <= len(text.split()) <= 60, text
+                assert text.isascii(), text
             else:
                 assert 8 <= len(text.split()) <= 40, text
                 assert text.isascii(), text

@@ -51,6 +51,7 @@ from fineharbor.core.cleaning.reasons import (
     Reject,
 )
 from fineharbor.core.cleaning.rules import DECODED_RULES, HEADER_RULES, ImageFacts, image_reject
+from fineharbor.core.signatures.hashing import decode_rgb
 
 ORIENTATION_TAG = 0x0112
 # Reductions of 4x or more first box-reduce by an integer factor, leaving at least 2x to LANCZOS
@@ -539,7 +540,16 @@ def _clean_image(
     if rules:
         # After the decode on purpose: a broken file is reported as corrupt/truncated whatever
         # its size, and a file under the byte or side limit is cheap to decode anyway.
-        facts.decoded(orig, functools.partial(gray_thumbnail, rgb, params.quality_max_side))
+        # The pixel hash is defined on the full decode (as image_signatures computes it): a
+        # reduced-scale or alpha-composited image is decoded once more, only when a blocklist
+        # asks for it.
+        exact = not (drafted or converted)
+        facts.decoded(
+            orig,
+            functools.partial(gray_thumbnail, rgb, params.quality_max_side),
+            rgb=rgb,
+            full_rgb=None if exact else functools.partial(decode_rgb, data),
+        )
         _raise(image_reject(DECODED_RULES, facts, params))
         if params.check_entropy or params.check_blur:  # recorded in image_info either way
             ent, lap = facts.entropy, facts.laplacian

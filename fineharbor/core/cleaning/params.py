@@ -19,6 +19,7 @@ no switch: an image that cannot be decoded safely is never kept.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -38,6 +39,8 @@ ImageFormat = Literal[
     "TGA", "JPEG2000", "PSD", "PCX", "SGI", "DDS",
 ]  # fmt: skip
 Scope = Literal["all", "pairs"]
+PiiMode = Literal["flag", "redact", "drop"]
+SourcePiiMode = Literal["off", "flag", "redact", "drop"]
 
 # The most common web languages plus the main non-Latin scripts. Each high-accuracy lingua model
 # costs ~25 MB per worker process (12 languages: ~330 MB, built in ~1.5 s).
@@ -301,6 +304,52 @@ class CleanParams(StrictModel):
         "without spaces (CJK) match as substrings",
     )
 
+    # ------------------------------------------------------------------ personal data (PII)
+    check_pii: bool = Field(
+        True,
+        description="switch of PII detection in turns (emails, phone numbers, IP "
+        "addresses, payment cards, IBANs, street addresses; see docs/safety.md)",
+    )
+    pii_mode: PiiMode = Field(
+        "flag",
+        description="what the cleaning does with a sample whose turns hold PII, for sources not "
+        "in pii_source_modes. flag: keep it and list the types found in the pii_found column; "
+        "redact: replace each match by a typed placeholder such as <EMAIL_ADDRESS> (NeMo "
+        "Curator's PII modifier) and list them in pii_found; drop: reject it as pii_found, the "
+        "detail naming the types, never the text",
+    )
+    pii_source_modes: dict[str, SourcePiiMode] = Field(
+        default_factory=dict,
+        description="per-source override of pii_mode (off, flag, redact or drop), e.g. redact "
+        "a scraped caption source and leave a synthetic one off",
+    )
+    pii_phone_regions: list[str] = Field(
+        default_factory=lambda: ["US"],
+        description="regions (ISO 3166 alpha-2, as libphonenumber names them) whose national "
+        "phone formats are recognised; numbers written with a +country code are found for any "
+        "region. Each region is one more pass over texts that hold digits",
+    )
+
+    # ------------------------------------------------------------------ hash blocklists
+    check_blocklist: bool = Field(
+        True, description="switch of the blocklisted_image rule (it does nothing without lists)"
+    )
+    blocklists: list[str] = Field(
+        default_factory=list,
+        description="image hash blocklist files (one 'KIND HASH' per line: sha256 of the file "
+        "bytes, sha256_pixels, phash; see docs/safety.md). Every image matching an entry is "
+        "rejected as blocklisted_image before any other rule looks at it. Relative paths are "
+        "relative to the project file; a missing or malformed file fails at config load",
+    )
+    blocklist_phash_distance: int = Field(
+        4,
+        ge=0,
+        le=16,
+        description="a phash entry matches images whose 64-bit phash is at most this many bits "
+        "away: re-encoded and resized copies measure 0-2 on the demo, as for dedup's "
+        "phash_max_distance (4); 0 asks for the exact hash",
+    )
+
     # ------------------------------------------------------------------ source trust (DanQing)
     check_domain: bool = True
     domain_allow: list[str] = Field(
@@ -371,6 +420,29 @@ class CleanParams(StrictModel):
             raise ValueError("blank term in list")
         return value
 
+    @field_validator("pii_phone_regions")
+    @classmethod
+    def _phone_regions(cls, value: list[str]) -> list[str]:
+        import phonenumbers
+
+        regions = [region.strip().upper() for region in value]
+        unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone region(s) {unknown}: use ISO 3166 alpha-2 codes")
+        return list(dict.fromkeys(regions))
+
+    @field_validator("blocklists")
+    @classmethod
+    def _blocklists_readable(cls, value: list[str]) -> list[str]:
+        from fineharbor.core.cleaning import blocklist
+
+        paths = [str(Path(path).expanduser().resolve()) for path in value]
+        try:
+            blocklist.read_all(paths)
+        except blocklist.BlocklistError as error:
+            raise ValueError(str(error)) from None
+        return paths
+
     @model_validator(mode="after")
     def _consistent(self) -> CleanParams:
         if self.decompression_bomb_pixels < self.max_pixels:
@@ -390,6 +462,12 @@ class CleanParams(StrictModel):
     @property
     def lingua_languages(self) -> list[str]:
         return list(dict.fromkeys([*self.languages_allowed, *self.language_candidates]))
+
+    def pii_mode_for(self, source: str) -> str:
+        """off, flag, redact or drop: what the PII rule does for ``source``."""
+        if not self.check_pii:
+            return "off"
+        return self.pii_source_modes.get(source, self.pii_mode)
 
     def web_pair_rules_apply(self, source: str) -> bool:
         """Whether DataComp's min-side and aspect-ratio rules and LAION's byte rule, made for web

@@ -23,6 +23,8 @@ IMAGE_TRUNCATED = "image_truncated"
 IMAGE_FORMAT_NOT_ALLOWED = "image_format_not_allowed"
 DECOMPRESSION_BOMB = "decompression_bomb"
 IMAGE_DECODE_TIMEOUT = "image_decode_timeout"
+# image safety: on a configured hash blocklist (the detail names the list, never the image)
+BLOCKLISTED_IMAGE = "blocklisted_image"
 # image size and quality
 IMAGE_TOO_SMALL_BYTES = "image_too_small_bytes"
 IMAGE_TOO_SMALL_SIDE = "image_too_small_side"
@@ -40,6 +42,9 @@ TEXT_REPETITIVE = "text_repetitive"
 TEXT_SPECIAL_CHARS = "text_special_chars"
 TEXT_UNK_TOKENS = "text_unk_tokens"
 TEXT_UNSAFE = "text_unsafe"
+# text safety: personal data found in a source whose PII mode is drop (the detail names the
+# types, never the matched text)
+PII_FOUND = "pii_found"
 # source trust
 DOMAIN_DENIED = "domain_denied"
 DOMAIN_NOT_ALLOWED = "domain_not_allowed"

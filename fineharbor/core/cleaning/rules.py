@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fineharbor.core.cleaning import domains, gui_actions, quality, text
+from fineharbor.core.cleaning import blocklist, domains, gui_actions, pii, quality, text
 from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.reasons import (
     ALT_TEXT_SHORT,
     ASPECT_RATIO,
+    BLOCKLISTED_IMAGE,
     CAPTION_WORD_COUNT,
     DECOMPRESSION_BOMB,
     DOCUMENT_SEGMENTS_MISMATCH,
@@ -43,6 +44,7 @@ from fineharbor.core.cleaning.reasons import (
     IMAGE_TOO_SMALL_SIDE,
     IMAGE_TRUNCATED,
     LANGUAGE_NOT_ALLOWED,
+    PII_FOUND,
     TEXT_EMPTY,
     TEXT_REPETITIVE,
     TEXT_SPECIAL_CHARS,
@@ -53,6 +55,7 @@ from fineharbor.core.cleaning.reasons import (
     WORKER_CRASHED,
     Reject,
 )
+from fineharbor.core.signatures import hashing
 
 # sample: every sample; text: samples with turns (image-only samples skip them); caption: caption
 # pairs (one turn, no question); image: every image; web: images of web caption sources only
@@ -128,12 +131,23 @@ class Sample:
         self.parsed: dict[int, list] = {}  # GUI actions by id(turn)
         self.language: str | None = None
         self.confidence: float | None = None
+        self.pii: list[str] | None = None  # the PII types found, one per match; None: not checked
         self._texts: Texts | None = None
 
     def keep(self, turns: list[dict], dropped: int) -> None:
         self.turns = turns
         self.dropped += dropped
         self._texts = None
+
+    def redact(self, turns: list[dict]) -> None:
+        """Replace the turns' texts (same turns, same order); GUI actions parsed from the old
+        answers stay keyed by their new turns."""
+        self.parsed = {
+            id(new): self.parsed[id(old)]
+            for old, new in zip(self.turns, turns, strict=True)
+            if id(old) in self.parsed
+        }
+        self.keep(turns, 0)
 
     @property
     def texts(self) -> Texts:
@@ -160,7 +174,8 @@ class Sample:
 
 class ImageFacts:
     """One image as the image rules see it: the stored size and byte count from the header,
-    then the displayed size and a grayscale thumbnail (measured once, on first use)."""
+    then the displayed size, a grayscale thumbnail and the hashes (measured once, on first
+    use)."""
 
     def __init__(self, stored: tuple[int, int], n_bytes: int, *, pair: bool) -> None:
         self.stored = stored
@@ -168,16 +183,41 @@ class ImageFacts:
         self.pair = pair
         self.size = stored
         self._pixels: Callable[[], np.ndarray] | None = None
+        self._rgb: Callable[[], Any] | None = None
+        self._full_rgb: Callable[[], Any] | None = None
 
-    def decoded(self, size: tuple[int, int], pixels: Callable[[], np.ndarray]) -> None:
+    def decoded(
+        self,
+        size: tuple[int, int],
+        pixels: Callable[[], np.ndarray],
+        rgb: Any = None,
+        full_rgb: Callable[[], Any] | None = None,
+    ) -> None:
+        """``pixels`` makes the gray thumbnail; ``rgb`` is the decoded RGB image (possibly at a
+        reduced JPEG scale), ``full_rgb`` makes the image exactly as
+        :func:`fineharbor.core.signatures.hashing.decode_rgb` decodes it (None: ``rgb`` is)."""
         self.size = size
         self._pixels = pixels
+        self._rgb = lambda: rgb
+        self._full_rgb = full_rgb or self._rgb
+
+    def _needs(self, what: Callable[[], Any] | None) -> Any:
+        if what is None:
+            raise RuntimeError("pixels are measured only after the decode")
+        return what()
 
     @functools.cached_property
     def gray(self) -> np.ndarray:
-        if self._pixels is None:
-            raise RuntimeError("pixels are measured only after the decode")
-        return self._pixels()
+        return self._needs(self._pixels)
+
+    @functools.cached_property
+    def sha256_pixels(self) -> str:
+        return hashing.sha256_pixels(self._needs(self._full_rgb))
+
+    @functools.cached_property
+    def phash(self) -> int:
+        # phash is robust to the reduced JPEG scale: no second decode
+        return hashing.perceptual_hashes(self._needs(self._rgb))[0]
 
     @functools.cached_property
     def entropy(self) -> float:
@@ -189,6 +229,25 @@ class ImageFacts:
 
 
 # --------------------------------------------------------------------------- row checks
+
+
+def _blocklisted_bytes(sample: Sample, params: CleanParams) -> Reject | None:
+    if not params.blocklists:
+        return None
+    lists = [bl for bl in blocklist.read_all(params.blocklists) if bl.sha256]
+    images = sample.row.get("images") or []
+    for j, image in enumerate(images):
+        data = image.get("bytes") if image else None
+        if not data or not lists:
+            continue
+        digest = hashing.sha256_bytes(data)
+        for bl in lists:
+            line = bl.sha256.get(digest)
+            if line is not None:
+                prefix = f"image {j}: " if len(images) > 1 else ""
+                detail = f"{prefix}sha256 of the file bytes on blocklist {bl.name} (line {line})"
+                return Reject(BLOCKLISTED_IMAGE, detail)
+    return None
 
 
 def _domain(sample: Sample, params: CleanParams) -> Reject | None:
@@ -231,6 +290,30 @@ def _long_turns(sample: Sample, params: CleanParams) -> Reject | None:
     return None
 
 
+def _pii(sample: Sample, params: CleanParams) -> Reject | None:
+    mode = params.pii_mode_for(sample.source)
+    if mode == "off":
+        return None
+    regions = params.pii_phone_regions
+    found: list[str] = []
+    turns: list[dict] = []
+    for turn in sample.turns:
+        out = dict(turn)
+        # GUI answers are agent actions, parsed already: only their questions are prose
+        for role in ("user",) if sample.gui else ("user", "assistant"):
+            matches = pii.find(turn[role], regions)
+            found += [m.type for m in matches]
+            if matches and mode == "redact":
+                out[role] = pii.redact(turn[role], matches)
+        turns.append(out)
+    sample.pii = found
+    if found and mode == "drop":
+        return Reject(PII_FOUND, pii.summary(found))
+    if found and mode == "redact":
+        sample.redact(turns)
+    return None
+
+
 def _unsafe(sample: Sample, params: CleanParams) -> Reject | None:
     return text.rule_unsafe(sample.texts.all_text, params)
 
@@ -266,6 +349,27 @@ def _language(sample: Sample, params: CleanParams) -> Reject | None:
 # --------------------------------------------------------------------------- image checks
 
 
+def _blocklisted_pixels(image: ImageFacts, params: CleanParams) -> Reject | None:
+    if not params.blocklists:
+        return None
+    for bl in blocklist.read_all(params.blocklists):
+        line = bl.sha256_pixels.get(image.sha256_pixels) if bl.sha256_pixels else None
+        if line is not None:
+            return Reject(
+                BLOCKLISTED_IMAGE,
+                f"sha256 of the decoded pixels on blocklist {bl.name} (line {line})",
+            )
+        found = bl.phash_match(image.phash, params.blocklist_phash_distance)
+        if found is not None:
+            line, apart = found
+            return Reject(
+                BLOCKLISTED_IMAGE,
+                f"phash {apart} bits <= {params.blocklist_phash_distance} from blocklist "
+                f"{bl.name} (line {line})",
+            )
+    return None
+
+
 def _max_pixels(image: ImageFacts, params: CleanParams) -> Reject | None:
     return quality.rule_max_pixels(image.stored, params)
 
@@ -297,6 +401,9 @@ def _blur(image: ImageFacts, params: CleanParams) -> Reject | None:
 # broken file is reported as broken whatever its size. Columns: Rule(codes, scope, step,
 # enabled_by, check, what).
 RULES: tuple[Rule, ...] = (
+    Rule((BLOCKLISTED_IMAGE,), "image", "row", "check_blocklist", _blocklisted_bytes,
+         "safety: the sha256 of an image's bytes is on a configured blocklist (checked before "
+         "any other rule or decoder sees the sample)"),
     Rule((DOMAIN_DENIED, DOMAIN_NOT_ALLOWED), "sample", "row", "check_domain", _domain,
          "DanQing source trust: host of an http(s) origin_uri in domain_deny, or not in a "
          "non-empty domain_allow"),
@@ -310,6 +417,10 @@ RULES: tuple[Rule, ...] = (
          "again when coordinates are normalised with the first screenshot's size)"),
     Rule((TURN_TOO_LONG,), "text", "row", "check_turn_length", _long_turns,
          "FineVision: turns over max_turn_tokens are dropped; rejected when none remain"),
+    Rule((PII_FOUND,), "text", "row", "check_pii", _pii,
+         "personal data (emails, phones, IPs, Luhn-valid cards, IBANs, street addresses) in a "
+         "source whose PII mode is drop (pii_mode, pii_source_modes); flag and redact keep the "
+         "sample and list the types in pii_found, redact replaces each match by <TYPE>"),
     Rule((TEXT_UNSAFE,), "text", "row", "check_safety", _unsafe,
          "a configured unsafe term (whole words, any case)"),
     Rule((ALT_TEXT_SHORT,), "caption", "row", "check_alt_text", _alt_text,
@@ -335,6 +446,9 @@ RULES: tuple[Rule, ...] = (
          "LAION-5B: declared pixels over max_pixels"),
     Rule((IMAGE_CORRUPT, IMAGE_TRUNCATED), "image", "decoded", None, None,
          "the full decode of the first frame fails"),
+    Rule((BLOCKLISTED_IMAGE,), "image", "decoded", "check_blocklist", _blocklisted_pixels,
+         "safety: the sha256 of the decoded pixels is on a blocklist, or the phash is within "
+         "blocklist_phash_distance bits of one (first of the decoded-image rules)"),
     Rule((IMAGE_TOO_SMALL_SIDE,), "web", "decoded", "check_min_side", _min_side,
          "DataComp: shorter side under min_side px (caption pairs by default: min_side_scope)"),
     Rule((ASPECT_RATIO,), "web", "decoded", "check_aspect_ratio", _aspect_ratio,
@@ -384,7 +498,7 @@ def row_reject(sample: Sample, params: CleanParams) -> Reject | None:
     for rule in ROW_RULES:
         if not rule.enabled(params):
             continue
-        if rule.scope != "sample" and not sample.has_text:
+        if rule.scope not in ("sample", "image") and not sample.has_text:
             continue  # an image-only sample has no text to judge
         if rule.scope == "caption" and not sample.pair:
             continue

@@ -53,6 +53,9 @@ CLEANING_FIELDS = [
     pa.field("language", pa.string()),
     pa.field("language_confidence", pa.float32()),
     pa.field("dropped_turns", pa.int32()),
+    # the PII types found in the turns, one entry per match (before redaction); null when PII
+    # detection is off for the source
+    pa.field("pii_found", pa.list_(pa.string())),
 ]
 
 CLEANED_SCHEMA = pa.schema([*UNIFIED_SCHEMA, *CLEANING_FIELDS])
@@ -186,6 +189,7 @@ def process_row(
     out["language"] = sample.language
     out["language_confidence"] = sample.confidence
     out["dropped_turns"] = sample.dropped
+    out["pii_found"] = sample.pii
     return out, None
 
 

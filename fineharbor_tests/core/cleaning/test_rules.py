@@ -48,6 +48,8 @@ REJECTED: list[tuple[str, dict, dict, str]] = [
     ("gui_action_unparseable", qa("pyautogui.teleport(x=1)", source="gui"),
      {"gui_action_sources": ["gui"]}, "teleport"),
     ("turn_too_long", qa("word " * 60), {"max_turn_tokens": 20}, "> 20 (all 1 turns dropped)"),
+    ("pii_found", qa("Write to jane.doe@example.com or jane@example.org."), {"pii_mode": "drop"},
+     "EMAIL_ADDRESS x2"),
     ("text_unsafe", qa("A page of nsfw pictures."), {}, "unsafe term 'nsfw'"),
     ("alt_text_short", pair("car"), {}, "caption 3 chars < 5"),
     ("caption_word_count", pair("A red car"), {}, "caption 3 words < 5"),
@@ -76,6 +78,8 @@ REJECTED: list[tuple[str, dict, dict, str]] = [
 # reported by the worker pool only (a decode overrunning its time limit, a killed worker):
 # covered by test_pool.py
 POOL_ONLY = {"image_decode_timeout", "worker_crashed"}
+# needs a blocklist file: covered by test_blocklist.py (through check_rule too)
+ELSEWHERE = {"blocklisted_image"}
 
 
 @pytest.mark.parametrize(
@@ -93,7 +97,7 @@ def test_each_rule_keeps_a_clean_caption_pair(code):
 
 
 def test_every_code_of_the_table_is_exercised():
-    assert {case[0] for case in REJECTED} | POOL_ONLY == REASONS
+    assert {case[0] for case in REJECTED} | POOL_ONLY | ELSEWHERE == REASONS
     assert all(rule.check is None for rule in RULES if set(rule.codes) <= POOL_ONLY)
 
 
