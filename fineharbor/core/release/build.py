@@ -31,7 +31,12 @@ from fineharbor.core.concepts.embeddings import (
 )
 from fineharbor.core.dedup.diversity import CovarianceAccumulator
 from fineharbor.core.pipeline import CONCEPTS, RELEASE, SCORED, SIGNATURES
-from fineharbor.core.release.card import CARD_MODELS, CardFacts, render_card
+from fineharbor.core.release.card import (
+    CARD_MODELS,
+    CardFacts,
+    render_card,
+    signal_distribution,
+)
 from fineharbor.core.release.params import RATING_AXES
 from fineharbor.core.release.select import (
     Candidates,
@@ -251,6 +256,7 @@ def _select(
             else:
                 rows, refused = gate.split(source, rows)
                 candidates.rejects += refused
+                candidates.add_signals(batch, [r["sample_id"] for r in rows])
                 filter_rows(rows, recipe, candidates)
     apply_source_mix(candidates, recipe, origin)
     flat = []
@@ -443,6 +449,7 @@ def build_release_mix(
             embedding,
             [f.as_dict() for f in flat],
             cleaning_notes=[project.clean_params().web_pair_scope()],
+            signals=signal_distribution(candidates.signal_table(), recipe),
         )
         card = render_card(recipe, tables, facts).encode()
         files.write("README.md", card, 0, "card")
