@@ -8,7 +8,7 @@ demo's figure (``planted_watermark_auc``) is taken over the samples that reach s
 clean record here stands in for them (a few more negatives: the demo's cleaning and dedup drop
 none of the clean originals' images, so the two differ only in copies of clean records).
 
-    .venv/bin/python bench/watermark_auc.py [--seed 0] [--scale 1] [--steps N] [--size PX]
+    .venv/bin/python bench/watermark_auc.py [--seed 0] [--scale 1] [--steps N] [--size PX] ...
 """
 
 from __future__ import annotations
@@ -57,10 +57,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     overrides = {
         k: v
-        for k, v in (("steps", args.steps), ("images", args.images), ("image_size", args.size))
+        for k, v in (
+            ("steps", args.steps),
+            ("images", args.images),
+            ("image_size", args.size),
+            ("width", args.width),
+            ("threads", args.threads),
+        )
         if v is not None
     }
     config = DemoWatermarkConfig(**overrides)

@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 # ratings. A filter on a score column the input lacks fails with a clear error.
 RELEASE_INPUT_ASSET = SCORED
 RELEASES_DIR = "releases"
+# Carried into the release index and the WebDataset json, as LAION-5B's metadata carries them.
+IMAGE_SIGNALS = ("punsafe", "pwatermark", "aesthetic_score")
 
 CONCEPT_SCHEMA = pa.schema(
     [
@@ -96,6 +98,7 @@ RELEASE_INDEX_SCHEMA = pa.schema(
         pa.field("n_turns_dropped", pa.int64(), nullable=False),
         pa.field("clip_score", pa.float32()),
         pa.field("quality_score", pa.float32()),
+        *[pa.field(name, pa.float32()) for name in IMAGE_SIGNALS],
         *[
             f
             for axis in RATING_AXES
@@ -338,6 +341,7 @@ def _write_source(
                 "n_turns_dropped": len(row["texts"] or []) - len(out["texts"]),
                 "clip_score": row.get("clip_score"),
                 "quality_score": row.get("quality_score"),
+                **{name: row.get(name) for name in IMAGE_SIGNALS},
                 **{
                     k: out[k]
                     for axis in RATING_AXES
@@ -348,6 +352,7 @@ def _write_source(
                 extra = {
                     "clip_score": row.get("clip_score"),
                     "quality_score": row.get("quality_score"),
+                    **{name: row.get(name) for name in IMAGE_SIGNALS},
                 }
                 members = caption_pair_members(
                     {**out, "sample_id": row["sample_id"]}, row["sample_id"], extra

@@ -60,6 +60,8 @@ def test_each_threshold_removes_the_rows_beyond_it_under_its_own_reason(
     column = next(t.column for t in THRESHOLDS if t.reason == reason)
     assert all(r["detail"].startswith(column) for r in rejects if r["reason"] == reason)
     assert not expected & set(result.index.column("sample_id").to_pylist())
+    # the release index carries the score, and no released sample is beyond the threshold
+    assert not any(beyond(r) for r in result.index.to_pylist())
     # the release_rejects SQL model (the card's and the catalog's table) counts them by name
     by_reason: dict[str, int] = {}
     for row in result.tables["release_rejects"].to_pylist():
