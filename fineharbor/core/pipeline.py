@@ -326,7 +326,9 @@ STAGES: tuple[Stage, ...] = (
         description=(
             "The release written by the recipe in `release:`: train sources with weights and "
             "caps, CLIP score bounds (LAION lower, DanQing upper), the learned quality "
-            "threshold, judge minimums with FineVision's turn-level filtering, and optional "
+            "threshold, LAION's punsafe / pwatermark / aesthetic thresholds (the one place a "
+            "score removes samples), judge minimums with FineVision's turn-level filtering, "
+            "and optional "
             "balanced concept sampling (Vo et al.). Writes `releases/<name>/<version>/` "
             "atomically: Parquet shards in the `datasets` layout with FineVision's columns "
             "(interleaved documents in the OBELICS layout), "

@@ -138,6 +138,13 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
         ),
     ]
     files = [(f.path, f.rows, f.bytes, f.sha256[:12]) for f in result.files]
+    signals = result.facts.signals
+    distributions = (
+        "\n\n### Score distributions (release candidates)\n"
+        + markdown_table(signals.column_names, [tuple(r.values()) for r in signals.to_pylist()])
+        if signals is not None and signals.num_rows
+        else ""
+    )
     summary = (
         f"**{recipe.name} {recipe.version}**: {released} samples of {result.input_rows} in "
         f"`{RELEASE_INPUT_ASSET}` at `{result.path}`\n\n### Composition\n"
@@ -146,6 +153,7 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
         )
         + "\n\n### Left out\n"
         + markdown_table(["reason", "samples"], sorted(reasons.items()))
+        + distributions
         + "\n\n### Files\n"
         + markdown_table(["path", "rows", "bytes", "sha256"], files)
     )

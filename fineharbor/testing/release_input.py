@@ -21,6 +21,10 @@ AXES = ("relevance", "image_correspondence", "visual_dependency", "formatting")
 SCORED_FIELDS = [
     pa.field("clip_score", pa.float32()),
     pa.field("quality_score", pa.float32()),
+    pa.field("punsafe", pa.float32()),
+    pa.field("aesthetic_score", pa.float32()),
+    pa.field("pwatermark", pa.float32()),
+    pa.field("face_count", pa.int32()),
     *[pa.field(f"{a}_ratings", pa.list_(pa.int64())) for a in AXES],
     *[pa.field(f"{a}_min", pa.int64()) for a in AXES],
 ]
@@ -45,8 +49,12 @@ def image(seed: int) -> bytes:
 
 def rows(source: str, n: int, turns: int, scored: bool, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
+    # the image signals from a generator of their own: the other columns keep their values
+    signal_rng = np.random.default_rng([seed, 1])
     out = []
     for i in range(n):
+        punsafe, pwatermark = signal_rng.uniform(0, 1, 2)
+        aesthetic, faces = signal_rng.uniform(2, 8), signal_rng.integers(0, 3)
         ratings = {a: rng.integers(1, 6, turns).tolist() for a in AXES}
         row = {
             "sample_id": f"{source}-{i:04d}",
@@ -59,6 +67,10 @@ def rows(source: str, n: int, turns: int, scored: bool, seed: int) -> list[dict]
             ],
             "clip_score": float(rng.uniform(0.1, 0.5)) if scored else None,
             "quality_score": float(rng.uniform(0, 3)) if scored else None,
+            "punsafe": float(punsafe) if scored else None,
+            "aesthetic_score": float(aesthetic) if scored else None,
+            "pwatermark": float(pwatermark) if scored else None,
+            "face_count": int(faces) if scored else None,
         }
         for a in AXES:
             row[f"{a}_ratings"] = ratings[a] if scored else None

@@ -148,8 +148,8 @@ def test_variables_expand_inside_values_only(tmp_path, monkeypatch):
     urls = config.source("urls")
     assert urls.location == "/srv/a#b\nrole: benchmark/urls.parquet"
     assert urls.role == "train"  # the newline injected no key
-    lower = VALID + "  clip_score: {model: null, lower: '${CLIP_LOWER:-0.25}'}\n"
-    assert load_config(write(tmp_path, lower)).stages.clip_score.lower == 0.25
+    lower = VALID + "release: {clip_score_min: '${CLIP_LOWER:-0.25}'}\n"
+    assert load_config(write(tmp_path, lower)).release.clip_score_min == 0.25
 
 
 def test_unset_variable_names_its_field(tmp_path):

@@ -541,14 +541,3 @@ def score_quality(
         for i, value in zip(ready, predicted, strict=True):
             scores[i] = float(value)
     return pa.array(scores, type=pa.float32())
-
-
-def quality_verdicts(scores: pa.Array, min_score: float | None) -> list[tuple[str, str] | None]:
-    """Per row, ``("quality_score_low", detail)`` below ``min_score``, else None (nulls kept)."""
-    out: list[tuple[str, str] | None] = []
-    for score in scores.to_pylist():
-        if min_score is not None and score is not None and score < min_score:
-            out.append(("quality_score_low", f"quality_score {score:.3f} < {min_score}"))
-        else:
-            out.append(None)
-    return out

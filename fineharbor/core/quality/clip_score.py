@@ -2,7 +2,8 @@
 
 LAION-400M dropped pairs whose OpenAI CLIP ViT-B/32 cosine is below 0.30 (0.28 for LAION-5B
 English). DanQing filters with a lower *and* an upper bound: very high similarity flags pairs
-whose text is mostly rendered in the image (OCR-dominated). What is scored for a multi-turn or
+whose text is mostly rendered in the image (OCR-dominated). This stage only measures: the bounds
+are the release recipe's ``clip_score_min`` / ``clip_score_max``. What is scored for a multi-turn or
 multi-image sample is set by :class:`ClipScoreParams` and documented in
 :mod:`fineharbor.core.quality.text`:
 
@@ -24,9 +25,6 @@ from PIL import Image
 
 from fineharbor.core.quality.params import ClipScoreParams
 from fineharbor.core.quality.text import rule_texts
-
-REASON_LOW = "clip_score_low"
-REASON_HIGH = "clip_score_high"
 
 
 @runtime_checkable
@@ -150,22 +148,3 @@ def clip_scores(
         value = per_image.max() if params.image_rule == "max" else per_image.mean()
         scores.append(float(np.clip(value, -1.0, 1.0)))
     return pa.array(scores, type=pa.float32())
-
-
-def clip_verdicts(scores: pa.Array, params: ClipScoreParams) -> list[tuple[str, str] | None]:
-    """Per row, ``(reason, detail)`` when a bound rejects it, else ``None``.
-
-    A null score is never rejected here: a missing or corrupt image is the cleaning stage's
-    reason to drop a sample, not a low similarity.
-    """
-    out: list[tuple[str, str] | None] = []
-    for score in scores.to_pylist():
-        if score is None:
-            out.append(None)
-        elif params.lower is not None and score < params.lower:
-            out.append((REASON_LOW, f"clip_score {score:.4f} < {params.lower}"))
-        elif params.upper is not None and score > params.upper:
-            out.append((REASON_HIGH, f"clip_score {score:.4f} > {params.upper}"))
-        else:
-            out.append(None)
-    return out

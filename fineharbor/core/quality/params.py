@@ -10,25 +10,21 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fineharbor.core.quality.text import ImageRule, TextRule
-from fineharbor.core.strict import StrictModel
+from fineharbor.core.strict import StrictModel, moved_to_release
 
 # UniFilter's quality levels: 0 (another image's text) to 3 (the image's own text)
 LEVELS = (0, 1, 2, 3)
 MAX_LEVEL = 3
 
-LAION_400M_THRESHOLD = 0.30  # OpenAI CLIP ViT-B/32; "0.28-0.29 also seemed okay"
-LAION_5B_THRESHOLD = 0.28  # English subset, ViT-B/32
-LAION_5B_MULTI_THRESHOLD = 0.26  # multilingual / no-language subsets, mCLIP
-
 Device = Literal["auto", "cpu", "cuda"]
 
 
 class ClipScoreParams(StrictModel):
-    """Image-text cosine similarity with an open_clip model, and the bounds that filter on it.
+    """Image-text cosine similarity with an open_clip model.
 
-    Thresholds belong to a model: LAION's 0.30 / 0.28 are for OpenAI CLIP ViT-B/32 and mean
-    nothing for another model (a small demo CLIP has its own scale; its directory records a
-    suggested bound, see :mod:`fineharbor.demo.clip`).
+    The stage only measures; the release recipe's ``clip_score_min`` / ``clip_score_max`` filter
+    on the score. Those bounds belong to a model: LAION's 0.30 / 0.28 are for OpenAI CLIP
+    ViT-B/32 and mean nothing for another (the demo CLIP has its own scale).
     """
 
     model: str | None = Field(
@@ -47,22 +43,6 @@ class ClipScoreParams(StrictModel):
         description="JSON architecture config to register with open_clip before loading (custom "
         "architectures given as name + checkpoint file)",
     )
-    lower: float | None = Field(
-        LAION_400M_THRESHOLD,
-        ge=-1.0,
-        le=1.0,
-        description="drop pairs scoring below (LAION-400M: 0.30; LAION-5B English: 0.28; "
-        "multilingual mCLIP: 0.26); null: no lower bound",
-    )
-    upper: float | None = Field(
-        None,
-        ge=-1.0,
-        le=1.0,
-        description="drop pairs scoring above (DanQing: pairs whose text is mostly rendered in "
-        "the image, OCR-dominated, score implausibly high). DanQing publishes no value and it "
-        "is model-specific, so it is off by default; for ViT-B/32 start around 0.45-0.50 after "
-        "looking at the score histogram",
-    )
     text_rule: TextRule = Field(
         "all_turns",
         description="text scored per sample: all_turns (every turn 'user assistant' joined, "
@@ -78,11 +58,12 @@ class ClipScoreParams(StrictModel):
     device: Device = Field("auto", description="auto = cuda when available, else cpu")
     half_precision: bool = Field(True, description="fp16 autocast on CUDA (never on CPU)")
 
-    @model_validator(mode="after")
-    def _ordered_bounds(self) -> ClipScoreParams:
-        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
-            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
-        return self
+    _moved = model_validator(mode="before")(
+        moved_to_release(
+            "stages.clip_score",
+            {"lower": "release.clip_score_min", "upper": "release.clip_score_max"},
+        )
+    )
 
 
 PUBLISHED_VISION_TOWER = "google/siglip-so400m-patch14-384"
@@ -196,12 +177,8 @@ class QualityClassifierParams(StrictModel):
     synthetic_max_tokens: int = Field(
         256, ge=8, le=8192, description="reply budget per MLLM-written text"
     )
-    min_score: float | None = Field(
-        None,
-        ge=0.0,
-        le=3.0,
-        description="drop samples scoring below; UniFilter keeps a top-k% whose k is not "
-        "published, so the default only scores",
+    _moved = model_validator(mode="before")(
+        moved_to_release("stages.quality_classifier", {"min_score": "release.quality_min"})
     )
 
     @model_validator(mode="after")

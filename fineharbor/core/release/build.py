@@ -32,7 +32,12 @@ from fineharbor.core.concepts.embeddings import (
 from fineharbor.core.dedup.diversity import CovarianceAccumulator
 from fineharbor.core.interleaved import obelics_row, obelics_schema
 from fineharbor.core.pipeline import CONCEPTS, RELEASE, SCORED, SIGNATURES
-from fineharbor.core.release.card import CARD_MODELS, CardFacts, render_card
+from fineharbor.core.release.card import (
+    CARD_MODELS,
+    CardFacts,
+    render_card,
+    signal_distribution,
+)
 from fineharbor.core.release.params import RATING_AXES
 from fineharbor.core.release.select import (
     Candidates,
@@ -68,6 +73,8 @@ if TYPE_CHECKING:
 # ratings. A filter on a score column the input lacks fails with a clear error.
 RELEASE_INPUT_ASSET = SCORED
 RELEASES_DIR = "releases"
+# Carried into the release index and the WebDataset json, as LAION-5B's metadata carries them.
+IMAGE_SIGNALS = ("punsafe", "pwatermark", "aesthetic_score")
 
 CONCEPT_SCHEMA = pa.schema(
     [
@@ -92,6 +99,7 @@ RELEASE_INDEX_SCHEMA = pa.schema(
         pa.field("n_turns_dropped", pa.int64(), nullable=False),
         pa.field("clip_score", pa.float32()),
         pa.field("quality_score", pa.float32()),
+        *[pa.field(name, pa.float32()) for name in IMAGE_SIGNALS],
         *[
             f
             for axis in RATING_AXES
@@ -252,6 +260,7 @@ def _select(
             else:
                 rows, refused = gate.split(source, rows)
                 candidates.rejects += refused
+                candidates.add_signals(batch, [r["sample_id"] for r in rows])
                 filter_rows(rows, recipe, candidates)
     apply_source_mix(candidates, recipe, origin)
     flat = []
@@ -338,6 +347,7 @@ def _write_source(
                 "n_turns_dropped": len(row["texts"] or []) - len(out["texts"]),
                 "clip_score": row.get("clip_score"),
                 "quality_score": row.get("quality_score"),
+                **{name: row.get(name) for name in IMAGE_SIGNALS},
                 **{
                     k: out[k]
                     for axis in RATING_AXES
@@ -348,6 +358,7 @@ def _write_source(
                 extra = {
                     "clip_score": row.get("clip_score"),
                     "quality_score": row.get("quality_score"),
+                    **{name: row.get(name) for name in IMAGE_SIGNALS},
                 }
                 members = caption_pair_members(
                     {**out, "sample_id": row["sample_id"]}, row["sample_id"], extra
@@ -456,6 +467,7 @@ def build_release_mix(
                 for s in configs
                 if recipe.interleaved_layout == "obelics" and is_interleaved_source(project, s)
             ],
+            signals=signal_distribution(candidates.signal_table(), recipe),
         )
         card = render_card(recipe, tables, facts).encode()
         files.write("README.md", card, 0, "card")

@@ -1,6 +1,7 @@
 """The dataset card (README.md): the Hub's YAML header and tables whose numbers come from the
 SQL models (``release_composition``, ``release_rejects``, ``contamination_report``,
-``ratings_distribution``), run on the very rows the release holds."""
+``ratings_distribution``), run on the very rows the release holds, and the distribution of each
+score over the candidates the thresholds were applied to (:func:`signal_distribution`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import re
 from dataclasses import dataclass
 from html import escape
 
+import polars as pl
 import pyarrow as pa
 import yaml
 
 from fineharbor.core.release.params import ReleaseRecipe
+from fineharbor.core.release.select import THRESHOLDS
 
 CARD_MODELS = (
     "release_composition",
@@ -22,9 +25,7 @@ CARD_MODELS = (
 )
 
 _FILTER_REASONS = {
-    "clip_score_low": ("CLIP score minimum", "clip_score_min"),
-    "clip_score_high": ("CLIP score maximum", "clip_score_max"),
-    "quality_low": ("quality score minimum", "quality_min"),
+    **{t.reason: (t.label, t.setting) for t in THRESHOLDS},
     "rating_below_min": ("judge rating minimums (turn level)", None),
     "source_weight": ("source weight", None),
     "source_cap": ("source cap", None),
@@ -32,6 +33,62 @@ _FILTER_REASONS = {
     "source_not_in_recipe": ("source not in the recipe", None),
     "benchmark_source": ("benchmark source", None),
 }
+
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+DISTRIBUTION_COLUMNS = [
+    "signal",
+    "scored",
+    "null",
+    "min",
+    *[f"p{round(q * 100):02d}" for q in QUANTILES],
+    "max",
+    "threshold",
+    "outside",
+]
+
+
+def signal_distribution(signals: pa.Table, recipe: ReleaseRecipe) -> pa.Table:
+    """Per score column of the candidates (the release-input rows the thresholds were applied
+    to): how many carry it, its quantiles, the recipe's thresholds on it and how many candidates
+    fall outside them (a sample outside two thresholds counts for each; the filters table says
+    which one removed it). Columns that no candidate carries and no threshold reads are left
+    out (a signal whose model is not configured)."""
+    frame = pl.from_arrow(signals)
+    assert isinstance(frame, pl.DataFrame)
+    rows = []
+    for column in signals.schema.names:
+        on_it = [t for t in THRESHOLDS if t.column == column and t.limit(recipe) is not None]
+        values = pl.col(column).cast(pl.Float64)
+        outside = pl.lit(False)
+        for t in on_it:
+            limit = t.limit(recipe)
+            outside = outside | (values < limit if t.minimum else values > limit)
+        if on_it and recipe.require_scores:
+            outside = outside | values.is_null()
+        stats = frame.select(
+            values.count().alias("scored"),
+            values.null_count().alias("null"),
+            values.min().alias("min"),
+            *[values.quantile(q, "linear").alias(f"p{round(q * 100):02d}") for q in QUANTILES],
+            values.max().alias("max"),
+            outside.fill_null(False).sum().alias("outside"),
+        ).row(0, named=True)
+        if not stats["scored"] and not on_it:
+            continue
+        limits = ", ".join(f"{'min' if t.minimum else 'max'} {t.limit(recipe)}" for t in on_it)
+        rows.append({"signal": column, **stats, "threshold": limits or "off"})
+    schema = pa.schema(
+        [
+            ("signal", pa.string()),
+            ("scored", pa.int64()),
+            ("null", pa.int64()),
+            *[(c, pa.float64()) for c in DISTRIBUTION_COLUMNS[3:-2]],
+            ("threshold", pa.string()),
+            ("outside", pa.int64()),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema).select(DISTRIBUTION_COLUMNS)
 
 
 @dataclass
@@ -46,6 +103,7 @@ class CardFacts:
     cleaning_notes: list[str] = dataclasses.field(default_factory=list)  # rule scopes
     # sources released in the OBELICS layout: their own configs, outside `default` (other columns)
     interleaved: list[str] = dataclasses.field(default_factory=list)
+    signals: pa.Table | None = None  # signal_distribution of the candidates
 
 
 def number(value: object) -> str:
@@ -165,6 +223,15 @@ def render_card(recipe: ReleaseRecipe, tables: dict[str, pa.Table], facts: CardF
         "model.\n",
         _filters(recipe, tables["release_rejects"]) + "\n",
         "".join(note + "\n" for note in facts.cleaning_notes),
+        "## Score distributions\n\nEach score over the release candidates (train rows the "
+        "thresholds were applied to), computed in Python from the release input; `outside`: "
+        "candidates beyond the recipe's thresholds on it.\n",
+        (
+            _table(facts.signals, DISTRIBUTION_COLUMNS)
+            if facts.signals is not None and facts.signals.num_rows
+            else "No candidate carries a score."
+        )
+        + "\n",
         "## Benchmark contamination\n\nFrom the `contamination_report` model (FineVision's "
         "table: flagged samples were removed before the release; `*` rows are totals).\n",
         _table(

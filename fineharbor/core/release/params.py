@@ -1,9 +1,12 @@
 """The release recipe (``release:`` in ``fineharbor.yaml``): what goes into a release and how.
 
-Filters apply in this order: source selection, quality thresholds (CLIP bounds, learned quality,
-judge minimums with FineVision's turn-level filtering), per-source weight and cap, then
-balanced concept sampling. A threshold left at None is not applied. A threshold whose score
-column the release input lacks is an error naming the stage that produces the column.
+Filters apply in this order: source selection, score thresholds (CLIP bounds, learned quality,
+the image signals punsafe / pwatermark / aesthetic_score, judge minimums with FineVision's
+turn-level filtering), per-source weight and cap, then balanced concept sampling. This is the
+only place a score removes samples: the scoring stage measures and keeps every row. A threshold
+left at None is not applied; the papers' values are in the descriptions and in the shipped
+``fineharbor.yaml``. A threshold whose score column the release input lacks is an error naming
+the stage that produces the column.
 """
 
 from __future__ import annotations
@@ -14,6 +17,15 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fineharbor.core.strict import StrictModel
+
+# The papers' thresholds (/work/shared/reference/papers.md, LAION section; LAION-Aesthetics v2:
+# the improved_aesthetics_{5,6,6.5}plus subsets of the LAION blog post "LAION-Aesthetics").
+LAION_400M_CLIP = 0.30  # OpenAI CLIP ViT-B/32; "0.28-0.29 also seemed okay"
+LAION_5B_CLIP = 0.28  # English subset, ViT-B/32
+LAION_5B_MULTI_CLIP = 0.26  # multilingual / no-language subsets, mCLIP
+LAION_PUNSAFE = 0.5  # LAION-5B: unsafe if punsafe > 0.5
+LAION_PWATERMARK = 0.8  # LAION-5B: watermark if pwatermark > 0.8
+LAION_AESTHETICS_V2 = (5.0, 6.0, 6.5)
 
 RATING_AXES = ("relevance", "image_correspondence", "visual_dependency", "formatting")
 _VERSION = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z._\-]{0,63}\Z")
@@ -74,15 +86,49 @@ class ReleaseRecipe(StrictModel):
         description="train sources to include with weight / cap; empty = every train source",
     )
     clip_score_min: float | None = Field(
-        None, description="drop pairs below this CLIP cosine (LAION-400M: 0.30, LAION-5B: 0.28)"
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="drop pairs below this CLIP cosine (`clip_score_low`). LAION-400M: "
+        f"{LAION_400M_CLIP}, LAION-5B English: {LAION_5B_CLIP}, multilingual mCLIP: "
+        f"{LAION_5B_MULTI_CLIP}; all for OpenAI CLIP ViT-B/32, meaningless for another model",
     )
     clip_score_max: float | None = Field(
         None,
-        description="drop pairs above this CLIP cosine (DanQing's upper bound: text that "
-        "copies the image's own text, OCR-dominated pairs)",
+        ge=-1.0,
+        le=1.0,
+        description="drop pairs above this CLIP cosine (`clip_score_high`; DanQing's upper "
+        "bound: text that copies the image's own text, OCR-dominated pairs). DanQing publishes "
+        "no value; for ViT-B/32 start around 0.45-0.50 after reading the card's distribution",
     )
     quality_min: float | None = Field(
-        None, ge=0, le=3, description="minimum UniFilter-style quality score (0-3)"
+        None,
+        ge=0,
+        le=3,
+        description="minimum UniFilter-style quality score, 0-3 (`quality_low`); UniFilter keeps "
+        "a top-k% whose k is not published",
+    )
+    punsafe_max: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"drop samples whose punsafe is above (`punsafe_high`); LAION-5B counts "
+        f"punsafe > {LAION_PUNSAFE} as unsafe (LAION's CLIP ViT-L/14 NSFW detector)",
+    )
+    pwatermark_max: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"drop samples whose pwatermark is above (`watermark_high`); LAION-5B counts "
+        f"pwatermark > {LAION_PWATERMARK} as watermarked (LAION's watermark_model_v1)",
+    )
+    aesthetic_score_min: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="drop samples whose aesthetic_score is below (`aesthetic_low`); "
+        f"LAION-Aesthetics v2 subsets keep >= {', '.join(map(str, LAION_AESTHETICS_V2))} "
+        "(LAION aesthetic predictor v2)",
     )
     min_ratings: RatingMinimums = Field(
         RatingMinimums(),

@@ -1,11 +1,12 @@
 """Which samples of the release input enter the release, and which of their turns.
 
 Every candidate is either selected or rejected with a stable reason, so the release accounts
-for its whole input: ``source_not_in_recipe``, ``benchmark_source``, ``clip_score_low``,
-``clip_score_high``, ``quality_low``, ``rating_below_min`` (every turn fell below a judge
-minimum), ``source_weight``, ``source_cap``, ``concept_balance``, and what reviewers decided:
-``source_not_approved`` and ``human_flagged``; and ``image_only_excluded`` when the recipe
-leaves image-only samples out.
+for its whole input: ``source_not_in_recipe``, ``benchmark_source``, one reason per score
+threshold named after its score (:data:`THRESHOLDS`: ``clip_score_low``, ``clip_score_high``,
+``quality_low``, ``punsafe_high``, ``watermark_high``, ``aesthetic_low``),
+``rating_below_min`` (every turn fell below a judge minimum), ``source_weight``,
+``source_cap``, ``concept_balance``, and what reviewers decided: ``source_not_approved`` and
+``human_flagged``; and ``image_only_excluded`` when the recipe leaves image-only samples out.
 """
 
 from __future__ import annotations
@@ -23,7 +24,57 @@ from fineharbor.core.concepts.sampling import Flatness, balanced_sample, flatnes
 from fineharbor.core.release.params import RATING_AXES, ReleaseRecipe
 from fineharbor.core.schema import REJECT_SCHEMA
 
-SCORED_STAGE = "scored_samples (quality scoring: CLIP score, UniFilter score, judge ratings)"
+SCORED_STAGE = (
+    "scored_samples (quality scoring: CLIP score, UniFilter score, judge ratings, image signals)"
+)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One score threshold of the recipe: the reject reason named after the score, the input
+    column, the recipe field, and whether it is a minimum (lower scores fail) or a maximum."""
+
+    reason: str
+    column: str
+    setting: str
+    minimum: bool
+    label: str
+
+    def limit(self, recipe: ReleaseRecipe) -> float | None:
+        return getattr(recipe, self.setting)
+
+    def fails(self, value: float | None, recipe: ReleaseRecipe) -> bool:
+        limit = self.limit(recipe)
+        if limit is None:
+            return False
+        if value is None:
+            return recipe.require_scores
+        return value < limit if self.minimum else value > limit
+
+    def detail(self, value: float | None, recipe: ReleaseRecipe) -> str:
+        if value is None:
+            return f"no {self.column}; release.require_scores is true"
+        return f"{self.column} {value:.6g} {'<' if self.minimum else '>'} {self.limit(recipe)}"
+
+
+# In the order they are tried: a sample failing several is rejected for the first.
+THRESHOLDS = (
+    Threshold("clip_score_low", "clip_score", "clip_score_min", True, "CLIP score minimum"),
+    Threshold("clip_score_high", "clip_score", "clip_score_max", False, "CLIP score maximum"),
+    Threshold("quality_low", "quality_score", "quality_min", True, "quality score minimum"),
+    Threshold("punsafe_high", "punsafe", "punsafe_max", False, "NSFW probability maximum"),
+    Threshold("watermark_high", "pwatermark", "pwatermark_max", False, "watermark maximum"),
+    Threshold("aesthetic_low", "aesthetic_score", "aesthetic_score_min", True, "aesthetic minimum"),
+)
+# What the card reports the distribution of: every thresholded score, and the face count.
+SIGNAL_COLUMNS = {
+    "clip_score": pa.float32(),
+    "quality_score": pa.float32(),
+    "punsafe": pa.float32(),
+    "pwatermark": pa.float32(),
+    "aesthetic_score": pa.float32(),
+    "face_count": pa.int32(),
+}
 
 
 SOURCE_NOT_APPROVED = "source_not_approved"
@@ -34,9 +85,7 @@ IMAGE_ONLY_EXCLUDED = "image_only_excluded"
 REASON_SETTINGS = {
     "benchmark_source": "role: benchmark",
     "source_not_in_recipe": "release.sources",
-    "clip_score_low": "release.clip_score_min",
-    "clip_score_high": "release.clip_score_max",
-    "quality_low": "release.quality_min",
+    **{t.reason: f"release.{t.setting}" for t in THRESHOLDS},
     "rating_below_min": "release.min_ratings",
     IMAGE_ONLY_EXCLUDED: "release.include_image_only",
     "source_weight": "release.sources[].weight",
@@ -92,11 +141,7 @@ def min_column(axis: str) -> str:
 
 
 def required_columns(recipe: ReleaseRecipe) -> list[str]:
-    needed = []
-    if recipe.clip_score_min is not None or recipe.clip_score_max is not None:
-        needed.append("clip_score")
-    if recipe.quality_min is not None:
-        needed.append("quality_score")
+    needed = list(dict.fromkeys(t.column for t in THRESHOLDS if t.limit(recipe) is not None))
     needed += [ratings_column(axis) for axis in recipe.min_ratings.active()]
     return needed
 
@@ -114,7 +159,7 @@ def check_input(schema: pa.Schema, recipe: ReleaseRecipe, input_asset: str) -> N
 
 def score_columns(schema: pa.Schema) -> list[str]:
     """The contract's score columns present in the input (all are optional)."""
-    names = ["clip_score", "quality_score"]
+    names = list(SIGNAL_COLUMNS)
     for axis in RATING_AXES:
         names += [ratings_column(axis), min_column(axis)]
     return [n for n in names if schema.get_field_index(n) >= 0]
@@ -131,22 +176,11 @@ def reject(row: dict, reason: str, detail: str) -> dict:
     }
 
 
-def _fails(value: float | None, limit: float | None, below: bool, strict: bool) -> bool:
-    if limit is None:
-        return False
-    if value is None:
-        return strict
-    return value < limit if below else value > limit
-
-
 def _threshold_reason(row: dict, recipe: ReleaseRecipe) -> tuple[str, str] | None:
-    score, quality, strict = row.get("clip_score"), row.get("quality_score"), recipe.require_scores
-    if _fails(score, recipe.clip_score_min, True, strict):
-        return "clip_score_low", f"clip_score {score} < {recipe.clip_score_min}"
-    if _fails(score, recipe.clip_score_max, False, strict):
-        return "clip_score_high", f"clip_score {score} > {recipe.clip_score_max}"
-    if _fails(quality, recipe.quality_min, True, strict):
-        return "quality_low", f"quality_score {quality} < {recipe.quality_min}"
+    for threshold in THRESHOLDS:
+        value = row.get(threshold.column)
+        if threshold.fails(value, recipe):
+            return threshold.reason, threshold.detail(value, recipe)
     return None
 
 
@@ -177,10 +211,37 @@ class Candidates:
     turns: dict[str, list[int] | None] = field(default_factory=dict)
     source_of: dict[str, str] = field(default_factory=dict)
     rejects: list[dict] = field(default_factory=list)
+    signals: list[pa.Table] = field(default_factory=list)
+    """The :data:`SIGNAL_COLUMNS` of every row the thresholds were applied to (the card's
+    distributions), one table per input batch."""
+
+    def add_signals(self, batch: pa.RecordBatch, sample_ids: list[str]) -> None:
+        """Keep the signal columns of ``sample_ids``' rows of ``batch``; a column the batch
+        lacks (a partition scored before the signal existed) is null."""
+        rows = batch.filter(pc.is_in(batch.column("sample_id"), pa.array(sample_ids, pa.string())))
+        names = batch.schema.names
+        self.signals.append(
+            pa.table(
+                {
+                    name: rows.column(name).cast(kind)
+                    if name in names
+                    else pa.nulls(rows.num_rows, kind)
+                    for name, kind in SIGNAL_COLUMNS.items()
+                }
+            )
+        )
+
+    def signal_table(self) -> pa.Table:
+        schema = pa.schema(list(SIGNAL_COLUMNS.items()))
+        return (
+            pa.concat_tables([t.cast(schema) for t in self.signals])
+            if self.signals
+            else (schema.empty_table())
+        )
 
 
 def filter_rows(rows: list[dict], recipe: ReleaseRecipe, into: Candidates) -> None:
-    """Apply CLIP bounds, the quality threshold and turn-level judge minimums to input rows.
+    """Apply the score :data:`THRESHOLDS` and turn-level judge minimums to input rows.
 
     Rows need sample_id, source, origin_key, n_turns and whichever score columns exist.
     """

@@ -3,17 +3,12 @@ multi-turn / multi-image rules checked exactly with hand-set vectors."""
 
 from __future__ import annotations
 
-import math
-
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
 from fineharbor.core.quality.clip_score import (
-    REASON_HIGH,
-    REASON_LOW,
     clip_scores,
-    clip_verdicts,
     load_clip_embedder,
 )
 from fineharbor.core.quality.params import ClipScoreParams
@@ -108,26 +103,11 @@ def test_undecodable_images_are_left_out_of_the_max_and_texts_are_embedded_once(
     assert fake.text_calls == [["x"]]
 
 
-def test_verdicts_apply_laion_lower_and_danqing_upper_bounds():
-    scores = pa.array([0.1, 0.3, 0.6, None], pa.float32())
-    params = ClipScoreParams(lower=0.28, upper=0.5)
-    verdicts = clip_verdicts(scores, params)
-    assert verdicts[0][0] == REASON_LOW and verdicts[2][0] == REASON_HIGH
-    assert verdicts[1] is None and verdicts[3] is None
-    assert "0.1000 < 0.28" in verdicts[0][1]
-    assert clip_verdicts(scores, ClipScoreParams(lower=None)) == [None] * 4
-
-
 def test_params_defaults_and_validation():
     params = ClipScoreParams()
-    assert (params.model, params.pretrained, params.lower, params.upper) == (
-        "ViT-B-32",
-        "openai",
-        0.30,
-        None,
-    )
-    with pytest.raises(ValidationError):
-        ClipScoreParams(lower=0.5, upper=0.4)
+    assert (params.model, params.pretrained) == ("ViT-B-32", "openai")
     with pytest.raises(ValidationError):
         ClipScoreParams(unknown=1)
-    assert not math.isnan(ClipScoreParams(lower=0.28).lower)
+    # the bounds moved to the release recipe: an old key says where
+    with pytest.raises(ValidationError, match=r"release\.clip_score_min"):
+        ClipScoreParams(lower=0.28)

@@ -146,7 +146,7 @@ PROJECT = """
 sources:
   - {{name: photos, reader: image_folder, location: photos, mapping: {{caption: txt}}}}
 stages:
-  clip_score: {{model: "local-dir:{clip}", pretrained: null, lower: null}}
+  clip_score: {{model: "local-dir:{clip}", pretrained: null}}
   signals:
     nsfw_path: {root}/nsfw.safetensors
     aesthetic_path: {root}/sac+logos+ava1-l14-linearMSE.pth
