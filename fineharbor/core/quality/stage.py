@@ -105,7 +105,7 @@ def _train_samples(
             for batch in storage.iter_batches(
                 DECONTAMINATED,
                 name,
-                columns=["sample_id", "source", "images", "texts"],
+                columns=["sample_id", "source", "images", "texts", "segments"],
                 batch_size=256,
             ):
                 batch = batch.slice(0, per_source - taken)
@@ -198,6 +198,7 @@ def train_quality_model(
         "real_samples": len(train_set.images),
         "examples_by_level": train_set.level_counts(),
         "examples_by_rule": train_set.rule_counts(),
+        "examples_by_kind": train_set.kind_counts(),
         "rewritten_by": written_by,
         "rewrite_failures": train_set.rewrite_failures,
         "path": target,
