@@ -585,8 +585,8 @@ def train_quality_classifier(
     """Embed the training set with the frozen CLIP ``embedder`` and fit the scorer (CPU, seconds).
 
     Examples whose images all fail to decode are dropped, and so are :data:`ORDER_ONLY_RULES`
-    examples (pooled features cannot tell them from the true document). The report holds held-out accuracy
-    and confusion over whole held-out images.
+    examples (pooled features cannot tell them from the true document). The report holds
+    held-out accuracy and confusion over whole held-out images.
     """
     started = time.perf_counter()
     image_features = pooled_image_features(embedder, train_set.images)
