@@ -90,7 +90,7 @@ def load_quality_model(storage: Storage) -> AnyQualityModel:
         return QualityModel.load(directory)
 
 
-def _train_samples(
+def train_samples(
     project: ProjectConfig, storage: Storage, cap: int
 ) -> tuple[list[str], Iterator[pa.RecordBatch]]:
     """Decontaminated samples of every train source, at most ``cap`` in all, spread evenly."""
@@ -142,7 +142,7 @@ def train_quality_model(
             "stages.quality_classifier.rewrite_with_judge needs a text judge: set "
             "stages.judge.backend (openai or transformers) and text_model"
         )
-    sources, batches = _train_samples(project, storage, params.max_training_samples)
+    sources, batches = train_samples(project, storage, params.max_training_samples)
     synthetic = None
     if params.synthetic_texts == "mllm":
         own_writer = writer is None
