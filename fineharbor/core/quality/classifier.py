@@ -198,6 +198,8 @@ def build_quality_training_set(
     caption, or the first question with a non-answer); level 0 the segments of another sample of
     the same ``source`` when the samples have that column (an off-topic text from the same kind
     of data, so the model cannot tell level 0 by its style alone), else of any sample.
+    An interleaved document (a row with ``segments``) gets :func:`document_levels` instead, its
+    paragraphs as segments and its layout in ``order``.
     ``rewrite`` (e.g. :func:`llm_rewriter`) rewrites the segments of levels 1 and 2 in one
     batched call; keep it None for the rule-based texts. ``max_samples`` caps how many real
     samples are used (the set holds their image bytes in memory).
