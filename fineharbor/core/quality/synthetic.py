@@ -156,11 +156,12 @@ class SyntheticReport:
 
     def summary(self) -> str:
         levels = ", ".join(f"{level}: {self.by_level.get(level, 0)}" for level in LEVELS)
+        documents = f", {DOCUMENT_PROMPT_VERSION}" if self.documents else ""
         return (
             f"{self.examples} training texts from {self.real_samples} real samples "
             f"({self.documents} documents; levels "
             f"{levels}; balance {self.balance():.2f}); written by {self.writer} "
-            f"({self.prompt_version}): {self.written} new, {self.cache_hits} cached, "
+            f"({self.prompt_version}{documents}): {self.written} new, {self.cache_hits} cached, "
             f"{self.failures} failed (rule-based fallback)"
         )
 

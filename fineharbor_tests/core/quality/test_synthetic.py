@@ -241,6 +241,9 @@ def test_documents_are_written_by_the_server_in_their_layout_and_cached(writer_s
     # the SHORT document's level-1 reply has 2 paragraphs for 3 places: the rules' text
     assert report.written == 7 and report.failures == 1
     assert report.by_level == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert (
+        "(2 documents; levels" in report.summary() and DOCUMENT_PROMPT_VERSION in report.summary()
+    )
     by = {(r["sample"], r["level"]): r for r in data.examples.to_pylist()}
     assert by[0, 3]["segments"] == ["A red square on white."] * 3
     assert by[0, 0]["segments"] == ["A cat."] * 3 and by[0, 0]["rule"] == RULE
