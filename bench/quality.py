@@ -18,7 +18,10 @@ Both must give the same scores (to float16 precision on a GPU; exactly on CPU).
 ``quality/classifier_mllm`` times ``MllmQualityModel.score_samples`` (vision tower + AvgPool
 projector + causal LM + head, record batches of 256) against the CLIP-MLP scorer
 (``score_quality``: the same CLIP embeddings + the two-layer MLP) on the same batches. Scoring
-costs the same with trained or untrained weights, so both are untrained. ``--mllm tiny`` (the
+costs the same with trained or untrained weights, so both are untrained.
+``quality/classifier_mllm_documents`` does the same on interleaved documents (a title, then
+three images each followed by its paragraph: :func:`make_documents`), the MLLM reading them in
+order, the CLIP-MLP pooling their images and chunked text. ``--mllm tiny`` (the
 suite's) is the tests' tiny SigLIP + Qwen2; ``--mllm published-shape`` builds SigLIP-SO400M and
 Qwen2.5-0.5B *shapes* with random weights (nothing is downloaded; ~4 GB of float32 weights are
 written to a temporary directory), the cost of the published model: run it on a GPU.
@@ -60,6 +63,34 @@ def make_batches(n: int) -> list[pa.RecordBatch]:
         }
         for i in range(n)
     ]
+    table = pa.Table.from_pylist(rows, schema=UNIFIED_SCHEMA)
+    return table.to_batches(max_chunksize=BATCH)
+
+
+def make_documents(n: int, images_per_document: int = 3) -> list[pa.RecordBatch]:
+    """``n`` interleaved documents (unified rows with ``segments``), the caption batches' JPEGs
+    as their images."""
+    from fineharbor.core.interleaved import document_segments, document_turns
+
+    images = [jpeg(i % 64) for i in range(64)]
+    rows = []
+    for i in range(n):
+        texts: list[str | None] = [f"Notes from day {i} of the trip."]
+        data = []
+        for k in range(images_per_document):
+            data.append(images[(i * images_per_document + k) % len(images)])
+            texts += [None, f"Here {k + 2} red circles sit on a grey card, photo {i}-{k}."]
+        segments = document_segments(texts, len(data))
+        rows.append(
+            {
+                "sample_id": f"d{i}",
+                "source": "bench",
+                "origin_key": str(i),
+                "images": [{"bytes": b, "path": None} for b in data],
+                "texts": document_turns(segments),
+                "segments": segments,
+            }
+        )
     table = pa.Table.from_pylist(rows, schema=UNIFIED_SCHEMA)
     return table.to_batches(max_chunksize=BATCH)
 
@@ -132,7 +163,7 @@ def published_shape(root: Path) -> tuple[Path, Path]:
 
 def run_classifiers(size: int, repeats: int = 1, mllm: str = "tiny") -> list[Measurement]:
     """Scoring samples/s of the MLLM classifier, with the CLIP-MLP on the same batches as the
-    baseline."""
+    baseline: caption pairs, then ``size // 4`` interleaved documents."""
     import torch
 
     from fineharbor.core.quality.mllm_classifier import build_mllm_classifier
@@ -145,7 +176,7 @@ def run_classifiers(size: int, repeats: int = 1, mllm: str = "tiny") -> list[Mea
         embedder = load_tiny_clip(clip_dir, params)
         if mllm == "tiny":
             vision, lm = save_tiny_mllm(Path(tmp))
-            shape = {"visual_tokens": 4, "max_length": 64, "batch_size": 64}
+            shape = {"visual_tokens": 4, "max_length": 160, "batch_size": 64}
         else:
             vision, lm = published_shape(Path(tmp))
             shape = {"visual_tokens": 144, "max_length": 1024, "batch_size": 32}
@@ -157,22 +188,23 @@ def run_classifiers(size: int, repeats: int = 1, mllm: str = "tiny") -> list[Mea
                             256, 50)  # fmt: skip
     model.score_samples(batches[0].slice(0, 2))  # warm-up
 
-    def score_mllm() -> int:
-        return sum(model.score_samples(b).null_count for b in batches)
+    out = []
+    for name, unit, data in (
+        ("quality/classifier_mllm", "samples", batches),
+        ("quality/classifier_mllm_documents", "documents", make_documents(max(1, size // 4))),
+    ):
 
-    seconds, nulls = best_time(score_mllm, repeats)
-    base, _ = best_time(lambda: [score_quality(b, clip_mlp, embedder) for b in batches], repeats)
-    return [
-        Measurement(
-            "quality/classifier_mllm",
-            size,
-            seconds,
-            "CLIP-MLP classifier, same batches",
-            base,
-            "samples",
-            f"{mllm} on {model.device.type}; {nulls} null scores",
-        )
-    ]
+        def score_mllm(data=data) -> int:
+            return sum(model.score_samples(b).null_count for b in data)
+
+        seconds, nulls = best_time(score_mllm, repeats)
+        base, _ = best_time(lambda data=data: [score_quality(b, clip_mlp, embedder) for b in data],
+                            repeats)  # fmt: skip
+        rows = sum(b.num_rows for b in data)
+        note = f"{mllm} on {model.device.type}; {nulls} null scores"
+        out.append(Measurement(name, rows, seconds, "CLIP-MLP classifier, same batches", base,
+                               unit, note))  # fmt: skip
+    return out
 
 
 def run(size: int, repeats: int = 1) -> list[Measurement]:
@@ -214,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         measurements = run(args.n, args.repeats)
         if args.mllm != "tiny":
-            measurements = run_classifiers(args.n, args.repeats, args.mllm) + measurements[1:]
+            measurements = run_classifiers(args.n, args.repeats, args.mllm) + [
+                m for m in measurements if not m.name.startswith("quality/classifier")
+            ]
     for m in measurements:
         if m.name == "quality/clip_score":
             print(
@@ -222,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m.rows / m.baseline_seconds:,.0f} samples/s ({m.ratio:.2f}x); {m.note}"
             )
         else:
+            what = "caption pairs" if m.unit == "samples" else "documents (3 images each)"
             print(
-                f"{m.rows:,} caption pairs: MLLM classifier {m.rate:,.1f} samples/s, CLIP-MLP "
-                f"classifier {m.rows / m.baseline_seconds:,.1f} samples/s ({m.ratio:.3f}x); "
+                f"{m.rows:,} {what}: MLLM classifier {m.rate:,.1f} {m.unit}/s, CLIP-MLP "
+                f"classifier {m.rows / m.baseline_seconds:,.1f} {m.unit}/s ({m.ratio:.3f}x); "
                 f"{m.note}"
             )
     return 0

@@ -89,6 +89,13 @@ def quality_classifier(
         [(level, *row) for level, row in zip(LEVELS, report.confusion, strict=True)],
     )
     accuracy = report.heldout_accuracy
+    kinds = markdown_table(
+        ["kind", "real samples", "examples", *(f"level {level}" for level in LEVELS), "balance"],
+        [
+            (kind, k["real_samples"], k["examples"], *k["by_level"].values(), k["balance"])
+            for kind, k in stats["examples_by_kind"].items()
+        ],
+    )
     return dg.MaterializeResult(
         metadata={
             "trained": True,
@@ -104,6 +111,7 @@ def quality_classifier(
                 {str(k): v for k, v in stats["examples_by_level"].items()}
             ),
             "examples_by_rule": dg.MetadataValue.json(stats["examples_by_rule"]),
+            "examples_by_kind": dg.MetadataValue.json(stats["examples_by_kind"]),
             "texts_rewritten_by": stats["rewritten_by"],
             "synthetic_texts": stats["synthetic"] or "rules",
             "rewrite_failures": stats["rewrite_failures"],
@@ -112,7 +120,8 @@ def quality_classifier(
             "seconds": round(report.seconds, 2),
             "path": dg.MetadataValue.path(stats["path"]),
             "summary": dg.MetadataValue.md(
-                f"{report.summary().splitlines()[0]}\n\n### Held-out confusion matrix\n{confusion}"
+                f"{report.summary().splitlines()[0]}\n\n{kinds}\n\n"
+                f"### Held-out confusion matrix\n{confusion}"
             ),
         }
     )

@@ -163,6 +163,10 @@ def print_planted_defect_scores(config, state: Path) -> None:
             f"planted bad documents (scored_samples.{doc.column}): ROC AUC {doc.auc:.3f} "
             f"({doc.good} good vs {doc.bad} shuffled / boilerplate / unrelated-image documents)"
         )
+    from fineharbor.demo.unifilter import compare_classifiers, print_comparison
+
+    truth, models = state / "demo" / "ground_truth.parquet", state / "demo" / "models" / "unifilter"
+    print_comparison(compare_classifiers(config, Storage(fineharbor_home()), truth, models))
 
 
 def print_planted_pii(storage, truth_path: Path) -> None:

@@ -116,6 +116,9 @@ def test_classifier_then_scores_keep_every_row_with_judge_off(tmp_path, home, cl
         meta = metadata(trained, "quality_classifier")
         assert meta["trained"] is True and 0.0 <= meta["heldout_accuracy"] <= 1.0
         assert meta["real_samples"] == 24 and "confusion matrix" in meta["summary"]
+        kinds = meta["examples_by_kind"]
+        assert kinds["captions"]["real_samples"] == 24 and kinds["documents"]["examples"] == 0
+        assert "| captions | 24 |" in meta["summary"]
         assert (home / "models" / "quality_classifier" / "quality_classifier.pt").is_file()
 
         instance.add_dynamic_partitions("source", list(SOURCES))

@@ -6,7 +6,9 @@ Here:
 
 * :func:`build_quality_training_set` pairs each real sample's images with texts at levels
   3 (true), 2 (one attribute wrong), 1 (vague or generic) and 0 (another image's text), made by
-  the rules of :mod:`fineharbor.core.quality.perturb`; an optional ``rewrite`` hook (e.g.
+  the rules of :mod:`fineharbor.core.quality.perturb`, and each interleaved document (a row
+  with ``segments``) with documents at the four levels, its layout kept in ``order``
+  (:func:`document_levels`); an optional ``rewrite`` hook (e.g.
   :func:`llm_rewriter` around the configured judge's text model) rewrites the synthetic levels
   1 and 2 in the LLM's own words, as the paper had Claude write them.
 * :func:`train_quality_classifier` embeds images and texts once with a frozen CLIP and fits a
@@ -42,7 +44,7 @@ from fineharbor.core.quality.clip_score import (
 )
 from fineharbor.core.quality.metrics import confusion_matrix
 from fineharbor.core.quality.params import LEVELS, MAX_LEVEL, QualityClassifierParams
-from fineharbor.core.quality.perturb import perturb_attribute, vague_text
+from fineharbor.core.quality.perturb import boilerplate_paragraph, perturb_attribute, vague_text
 from fineharbor.core.quality.text import clean_text, pack_segments, sample_segments
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,16 @@ EXAMPLE_SCHEMA = pa.schema(
         pa.field("level", pa.int8(), nullable=False),
         pa.field("rule", pa.string(), nullable=False),  # how the text was made
         pa.field("segments", pa.list_(pa.string()), nullable=False),
+        # documents only (null for captions and Q&A): the layout, per position an index into the
+        # sample's images or TEXT for the next of `segments`
+        pa.field("order", pa.list_(pa.int32())),
     ]
 )
+TEXT = -1
+ORDER_ONLY_RULES = frozenset({"shuffled_images"})
+"""Rules whose text is the true one with the images moved: a scorer that pools a sample's
+images (the CLIP-MLP) sees the true pair there, so only order-aware scorers train on them."""
+KINDS = ("captions", "documents")
 
 
 # --------------------------------------------------------------------------- training data
@@ -100,6 +110,25 @@ class QualityTrainingSet:
     def rule_counts(self) -> dict[str, int]:
         rules = self.examples.column("rule").to_pylist()
         return {rule: rules.count(rule) for rule in sorted(set(rules))}
+
+    def kind_counts(self) -> dict[str, dict]:
+        """Per kind (``captions``: pairs and Q&A; ``documents``: interleaved), the real samples,
+        the examples per level and their balance (smallest level count over the largest)."""
+        rows = self.examples.select(["sample", "level", "order"]).to_pylist()
+        out = {}
+        for kind in KINDS:
+            mine = [r for r in rows if (r["order"] is not None) == (kind == "documents")]
+            levels = [r["level"] for r in mine]
+            counts = {str(level): levels.count(level) for level in LEVELS}
+            out[kind] = {
+                "real_samples": len({r["sample"] for r in mine}),
+                "examples": len(mine),
+                "by_level": counts,
+                "balance": round(min(counts.values()) / max(counts.values()), 3)
+                if max(counts.values())
+                else 0.0,
+            }
+        return out
 
 
 def _iter_tables(samples: Samples) -> Iterable[pa.Table | pa.RecordBatch]:
@@ -169,6 +198,8 @@ def build_quality_training_set(
     caption, or the first question with a non-answer); level 0 the segments of another sample of
     the same ``source`` when the samples have that column (an off-topic text from the same kind
     of data, so the model cannot tell level 0 by its style alone), else of any sample.
+    An interleaved document (a row with ``segments``) gets :func:`document_levels` instead, its
+    paragraphs as segments and its layout in ``order``.
     ``rewrite`` (e.g. :func:`llm_rewriter`) rewrites the segments of levels 1 and 2 in one
     batched call; keep it None for the rule-based texts. ``max_samples`` caps how many real
     samples are used (the set holds their image bytes in memory).
@@ -179,15 +210,21 @@ def build_quality_training_set(
     groups: list[str | None] = []
     true_segments: list[list[str]] = []
     questions: list[str | None] = []
+    orders: list[list[int] | None] = []
     for table in _iter_tables(samples):
         names = table.schema.names
-        rows = table.select([n for n in ("sample_id", "source", "images", "texts") if n in names])
+        wanted = ("sample_id", "source", "images", "texts", "segments")
+        rows = table.select([n for n in wanted if n in names])
         for row in rows.to_pylist():
-            data = image_bytes(row.get("images"))
-            segments = sample_segments(row.get("texts"))
+            if row.get("segments") is not None:
+                data, segments, order = document_parts(row["segments"], row.get("images"))
+            else:
+                data, segments = image_bytes(row.get("images")), sample_segments(row.get("texts"))
+                order = None
             if not data or not segments:
                 continue
             images.append(data)
+            orders.append(order)
             sample_ids.append(row.get("sample_id"))
             groups.append(row.get("source"))
             true_segments.append(segments)
@@ -199,17 +236,27 @@ def build_quality_training_set(
 
     columns: dict[str, list] = {name: [] for name in EXAMPLE_SCHEMA.names}
 
-    def add(index: int, level: int, rule: str, segments: list[str]) -> None:
+    def add(
+        index: int, level: int, rule: str, segments: list[str], order: list[int] | None = None
+    ) -> None:
         columns["sample"].append(index)
         columns["sample_id"].append(sample_ids[index])
         columns["level"].append(level)
         columns["rule"].append(rule)
         columns["segments"].append(segments)
+        columns["order"].append(order)
 
     members: dict[str | None, list[int]] = {}
     for i, group in enumerate(groups):
         members.setdefault(group, []).append(i)
     for i, segments in enumerate(true_segments):
+        pool = members[groups[i]] if len(members[groups[i]]) > 1 else range(len(images))
+        order = orders[i]
+        if order is not None:
+            draw = _paragraph_drawer(i, pool, true_segments, rng)
+            for level, rule, texts, layout in document_levels(segments, order, draw, rng):
+                add(i, level, rule, texts, layout)
+            continue
         add(i, 3, "true", list(segments))
         # Level 2: try segments in random order until one has an attribute to change.
         for k in rng.permutation(len(segments)):
@@ -222,7 +269,6 @@ def build_quality_training_set(
                 break
         add(i, 1, "vague", [vague_text(rng, questions[i])])
         # Level 0: a random other sample whose text differs (duplicates can share texts).
-        pool = members[groups[i]] if len(members[groups[i]]) > 1 else range(len(images))
         for _ in range(10):
             j = int(pool[int(rng.integers(len(pool)))])
             if j != i and true_segments[j] != segments:
@@ -231,6 +277,118 @@ def build_quality_training_set(
     failures = _apply_rewrite(columns, rewrite) if rewrite is not None else 0
     examples = pa.table(columns, schema=EXAMPLE_SCHEMA)
     return QualityTrainingSet(images=images, examples=examples, rewrite_failures=failures)
+
+
+def document_parts(
+    segments: Sequence[dict], images: Sequence[dict | None] | None
+) -> tuple[list[bytes], list[str], list[int]]:
+    """(image bytes, paragraphs, order) of a unified document: ``order`` per position an index
+    into the returned images or :data:`TEXT`; images without bytes and empty paragraphs are
+    left out."""
+    images = list(images or [])
+    data: list[bytes] = []
+    index_of: dict[int, int] = {}
+    texts: list[str] = []
+    order: list[int] = []
+    for segment in segments:
+        if segment["image"] is None:
+            text = clean_text(segment["text"])
+            if text:
+                texts.append(text)
+                order.append(TEXT)
+            continue
+        k = segment["image"]
+        entry = images[k] if 0 <= k < len(images) else None
+        if not entry or not entry.get("bytes"):
+            continue
+        if k not in index_of:
+            index_of[k] = len(data)
+            data.append(entry["bytes"])
+        order.append(index_of[k])
+    return data, texts, order
+
+
+def _described(order: Sequence[int]) -> list[int]:
+    """Indices (among the paragraphs) of the paragraphs most likely to describe an image: those
+    right after one (where web pages put captions), else right before one, else all."""
+    after, before, k = [], [], 0
+    for position, entry in enumerate(order):
+        if entry == TEXT:
+            if position > 0 and order[position - 1] != TEXT:
+                after.append(k)
+            elif position + 1 < len(order) and order[position + 1] != TEXT:
+                before.append(k)
+            k += 1
+    return after or before or list(range(k))
+
+
+def _paragraph_drawer(
+    i: int, pool: Sequence[int], texts: Sequence[list[str]], rng: np.random.Generator
+) -> Callable[[], str | None]:
+    """Draws a paragraph of a random other sample of ``pool`` that sample ``i`` does not hold
+    (None after ten misses: duplicates can share texts)."""
+
+    def draw() -> str | None:
+        for _ in range(10):
+            j = int(pool[int(rng.integers(len(pool)))])
+            if j != i and texts[j]:
+                paragraph = texts[j][int(rng.integers(len(texts[j])))]
+                if paragraph not in texts[i]:
+                    return paragraph
+        return None
+
+    return draw
+
+
+def document_levels(
+    paragraphs: list[str],
+    order: list[int],
+    other: Callable[[], str | None],
+    rng: np.random.Generator,
+) -> list[tuple[int, str, list[str], list[int]]]:
+    """A document's rule-based examples ``(level, rule, paragraphs, order)``:
+
+    * 3 ``true``: the document as it is;
+    * 2 ``mismatched_paragraph``: one paragraph after an image replaced by a paragraph of
+      another sample (``other()`` draws one, None when there is none), or with one attribute
+      made wrong when the document has a single paragraph or there is no other sample (skipped
+      when neither works);
+    * 1 ``boilerplate``: every paragraph replaced by page chrome;
+    * 0 ``shuffled_images`` (the images rotated across their positions, each paragraph now next
+      to another image) or ``other_paragraphs`` (every paragraph taken from other samples), one
+      of the two at random where both can be made.
+    """
+    out = [(3, "true", list(paragraphs), list(order))]
+    near = _described(order)
+    k = near[int(rng.integers(len(near)))]
+    replacement = other() if len(paragraphs) > 1 else None
+    if replacement is not None:
+        wrong = list(paragraphs)
+        wrong[k] = replacement
+        out.append((2, "mismatched_paragraph", wrong, list(order)))
+    else:
+        perturbed = perturb_attribute(paragraphs[k], rng)
+        if perturbed is not None:
+            wrong = list(paragraphs)
+            wrong[k] = perturbed[0]
+            out.append((2, perturbed[1], wrong, list(order)))
+    out.append((1, "boilerplate", [boilerplate_paragraph(rng) for _ in paragraphs], list(order)))
+    slots = [p for p, entry in enumerate(order) if entry != TEXT]
+    placed = [order[p] for p in slots]
+    drawn = [other() for _ in paragraphs]
+    unrelated = None if None in drawn else [p for p in drawn if p is not None]
+    if len(set(placed)) > 1 and (unrelated is None or rng.random() < 0.5):
+        shift = int(rng.integers(1, len(placed)))
+        rotated = placed[shift:] + placed[:shift]
+        if rotated == placed:  # repeated images can rotate into the same layout
+            rotated = placed[1:] + placed[:1]
+        moved = list(order)
+        for p, entry in zip(slots, rotated, strict=True):
+            moved[p] = entry
+        out.append((0, "shuffled_images", list(paragraphs), moved))
+    elif unrelated is not None:
+        out.append((0, "other_paragraphs", unrelated, list(order)))
+    return out
 
 
 # --------------------------------------------------------------------------- features
@@ -428,8 +586,9 @@ def train_quality_classifier(
 ) -> QualityModel:
     """Embed the training set with the frozen CLIP ``embedder`` and fit the scorer (CPU, seconds).
 
-    Examples whose images all fail to decode are dropped. The report holds held-out accuracy
-    and confusion over whole held-out images.
+    Examples whose images all fail to decode are dropped, and so are :data:`ORDER_ONLY_RULES`
+    examples (pooled features cannot tell them from the true document). The report holds
+    held-out accuracy and confusion over whole held-out images.
     """
     started = time.perf_counter()
     image_features = pooled_image_features(embedder, train_set.images)
@@ -439,10 +598,11 @@ def train_quality_classifier(
     )
     sample_index = examples.column("sample").to_numpy()
     levels = examples.column("level").to_numpy().astype(np.int64)
+    rules = examples.column("rule").to_pylist()
     keep = np.array(
         [
-            image_features[s] is not None and t is not None
-            for s, t in zip(sample_index, text_features, strict=True)
+            image_features[s] is not None and t is not None and rule not in ORDER_ONLY_RULES
+            for s, t, rule in zip(sample_index, text_features, rules, strict=True)
         ],
         dtype=bool,
     )

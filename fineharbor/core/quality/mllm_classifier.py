@@ -39,6 +39,7 @@ from fineharbor.core.models import hub_offline
 from fineharbor.core.quality.classifier import (
     LEVELS,
     MAX_LEVEL,
+    TEXT,
     QualityReport,
     QualityTrainingSet,
     split_images,
@@ -404,10 +405,20 @@ def _in_order(order: list[dict], images: list[dict | None]) -> list[Segment]:
 
 
 def training_documents(train_set: QualityTrainingSet) -> list[list[Segment]]:
-    """One document per training example: its real images, then its level's text segments."""
-    samples = train_set.examples.column("sample").to_pylist()
-    segments = train_set.examples.column("segments").to_pylist()
-    return [[*train_set.images[s], *segs] for s, segs in zip(samples, segments, strict=True)]
+    """One document per training example: its real images, then its level's text segments; an
+    interleaved one (``order`` set) laid out as its example says."""
+    examples = train_set.examples
+    samples = examples.column("sample").to_pylist()
+    segments = examples.column("segments").to_pylist()
+    orders = examples.column("order").to_pylist()
+    out: list[list[Segment]] = []
+    for s, segs, order in zip(samples, segments, orders, strict=True):
+        if order is None:
+            out.append([*train_set.images[s], *segs])
+        else:
+            texts = iter(segs)
+            out.append([next(texts) if k == TEXT else train_set.images[s][k] for k in order])
+    return out
 
 
 def heldout_examples(train_set: QualityTrainingSet, fraction: float, seed: int) -> np.ndarray:

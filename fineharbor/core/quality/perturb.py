@@ -237,3 +237,32 @@ def vague_text(rng: np.random.Generator, question: str | None = None) -> str:
     opener = _GENERIC_OPENERS[int(rng.integers(len(_GENERIC_OPENERS)))]
     body = _GENERIC_BODIES[int(rng.integers(len(_GENERIC_BODIES)))]
     return f"{opener} {body}."
+
+
+# --------------------------------------------------------------------------- documents
+
+# Web page chrome: what a level-1 document paragraph says instead of describing its images.
+PAGE_CHROME = (
+    "This site uses cookies; by browsing you agree to their use.",
+    "Sign up for our weekly newsletter.",
+    "All rights reserved.",
+    "Related posts.",
+    "Leave a reply.",
+    "Your email address will not be published.",
+    "Posted in Uncategorized.",
+    "Previous post. Next post.",
+    "Share this article.",
+    "Loading comments...",
+    "Menu. Home. About. Contact.",
+    "Powered by a content management system.",
+    "Download our app for the best experience.",
+    "This article may contain affiliate links.",
+    "Page 1 of 2.",
+    "Tags: photos, gallery, blog.",
+)
+
+
+def boilerplate_paragraph(rng: np.random.Generator, fragments: int = 2) -> str:
+    """A level-1 document paragraph: a few distinct pieces of page chrome."""
+    picks = rng.choice(len(PAGE_CHROME), size=min(fragments, len(PAGE_CHROME)), replace=False)
+    return " ".join(PAGE_CHROME[int(i)] for i in picks)

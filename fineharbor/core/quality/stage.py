@@ -90,7 +90,7 @@ def load_quality_model(storage: Storage) -> AnyQualityModel:
         return QualityModel.load(directory)
 
 
-def _train_samples(
+def train_samples(
     project: ProjectConfig, storage: Storage, cap: int
 ) -> tuple[list[str], Iterator[pa.RecordBatch]]:
     """Decontaminated samples of every train source, at most ``cap`` in all, spread evenly."""
@@ -105,7 +105,7 @@ def _train_samples(
             for batch in storage.iter_batches(
                 DECONTAMINATED,
                 name,
-                columns=["sample_id", "source", "images", "texts"],
+                columns=["sample_id", "source", "images", "texts", "segments"],
                 batch_size=256,
             ):
                 batch = batch.slice(0, per_source - taken)
@@ -142,7 +142,7 @@ def train_quality_model(
             "stages.quality_classifier.rewrite_with_judge needs a text judge: set "
             "stages.judge.backend (openai or transformers) and text_model"
         )
-    sources, batches = _train_samples(project, storage, params.max_training_samples)
+    sources, batches = train_samples(project, storage, params.max_training_samples)
     synthetic = None
     if params.synthetic_texts == "mllm":
         own_writer = writer is None
@@ -198,6 +198,7 @@ def train_quality_model(
         "real_samples": len(train_set.images),
         "examples_by_level": train_set.level_counts(),
         "examples_by_rule": train_set.rule_counts(),
+        "examples_by_kind": train_set.kind_counts(),
         "rewritten_by": written_by,
         "rewrite_failures": train_set.rewrite_failures,
         "path": target,

@@ -8,10 +8,14 @@ request per level with the sample's images attached and its own text given as a 
 
 * 3 — accurate, specific and fluent; 2 — fluent but exactly one detail wrong; 1 — vague and
   generic; 0 — fluent but about something else.
-* A sample with several images (a document) gets one paragraph per image, in image order,
-  separated by blank lines; each paragraph is one text segment.
+* A sample with several images but no document layout (multi-image Q&A) gets one paragraph
+  per image, in image order, separated by blank lines; each paragraph is one text segment.
+* An interleaved document (a row with ``segments``) is shown as its layout, paragraphs and
+  ``[image k]`` markers in document order, and rewritten at the level
+  (:data:`DOCUMENT_TASKS`, :data:`DOCUMENT_PROMPT_VERSION`) with exactly as many paragraphs,
+  which take the paragraphs' places; a reply with another count is a failure.
 * Replies are cached in the judge's cache (:class:`~fineharbor.core.judge.cache.JudgmentCache`)
-  under (writer model, :data:`PROMPT_VERSION`, sample, level), keyed also by a digest of the exact
+  under (writer model, prompt version, sample, level), keyed also by a digest of the exact
   request, so a rerun asks nothing twice and a changed image or prompt is asked again.
 * A failed or empty reply falls back to the rule-based text of that level
   (:func:`fineharbor.core.quality.classifier.build_quality_training_set`, which remains the
@@ -33,6 +37,7 @@ from fineharbor.core.judge.params import JudgeParams
 from fineharbor.core.quality.classifier import (
     EXAMPLE_SCHEMA,
     LEVELS,
+    TEXT,
     QualityTrainingSet,
     Samples,
     build_quality_training_set,
@@ -66,6 +71,19 @@ _DOCUMENT = (
 )
 _QUOTES = "\"'“”‘’"
 
+DOCUMENT_PROMPT_VERSION = "unifilter-document-levels/v1"
+"""Bump when :data:`DOCUMENT_TASKS` or :func:`document_request` change."""
+DOCUMENT_TASKS = {
+    3: "Rewrite this web document at high quality: every paragraph accurate, specific and "
+    "fluent about the images next to it (objects, colours, counts, positions, any legible text).",
+    2: "Rewrite this web document fluently and accurately except for exactly one paragraph next "
+    "to an image, which contradicts that image (a wrong colour, count, position or object).",
+    1: "Rewrite this web document as vague, generic web text: page chrome (cookie notices, "
+    "menus, share buttons) or remarks that could go with any images and state no detail.",
+    0: "Rewrite this web document as fluent paragraphs about an unrelated subject that matches "
+    "none of the images.",
+}
+
 
 def level_request(images: Sequence[bytes], reference: Sequence[str], level: int) -> JudgeRequest:
     """The request asking for a text at ``level`` for these images."""
@@ -73,6 +91,22 @@ def level_request(images: Sequence[bytes], reference: Sequence[str], level: int)
     user = (
         f"{LEVEL_TASKS[level].format(kind=kind)}\n\n"
         f"<reference>\n{chr(10).join(reference)}\n</reference>"
+    )
+    return JudgeRequest(SYSTEM, user, tuple(images))
+
+
+def document_request(
+    images: Sequence[bytes], paragraphs: Sequence[str], order: Sequence[int], level: int
+) -> JudgeRequest:
+    """The request asking for a document at ``level`` with the layout ``order`` (per position an
+    index into ``images``, attached in that order, or TEXT for the next paragraph)."""
+    texts = iter(paragraphs)
+    layout = [next(texts) if k == TEXT else f"[image {k + 1}]" for k in order]
+    user = (
+        f"{DOCUMENT_TASKS[level]}\n\nWrite exactly {len(paragraphs)} paragraphs, one for each "
+        "text position of the document below and in its order, separated by one blank line; do "
+        "not write the [image k] markers (image k is the k-th attached image).\n\n"
+        f"<reference>\n{chr(10).join(layout)}\n</reference>"
     )
     return JudgeRequest(SYSTEM, user, tuple(images))
 
@@ -86,6 +120,15 @@ def reply_segments(reply: str | None) -> list[str] | None:
     return paragraphs or None
 
 
+def _parse(reply: str | None, paragraphs: int | None) -> list[str] | None:
+    """The reply's segments; None when it is empty or, for a document of ``paragraphs``
+    paragraphs, has another count (they could not take the paragraphs' places)."""
+    segments = reply_segments(reply)
+    if segments is None or (paragraphs is not None and len(segments) != paragraphs):
+        return None
+    return segments
+
+
 @dataclass
 class SyntheticReport:
     """What generation did: ``requested = cache_hits + written + failures`` (a failure keeps the
@@ -94,6 +137,7 @@ class SyntheticReport:
     writer: str
     prompt_version: str = PROMPT_VERSION
     real_samples: int = 0
+    documents: int = 0  # of the real samples, interleaved documents
     requested: int = 0
     cache_hits: int = 0
     written: int = 0
@@ -112,10 +156,12 @@ class SyntheticReport:
 
     def summary(self) -> str:
         levels = ", ".join(f"{level}: {self.by_level.get(level, 0)}" for level in LEVELS)
+        documents = f", {DOCUMENT_PROMPT_VERSION}" if self.documents else ""
         return (
-            f"{self.examples} training texts from {self.real_samples} real samples (levels "
+            f"{self.examples} training texts from {self.real_samples} real samples "
+            f"({self.documents} documents; levels "
             f"{levels}; balance {self.balance():.2f}); written by {self.writer} "
-            f"({self.prompt_version}): {self.written} new, {self.cache_hits} cached, "
+            f"({self.prompt_version}{documents}): {self.written} new, {self.cache_hits} cached, "
             f"{self.failures} failed (rule-based fallback)"
         )
 
@@ -164,21 +210,27 @@ def write_level_texts(
     rows = rules.examples.to_pylist()
     fallback = {(row["sample"], row["level"]): row for row in rows}
     reference = {row["sample"]: row["segments"] for row in rows if row["level"] == 3}
+    orders = {row["sample"]: row["order"] for row in rows if row["level"] == 3}
     sample_ids = {row["sample"]: row["sample_id"] for row in rows}
     report = SyntheticReport(writer=writer.name, real_samples=len(rules.images))
+    report.documents = sum(order is not None for order in orders.values())
+
+    def expected(index: int) -> int | None:
+        return None if orders[index] is None else len(reference[index])
 
     wanted: list[tuple[int, int, JudgmentKey, JudgeRequest]] = []
     for index in sorted(reference):
-        images = rules.images[index]
+        images, order = rules.images[index], orders[index]
         for level in sorted(LEVELS, reverse=True):
+            if order is None:
+                version, request = PROMPT_VERSION, level_request(images, reference[index], level)
+            else:
+                version = DOCUMENT_PROMPT_VERSION
+                request = document_request(images, reference[index], order, level)
             key = JudgmentKey(
-                writer.name,
-                PROMPT_VERSION,
-                _sample_key(sample_ids[index], images),
-                level,
-                CACHE_AXIS,
+                writer.name, version, _sample_key(sample_ids[index], images), level, CACHE_AXIS
             )
-            wanted.append((index, level, key, level_request(images, reference[index], level)))
+            wanted.append((index, level, key, request))
     report.requested = len(wanted)
 
     replies: dict[tuple[int, int], str | None] = {}
@@ -197,7 +249,7 @@ def write_level_texts(
         done = []
         for (index, level, key, request), answer in zip(part, answers, strict=True):
             replies[index, level] = answer
-            if reply_segments(answer) is not None:
+            if _parse(answer, expected(index)) is not None:
                 report.written += 1
                 done.append((key, Judgment(request.digest(), answer, None)))
         if cache is not None:
@@ -205,10 +257,10 @@ def write_level_texts(
 
     columns: dict[str, list] = {name: [] for name in EXAMPLE_SCHEMA.names}
     for index, level, _, _ in wanted:
-        segments = reply_segments(replies[index, level])
+        segments = _parse(replies[index, level], expected(index))
         if segments is not None:
             row = {"sample": index, "sample_id": sample_ids[index], "level": level, "rule": RULE}
-            row["segments"] = segments
+            row["segments"], row["order"] = segments, orders[index]
         else:
             report.failures += 1
             row = fallback.get((index, level))

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from fineharbor.core.quality.synthetic import LEVEL_TASKS
+from fineharbor.core.quality.synthetic import DOCUMENT_TASKS, LEVEL_TASKS
 from fineharbor.testing.models import save_tiny_clip
 
 
@@ -70,6 +70,8 @@ WRITTEN = {
 
 
 def _level_of(prompt: str) -> int:
+    if "Rewrite this web document" in prompt:
+        return next(level for level, task in DOCUMENT_TASKS.items() if task in prompt)
     return next(level for level, task in LEVEL_TASKS.items() if task.split("{kind}")[1] in prompt)
 
 
@@ -77,7 +79,8 @@ def _level_of(prompt: str) -> int:
 def writer_server(fake_server):
     """The loopback server answering level prompts: the text of the asked level, naming the
     reference's colour; "FAIL" in the reference answers 500 for level 2; judge rating prompts
-    get "Rating: 4"."""
+    get "Rating: 4". A document gets the paragraphs it asks for, one short at level 1 when its
+    reference says "SHORT"."""
 
     async def answer(body: dict) -> web.Response:
         system, user = body["messages"][0]["content"], body["messages"][1]["content"]
@@ -93,9 +96,15 @@ def writer_server(fake_server):
         fake_server.seen[text] = fake_server.seen.get(text, 0) + 1
         if "FAIL" in text and level == 2:
             return fake_server._status(500)
-        colour = re.search(r"<reference>\nA (\w+)", text).group(1)
-        reply = WRITTEN[level].format(colour=colour)
-        if len(images) > 1:
+        asked = re.search(r"Write exactly (\d+) paragraphs", text)
+        if asked:  # an interleaved document
+            colour = re.search(r"\bA (\w+) square", text).group(1)
+            count = int(asked.group(1)) - (level == 1 and "SHORT" in text)
+            reply = "\n\n".join([WRITTEN[level].format(colour=colour)] * count)
+        else:
+            colour = re.search(r"<reference>\nA (\w+)", text).group(1)
+            reply = WRITTEN[level].format(colour=colour)
+        if len(images) > 1 and not asked:
             reply = "\n\n".join(f'"{reply}"' for _ in images)  # one quoted paragraph per image
         fake_server.statuses.append(200)
         payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
