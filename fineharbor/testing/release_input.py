@@ -25,6 +25,7 @@ SCORED_FIELDS = [
     pa.field("aesthetic_score", pa.float32()),
     pa.field("pwatermark", pa.float32()),
     pa.field("face_count", pa.int32()),
+    pa.field("pii_found", pa.list_(pa.string())),
     *[pa.field(f"{a}_ratings", pa.list_(pa.int64())) for a in AXES],
     *[pa.field(f"{a}_min", pa.int64()) for a in AXES],
 ]
@@ -71,6 +72,8 @@ def rows(source: str, n: int, turns: int, scored: bool, seed: int) -> list[dict]
             "aesthetic_score": float(aesthetic) if scored else None,
             "pwatermark": float(pwatermark) if scored else None,
             "face_count": int(faces) if scored else None,
+            # cleaning's personal-data matches: one in every 7th sample, two in every 11th
+            "pii_found": ["EMAIL_ADDRESS"] * ((i % 7 == 3) + 2 * (i % 11 == 5)),
         }
         for a in AXES:
             row[f"{a}_ratings"] = ratings[a] if scored else None

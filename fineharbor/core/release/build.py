@@ -40,6 +40,8 @@ from fineharbor.core.release.card import (
 )
 from fineharbor.core.release.params import RATING_AXES
 from fineharbor.core.release.select import (
+    PII_COUNT,
+    PII_FOUND,
     Candidates,
     ReleaseGate,
     apply_source_mix,
@@ -249,6 +251,8 @@ def _select(
             for row in rows:
                 origin[row["sample_id"]] = row["origin_key"]
                 row["n_turns"] = len(row.pop("texts") or [])
+                matches = row.pop(PII_FOUND, None)
+                row[PII_COUNT] = None if matches is None else len(matches)
             if role == "benchmark":
                 candidates.rejects += [
                     reject(r, "benchmark_source", "role: benchmark") for r in rows

@@ -130,6 +130,13 @@ class ReleaseRecipe(StrictModel):
         f"LAION-Aesthetics v2 subsets keep >= {', '.join(map(str, LAION_AESTHETICS_V2))} "
         "(LAION aesthetic predictor v2)",
     )
+    pii_max: int | None = Field(
+        None,
+        ge=0,
+        description="drop samples whose turns hold more personal-data matches than this "
+        "(`pii_found`; 0 releases none; cleaned_samples.pii_found lists them, see "
+        "docs/safety.md); null keeps flagged samples",
+    )
     min_ratings: RatingMinimums = Field(
         RatingMinimums(),
         description="per axis: turns rated below the minimum are dropped, samples left without "

@@ -3,7 +3,7 @@
 Every candidate is either selected or rejected with a stable reason, so the release accounts
 for its whole input: ``source_not_in_recipe``, ``benchmark_source``, one reason per score
 threshold named after its score (:data:`THRESHOLDS`: ``clip_score_low``, ``clip_score_high``,
-``quality_low``, ``punsafe_high``, ``watermark_high``, ``aesthetic_low``),
+``quality_low``, ``punsafe_high``, ``watermark_high``, ``aesthetic_low``, ``pii_found``),
 ``rating_below_min`` (every turn fell below a judge minimum), ``source_weight``,
 ``source_cap``, ``concept_balance``, and what reviewers decided: ``source_not_approved`` and
 ``human_flagged``; and ``image_only_excluded`` when the recipe leaves image-only samples out.
@@ -27,6 +27,12 @@ from fineharbor.core.schema import REJECT_SCHEMA
 SCORED_STAGE = (
     "scored_samples (quality scoring: CLIP score, UniFilter score, judge ratings, image signals)"
 )
+
+
+# Cleaning lists each personal-data match in `pii_found` (null: the sample was not scanned); the
+# release thresholds their number.
+PII_FOUND = "pii_found"
+PII_COUNT = "pii_count"
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ THRESHOLDS = (
     Threshold("punsafe_high", "punsafe", "punsafe_max", False, "NSFW probability maximum"),
     Threshold("watermark_high", "pwatermark", "pwatermark_max", False, "watermark maximum"),
     Threshold("aesthetic_low", "aesthetic_score", "aesthetic_score_min", True, "aesthetic minimum"),
+    Threshold("pii_found", PII_COUNT, "pii_max", False, "personal-data matches maximum"),
 )
 # What the card reports the distribution of: every thresholded score, and the face count.
 SIGNAL_COLUMNS = {
@@ -141,7 +148,13 @@ def min_column(axis: str) -> str:
 
 
 def required_columns(recipe: ReleaseRecipe) -> list[str]:
-    needed = list(dict.fromkeys(t.column for t in THRESHOLDS if t.limit(recipe) is not None))
+    needed = list(
+        dict.fromkeys(
+            PII_FOUND if t.column == PII_COUNT else t.column
+            for t in THRESHOLDS
+            if t.limit(recipe) is not None
+        )
+    )
     needed += [ratings_column(axis) for axis in recipe.min_ratings.active()]
     return needed
 
@@ -159,7 +172,7 @@ def check_input(schema: pa.Schema, recipe: ReleaseRecipe, input_asset: str) -> N
 
 def score_columns(schema: pa.Schema) -> list[str]:
     """The contract's score columns present in the input (all are optional)."""
-    names = list(SIGNAL_COLUMNS)
+    names = [*SIGNAL_COLUMNS, PII_FOUND]
     for axis in RATING_AXES:
         names += [ratings_column(axis), min_column(axis)]
     return [n for n in names if schema.get_field_index(n) >= 0]

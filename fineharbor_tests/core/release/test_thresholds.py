@@ -28,7 +28,7 @@ def storage(home):
 
 def _candidates(storage: Storage) -> list[dict]:
     columns = ["sample_id", "clip_score", "quality_score", "punsafe", "pwatermark"]
-    columns += ["aesthetic_score", "face_count"]
+    columns += ["aesthetic_score", "face_count", "pii_found"]
     return [
         row
         for source in TRAIN
@@ -43,6 +43,8 @@ CASES = [
     ("punsafe_max: 0.5", "punsafe_high", lambda r: r["punsafe"] > 0.5),
     ("pwatermark_max: 0.8", "watermark_high", lambda r: r["pwatermark"] > 0.8),
     ("aesthetic_score_min: 5.0", "aesthetic_low", lambda r: r["aesthetic_score"] < 5.0),
+    # the release index has no pii_found column: the sample ids above are what is checked
+    ("pii_max: 1", "pii_found", lambda r: len(r.get("pii_found", [])) > 1),
 ]
 
 
