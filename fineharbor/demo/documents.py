@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from fineharbor.core.pipeline import SCORED
 from fineharbor.core.schema import make_sample_id
 from fineharbor.testing.documents import document, write_obelics_parquet
 
@@ -122,11 +123,11 @@ def planted_document_aucs(storage, truth_path: str | Path) -> list[DocumentAuc]:
         for r in truth
         if r["source"] == SOURCE and r["defect"] in DOCUMENT_DEFECTS
     }
-    if not storage.has_partition("scored_samples", SOURCE):
+    if not storage.has_partition(SCORED, SOURCE):
         return []
     results = []
     for column in ("quality_score", "clip_score"):
-        table = storage.read_table("scored_samples", SOURCE, columns=["sample_id", column])
+        table = storage.read_table(SCORED, SOURCE, columns=["sample_id", column])
         ids, values = table.column("sample_id").to_pylist(), table.column(column).to_pylist()
         scored = [(i, v) for i, v in zip(ids, values, strict=True) if v is not None]
         good = [v for i, v in scored if i not in bad]

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fineharbor.core.pipeline import DECONTAMINATED, SCORED
 from fineharbor.core.schema import make_sample_id
 from fineharbor.demo.documents import DOCUMENT_DEFECTS
 
@@ -155,9 +156,7 @@ def compare_classifiers(config, storage, truth_path: str | Path, root: Path) -> 
     configured = f"{config.stages.quality_classifier.architecture} (configured)"
     scores: dict[str, float | None] = {}
     source_of: dict[str, str] = {}
-    for batch in _rows(
-        storage, "scored_samples", sources, ["sample_id", "source", "quality_score"]
-    ):
+    for batch in _rows(storage, SCORED, sources, ["sample_id", "source", "quality_score"]):
         for row in batch.to_pylist():
             scores[row["sample_id"]] = row["quality_score"]
             source_of[row["sample_id"]] = row["source"]
@@ -178,7 +177,7 @@ def compare_classifiers(config, storage, truth_path: str | Path, root: Path) -> 
     started = time.perf_counter()
     mllm_scores: dict[str, float | None] = {}
     columns = ["sample_id", "source", "images", "texts", "segments"]
-    for batch in _rows(storage, "decontaminated_samples", sources, columns):
+    for batch in _rows(storage, DECONTAMINATED, sources, columns):
         ids = batch.column("sample_id").to_pylist()
         mllm_scores.update(zip(ids, model.score_samples(batch).to_pylist(), strict=True))
         source_of.update(zip(ids, batch.column("source").to_pylist(), strict=True))

@@ -30,6 +30,7 @@ from PIL import Image
 from pydantic import Field
 from torch import nn
 
+from fineharbor.core.pipeline import SCORED
 from fineharbor.core.strict import StrictModel
 
 WATERMARK_DEFECT = "watermark"
@@ -205,9 +206,9 @@ def planted_watermark_auc(storage, truth_path: str | Path) -> WatermarkAuc | Non
     sources = sorted({s for (s, _), d in planted.items() if d == WATERMARK_DEFECT})
     marked, clean = [], []
     for source in sources:
-        if not storage.has_partition("scored_samples", source):
+        if not storage.has_partition(SCORED, source):
             continue
-        table = storage.read_table("scored_samples", source, columns=["origin_key", "pwatermark"])
+        table = storage.read_table(SCORED, source, columns=["origin_key", "pwatermark"])
         keys, scores = (table.column(c).to_pylist() for c in ("origin_key", "pwatermark"))
         for key, score in zip(keys, scores, strict=True):
             if score is None:
