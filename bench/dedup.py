@@ -279,8 +279,8 @@ def part2(scale: float, imagededup_python: str) -> None:
     from fineharbor.core.dedup.evaluate import evaluate_clusters
     from fineharbor.core.dedup.union_find import UnionFind, cluster_id
     from fineharbor.core.dedup.verify import batches_thumbnail_loader
+    from fineharbor.core.pipeline import UNIFIED
     from fineharbor.core.signatures import SignatureParams, compute_signatures
-    from fineharbor.core.stages import UNIFIED
 
     print(f"\n== phash dedup on demo images (scale {scale}): fineharbor vs imagededup ==")
     with tempfile.TemporaryDirectory(prefix="fh-dedup-bench-") as tmp:

@@ -39,13 +39,14 @@ from fineharbor.core.dedup import (
 )
 from fineharbor.core.dedup.evaluate import QualityReport, evaluate_clusters
 from fineharbor.core.dedup.verify import batches_thumbnail_loader
+from fineharbor.core.ingest import build_raw_samples, build_unified_samples
+from fineharbor.core.pipeline import UNIFIED
 from fineharbor.core.signatures import SignatureParams, build_embedders, compute_signatures
 from fineharbor.core.signatures.train_copy_detector import (
     TrainConfig,
     export_torchscript,
     train_copy_detector,
 )
-from fineharbor.core.stages import UNIFIED, build_raw_samples, build_unified_samples
 from fineharbor.core.storage import Storage
 from fineharbor.demo import generate_demo, serve_directory
 

@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from fineharbor.core.config import ProjectConfig
-from fineharbor.core.stages import StageReport
+from fineharbor.core.stage_io import StageReport
 from fineharbor.core.storage import Storage
 from fineharbor.defs.resources import FineharborProject
 

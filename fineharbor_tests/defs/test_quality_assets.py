@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA
+from fineharbor.core.pipeline import DECONTAMINATED
 from fineharbor.core.quality.stage import SCORED, SCORED_SCHEMA
-from fineharbor.core.stages import DECONTAMINATED
 from fineharbor.core.storage import Storage
 from fineharbor.defs.quality import QualityModelsResource, quality_classifier, scored_samples
 from fineharbor.defs.resources import FineharborProject

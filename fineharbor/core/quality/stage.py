@@ -50,7 +50,7 @@ from fineharbor.core.quality.mllm_classifier import MllmQualityModel, train_mllm
 from fineharbor.core.quality.signals import SIGNAL_COLUMNS, SignalModels, load_signal_models
 from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
-from fineharbor.core.stages import Progress, StageReport, write_stage
+from fineharbor.core.stage_io import Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
 
 QUALITY_MODEL_DIR = ("models", QUALITY_MODEL)

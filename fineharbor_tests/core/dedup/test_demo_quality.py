@@ -20,8 +20,9 @@ from fineharbor.core.config import load_config
 from fineharbor.core.dedup import DedupParams, compact_samples, find_duplicates
 from fineharbor.core.dedup.evaluate import evaluate_clusters
 from fineharbor.core.dedup.verify import batches_thumbnail_loader
+from fineharbor.core.ingest import build_raw_samples, build_unified_samples
+from fineharbor.core.pipeline import UNIFIED
 from fineharbor.core.signatures import SignatureParams, compute_signatures
-from fineharbor.core.stages import UNIFIED, build_raw_samples, build_unified_samples
 from fineharbor.core.storage import Storage
 from fineharbor.demo import generate_demo, serve_directory
 from fineharbor_tests.core.signatures.conftest import TinyCopyNet, save_script
