@@ -25,6 +25,7 @@ from fineharbor.core.readers.url_list import read_url_list
 from fineharbor.core.schema import RAW_SCHEMA, UNIFIED_SCHEMA
 from fineharbor.core.stage_io import Progress, StageReport, write_mapped, write_stage
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import by_reference
 
 
 def build_raw_samples(
@@ -85,7 +86,8 @@ def _guard_downloads(storage: Storage, partition: str, losses: LossCounter) -> N
 
 
 def _map_records(mapping: MappingSpec) -> StreamFn:
-    return lambda batches: (map_batch(batch, mapping) for batch in batches)
+    """Mapping keeps raw's images as they are: written by reference (core/stored.py)."""
+    return by_reference(lambda batches: (map_batch(batch, mapping) for batch in batches))
 
 
 def build_unified_samples(

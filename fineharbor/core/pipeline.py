@@ -80,6 +80,11 @@ class Stage:
     description: str
     pool: str | None = None
     code_version: str = "1"
+    # Each byte stored once (core/stored.py): a stage that decides stores `sample_id` and its
+    # own columns, its rows being `rows_of`'s rows of those ids; in a stage with `images_of`,
+    # an image whose `bytes` is null is image j of the same sample in `images_of`.
+    rows_of: str | None = None
+    images_of: str | None = None
 
     @property
     def has_table(self) -> bool:
@@ -121,6 +126,7 @@ STAGES: tuple[Stage, ...] = (
         group="ingest",
         job="per_source_job",
         kinds=_PY,
+        images_of=RAW,
         description=(
             "Records mapped into the unified, FineVision-compatible schema (`images`, `texts` "
             "as user/assistant turns, `source`) by the source's declared mapping (presets "
@@ -138,6 +144,7 @@ STAGES: tuple[Stage, ...] = (
         group="clean",
         job="per_source_job",
         kinds=_PY,
+        images_of=UNIFIED,
         description=(
             "Unified samples after FineVision, LAION and DanQing cleaning: every image fully "
             "decoded in worker processes (format allowlist, pixel limit before decoding, "
@@ -197,6 +204,7 @@ STAGES: tuple[Stage, ...] = (
         group="dedup",
         job="filter_job",
         kinds=_PY,
+        rows_of=CLEANED,
         description=(
             "Cleaned samples minus the non-kept members of duplicate clusters. Each reject "
             "(`exact_duplicate` / `near_duplicate`) names the kept sample (`duplicate_of`), the "
@@ -230,6 +238,7 @@ STAGES: tuple[Stage, ...] = (
         group="decontam",
         job="filter_job",
         kinds=_PY,
+        rows_of=CLEANED,
         description=(
             "Deduplicated samples minus those matching a benchmark (FineVision): any image "
             "within cosine >= 0.95 of a benchmark image (copy-detection embedding), or a close "
@@ -276,6 +285,7 @@ STAGES: tuple[Stage, ...] = (
         job="scoring_job",
         kinds=_GPU,
         pool="gpu",
+        rows_of=CLEANED,
         code_version="2",  # 2: the image signal columns
         description=(
             "Every decontaminated sample (none dropped: thresholds apply in the release mix) "

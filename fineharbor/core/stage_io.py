@@ -17,6 +17,7 @@ import pyarrow as pa
 from fineharbor.core.distributed.engine import MappedPartition
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import stored_schema
 
 Progress = Callable[[int], None]
 
@@ -53,9 +54,13 @@ def write_stage(
     rows_in: Callable[[], int],
     reject_schema: pa.Schema = REJECT_SCHEMA,
 ) -> StageReport:
-    """Write a stream of (kept, rejected) tables atomically; `rows_in` is read after the stream."""
+    """Write a stream of (kept, rejected) tables atomically; `rows_in` is read after the stream.
+
+    ``schema``: the rows as readers see them; a stage that decides stores only ``sample_id``
+    and its own columns of them (:func:`~fineharbor.core.stored.stored_schema`)."""
     started = time.perf_counter()
-    with storage.writer(asset, partition, schema, reject_schema=reject_schema) as writer:
+    written = stored_schema(asset, schema)
+    with storage.writer(asset, partition, written, reject_schema=reject_schema) as writer:
         for kept, rejected in results:
             writer.write(kept)
             writer.reject(rejected)

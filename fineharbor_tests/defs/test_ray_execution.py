@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 import pytest
 
 import fineharbor
-from fineharbor.core.cleaning import CLEANED_SCHEMA
 from fineharbor.core.quality.stage import build_scored_samples
 from fineharbor.core.signatures.build import build_image_signatures
 from fineharbor.core.signatures.embedders import build_embedders
@@ -138,8 +137,10 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):
     # scored_samples (CLIP and classifier; the judge stays local) over the cleaned rows.
     reports = []
     for config, storage in ((project.config, local), (on_ray.config, remote)):
-        with storage.writer("decontaminated_samples", "charts", CLEANED_SCHEMA) as writer:
-            writer.write(storage.read_table("cleaned_samples", "charts"))
+        # a decided stage stores its ids only (core/stored.py)
+        ids = storage.read_table("cleaned_samples", "charts", columns=["sample_id"])
+        with storage.writer("decontaminated_samples", "charts", ids.schema) as writer:
+            writer.write(ids)
         reports.append(build_scored_samples(config, "charts", storage)[0])
     assert local.read_table("scored_samples", "charts").equals(
         remote.read_table("scored_samples", "charts")

@@ -12,6 +12,7 @@ from fineharbor.core.distributed.engine import BatchWork, StreamFn, cpu_processe
 from fineharbor.core.pipeline import CLEANED, UNIFIED
 from fineharbor.core.stage_io import Progress, StageReport, write_mapped
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import by_reference
 
 # Cleaning decodes every image: small batches keep all worker processes busy.
 CLEAN_BATCH_ROWS = 64
@@ -19,7 +20,9 @@ CLEAN_BATCH_ROWS = 64
 
 def _clean_in_worker(params: CleanParams, processes: int) -> StreamFn:
     """Cleaning on a Ray worker: its own pool of ``processes`` (time limits, crash isolation)."""
-    return partial(clean_batches, params=params.model_copy(update={"processes": processes}))
+    return by_reference(
+        partial(clean_batches, params=params.model_copy(update={"processes": processes}))
+    )
 
 
 def build_cleaned_samples(
@@ -32,7 +35,8 @@ def build_cleaned_samples(
         CLEANED,
         _clean_in_worker,
         (params, cpu_processes(project.execution)),
-        local=partial(clean_batches, params=params),
+        # an image cleaning left as it was is stored by reference (core/stored.py)
+        local=by_reference(partial(clean_batches, params=params)),
     )
     mapped = map_partition(
         project.execution,

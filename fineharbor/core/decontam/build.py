@@ -19,6 +19,7 @@ from fineharbor.core.pipeline import (
 )
 from fineharbor.core.stage_io import Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows
 
 
 def embedder_id(project: ProjectConfig, column: str | None) -> str:
@@ -86,7 +87,10 @@ def build_decontaminated_samples(
     )
 
     source = project.source(source_name)
-    batches = counted(storage.iter_batches(DEDUPLICATED, source_name, batch_size=256), progress)
+    columns = ["sample_id", "source", "origin_key", "texts"]  # it decides on texts and ids
+    batches = counted(
+        read_stage_rows(storage, DEDUPLICATED, source_name, columns=columns), progress
+    )
     if source.role == "benchmark":
         results = (
             (CLEANED_SCHEMA.empty_table(), reject_benchmark_rows(pa.Table.from_batches([b])))

@@ -16,6 +16,7 @@ from fineharbor.core.pipeline import CLEANED, DEDUPLICATED, DUPLICATES, SIGNATUR
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.stage_io import Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows
 
 # rows per batch when a global stage streams signature columns (a few MB a batch)
 SIGNATURE_READ_ROWS = 16_384
@@ -97,9 +98,7 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
 
     sources = _train_sources(project, storage, SIGNATURES)
     samples = (
-        pa.concat_tables(
-            [compact_samples(storage.iter_batches(CLEANED, s, batch_size=256)) for s in sources]
-        )
+        pa.concat_tables([compact_samples(read_stage_rows(storage, CLEANED, s)) for s in sources])
         if sources
         else None
     )
@@ -109,7 +108,7 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
     # from the cleaned partitions once: look-alikes that embeddings confuse are not copies.
     thumbnails = batches_thumbnail_loader(
         lambda: itertools.chain.from_iterable(
-            storage.iter_batches(CLEANED, s, columns=["sample_id", "images"]) for s in sources
+            read_stage_rows(storage, CLEANED, s, columns=["sample_id", "images"]) for s in sources
         )
     )
     signatures = sum(storage.count_rows(SIGNATURES, s) for s in sources)
@@ -184,7 +183,11 @@ def build_deduplicated_samples(
     )
 
     def split() -> Iterable[tuple[pa.Table, pa.Table]]:
-        for batch in counted(storage.iter_batches(CLEANED, source_name, batch_size=256), progress):
+        # a decision needs the ids only: the stage stores sample_id (core/stored.py)
+        batches = storage.iter_batches(
+            CLEANED, source_name, columns=["sample_id", "source", "origin_key"], batch_size=4096
+        )
+        for batch in counted(batches, progress):
             ids = batch.column("sample_id").to_pylist()
             keep = pa.array([i not in dropped for i in ids])
             rejected = [

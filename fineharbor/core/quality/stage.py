@@ -52,6 +52,7 @@ from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.stage_io import Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows
 
 QUALITY_MODEL_DIR = ("models", QUALITY_MODEL)
 SCORE_BATCH_ROWS = 64
@@ -102,7 +103,8 @@ def _train_samples(
     def batches() -> Iterator[pa.RecordBatch]:
         for name in sources:
             taken = 0
-            for batch in storage.iter_batches(
+            for batch in read_stage_rows(
+                storage,
                 DECONTAMINATED,
                 name,
                 columns=["sample_id", "source", "images", "texts"],

@@ -32,6 +32,7 @@ from fineharbor.core.quality.signals import (
 from fineharbor.core.schema import make_sample_id
 from fineharbor.core.signatures.embedders import SquareResize
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_table
 from fineharbor.testing.signals import (
     save_head,
     save_tiny_laion_watermark,
@@ -200,7 +201,7 @@ def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny
     embedder, _ = scoring_clip(config.stages.clip_score)
     absent = load_signal_models(config.stages.signals, config.stages.clip_score, embedder)
     build_scored_samples(config, "photos", storage, embedder=embedder, signals=absent)
-    scored = storage.read_table("scored_samples", "photos")
+    scored = read_stage_table(storage, "scored_samples", "photos")
     assert scored.schema.names == SCORED_SCHEMA.names
     for name in ("punsafe", "aesthetic_score", "pwatermark"):
         assert scored.column(name).null_count == 3, name
@@ -215,7 +216,7 @@ def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny
         config, "photos", storage, embedder=embedder, signals=present
     )
     assert report.conserved and report.kept == 3
-    scored = storage.read_table("scored_samples", "photos")
+    scored = read_stage_table(storage, "scored_samples", "photos")
     for name in ("punsafe", "aesthetic_score", "pwatermark"):
         assert scored.column(name).null_count == 0, name
         assert len(stats.signals[name]) == 3
