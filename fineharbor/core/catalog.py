@@ -60,6 +60,13 @@ def _stored_names(storage: Storage, asset: str) -> list[str]:
     return storage.schema(asset, partitions[0] if partitions else None).names
 
 
+def _holds_rows(storage: Storage, asset: str) -> bool:
+    from fineharbor.core.stored import holds_rows  # imports the schemas' modules
+
+    partitions = storage.partitions(asset)
+    return holds_rows(asset, storage.schema(asset, partitions[0] if partitions else None))
+
+
 def rows_sql(
     storage: Storage, asset: str, files: list[str] | None = None, *, bytes: bool = True
 ) -> str:
@@ -69,7 +76,7 @@ def rows_sql(
     enough for what does not look at bytes (counts, previews)."""
     own = parquet_sql(storage, asset, files)
     stage = BY_NAME.get(asset)
-    if stage is not None and stage.rows_of is not None:
+    if stage is not None and stage.rows_of is not None and not _holds_rows(storage, asset):
         base = _stored_names(storage, stage.rows_of)
         added = "".join(f', d."{c}"' for c in _stored_names(storage, asset) if c not in base)
         return (

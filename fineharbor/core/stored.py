@@ -70,11 +70,19 @@ def stored_schema(asset: str, schema: pa.Schema) -> pa.Schema:
     return pa.schema([f for f in schema if f.name == ID or f.name not in base])
 
 
+def holds_rows(asset: str, written: pa.Schema) -> bool:
+    """Whether files of ``written`` hold the rows they keep, not references (a ``rows_of``
+    stage written before references, or by hand): read as they are. Stored references never
+    hold a column of ``rows_of`` other than ``sample_id``."""
+    base = declared_schema(BY_NAME[asset].rows_of)
+    return any(name != ID and name in base.names for name in written.names)
+
+
 def stage_schema(storage: Storage, asset: str, partition: str | None = None) -> pa.Schema:
     """The schema of ``asset``'s rows as readers see them (references resolved)."""
     written = storage.schema(asset, partition)
     stage = _stage(asset)
-    if stage is None or stage.rows_of is None:
+    if stage is None or stage.rows_of is None or holds_rows(asset, written):
         return written
     base = stage_schema(storage, stage.rows_of, partition)
     return pa.schema([*base, *(f for f in written if f.name not in base.names)])
