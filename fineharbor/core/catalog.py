@@ -84,6 +84,8 @@ def rows_sql(
             f"join {rows_sql(storage, stage.rows_of, bytes=bytes)} b on b.sample_id = d.sample_id)"
         )
     if stage is not None and stage.images_of is not None and bytes:
+        if not storage.partitions(stage.images_of):
+            return own  # nothing upstream to resolve against (images written in full)
         image = (
             "{'bytes': coalesce(s.images[i].bytes, u.images[i].bytes), 'path': s.images[i].path}"
         )

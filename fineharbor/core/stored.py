@@ -185,7 +185,7 @@ class StageRows:
             if not self.needs_upstream:
                 yield self._select(batch)
                 continue
-            if batch.num_rows == 0:
+            if batch.num_rows == 0 or (self.rows_of is None and not _references(batch)):
                 if self.rows_of is None:
                     yield self._select(batch)
                 continue
@@ -280,6 +280,11 @@ class _RowIndex:
         back = np.empty(len(rows), np.int64)
         back[np.concatenate(order)] = np.arange(len(rows))
         return table.take(pa.array(back)).combine_chunks()
+
+
+def _references(batch: pa.RecordBatch) -> bool:
+    """Whether any image of ``batch`` is a reference (null bytes)."""
+    return _list_array(batch.column(IMAGES)).flatten().field("bytes").null_count > 0
 
 
 def _offsets(images: pa.ListArray) -> np.ndarray:

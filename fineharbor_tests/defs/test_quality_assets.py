@@ -19,6 +19,7 @@ from fineharbor.core.stored import read_stage_table
 from fineharbor.defs.quality import QualityModelsResource, quality_classifier, scored_samples
 from fineharbor.defs.resources import FineharborProject
 from fineharbor.testing.models import save_tiny_clip
+from fineharbor.testing.stored import write_kept_rows
 from fineharbor_tests.core.judge.conftest import save_text_model
 from fineharbor_tests.core.quality.conftest import png
 
@@ -69,8 +70,7 @@ def make_project(tmp_path, home, clip_dir, judge: dict | None = None) -> Finehar
     storage = Storage(str(home))
     for source in SOURCES:
         table = pa.Table.from_pylist(_rows(source, 12), schema=CLEANED_SCHEMA)
-        with storage.writer(DECONTAMINATED, source, CLEANED_SCHEMA) as writer:
-            writer.write(table)
+        write_kept_rows(storage, DECONTAMINATED, source, table)
     config = {
         "sources": [
             {"name": s, "reader": "hf_parquet", "location": s, "mapping": {"preset": "cauldron"}}

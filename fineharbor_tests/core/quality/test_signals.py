@@ -40,6 +40,7 @@ from fineharbor.testing.signals import (
     tiny_aesthetic,
     tiny_nsfw,
 )
+from fineharbor.testing.stored import write_kept_rows
 from fineharbor_tests.core.cleaning.helpers import encode, scene
 from fineharbor_tests.core.quality.conftest import FakeEmbedder, png
 
@@ -173,8 +174,8 @@ def _write_partition(storage: Storage, n: int) -> None:
         }
         for i in range(n)
     ]
-    with storage.writer("decontaminated_samples", "photos", CLEANED_SCHEMA) as writer:
-        writer.write(pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA))
+    table = pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA)
+    write_kept_rows(storage, "decontaminated_samples", "photos", table)
 
 
 def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny_clip_dir, caplog):
