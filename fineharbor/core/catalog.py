@@ -68,22 +68,25 @@ def _holds_rows(storage: Storage, asset: str) -> bool:
 
 
 def rows_sql(
-    storage: Storage, asset: str, files: list[str] | None = None, *, bytes: bool = True
+    storage: Storage, asset: str, files: list[str] | None = None, *, with_bytes: bool = True
 ) -> str:
     """A relation of ``asset``'s rows as readers see them (references resolved): its own
     files (``files``, default all) joined on ``sample_id`` with what they reference.
-    ``bytes=False``: images as stored (null bytes where referenced), reading no image upstream:
-    enough for what does not look at bytes (counts, previews)."""
+    ``with_bytes=False``: images as stored (null bytes where referenced), reading no image
+    upstream: enough for what does not look at bytes (counts, previews)."""
     own = parquet_sql(storage, asset, files)
     stage = BY_NAME.get(asset)
-    if stage is not None and stage.rows_of is not None and not _holds_rows(storage, asset):
+    if (
+        stage is not None
+        and stage.rows_of is not None
+        and storage.partitions(stage.rows_of)
+        and not _holds_rows(storage, asset)
+    ):
         base = _stored_names(storage, stage.rows_of)
         added = "".join(f', d."{c}"' for c in _stored_names(storage, asset) if c not in base)
-        return (
-            f"(select b.*{added} from {own} d "
-            f"join {rows_sql(storage, stage.rows_of, bytes=bytes)} b on b.sample_id = d.sample_id)"
-        )
-    if stage is not None and stage.images_of is not None and bytes:
+        base_rows = rows_sql(storage, stage.rows_of, with_bytes=with_bytes)
+        return f"(select b.*{added} from {own} d join {base_rows} b on b.sample_id = d.sample_id)"
+    if stage is not None and stage.images_of is not None and with_bytes:
         if not storage.partitions(stage.images_of):
             return own  # nothing upstream to resolve against (images written in full)
         image = (

@@ -148,6 +148,8 @@ class StageRows:
         self.read_columns = columns
         self.base_columns: list[str] = []
         if self.rows_of is not None:
+            if not storage.has_partition(asset, partition):
+                next(storage.iter_batches(asset, partition))  # the usual "materialize it first"
             written = storage.schema(asset, partition).names
             wanted = columns or stage_schema(storage, asset, partition).names
             self.wanted = list(wanted)

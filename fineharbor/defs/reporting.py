@@ -146,9 +146,8 @@ def preview_markdown(
     files = storage.files(report.asset, report.partition)
     reject_files = storage.files(report.asset, report.partition, kind="rejects")
     headers, columns = _preview_columns(report.schema)
-    kept = connection.execute(
-        f"select {columns} from {rows_sql(storage, report.asset, files, bytes=False)} limit {rows}"
-    ).fetchall()
+    relation = rows_sql(storage, report.asset, files, with_bytes=False)
+    kept = connection.execute(f"select {columns} from {relation} limit {rows}").fetchall()
     rejected = (
         connection.execute(
             "select reason, origin_key, detail from "
