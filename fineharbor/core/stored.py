@@ -44,7 +44,7 @@ from fineharbor.core.storage import Storage
 ID = "sample_id"
 IMAGES = "images"
 # Row groups of an upstream partition held at once (each up to 512 rows with their images).
-_CACHED_ROW_GROUPS = 4
+_CACHED_ROW_GROUPS = 2
 
 Batches = Iterable[pa.RecordBatch]
 StreamFn = Callable[[Batches], Iterator[tuple[pa.Table, pa.Table]]]
