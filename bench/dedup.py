@@ -279,8 +279,9 @@ def part2(scale: float, imagededup_python: str) -> None:
     from fineharbor.core.dedup.evaluate import evaluate_clusters
     from fineharbor.core.dedup.union_find import UnionFind, cluster_id
     from fineharbor.core.dedup.verify import batches_thumbnail_loader
+    from fineharbor.core.pipeline import UNIFIED
     from fineharbor.core.signatures import SignatureParams, compute_signatures
-    from fineharbor.core.stages import UNIFIED
+    from fineharbor.core.stored import read_stage_rows
 
     print(f"\n== phash dedup on demo images (scale {scale}): fineharbor vs imagededup ==")
     with tempfile.TemporaryDirectory(prefix="fh-dedup-bench-") as tmp:
@@ -291,7 +292,7 @@ def part2(scale: float, imagededup_python: str) -> None:
         # single-image samples only, one file per sample, so both tools see the same set
         owner: dict[str, str] = {}
         for name in names:
-            for batch in storage.iter_batches(UNIFIED, name, columns=["sample_id", "images"]):
+            for batch in read_stage_rows(storage, UNIFIED, name, columns=["sample_id", "images"]):
                 for sample_id, images in zip(
                     batch.column("sample_id").to_pylist(),
                     batch.column("images").to_pylist(),
@@ -301,7 +302,9 @@ def part2(scale: float, imagededup_python: str) -> None:
                         (images_dir / f"{sample_id}.img").write_bytes(images[0]["bytes"])
                         owner[f"{sample_id}.img"] = sample_id
         truth = pq.read_table(home / "demo" / "ground_truth.parquet")
-        samples = pa.concat_tables(compact_samples(storage.iter_batches(UNIFIED, n)) for n in names)
+        samples = pa.concat_tables(
+            compact_samples(read_stage_rows(storage, UNIFIED, n)) for n in names
+        )
         single = [f"{s}.img" in owner for s in samples.column("sample_id").to_pylist()]
         samples = samples.filter(pa.array(single))
         present = set(samples.column("sample_id").to_pylist())
@@ -310,12 +313,16 @@ def part2(scale: float, imagededup_python: str) -> None:
         params = SignatureParams(num_workers=0)  # hashes only: no model
         started = time.perf_counter()
         signed = pa.concat_tables(
-            [t for n in names for t in compute_signatures(storage.iter_batches(UNIFIED, n), params)]
+            [
+                t
+                for n in names
+                for t in compute_signatures(read_stage_rows(storage, UNIFIED, n), params)
+            ]
         )
         hash_seconds = time.perf_counter() - started
         loader = batches_thumbnail_loader(
             lambda: itertools.chain.from_iterable(
-                storage.iter_batches(UNIFIED, n, columns=["sample_id", "images"]) for n in names
+                read_stage_rows(storage, UNIFIED, n, columns=["sample_id", "images"]) for n in names
             )
         )
         for distance, thumbnails in ((4, None), (10, None), (4, loader), (10, loader)):

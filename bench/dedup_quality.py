@@ -39,14 +39,16 @@ from fineharbor.core.dedup import (
 )
 from fineharbor.core.dedup.evaluate import QualityReport, evaluate_clusters
 from fineharbor.core.dedup.verify import batches_thumbnail_loader
+from fineharbor.core.ingest import build_raw_samples, build_unified_samples
+from fineharbor.core.pipeline import UNIFIED
 from fineharbor.core.signatures import SignatureParams, build_embedders, compute_signatures
 from fineharbor.core.signatures.train_copy_detector import (
     TrainConfig,
     export_torchscript,
     train_copy_detector,
 )
-from fineharbor.core.stages import UNIFIED, build_raw_samples, build_unified_samples
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows
 from fineharbor.demo import generate_demo, serve_directory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +87,7 @@ def prepare_demo(
 
 def image_bytes(storage: Storage, names: list[str]):
     for name in names:
-        for batch in storage.iter_batches(UNIFIED, name, columns=["images"]):
+        for batch in read_stage_rows(storage, UNIFIED, name, columns=["images"]):
             for images in batch.column("images").to_pylist():
                 for image in images or []:
                     if image and image.get("bytes"):
@@ -110,7 +112,9 @@ def signatures(storage: Storage, names: list[str], params: SignatureParams) -> p
     embedders = build_embedders(params)
     tables = []
     for name in names:
-        tables += list(compute_signatures(storage.iter_batches(UNIFIED, name), params, embedders))
+        tables += list(
+            compute_signatures(read_stage_rows(storage, UNIFIED, name), params, embedders)
+        )
     return pa.concat_tables(tables)
 
 
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         print(f"signatures: {signed.num_rows} images in {seconds:.1f} s")
         samples = pa.concat_tables(
-            compact_samples(storage.iter_batches(UNIFIED, name)) for name in names
+            compact_samples(read_stage_rows(storage, UNIFIED, name)) for name in names
         )
         present = set(samples.column("sample_id").to_pylist())
         truth = pq.read_table(home / "demo" / "ground_truth.parquet")
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
         loader = batches_thumbnail_loader(
             lambda: itertools.chain.from_iterable(
-                storage.iter_batches(UNIFIED, n, columns=["sample_id", "images"]) for n in names
+                read_stage_rows(storage, UNIFIED, n, columns=["sample_id", "images"]) for n in names
             )
         )
         defaults = DedupParams()

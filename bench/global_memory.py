@@ -68,8 +68,8 @@ def predicted_mib(n: int, dim: int, id_bytes: int = 17) -> dict[str, float]:
 def generate(root: str, n: int, dim: int, seed: int = 0) -> None:
     import pyarrow as pa
 
+    from fineharbor.core.pipeline import SIGNATURES
     from fineharbor.core.signatures.compute import SIGNATURE_SCHEMA
-    from fineharbor.core.stages import SIGNATURES
     from fineharbor.core.storage import Storage
 
     storage = Storage(root)
@@ -120,10 +120,10 @@ def build(root: str, n: int, binary_exact_limit: int) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from fineharbor.core.dedup.build import read_dedup_signatures, signature_diversity
     from fineharbor.core.dedup.clusters import find_duplicates
     from fineharbor.core.dedup.params import DedupParams
     from fineharbor.core.dedup.samples import SAMPLE_SCHEMA
-    from fineharbor.core.stages import read_dedup_signatures, signature_diversity
     from fineharbor.core.storage import Storage
 
     storage = Storage(root)

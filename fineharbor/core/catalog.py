@@ -10,6 +10,10 @@ extension when it is installed (a temporary secret from the ``AWS_*`` environmen
 else through an fsspec filesystem (``s3fs``) registered on the connection. The catalog file
 holds views only: opening it on another machine needs the same access (``load httpfs`` and an
 S3 secret in the duckdb CLI when the views point at ``s3://``).
+
+A stage that stores its rows by reference (:mod:`fineharbor.core.stored`) gets a view that
+resolves them the way :func:`fineharbor.core.stored.read_stage_rows` does (:func:`rows_sql`):
+its rows are what they were when every stage held a full copy.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from urllib.parse import urlsplit
 import duckdb
 from filelock import FileLock
 
+from fineharbor.core.pipeline import BY_NAME
 from fineharbor.core.storage import DATA, REJECTS, Storage
 
 
@@ -36,6 +41,65 @@ class StageTable:
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def parquet_sql(storage: Storage, asset: str, files: list[str] | None = None) -> str:
+    """``read_parquet`` of a stage's own files (``files``, default every partition's)."""
+    stage = BY_NAME.get(asset)
+    if files is None:
+        where = _quote(storage.glob(asset, stage is None or stage.per_source))
+    else:
+        where = "[" + ", ".join(_quote(storage.to_uri(f)) for f in files) + "]"
+    # Rows carry their `source` column; a `source=<partition>` directory would override it
+    # with a shard's partition key (`laion.shard-003`), so the directories stay out.
+    return f"read_parquet({where}, hive_partitioning=false, union_by_name=true)"
+
+
+def _stored_names(storage: Storage, asset: str) -> list[str]:
+    partitions = storage.partitions(asset)
+    return storage.schema(asset, partitions[0] if partitions else None).names
+
+
+def _holds_rows(storage: Storage, asset: str) -> bool:
+    from fineharbor.core.stored import holds_rows  # imports the schemas' modules
+
+    partitions = storage.partitions(asset)
+    return holds_rows(asset, storage.schema(asset, partitions[0] if partitions else None))
+
+
+def rows_sql(
+    storage: Storage, asset: str, files: list[str] | None = None, *, with_bytes: bool = True
+) -> str:
+    """A relation of ``asset``'s rows as readers see them (references resolved): its own
+    files (``files``, default all) joined on ``sample_id`` with what they reference.
+    ``with_bytes=False``: images as stored (null bytes where referenced), reading no image
+    upstream: enough for what does not look at bytes (counts, previews)."""
+    own = parquet_sql(storage, asset, files)
+    stage = BY_NAME.get(asset)
+    if (
+        stage is not None
+        and stage.rows_of is not None
+        and storage.partitions(stage.rows_of)
+        and not _holds_rows(storage, asset)
+    ):
+        base = _stored_names(storage, stage.rows_of)
+        added = "".join(f', d."{c}"' for c in _stored_names(storage, asset) if c not in base)
+        base_rows = rows_sql(storage, stage.rows_of, with_bytes=with_bytes)
+        return f"(select b.*{added} from {own} d join {base_rows} b on b.sample_id = d.sample_id)"
+    if stage is not None and stage.images_of is not None and with_bytes:
+        if not storage.partitions(stage.images_of):
+            return own  # nothing upstream to resolve against (images written in full)
+        image = (
+            "{'bytes': coalesce(s.images[i].bytes, u.images[i].bytes), 'path': s.images[i].path}"
+        )
+        images = f"list_transform(range(1, len(s.images) + 1), lambda i: {image})"
+        upstream = rows_sql(storage, stage.images_of)
+        return (
+            f"(select s.* replace (case when s.images is null then null else {images} end "
+            f"as images) from {own} s left join (select sample_id, images from {upstream}) u "
+            "on u.sample_id = s.sample_id)"
+        )
+    return own
 
 
 def view_statements(
@@ -57,13 +121,16 @@ def view_statements(
             )
             if not present:
                 continue
-            glob = storage.glob(stage.asset, stage.partitioned, kind)
-            # Rows carry their `source` column; a `source=<partition>` directory would override
-            # it with a shard's partition key (`laion.shard-003`), so the directories stay out.
-            statements[view] = (
-                f"create or replace view {view} as select * from read_parquet("
-                f"{_quote(glob)}, hive_partitioning=false, union_by_name=true)"
-            )
+            if kind == DATA and stage.asset in BY_NAME:
+                relation = rows_sql(storage, stage.asset)
+            else:
+                glob = storage.glob(stage.asset, stage.partitioned, kind)
+                # Rows carry their `source` column; a `source=<partition>` directory would
+                # override it with a shard's key (`laion.shard-003`): directories stay out.
+                relation = (
+                    f"read_parquet({_quote(glob)}, hive_partitioning=false, union_by_name=true)"
+                )
+            statements[view] = f"create or replace view {view} as select * from {relation}"
     return statements
 
 

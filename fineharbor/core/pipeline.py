@@ -80,6 +80,11 @@ class Stage:
     description: str
     pool: str | None = None
     code_version: str = "1"
+    # Each byte stored once (core/stored.py): a stage that decides stores `sample_id` and its
+    # own columns, its rows being `rows_of`'s rows of those ids; in a stage with `images_of`,
+    # an image whose `bytes` is null is image j of the same sample in `images_of`.
+    rows_of: str | None = None
+    images_of: str | None = None
 
     @property
     def has_table(self) -> bool:
@@ -88,7 +93,6 @@ class Stage:
 
 _PY = frozenset({"parquet", "python"})
 _GPU = frozenset({"parquet", "pytorch"})
-_STAGES = "fineharbor.core.stages"
 _CLEANED_SCHEMA = "fineharbor.core.cleaning.stage:CLEANED_SCHEMA"
 
 STAGES: tuple[Stage, ...] = (
@@ -97,7 +101,7 @@ STAGES: tuple[Stage, ...] = (
         per_source=True,
         upstream=(),
         params=("ingest",),
-        build=f"{_STAGES}:build_raw_samples",
+        build="fineharbor.core.ingest:build_raw_samples",
         schema="fineharbor.core.schema:RAW_SCHEMA",
         group="ingest",
         job="per_source_job",
@@ -117,11 +121,12 @@ STAGES: tuple[Stage, ...] = (
         per_source=True,
         upstream=(RAW,),
         params=(),  # the mapping is the source's own config, part of its source state
-        build=f"{_STAGES}:build_unified_samples",
+        build="fineharbor.core.ingest:build_unified_samples",
         schema="fineharbor.core.schema:UNIFIED_SCHEMA",
         group="ingest",
         job="per_source_job",
         kinds=_PY,
+        images_of=RAW,
         description=(
             "Records mapped into the unified, FineVision-compatible schema (`images`, `texts` "
             "as user/assistant turns, `source`) by the source's declared mapping (presets "
@@ -134,11 +139,12 @@ STAGES: tuple[Stage, ...] = (
         per_source=True,
         upstream=(UNIFIED,),
         params=("clean",),
-        build=f"{_STAGES}:build_cleaned_samples",
+        build="fineharbor.core.cleaning.build:build_cleaned_samples",
         schema=_CLEANED_SCHEMA,
         group="clean",
         job="per_source_job",
         kinds=_PY,
+        images_of=UNIFIED,
         description=(
             "Unified samples after FineVision, LAION and DanQing cleaning: every image fully "
             "decoded in worker processes (format allowlist, pixel limit before decoding, "
@@ -155,7 +161,7 @@ STAGES: tuple[Stage, ...] = (
         per_source=True,
         upstream=(CLEANED,),
         params=("signatures",),
-        build=f"{_STAGES}:build_image_signatures",
+        build="fineharbor.core.signatures.build:build_image_signatures",
         schema="fineharbor.core.signatures.compute:SIGNATURE_SCHEMA",
         group="dedup",
         job="per_source_job",
@@ -174,7 +180,7 @@ STAGES: tuple[Stage, ...] = (
         per_source=False,
         upstream=(SIGNATURES, CLEANED),
         params=("dedup",),
-        build=f"{_STAGES}:build_duplicate_clusters",
+        build="fineharbor.core.dedup.build:build_duplicate_clusters",
         schema="fineharbor.core.dedup.clusters:DUPLICATE_SCHEMA",
         group="dedup",
         job="cross_source_job",
@@ -193,11 +199,12 @@ STAGES: tuple[Stage, ...] = (
         per_source=True,
         upstream=(CLEANED, DUPLICATES),
         params=("dedup",),
-        build=f"{_STAGES}:build_deduplicated_samples",
+        build="fineharbor.core.dedup.build:build_deduplicated_samples",
         schema=_CLEANED_SCHEMA,
         group="dedup",
         job="filter_job",
         kinds=_PY,
+        rows_of=CLEANED,
         description=(
             "Cleaned samples minus the non-kept members of duplicate clusters. Each reject "
             "(`exact_duplicate` / `near_duplicate`) names the kept sample (`duplicate_of`), the "
@@ -209,7 +216,7 @@ STAGES: tuple[Stage, ...] = (
         per_source=False,
         upstream=(SIGNATURES, CLEANED),
         params=("decontam", "signatures"),
-        build=f"{_STAGES}:build_benchmark_index",
+        build="fineharbor.core.decontam.build:build_benchmark_index",
         schema="fineharbor.core.decontam.index:BENCHMARK_INDEX_SCHEMA",
         group="decontam",
         job="cross_source_job",
@@ -226,11 +233,12 @@ STAGES: tuple[Stage, ...] = (
         per_source=True,
         upstream=(DEDUPLICATED, BENCHMARK_INDEX, SIGNATURES),
         params=("decontam",),
-        build=f"{_STAGES}:build_decontaminated_samples",
+        build="fineharbor.core.decontam.build:build_decontaminated_samples",
         schema=_CLEANED_SCHEMA,
         group="decontam",
         job="filter_job",
         kinds=_PY,
+        rows_of=CLEANED,
         description=(
             "Deduplicated samples minus those matching a benchmark (FineVision): any image "
             "within cosine >= 0.95 of a benchmark image (copy-detection embedding), or a close "
@@ -277,6 +285,7 @@ STAGES: tuple[Stage, ...] = (
         job="scoring_job",
         kinds=_GPU,
         pool="gpu",
+        rows_of=CLEANED,
         code_version="2",  # 2: the image signal columns
         description=(
             "Every decontaminated sample (none dropped: thresholds apply in the release mix) "

@@ -3,10 +3,10 @@ samples that match a benchmark."""
 
 import dagster as dg
 
-from fineharbor.core import stages
 from fineharbor.core.config import ProjectConfig
+from fineharbor.core.decontam.build import build_benchmark_index
 from fineharbor.core.pipeline import BENCHMARK_INDEX, DECONTAMINATED
-from fineharbor.core.stages import StageReport
+from fineharbor.core.stage_io import StageReport
 from fineharbor.defs.factory import global_result, global_stage, per_source_stage
 from fineharbor.defs.reporting import StageCheck
 from fineharbor.defs.resources import FineharborProject
@@ -14,7 +14,7 @@ from fineharbor.defs.resources import FineharborProject
 
 @global_stage(BENCHMARK_INDEX)
 def benchmark_index(project: FineharborProject) -> dg.MaterializeResult:
-    index, stats = stages.build_benchmark_index(project.config, project.storage)
+    index, stats = build_benchmark_index(project.config, project.storage)
     summary = (
         f"benchmarks: {', '.join(stats['benchmarks']) or 'none'}; embedder {stats['embedder']}"
     )

@@ -3,8 +3,9 @@ each source minus its non-kept duplicates."""
 
 import dagster as dg
 
-from fineharbor.core import stages
+from fineharbor.core.dedup.build import build_duplicate_clusters
 from fineharbor.core.pipeline import DEDUPLICATED, DUPLICATES, SIGNATURES
+from fineharbor.core.signatures.build import build_image_signatures
 from fineharbor.defs.factory import StageRun, global_result, global_stage, per_source_stage
 from fineharbor.defs.reporting import markdown_table
 from fineharbor.defs.resources import FineharborProject
@@ -14,9 +15,7 @@ def _sign_with_embedders(context: dg.AssetExecutionContext, project: FineharborP
     embedders = context.resources.embedder.embedders(project.config.stages.signatures)
 
     def run(config, partition, storage, progress):
-        report = stages.build_image_signatures(
-            config, partition, storage, progress, embedders=embedders
-        )
+        report = build_image_signatures(config, partition, storage, progress, embedders=embedders)
         report.extra["images_per_second"] = round(report.rows_per_second, 1)
         # an absent model leaves its column null (logged with how to get it): say which ran
         report.extra["embeddings"] = ", ".join(e.name for e in embedders) or "none (hashes only)"
@@ -34,7 +33,7 @@ image_signatures = per_source_stage(
 
 @global_stage(DUPLICATES)
 def duplicate_clusters(project: FineharborProject) -> dg.MaterializeResult:
-    clusters, stats = stages.build_duplicate_clusters(project.config, project.storage)
+    clusters, stats = build_duplicate_clusters(project.config, project.storage)
     rows = clusters.select(["source", "cluster_id", "cluster_size", "is_kept"]).to_pylist()
     source_of = {r["cluster_id"]: r["source"] for r in rows if r["is_kept"]}
     pairs: dict[tuple[str, str], int] = {}

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from fineharbor.core.config import ProjectConfig
 from fineharbor.core.pipeline import Stage, resolve, stage
 from fineharbor.core.readers import source_state
-from fineharbor.core.stages import StageReport
+from fineharbor.core.stage_io import StageReport
 from fineharbor.core.storage import Storage
 from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 from fineharbor.defs.reporting import (

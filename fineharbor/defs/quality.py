@@ -10,7 +10,7 @@ from fineharbor.core.judge.prompts import AXES, PROMPT_VERSIONS
 from fineharbor.core.judge.rate import make_backends
 from fineharbor.core.pipeline import QUALITY_MODEL, SCORED
 from fineharbor.core.quality.params import LEVELS, ClipScoreParams
-from fineharbor.core.stages import StageReport
+from fineharbor.core.stage_io import StageReport
 from fineharbor.defs.factory import StageRun, global_stage, per_source_stage
 from fineharbor.defs.reporting import histogram_markdown, markdown_table
 from fineharbor.defs.resources import FineharborProject

@@ -10,9 +10,11 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from fineharbor.core.catalog import rows_sql
 from fineharbor.core.config import ProjectConfig
-from fineharbor.core.stages import StageReport
+from fineharbor.core.stage_io import StageReport
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import stored_schema
 from fineharbor.defs.resources import FineharborProject
 
 CHECK_CONSERVED = "rows_conserved"
@@ -84,7 +86,7 @@ def stage_check_results(
     written = storage.schema(report.asset, report.partition)
     mismatched = [
         f.name
-        for f in report.schema
+        for f in stored_schema(report.asset, report.schema)
         if written.get_field_index(f.name) < 0 or not written.field(f.name).type.equals(f.type)
     ]
     return [
@@ -144,9 +146,8 @@ def preview_markdown(
     files = storage.files(report.asset, report.partition)
     reject_files = storage.files(report.asset, report.partition, kind="rejects")
     headers, columns = _preview_columns(report.schema)
-    kept = connection.execute(
-        f"select {columns} from read_parquet({_files_sql(storage, files)}) limit {rows}"
-    ).fetchall()
+    relation = rows_sql(storage, report.asset, files, with_bytes=False)
+    kept = connection.execute(f"select {columns} from {relation} limit {rows}").fetchall()
     rejected = (
         connection.execute(
             "select reason, origin_key, detail from "

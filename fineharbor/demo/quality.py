@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from fineharbor.core.config import ProjectConfig
 from fineharbor.core.decontam.evaluate import DecontamReport, evaluate_decontamination
 from fineharbor.core.dedup.evaluate import QualityReport, evaluate_clusters
-from fineharbor.core.stages import CLEANED, DECONTAMINATED, DEDUPLICATED, DUPLICATES
+from fineharbor.core.pipeline import CLEANED, DECONTAMINATED, DEDUPLICATED, DUPLICATES
 from fineharbor.core.storage import REJECTS, Storage
 
 

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from fineharbor.core.pipeline import DECONTAMINATED, SCORED
 from fineharbor.core.schema import make_sample_id
+from fineharbor.core.stored import read_stage_rows
 from fineharbor.demo.documents import DOCUMENT_DEFECTS
 
 MISMATCH = "mismatched_caption"
@@ -103,7 +104,7 @@ def classifier_aucs(
 def _rows(storage, asset: str, sources: set[str], columns: list[str]) -> Iterator[pa.RecordBatch]:
     for source in sorted(sources):
         if storage.has_partition(asset, source):
-            yield from storage.iter_batches(asset, source, columns=columns)
+            yield from read_stage_rows(storage, asset, source, columns=columns)
 
 
 def train_demo_mllm(config, storage, root: Path):

@@ -200,6 +200,7 @@ def planted_watermark_auc(storage, truth_path: str | Path) -> WatermarkAuc | Non
     """From ``scored_samples``; None when there is nothing to score (no planted watermark
     reached scoring, or ``pwatermark`` is null: no watermark model configured)."""
     from fineharbor.core.quality.metrics import roc_auc
+    from fineharbor.core.stored import read_stage_table
 
     truth = pq.read_table(truth_path, columns=["source", "origin_key", "defect"]).to_pylist()
     planted = {(r["source"], r["origin_key"]): r["defect"] for r in truth}
@@ -208,7 +209,7 @@ def planted_watermark_auc(storage, truth_path: str | Path) -> WatermarkAuc | Non
     for source in sources:
         if not storage.has_partition(SCORED, source):
             continue
-        table = storage.read_table(SCORED, source, columns=["origin_key", "pwatermark"])
+        table = read_stage_table(storage, SCORED, source, columns=["origin_key", "pwatermark"])
         keys, scores = (table.column(c).to_pylist() for c in ("origin_key", "pwatermark"))
         for key, score in zip(keys, scores, strict=True):
             if score is None:

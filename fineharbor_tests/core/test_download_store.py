@@ -24,7 +24,8 @@ from fineharbor.core.download_store import (
     DownloadStore,
     refetch_requested,
 )
-from fineharbor.core.stages import RAW, build_raw_samples
+from fineharbor.core.ingest import build_raw_samples
+from fineharbor.core.pipeline import RAW
 from fineharbor.core.storage import Storage
 from fineharbor_tests.conftest import make_image_bytes
 

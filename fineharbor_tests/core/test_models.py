@@ -19,6 +19,7 @@ from fineharbor.core.config import load_config
 from fineharbor.core.schema import make_sample_id
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.storage import Storage
+from fineharbor.testing.stored import write_kept_rows
 from fineharbor_tests.core.cleaning.helpers import encode, scene
 
 PROJECT = """
@@ -108,8 +109,8 @@ def test_default_config_without_model_files_scores_with_a_note(offline):
         }
         for i in range(3)
     ]
-    with storage.writer("decontaminated_samples", "photos", CLEANED_SCHEMA) as writer:
-        writer.write(pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA))
+    table = pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA)
+    write_kept_rows(storage, "decontaminated_samples", "photos", table)
     report, stats = build_scored_samples(config, "photos", storage, embedder=embedder)
     assert report.conserved and report.kept == 3
     scored = storage.read_table("scored_samples", "photos")

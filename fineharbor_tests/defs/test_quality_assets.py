@@ -12,12 +12,14 @@ import pytest
 import yaml
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA
+from fineharbor.core.pipeline import DECONTAMINATED
 from fineharbor.core.quality.stage import SCORED, SCORED_SCHEMA
-from fineharbor.core.stages import DECONTAMINATED
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_table
 from fineharbor.defs.quality import QualityModelsResource, quality_classifier, scored_samples
 from fineharbor.defs.resources import FineharborProject
 from fineharbor.testing.models import save_tiny_clip
+from fineharbor.testing.stored import write_kept_rows
 from fineharbor_tests.core.judge.conftest import save_text_model
 from fineharbor_tests.core.quality.conftest import png
 
@@ -68,8 +70,7 @@ def make_project(tmp_path, home, clip_dir, judge: dict | None = None) -> Finehar
     storage = Storage(str(home))
     for source in SOURCES:
         table = pa.Table.from_pylist(_rows(source, 12), schema=CLEANED_SCHEMA)
-        with storage.writer(DECONTAMINATED, source, CLEANED_SCHEMA) as writer:
-            writer.write(table)
+        write_kept_rows(storage, DECONTAMINATED, source, table)
     config = {
         "sources": [
             {"name": s, "reader": "hf_parquet", "location": s, "mapping": {"preset": "cauldron"}}
@@ -128,7 +129,7 @@ def test_classifier_then_scores_keep_every_row_with_judge_off(tmp_path, home, cl
         assert checks and all(c.passed for c in checks)
     assert meta["dagster/row_count"] == 13 and meta["rows_rejected"] == 0
     assert meta["samples_per_second"] > 0 and "CLIP score" in meta["clip_score_histogram"]
-    table = Storage(str(home)).read_table(SCORED, "vqa")
+    table = read_stage_table(Storage(str(home)), SCORED, "vqa")
     assert table.schema.equals(SCORED_SCHEMA, check_metadata=False)
     rows = {r["sample_id"]: r for r in table.to_pylist()}
     assert rows["vqa-text"]["clip_score"] is None and rows["vqa-text"]["quality_score"] is None
@@ -201,7 +202,7 @@ def test_transformers_judge_rates_text_axes_in_process(
         instance.add_dynamic_partitions("source", ["captions"])
         result = materialize(project, instance, [scored_samples], "captions")
         meta = metadata(result, "scored_samples")
-    table = Storage(str(home)).read_table(SCORED, "captions")
+    table = read_stage_table(Storage(str(home)), SCORED, "captions")
     for axis in ("formatting", "relevance", "visual_dependency"):
         assert table.column(f"{axis}_ratings").to_pylist() == [[4]] * 13
         assert table.column(f"{axis}_min").to_pylist() == [4] * 13

@@ -18,10 +18,9 @@ import pyarrow.compute as pc
 import pytest
 
 import fineharbor
-from fineharbor.core.cleaning import CLEANED_SCHEMA
 from fineharbor.core.quality.stage import build_scored_samples
+from fineharbor.core.signatures.build import build_image_signatures
 from fineharbor.core.signatures.embedders import build_embedders
-from fineharbor.core.stages import build_image_signatures
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.resources import FineharborProject
 from fineharbor_tests.defs.pipeline import CONFIG, materialize
@@ -138,8 +137,10 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):
     # scored_samples (CLIP and classifier; the judge stays local) over the cleaned rows.
     reports = []
     for config, storage in ((project.config, local), (on_ray.config, remote)):
-        with storage.writer("decontaminated_samples", "charts", CLEANED_SCHEMA) as writer:
-            writer.write(storage.read_table("cleaned_samples", "charts"))
+        # a decided stage stores its ids only (core/stored.py)
+        ids = storage.read_table("cleaned_samples", "charts", columns=["sample_id"])
+        with storage.writer("decontaminated_samples", "charts", ids.schema) as writer:
+            writer.write(ids)
         reports.append(build_scored_samples(config, "charts", storage)[0])
     assert local.read_table("scored_samples", "charts").equals(
         remote.read_table("scored_samples", "charts")
@@ -169,9 +170,10 @@ DEMO_SOURCES = ["llava_scenes", "wds_captions"]  # a JSON and a WebDataset reade
 def test_demo_gives_the_same_samples_on_ray(ray_address, tmp_path, monkeypatch):
     """The demo (scale 0.1): every per-source stage up to the signatures keeps and rejects the
     same sample_ids, with the same reasons, on Ray as locally."""
-    from fineharbor.core import stages
+    from fineharbor.core.cleaning.build import build_cleaned_samples
     from fineharbor.core.config import load_config
     from fineharbor.core.distributed.params import ExecutionParams
+    from fineharbor.core.ingest import build_raw_samples, build_unified_samples
     from fineharbor.core.storage import Storage
     from fineharbor.demo import generate_demo
 
@@ -188,10 +190,10 @@ def test_demo_gives_the_same_samples_on_ray(ray_address, tmp_path, monkeypatch):
         update={"execution": ExecutionParams(engine="ray", address=ray_address, batch_rows=16)}
     )
     builders = [
-        stages.build_raw_samples,
-        stages.build_unified_samples,
-        stages.build_cleaned_samples,
-        stages.build_image_signatures,
+        build_raw_samples,
+        build_unified_samples,
+        build_cleaned_samples,
+        build_image_signatures,
     ]
     homes = {}
     for name, settings in (("local", config), ("ray", on_ray)):
@@ -200,7 +202,7 @@ def test_demo_gives_the_same_samples_on_ray(ray_address, tmp_path, monkeypatch):
             for build in builders:
                 report = build(settings, source, storage)
                 assert report.conserved, (name, source, report.asset)
-                if name == "ray" and build is not stages.build_raw_samples:
+                if name == "ray" and build is not build_raw_samples:
                     assert report.extra["engine"] == "ray", report.asset
         homes[name] = storage
     for source in DEMO_SOURCES:

@@ -5,7 +5,7 @@ import random
 
 import pyarrow as pa
 
-from fineharbor.core.stages import StageReport
+from fineharbor.core.stage_io import StageReport
 from fineharbor.core.storage import Storage
 from fineharbor.defs.reporting import cleaned_distributions, histogram_markdown
 from fineharbor.defs.resources import FineharborProject

@@ -11,6 +11,7 @@ import pytest
 from fineharbor.core.catalog import connect_in_memory
 from fineharbor.core.config import Shard, load_config
 from fineharbor.core.readers import SourceLocationError, read_source
+from fineharbor.core.stored import read_stage_table
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.resources import STAGE_TABLES, FineharborProject
@@ -98,7 +99,7 @@ def test_a_sharded_source_gives_the_unsharded_samples_through_the_release(projec
         sources = {
             s
             for p in SHARDS
-            for s in storage.read_table("scored_samples", p).column("source").to_pylist()
+            for s in read_stage_table(storage, "scored_samples", p).column("source").to_pylist()
         }
         assert sources == {"charts"}
         with connect_in_memory(storage, STAGE_TABLES) as connection:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows
 
 Pairs = Iterable[tuple[pa.Table, pa.Table]]
 StreamFn = Callable[[Iterable[pa.RecordBatch]], Pairs]
@@ -85,7 +86,7 @@ def map_partition(
     """(kept, rejected) pairs of ``work`` over ``asset``'s ``partition``, in input order."""
     if not execution.on_ray(work.stage):
         batches = counted(
-            storage.iter_batches(asset, partition, columns=columns, batch_size=batch_size),
+            read_stage_rows(storage, asset, partition, columns=columns, batch_size=batch_size),
             progress,
         )
         run = work.local or work.setup(*work.args)

@@ -19,6 +19,7 @@ from fineharbor.core.distributed.engine import (
 )
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import StageRows
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,20 @@ def _from_ipc(data: bytes) -> pa.Table:
 class StageActor:
     """One actor of a stage's pool: builds the stage once, then maps units to results."""
 
-    def __init__(self, work: BatchWork, fs, columns: list[str] | None, batch_size: int) -> None:
+    def __init__(self, work: BatchWork, rows: StageRows, batch_size: int) -> None:
         self.run = work.setup(*work.args)
-        self.fs, self.columns, self.batch_size = fs, columns, batch_size
+        self.rows, self.batch_size = rows, batch_size
+        self.fs, self.columns = rows.storage.fs, rows.read_columns
         self.worker = worker_id()
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, units: pa.Table) -> pa.Table:
         rows = []
         for unit in units.to_pylist():
-            batches = read_unit(self.fs, Unit(**unit), self.columns, self.batch_size)
+            # references to upstream rows resolved here, on the worker (core/stored.py)
+            batches = list(
+                self.rows.resolve(read_unit(self.fs, Unit(**unit), self.columns, self.batch_size))
+            )
             kept, rejected = [], []
             for kept_table, rejected_table in self.run(batches):
                 kept.append(_to_ipc(kept_table))
@@ -124,8 +129,7 @@ def ray_map_partition(
         StageActor,
         fn_constructor_args=(
             dataclasses.replace(work, local=None),
-            storage.fs,
-            columns,
+            StageRows(storage, asset, partition, columns),
             batch_size,
         ),
         batch_size=1,

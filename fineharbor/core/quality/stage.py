@@ -50,8 +50,9 @@ from fineharbor.core.quality.mllm_classifier import MllmQualityModel, train_mllm
 from fineharbor.core.quality.signals import SIGNAL_COLUMNS, SignalModels, load_signal_models
 from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
-from fineharbor.core.stages import Progress, StageReport, write_stage
+from fineharbor.core.stage_io import Progress, StageReport, write_stage
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows
 
 QUALITY_MODEL_DIR = ("models", QUALITY_MODEL)
 SCORE_BATCH_ROWS = 64
@@ -102,7 +103,8 @@ def train_samples(
     def batches() -> Iterator[pa.RecordBatch]:
         for name in sources:
             taken = 0
-            for batch in storage.iter_batches(
+            for batch in read_stage_rows(
+                storage,
                 DECONTAMINATED,
                 name,
                 columns=["sample_id", "source", "images", "texts", "segments"],

@@ -67,6 +67,7 @@ from fineharbor.core.release.writer import (
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.sql_models import load_models, run_models
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows, stage_schema
 
 if TYPE_CHECKING:
     from fineharbor.core.config import ProjectConfig
@@ -239,13 +240,13 @@ def _select(
     listed = {s.name for s in recipe.sources}
     candidates = Candidates()
     for partition in partitions:
-        schema = storage.schema(RELEASE_INPUT_ASSET, partition)
+        schema = stage_schema(storage, RELEASE_INPUT_ASSET, partition)
         wanted = ["sample_id", "source", "origin_key", "texts", *score_columns(schema)]
         source, role = project.source(partition).name, project.source(partition).role
         if role == "train" and (not listed or source in listed):
             check_input(schema, recipe, RELEASE_INPUT_ASSET)
-        for batch in storage.iter_batches(
-            RELEASE_INPUT_ASSET, partition, columns=wanted, batch_size=1024
+        for batch in read_stage_rows(
+            storage, RELEASE_INPUT_ASSET, partition, columns=wanted, batch_size=1024
         ):
             rows = batch.to_pylist()
             for row in rows:
@@ -331,7 +332,9 @@ def _write_source(
     batches = (
         batch
         for partition in project.partitions_of([source])
-        for batch in storage.iter_batches(RELEASE_INPUT_ASSET, partition, batch_size=256)
+        for batch in read_stage_rows(
+            storage, RELEASE_INPUT_ASSET, partition, batch_size=256, sample_ids=wanted
+        )
     )
     for batch in batches:
         batch = batch.filter(pc.is_in(batch.column("sample_id"), wanted))

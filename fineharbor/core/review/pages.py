@@ -55,6 +55,7 @@ from fineharbor.core.review.decisions import (
 )
 from fineharbor.core.review.gate import release_gate
 from fineharbor.core.storage import DATA, REJECTS, Storage
+from fineharbor.core.stored import read_stage_rows
 
 REVIEW_DIR = "review"
 SAMPLE_SIZE = 12
@@ -122,7 +123,12 @@ def rows_by_id(
         return {}
     wanted = pa.array(list(ids), pa.string())
     found: dict[str, dict] = {}
-    for batch in storage.iter_batches(asset, source, kind=kind, batch_size=512):
+    batches = (
+        read_stage_rows(storage, asset, source, batch_size=512, sample_ids=wanted)
+        if kind == DATA
+        else storage.iter_batches(asset, source, kind=kind, batch_size=512)
+    )
+    for batch in batches:
         hit = batch.filter(pc.is_in(batch.column("sample_id"), value_set=wanted))
         for row in hit.to_pylist():
             found.setdefault(row["sample_id"], row)

@@ -20,9 +20,11 @@ from fineharbor.core.config import load_config
 from fineharbor.core.dedup import DedupParams, compact_samples, find_duplicates
 from fineharbor.core.dedup.evaluate import evaluate_clusters
 from fineharbor.core.dedup.verify import batches_thumbnail_loader
+from fineharbor.core.ingest import build_raw_samples, build_unified_samples
+from fineharbor.core.pipeline import UNIFIED
 from fineharbor.core.signatures import SignatureParams, compute_signatures
-from fineharbor.core.stages import UNIFIED, build_raw_samples, build_unified_samples
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows
 from fineharbor.demo import generate_demo, serve_directory
 from fineharbor_tests.core.signatures.conftest import TinyCopyNet, save_script
 
@@ -59,12 +61,12 @@ def demo(tmp_path_factory):
         build_unified_samples(config, name, storage)
     params = SignatureParams(num_workers=0, batch_size=64)
     signatures = pa.concat_tables(
-        [t for n in names for t in compute_signatures(storage.iter_batches(UNIFIED, n), params)]
+        [t for n in names for t in compute_signatures(read_stage_rows(storage, UNIFIED, n), params)]
     )
-    samples = pa.concat_tables(compact_samples(storage.iter_batches(UNIFIED, n)) for n in names)
+    samples = pa.concat_tables(compact_samples(read_stage_rows(storage, UNIFIED, n)) for n in names)
     thumbnails = batches_thumbnail_loader(
         lambda: itertools.chain.from_iterable(
-            storage.iter_batches(UNIFIED, n, columns=["sample_id", "images"]) for n in names
+            read_stage_rows(storage, UNIFIED, n, columns=["sample_id", "images"]) for n in names
         )
     )
     yield {
@@ -144,7 +146,7 @@ def test_a_copy_embedding_column_flows_through(demo, tmp_path):
     name = demo["names"][0]
     params = SignatureParams(num_workers=0)
     table = pa.concat_tables(
-        list(compute_signatures(storage.iter_batches(UNIFIED, name), params, [embedder]))
+        list(compute_signatures(read_stage_rows(storage, UNIFIED, name), params, [embedder]))
     )
     decodable = table.filter(pa.compute.is_null(table["error"]))
     assert decodable.column("copy_embedding").null_count == 0

@@ -11,6 +11,7 @@ import yaml
 from fineharbor.core.quality.mllm_classifier import META_FILE
 from fineharbor.core.quality.stage import SCORED
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_table
 from fineharbor.defs.quality import quality_classifier, scored_samples
 from fineharbor.defs.resources import FineharborProject
 from fineharbor.testing.unifilter import save_tiny_mllm
@@ -67,7 +68,8 @@ def test_mllm_classifier_trains_and_scores_in_the_pipeline(
         instance.add_dynamic_partitions("source", ["captions"])
         materialize(project, instance, [scored_samples], "captions")
     rows = {
-        r["sample_id"]: r for r in Storage(str(home)).read_table(SCORED, "captions").to_pylist()
+        r["sample_id"]: r
+        for r in read_stage_table(Storage(str(home)), SCORED, "captions").to_pylist()
     }
     assert rows["captions-text"]["quality_score"] is None  # no image: null, as with the CLIP-MLP
     scores = [rows[f"captions-{i}"]["quality_score"] for i in range(12)]

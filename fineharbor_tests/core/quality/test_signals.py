@@ -32,6 +32,7 @@ from fineharbor.core.quality.signals import (
 from fineharbor.core.schema import make_sample_id
 from fineharbor.core.signatures.embedders import SquareResize
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_table
 from fineharbor.testing.signals import (
     save_head,
     save_tiny_laion_watermark,
@@ -39,6 +40,7 @@ from fineharbor.testing.signals import (
     tiny_aesthetic,
     tiny_nsfw,
 )
+from fineharbor.testing.stored import write_kept_rows
 from fineharbor_tests.core.cleaning.helpers import encode, scene
 from fineharbor_tests.core.quality.conftest import FakeEmbedder, png
 
@@ -172,8 +174,8 @@ def _write_partition(storage: Storage, n: int) -> None:
         }
         for i in range(n)
     ]
-    with storage.writer("decontaminated_samples", "photos", CLEANED_SCHEMA) as writer:
-        writer.write(pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA))
+    table = pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA)
+    write_kept_rows(storage, "decontaminated_samples", "photos", table)
 
 
 def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny_clip_dir, caplog):
@@ -200,7 +202,7 @@ def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny
     embedder, _ = scoring_clip(config.stages.clip_score)
     absent = load_signal_models(config.stages.signals, config.stages.clip_score, embedder)
     build_scored_samples(config, "photos", storage, embedder=embedder, signals=absent)
-    scored = storage.read_table("scored_samples", "photos")
+    scored = read_stage_table(storage, "scored_samples", "photos")
     assert scored.schema.names == SCORED_SCHEMA.names
     for name in ("punsafe", "aesthetic_score", "pwatermark"):
         assert scored.column(name).null_count == 3, name
@@ -215,7 +217,7 @@ def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny
         config, "photos", storage, embedder=embedder, signals=present
     )
     assert report.conserved and report.kept == 3
-    scored = storage.read_table("scored_samples", "photos")
+    scored = read_stage_table(storage, "scored_samples", "photos")
     for name in ("punsafe", "aesthetic_score", "pwatermark"):
         assert scored.column(name).null_count == 0, name
         assert len(stats.signals[name]) == 3

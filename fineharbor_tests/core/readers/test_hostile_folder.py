@@ -8,7 +8,7 @@ import pytest
 from fineharbor.core.cleaning.params import SAFE_FORMATS, CleanParams
 from fineharbor.core.cleaning.stage import process_row
 from fineharbor.core.config import parse_config
-from fineharbor.core.stages import build_raw_samples
+from fineharbor.core.ingest import build_raw_samples
 from fineharbor.core.storage import Storage
 from fineharbor.testing.corpus import OUTSIDE_MARK, write_captionless_folder, write_hostile_corpus
 from fineharbor_tests.core.readers.helpers import make_source, read_whole, reasons

@@ -22,6 +22,7 @@ from PIL import Image
 
 from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.config import parse_config
+from fineharbor.core.pipeline import CLEANED, RAW, UNIFIED
 from fineharbor.core.review import pages
 from fineharbor.core.review.decisions import Flag, ReviewLog, now
 from fineharbor.core.review.pages import (
@@ -32,7 +33,6 @@ from fineharbor.core.review.pages import (
     write_review_pages,
 )
 from fineharbor.core.schema import RAW_SCHEMA, UNIFIED_SCHEMA, reject_row
-from fineharbor.core.stages import CLEANED, RAW, UNIFIED
 from fineharbor.core.storage import Storage
 from fineharbor_tests.conftest import make_image_bytes
 
