@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 
 from fineharbor.core.pipeline import SCORED
 from fineharbor.core.schema import make_sample_id
-from fineharbor.core.stored import read_stage_table
 from fineharbor.testing.documents import document, write_obelics_parquet
 
 SOURCE = "web_documents"
@@ -128,7 +127,8 @@ def planted_document_aucs(storage, truth_path: str | Path) -> list[DocumentAuc]:
         return []
     results = []
     for column in ("quality_score", "clip_score"):
-        table = read_stage_table(storage, SCORED, SOURCE, columns=["sample_id", column])
+        # ids and a score scoring added: both stored in the stage itself, nothing to resolve
+        table = storage.read_table(SCORED, SOURCE, columns=["sample_id", column])
         ids, values = table.column("sample_id").to_pylist(), table.column(column).to_pylist()
         scored = [(i, v) for i, v in zip(ids, values, strict=True) if v is not None]
         good = [v for i, v in scored if i not in bad]
