@@ -18,17 +18,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fineharbor.core.cleaning import CLEANED_SCHEMA, clean_batches
-from fineharbor.core.cleaning.params import CleanParams
+from fineharbor.core.cleaning import CLEANED_SCHEMA
+from fineharbor.core.cleaning.pool import cleaning_work
 from fineharbor.core.config import MappingSpec, ProjectConfig, UrlListSource
 from fineharbor.core.distributed.engine import (
     BatchWork,
     MappedPartition,
     StreamFn,
     counted,
-    cpu_processes,
     map_partition,
 )
+from fineharbor.core.distributed.pool import WorkerPools
 from fineharbor.core.download_store import (
     ACCEPT_LOSSES_ENV,
     DOWNLOADS,
@@ -210,31 +210,25 @@ def build_unified_samples(
     )
 
 
-def _clean_in_worker(params: CleanParams, processes: int) -> StreamFn:
-    """Cleaning on a Ray worker: its own pool of ``processes`` (time limits, crash isolation)."""
-    return partial(clean_batches, params=params.model_copy(update={"processes": processes}))
-
-
 def build_cleaned_samples(
-    project: ProjectConfig, source_name: str, storage: Storage, progress: Progress | None = None
+    project: ProjectConfig,
+    source_name: str,
+    storage: Storage,
+    progress: Progress | None = None,
+    pools: WorkerPools | None = None,
 ) -> StageReport:
-    """FineVision / LAION / DanQing filters and resizing, in worker processes."""
+    """FineVision / LAION / DanQing filters and resizing, in worker processes (``pools``: warm
+    ones to reuse)."""
     project.source(source_name)  # an unknown source fails here, clearly
-    params = project.clean_params()
-    work = BatchWork(
-        CLEANED,
-        _clean_in_worker,
-        (params, cpu_processes(project.execution)),
-        local=partial(clean_batches, params=params),
-    )
     mapped = map_partition(
         project.execution,
         storage,
         UNIFIED,
         source_name,
-        work,
+        cleaning_work(project.clean_params()),
         batch_size=CLEAN_BATCH_ROWS,
         progress=progress,
+        pools=pools,
     )
     return _write_mapped(
         storage,
@@ -270,11 +264,14 @@ def _signature_pairs(
         yield table, REJECT_SCHEMA.empty_table()
 
 
-def _sign_in_worker(params) -> StreamFn:
-    """Signatures on a Ray actor: the embedders load once per actor (on its GPU share)."""
-    from fineharbor.core.signatures.embedders import build_embedders
+def _sign_in_worker(params, embedders: Sequence | None = None) -> StreamFn:
+    """Signatures with ``embedders`` (loaded in this process), or with the ones a worker loads
+    once (a Ray actor, on its GPU share)."""
+    if embedders is None:
+        from fineharbor.core.signatures.embedders import build_embedders
 
-    return partial(_signature_pairs, params=params, embedders=build_embedders(params))
+        embedders = build_embedders(params)
+    return partial(_signature_pairs, params=params, embedders=embedders)
 
 
 def build_image_signatures(
@@ -297,7 +294,7 @@ def build_image_signatures(
         _sign_in_worker,
         (params,),
         gpu=True,
-        local=partial(_signature_pairs, params=params, embedders=embedders),
+        models={"embedders": embedders},
     )
     mapped = map_partition(
         project.execution,

@@ -12,7 +12,7 @@ import pyarrow as pa
 from PIL import Image
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA, REASONS, clean_batches
-from fineharbor.core.cleaning.pool import CleaningPool
+from fineharbor.core.cleaning.pool import cleaning_pool
 from fineharbor_tests.core.cleaning.helpers import (
     CRASH_MARKER,
     ENGLISH,
@@ -198,7 +198,7 @@ def test_crashing_decoder_costs_one_row_and_order_is_kept():
 def test_consumer_can_stop_early_and_pool_is_reusable():
     rows = [row(f"k{i}", [encode(scene(300, 300, i), "JPEG")], ENGLISH[0]) for i in range(4)]
     params = fast_params(processes=2, check_language=False)
-    with CleaningPool(params) as pool:
+    with cleaning_pool(params) as pool:
         stream = pool.map(batch(rows[i : i + 1]) for i in range(4))
         first_kept, _ = next(stream)
         stream.close()
