@@ -210,6 +210,9 @@ class _Worker:
             target=_worker_main,
             args=(child, self.progress, work),
             name=f"fineharbor-{work.stage}-{index}",
+            # a pool nobody closed must not hold its owner's exit (multiprocessing joins
+            # non-daemonic children at exit, and these wait for work forever)
+            daemon=True,
         )
         self.process.start()
         child.close()
@@ -281,7 +284,7 @@ class ProcessPool:
     """
 
     def __init__(self, work: BatchWork, processes: int | None = None) -> None:
-        self.work = work
+        self.work = work.without_models()  # workers load their own
         self.size = processes or work.resources.processes or max(1, os.cpu_count() or 1)
         self.max_in_flight = 3 * self.size
         self._blame = work.blame or default_blame
@@ -486,7 +489,7 @@ class WorkerPools:
         key = pickle.dumps(work.without_models())
         pool = self._pools.get(key)
         if pool is None or pool.closed:
-            pool = self._pools[key] = ProcessPool(work.without_models())
+            pool = self._pools[key] = ProcessPool(work)
         return pool
 
     def map(self, work: BatchWork, batches: Iterable[pa.RecordBatch]) -> Iterator:
@@ -512,5 +515,5 @@ def map_in_pool(
     if pools is not None:
         yield from pools.map(work, batches)
         return
-    with ProcessPool(work.without_models()) as pool:
+    with ProcessPool(work) as pool:
         yield from pool.map(batches)
