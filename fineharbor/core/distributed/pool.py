@@ -308,10 +308,6 @@ class ProcessPool:
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def pids(self) -> list[int | None]:
-        return [w.process.pid for w in self._workers]
-
     def start(self) -> None:
         while len(self._workers) < self.size:
             self._workers.append(self._spawn(len(self._workers)))
