@@ -42,7 +42,8 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
 from bench.common import Measurement, best_time
 from fineharbor.core.cleaning import CleanParams
 from fineharbor.core.cleaning.images import REDUCING_GAP, encode, target_size
-from fineharbor.core.cleaning.pool import CleaningPool
+from fineharbor.core.cleaning.pool import cleaning_pool
+from fineharbor.core.distributed.pool import ProcessPool
 from fineharbor.core.schema import UNIFIED_SCHEMA, make_sample_id
 
 SUBJECTS = [
@@ -144,7 +145,7 @@ def resize_floor_loop(rows: list[dict], params: CleanParams) -> float:
     return time.perf_counter() - started
 
 
-def worker_cpu(pool: CleaningPool) -> list[float]:
+def worker_cpu(pool: ProcessPool) -> list[float]:
     """CPU seconds (user + system) used so far by each worker process (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
     out = []
@@ -158,7 +159,7 @@ def worker_cpu(pool: CleaningPool) -> list[float]:
     return out
 
 
-def clean_run(pool: CleaningPool, batches: list[pa.RecordBatch]) -> tuple[float, dict]:
+def clean_run(pool: ProcessPool, batches: list[pa.RecordBatch]) -> tuple[float, dict]:
     cpu_before = worker_cpu(pool)
     parent_before = sum(os.times()[:2])
     started = time.perf_counter()
@@ -187,9 +188,9 @@ def clean_run(pool: CleaningPool, batches: list[pa.RecordBatch]) -> tuple[float,
 
 def warm_pool(
     params: CleanParams, processes: int, warmup: list[pa.RecordBatch]
-) -> tuple[CleaningPool, float]:
+) -> tuple[ProcessPool, float]:
     started = time.perf_counter()
-    pool = CleaningPool(params, processes=processes)
+    pool = cleaning_pool(params, processes=processes)
     pool.start()
     list(pool.map(warmup))  # one small batch per worker: process start + language models
     return pool, time.perf_counter() - started

@@ -531,7 +531,7 @@ def stage_status(instance, graph, storage) -> tuple[list[str], list[tuple]]:
     are stale (stage config, code or inputs changed since) or missing."""
     from collections import Counter
 
-    from fineharbor.defs.automation import stale_status_resolver
+    from fineharbor.defs.dagster_internals import stale_status_resolver
     from fineharbor.defs.partitions import source_partitions
 
     resolver = stale_status_resolver(instance, graph)

@@ -5,7 +5,7 @@ import dagster as dg
 from fineharbor.defs.automation import stale_partitions_schedule, with_config_versions
 from fineharbor.defs.jobs import ASSETS, JOBS
 from fineharbor.defs.quality import QualityModelsResource
-from fineharbor.defs.resources import EmbedderResource, FineharborProject
+from fineharbor.defs.resources import EmbedderResource, FineharborProject, WorkerPoolsResource
 from fineharbor.defs.sensors import source_sensor
 
 # Stage parameters in the code versions, and the stale-partition schedule (defs/automation.py).
@@ -18,6 +18,7 @@ defs = with_config_versions(
         resources={
             "project": FineharborProject(),
             "embedder": EmbedderResource(),
+            "pools": WorkerPoolsResource(),
             "models": QualityModelsResource(),
         },
     )

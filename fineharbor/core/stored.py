@@ -29,9 +29,11 @@ fails the read with a message naming both stages, never silently.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +42,9 @@ import pyarrow.parquet as pq
 
 from fineharbor.core.pipeline import BY_NAME, Stage, resolve
 from fineharbor.core.storage import Storage
+
+if TYPE_CHECKING:  # the engine reads stages through this module
+    from fineharbor.core.distributed.engine import BatchWork
 
 ID = "sample_id"
 IMAGES = "images"
@@ -363,3 +368,13 @@ def by_reference(run: StreamFn) -> StreamFn:
             yield drop_unchanged_images(kept, pending.popleft()), rejected
 
     return wrapped
+
+
+def _referencing_setup(setup: Callable[..., StreamFn], *args, **models) -> StreamFn:
+    return by_reference(setup(*args, **models))
+
+
+def referencing(work: BatchWork) -> BatchWork:
+    """``work`` whose stream writes the images it left unchanged by reference
+    (:func:`by_reference`), wherever the engine runs it."""
+    return dataclasses.replace(work, setup=_referencing_setup, args=(work.setup, *work.args))

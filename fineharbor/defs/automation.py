@@ -19,13 +19,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilter
-from dagster._time import get_current_datetime
 
 from fineharbor.core.config import ConfigError, ProjectConfig, default_config_path, load_config
 from fineharbor.core.pipeline import RELEASE, stage_params
+from fineharbor.defs.dagster_internals import (
+    IN_PROGRESS_RUN_STATUSES,
+    CachingStaleStatusResolver,
+    StaleStatus,
+    stale_status_resolver,
+)
 from fineharbor.defs.jobs import PIPELINE
 from fineharbor.defs.partitions import per_source_backfill_policy, source_partitions
 
@@ -88,16 +90,6 @@ def with_config_versions(
     with warnings.catch_warnings():  # stable in practice; "preview" in Dagster's terms
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return defs.map_asset_specs(func=versioned)
-
-
-def stale_status_resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver:
-    """What the UI uses to show an asset partition stale, fresh or missing, as of now."""
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(instance, asset_graph=graph, loading_context=view)
 
 
 def _stale_keys(
@@ -195,7 +187,9 @@ def stale_run_requests(
 )
 def stale_partitions_schedule(context: dg.ScheduleEvaluationContext):
     in_flight = context.instance.get_runs_count(
-        RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES, tags={"dagster/schedule_name": SCHEDULE_NAME})
+        dg.RunsFilter(
+            statuses=IN_PROGRESS_RUN_STATUSES, tags={"dagster/schedule_name": SCHEDULE_NAME}
+        )
     )
     if in_flight:
         return dg.SkipReason(f"{in_flight} run(s) of the previous tick still in flight")

@@ -21,11 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.data_version import StaleCauseCategory, StaleStatus
-from dagster._core.events import DagsterEventType
 
 from fineharbor.core.pipeline import RAW, RELEASE
-from fineharbor.defs.automation import stale_status_resolver
+from fineharbor.defs.dagster_internals import (
+    StaleCauseCategory,
+    StaleStatus,
+    stale_status_resolver,
+)
 from fineharbor.defs.factory import SOURCE_STATE
 from fineharbor.defs.jobs import PIPELINE
 
@@ -72,7 +74,7 @@ class _LatestMaterializations:
         if key not in self.by_key:
             if self.graph.get(key).is_partitioned:
                 found = self.instance.event_log_storage.get_latest_storage_id_by_partition(
-                    key, DagsterEventType.ASSET_MATERIALIZATION
+                    key, dg.DagsterEventType.ASSET_MATERIALIZATION
                 )
                 self.by_key[key] = dict(found)
             else:

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from fineharbor.core.config import StageParams
 from fineharbor.core.judge.params import JudgeParams
@@ -13,7 +14,7 @@ from fineharbor.core.quality.params import LEVELS, ClipScoreParams
 from fineharbor.core.stage_io import StageReport
 from fineharbor.defs.factory import StageRun, global_stage, per_source_stage
 from fineharbor.defs.reporting import histogram_markdown, markdown_table
-from fineharbor.defs.resources import FineharborProject
+from fineharbor.defs.resources import FineharborProject, ModelCache
 
 if TYPE_CHECKING:
     from fineharbor.core.quality.stage import ScoringStats
@@ -21,7 +22,12 @@ if TYPE_CHECKING:
 
 class QualityModelsResource(dg.ConfigurableResource):
     """The scoring CLIP (`stages.clip_score`) and the judge backends (`stages.judge`), each
-    loaded once per process and shared by every run; CUDA and half precision when present."""
+    loaded once per run and shared by its partitions; CUDA and half precision when present."""
+
+    _models: ModelCache = PrivateAttr(default_factory=ModelCache)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._models.clear()
 
     def clip(self, params: ClipScoreParams):
         """The open_clip embedder, or None when `stages.clip_score.model` is null or its model
@@ -33,32 +39,24 @@ class QualityModelsResource(dg.ConfigurableResource):
         return self._clip(params)[1]
 
     def _clip(self, params: ClipScoreParams) -> tuple:
-        key = ("clip", params.model_dump_json())
-        if key not in _LOADED:
-            from fineharbor.core.quality.clip_score import scoring_clip
+        from fineharbor.core.quality.clip_score import scoring_clip
 
-            _LOADED[key] = scoring_clip(params)
-        return _LOADED[key]
+        return self._models.get("clip", params.model_dump_json(), lambda: scoring_clip(params))
 
     def signals(self, stages: StageParams, embedder):
         """The signal models of `stages.signals` (their heads reuse `embedder` when they read
         the scoring CLIP)."""
-        key = ("signals", stages.signals.model_dump_json() + stages.clip_score.model_dump_json())
-        if key not in _LOADED:
-            from fineharbor.core.quality.signals import load_signal_models
+        from fineharbor.core.quality.signals import load_signal_models
 
-            _LOADED[key] = load_signal_models(stages.signals, stages.clip_score, embedder)
-        return _LOADED[key]
+        return self._models.get(
+            "signals",
+            stages.signals.model_dump_json() + stages.clip_score.model_dump_json(),
+            lambda: load_signal_models(stages.signals, stages.clip_score, embedder),
+        )
 
     def judges(self, params: JudgeParams) -> tuple:
         """(text backend, vision backend); (None, None) when the judge is off."""
-        key = ("judge", params.model_dump_json())
-        if key not in _LOADED:
-            _LOADED[key] = make_backends(params)
-        return _LOADED[key]
-
-
-_LOADED: dict[tuple[str, str], object] = {}
+        return self._models.get("judge", params.model_dump_json(), lambda: make_backends(params))
 
 
 @global_stage(QUALITY_MODEL)

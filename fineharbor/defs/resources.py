@@ -1,8 +1,10 @@
-"""The project resource: the validated config and the storage root, shared by every asset."""
+"""The project resource (the validated config, the storage root), the run's warm worker pools
+and the embedder resource. Models and worker pools live as long as the resource that loaded
+them (a run); core receives them as arguments."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from fineharbor.core.catalog import StageTable, configure
 from fineharbor.core.config import (
@@ -22,6 +24,7 @@ from fineharbor.core.config import (
     is_uri,
     load_config,
 )
+from fineharbor.core.distributed.pool import WorkerPools
 from fineharbor.core.pipeline import table_stages
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.storage import Storage
@@ -93,21 +96,54 @@ class FineharborProject(dg.ConfigurableResource):
 STAGE_TABLES = [StageTable(s.name, partitioned=s.per_source) for s in table_stages()]
 
 
+class WorkerPoolsResource(dg.ConfigurableResource):
+    """The process-pool engine's warm pools of a run: cleaning workers load their language
+    models once per run, not once per partition; the workers stop when the run ends."""
+
+    _pools: WorkerPools = PrivateAttr(default_factory=WorkerPools)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._pools.close()
+
+    @property
+    def pools(self) -> WorkerPools:
+        return self._pools
+
+
+class ModelCache:
+    """Models a resource loaded, by config: one set at a time (a changed config replaces it),
+    dropped with the resource when the run ends."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str], Any] = {}
+
+    def get(self, kind: str, config: str, load: Callable[[], Any]) -> Any:
+        key = (kind, config)
+        if key not in self._loaded:
+            for stale in [k for k in self._loaded if k[0] == kind]:
+                del self._loaded[stale]
+            self._loaded[key] = load()
+        return self._loaded[key]
+
+    def clear(self) -> None:
+        self._loaded.clear()
+
+
 class EmbedderResource(dg.ConfigurableResource):
-    """Copy-detection and CLIP embedders, loaded once per process and shared by every run.
+    """Copy-detection and CLIP embedders, loaded once per run and shared by its partitions.
 
     The models are whatever `stages.signatures` in the project file names; they pick CUDA and
     half precision when a GPU is present.
     """
 
+    _models: ModelCache = PrivateAttr(default_factory=ModelCache)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._models.clear()
+
     def embedders(self, params: SignatureParams) -> list:
-        key = params.model_dump_json()
-        if key not in _EMBEDDERS:
-            from fineharbor.core.signatures.embedders import build_embedders
+        from fineharbor.core.signatures.embedders import build_embedders
 
-            _EMBEDDERS.clear()  # one model set per process: a changed config replaces it
-            _EMBEDDERS[key] = build_embedders(params)
-        return _EMBEDDERS[key]
-
-
-_EMBEDDERS: dict[str, list] = {}
+        return self._models.get(
+            "embedders", params.model_dump_json(), lambda: build_embedders(params)
+        )

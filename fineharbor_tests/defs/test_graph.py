@@ -9,7 +9,12 @@ import dagster as dg
 from fineharbor.defs.automation import STAGE_PARAMS
 from fineharbor.defs.jobs import ASSETS, JOBS, PIPELINE
 from fineharbor.defs.quality import QualityModelsResource
-from fineharbor.defs.resources import STAGE_TABLES, EmbedderResource, FineharborProject
+from fineharbor.defs.resources import (
+    STAGE_TABLES,
+    EmbedderResource,
+    FineharborProject,
+    WorkerPoolsResource,
+)
 from fineharbor.defs.sensors import source_sensor
 
 ASSET_ORDER = [
@@ -333,6 +338,7 @@ def _repository() -> dg.RepositoryDefinition:
         "project": FineharborProject(),
         "embedder": EmbedderResource(),
         "models": QualityModelsResource(),
+        "pools": WorkerPoolsResource(),
     }
     return dg.Definitions(assets=ASSETS, jobs=JOBS, resources=resources).get_repository_def()
 

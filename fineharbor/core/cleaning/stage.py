@@ -8,16 +8,15 @@ through the decoder (which runs the image rules), then GUI coordinates are norma
 first screenshot's size. Kept images are converted to RGB, resized and re-encoded.
 
 :func:`clean_batch` runs in the calling process (no time limit); :func:`clean_batches` runs
-batches in worker processes with a per-image time limit and survives decoder crashes (see
-:mod:`fineharbor.core.cleaning.pool`).
+batches in worker processes with a per-image time limit and survives decoder crashes (the
+process-pool engine, see :mod:`fineharbor.core.cleaning.pool`).
 """
 
 from __future__ import annotations
 
-import atexit
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -28,6 +27,9 @@ from fineharbor.core.cleaning.reasons import GUI_ACTION_UNPARSEABLE, IMAGE_MISSI
 from fineharbor.core.cleaning.rules import WEB_SWITCHES, Sample, row_reject
 from fineharbor.core.interleaved import DocumentError, resync_segments
 from fineharbor.core.schema import UNIFIED_SCHEMA, reject_row, rejects_table
+
+if TYPE_CHECKING:
+    from fineharbor.core.distributed.pool import WorkerPools
 
 IMAGE_INFO_TYPE = pa.struct(
     [
@@ -193,33 +195,15 @@ def process_row(
     return out, None
 
 
-def _rows(batch: pa.RecordBatch | pa.Table, start: int = 0) -> list[dict]:
-    return batch.slice(start).to_pylist() if start else batch.to_pylist()
-
-
 def iter_outcomes(
     batch: pa.RecordBatch | pa.Table,
     params: CleanParams,
     *,
-    start: int = 0,
-    skip: dict[int, Reject] | None = None,
     decoder: Decoder | None = None,
     hooks: Hooks = NO_HOOKS,
-    on_row: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, dict | None, dict | None]]:
-    """(row index, kept row or None, reject row or None) for each row from ``start``.
-
-    Rows listed in ``skip`` are rejected with the given reason without being processed again
-    (the pool uses it for the sample whose image crashed or stalled a worker).
-    """
-    skip = skip or {}
-    for offset, row in enumerate(_rows(batch, start)):
-        index = start + offset
-        if on_row is not None:
-            on_row(index)
-        if index in skip:
-            yield index, None, _reject(row, skip[index])
-            continue
+    """(row index, kept row or None, reject row or None) for each row."""
+    for index, row in enumerate(batch.to_pylist()):
         kept, rejected = process_row(row, params, decoder=decoder, hooks=hooks)
         yield index, kept, rejected
 
@@ -233,6 +217,7 @@ def clean_batch(
     params: CleanParams,
     *,
     decoder: Decoder | None = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> tuple[pa.Table, pa.Table]:
     """Clean one batch in this process. Returns (kept rows, rejected rows).
 
@@ -242,7 +227,7 @@ def clean_batch(
     schema = cleaned_schema(batch.schema)
     kept: list[dict] = []
     rejected: list[dict] = []
-    for _, keep, reject in iter_outcomes(batch, params, decoder=decoder):
+    for _, keep, reject in iter_outcomes(batch, params, decoder=decoder, hooks=hooks):
         if keep is not None:
             kept.append(keep)
         else:
@@ -255,6 +240,7 @@ def clean_batches(
     params: CleanParams,
     *,
     decoder: Decoder | None = None,
+    pools: WorkerPools | None = None,
 ) -> Iterator[tuple[pa.Table, pa.Table]]:
     """Clean batches in ``params.processes`` worker processes; yields (kept, rejected) per
     input batch, in input order.
@@ -262,40 +248,10 @@ def clean_batches(
     Each image is decoded under ``params.decode_timeout_s``; a worker that stalls is killed and
     one that crashes (e.g. a segfault in a decoder) is replaced, costing only the sample being
     processed (``image_decode_timeout`` / ``image_corrupt``). At most about two batches per
-    worker are held in memory. The pool outlives the call (see :func:`shared_pool`).
+    worker are held in memory. ``pools``: warm pools to reuse (their workers load the language
+    models once); without it the pool lives as long as the stream.
     """
-    pool = shared_pool(params, decoder)
-    try:
-        yield from pool.map(batches)
-    except BaseException:
-        # An abandoned or failed map may leave work in flight: never hand that pool out again.
-        _discard_pools()
-        raise
+    from fineharbor.core.cleaning.pool import cleaning_work
+    from fineharbor.core.distributed.pool import map_in_pool
 
-
-_POOLS: dict[tuple[str, Decoder | None], object] = {}
-
-
-def _discard_pools() -> None:
-    for pool in _POOLS.values():
-        pool.close()
-    _POOLS.clear()
-
-
-def shared_pool(params: CleanParams, decoder: Decoder | None = None):
-    """One started pool per (params, decoder) and process, closed at exit.
-
-    Workers load lingua's models (~1.5 s, ~330 MB each) once; partitions cleaned one after the
-    other in a process (the demo, a multi-partition run) reuse them instead of paying it again.
-    """
-    from fineharbor.core.cleaning.pool import CleaningPool
-
-    key = (params.model_dump_json(), decoder)
-    pool = _POOLS.get(key)
-    if pool is None:
-        _discard_pools()
-        pool = CleaningPool(params, decoder=decoder)
-        pool.start()
-        atexit.register(pool.close)
-        _POOLS[key] = pool
-    return pool
+    yield from map_in_pool(cleaning_work(params, decoder), batches, pools)

@@ -1,10 +1,11 @@
 """The project file's ``execution:`` section: where per-source stages run.
 
-``engine: local`` (the default) runs every stage in the process that materializes the asset
-(cleaning in its own worker-process pool). ``engine: ray`` maps the stages listed in ``stages``
-over Ray Data batches on a Ray cluster; model stages run in actor pools with (fractional) GPU
-requests. Storage, rejects, atomic publish and the stage report are the same either way: the
-workers compute, the process that runs the asset writes.
+``engine: local`` (the default) runs every stage on the machine that materializes the asset:
+in its process, or in a pool of worker processes with crash and time-limit isolation (cleaning
+by default; ``local_engines`` chooses per stage). ``engine: ray`` maps the stages listed in
+``stages`` over Ray Data batches on a Ray cluster; model stages run in actor pools with
+(fractional) GPU requests. Storage, rejects, atomic publish and the stage report are the same
+either way: the workers compute, the process that runs the asset writes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ RAY_STAGES = (UNIFIED, CLEANED, SIGNATURES)
 # scored_samples is opt-in: on Ray it scores CLIP and the classifier; the judge stays local.
 # A type holds literal names only (the project file's schema lists them).
 RayStage = Literal["unified_samples", "cleaned_samples", "image_signatures", "scored_samples"]
+# scored_samples stays in process: its judge and judgment cache live in the asset's process.
+PoolStage = Literal["unified_samples", "cleaned_samples", "image_signatures"]
+LocalEngine = Literal["in_process", "process_pool"]
 
 
 class ExecutionParams(StrictModel):
@@ -60,6 +64,13 @@ class ExecutionParams(StrictModel):
         description="GPUs per model actor: 0.5 puts two actors on one GPU; 0 runs models on CPU",
     )
     cpus_per_gpu_actor: float = Field(1.0, gt=0, le=256, description="CPUs per model actor")
+    local_engines: dict[PoolStage, LocalEngine] = Field(
+        default_factory=dict,
+        description="per stage, where it runs when not on Ray: in_process, or process_pool "
+        "(worker processes; a row that crashes or stalls one is rejected, the rest go on). "
+        "Default: process_pool for cleaned_samples (untrusted image decoders), in_process for "
+        "the others",
+    )
     runtime_env: dict[str, Any] = Field(
         default_factory=dict,
         description="Ray runtime_env for the job (env_vars, pip, working_dir), passed to ray.init",
@@ -67,3 +78,11 @@ class ExecutionParams(StrictModel):
 
     def on_ray(self, stage: str) -> bool:
         return self.engine == "ray" and stage in self.stages
+
+    def engine_for(self, stage: str, isolated: bool = False) -> str:
+        """``ray``, ``process_pool`` or ``in_process``: where ``stage`` runs (``isolated``: the
+        stage's own default is the process pool)."""
+        if self.on_ray(stage):
+            return "ray"
+        default = "process_pool" if isolated else "in_process"
+        return self.local_engines.get(stage, default)  # type: ignore[call-overload]

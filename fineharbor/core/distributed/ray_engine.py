@@ -13,6 +13,9 @@ import ray.data
 from fineharbor.core.distributed.engine import (
     BatchWork,
     Unit,
+    actor_resources,
+    cpu_processes,
+    map_batches,
     partition_units,
     read_unit,
     worker_id,
@@ -57,10 +60,19 @@ def _from_ipc(data: bytes) -> pa.Table:
 
 
 class StageActor:
-    """One actor of a stage's pool: builds the stage once, then maps units to results."""
+    """One actor of a stage's pool: builds the stage once (isolated work: a process pool of
+    the actor's CPUs, warm for every unit), then maps units to results."""
 
-    def __init__(self, work: BatchWork, rows: StageRows, batch_size: int) -> None:
-        self.run = work.setup(*work.args)
+    def __init__(self, work: BatchWork, rows: StageRows, batch_size: int, cpus: float) -> None:
+        if work.isolated:
+            from fineharbor.core.distributed.pool import WorkerPools
+
+            resources = dataclasses.replace(work.resources, processes=cpu_processes(cpus))
+            work = dataclasses.replace(work, resources=resources)
+            pools = WorkerPools()
+            self.run = lambda batches: map_batches("process_pool", work, batches, pools)
+        else:
+            self.run = work.setup(*work.args)
         self.rows, self.batch_size = rows, batch_size
         self.fs, self.columns = rows.storage.fs, rows.read_columns
         self.worker = worker_id()
@@ -115,22 +127,19 @@ def ray_map_partition(
     if not units:
         return
     connect(execution)
-    if work.gpu:
-        _check_gpus(execution.gpus_per_actor)
-        actors, resources = (
-            execution.gpu_actors,
-            {"num_cpus": execution.cpus_per_gpu_actor, "num_gpus": execution.gpus_per_actor},
-        )
-    else:
-        actors, resources = execution.cpu_actors, {"num_cpus": execution.cpus_per_actor}
+    resources = actor_resources(execution, work)
+    if resources.get("num_gpus"):
+        _check_gpus(resources["num_gpus"])
+    actors = execution.gpu_actors if work.gpu else execution.cpu_actors
     dataset = ray.data.from_items(
         [dataclasses.asdict(u) for u in units], override_num_blocks=len(units)
     ).map_batches(
         StageActor,
         fn_constructor_args=(
-            dataclasses.replace(work, local=None),
+            work.without_models(),
             StageRows(storage, asset, partition, columns),
             batch_size,
+            resources["num_cpus"],
         ),
         batch_size=1,
         batch_format="pyarrow",

@@ -327,17 +327,13 @@ def build_scored_samples(
     stats = ScoringStats()
     cache = JudgmentCache(judge_cache_dir) if judge_cache_dir and any(judges) else None
 
-    def score_here(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
-        for batch in batches:
-            yield (
-                _score_batch(batch, embedder, model, judges, project.stages, cache, stats, signals),
-                REJECT_SCHEMA.empty_table(),
-            )
-
     on_ray = project.execution.on_ray(SCORED)
     # Ray actors load the classifier from the storage root (a shared volume or s3://) themselves.
     model_root = storage.uri() if model is not None and on_ray else None
-    work = BatchWork(SCORED, _score_in_worker, (project.stages, model_root), True, score_here)
+    here = ScoringModels(embedder, model, signals, judges, cache, stats)
+    work = BatchWork(
+        SCORED, _score_in_worker, (project.stages, model_root), gpu=True, models={"loaded": here}
+    )
     mapped = map_partition(
         project.execution,
         storage,
@@ -363,22 +359,41 @@ def build_scored_samples(
     return report, stats
 
 
-def _score_in_worker(params: StageParams, model_root: str | None) -> StreamFn:
-    """Scoring on a Ray actor: CLIP and the classifier load once per actor (no judge there:
-    the config refuses scored_samples on Ray with a judge)."""
-    from fineharbor.core.quality.clip_score import scoring_clip
+@dataclass
+class ScoringModels:
+    """What scoring runs with: models loaded once, the judges and the statistics it fills."""
 
-    embedder, _ = scoring_clip(params.clip_score)
-    mllm = params.quality_classifier.architecture == "mllm"
-    wanted = model_root is not None and (embedder is not None or mllm)
-    model = load_quality_model(Storage(model_root)) if wanted else None
-    signals = load_signal_models(params.signals, params.clip_score, embedder)
-    stats = ScoringStats()  # the actor's own; the driver recounts scores from the rows
+    embedder: ImageTextEmbedder | None = None
+    model: AnyQualityModel | None = None
+    signals: SignalModels | None = None
+    judges: tuple = (None, None)
+    cache: JudgmentCache | None = None
+    stats: ScoringStats = field(default_factory=ScoringStats)
+
+
+def _score_in_worker(
+    params: StageParams, model_root: str | None, loaded: ScoringModels | None = None
+) -> StreamFn:
+    """Scoring with the models ``loaded`` in this process, or with the ones a Ray actor loads
+    once: CLIP and the classifier, no judge (the config refuses scored_samples on Ray with a
+    judge), its own statistics (the driver recounts scores from the rows)."""
+    if loaded is None:
+        from fineharbor.core.quality.clip_score import scoring_clip
+
+        embedder, _ = scoring_clip(params.clip_score)
+        mllm = params.quality_classifier.architecture == "mllm"
+        wanted = model_root is not None and (embedder is not None or mllm)
+        model = load_quality_model(Storage(model_root)) if wanted else None
+        signals = load_signal_models(params.signals, params.clip_score, embedder)
+        loaded = ScoringModels(embedder, model, signals)
+    m = loaded
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
         for batch in batches:
             yield (
-                _score_batch(batch, embedder, model, (None, None), params, None, stats, signals),
+                _score_batch(
+                    batch, m.embedder, m.model, m.judges, params, m.cache, m.stats, m.signals
+                ),
                 REJECT_SCHEMA.empty_table(),
             )
 

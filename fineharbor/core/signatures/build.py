@@ -33,11 +33,14 @@ def _signature_pairs(
         yield table, REJECT_SCHEMA.empty_table()
 
 
-def _sign_in_worker(params) -> StreamFn:
-    """Signatures on a Ray actor: the embedders load once per actor (on its GPU share)."""
-    from fineharbor.core.signatures.embedders import build_embedders
+def _sign_in_worker(params, embedders: Sequence | None = None) -> StreamFn:
+    """Signatures with ``embedders`` (loaded in this process), or with the ones a worker loads
+    once (a Ray actor, on its GPU share)."""
+    if embedders is None:
+        from fineharbor.core.signatures.embedders import build_embedders
 
-    return partial(_signature_pairs, params=params, embedders=build_embedders(params))
+        embedders = build_embedders(params)
+    return partial(_signature_pairs, params=params, embedders=embedders)
 
 
 def build_image_signatures(
@@ -60,7 +63,7 @@ def build_image_signatures(
         _sign_in_worker,
         (params,),
         gpu=True,
-        local=partial(_signature_pairs, params=params, embedders=embedders),
+        models={"embedders": embedders},
     )
     mapped = map_partition(
         project.execution,

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from fineharbor.core.cleaning import CLEANED_SCHEMA, REASONS, clean_batches
-from fineharbor.core.cleaning.pool import CleaningPool
+from fineharbor.core.cleaning import CLEANED_SCHEMA, REASONS, clean_batch, clean_batches
+from fineharbor.core.cleaning.pool import cleaning_pool
 from fineharbor_tests.core.cleaning.helpers import (
     CRASH_MARKER,
     ENGLISH,
@@ -198,10 +198,28 @@ def test_crashing_decoder_costs_one_row_and_order_is_kept():
 def test_consumer_can_stop_early_and_pool_is_reusable():
     rows = [row(f"k{i}", [encode(scene(300, 300, i), "JPEG")], ENGLISH[0]) for i in range(4)]
     params = fast_params(processes=2, check_language=False)
-    with CleaningPool(params) as pool:
+    with cleaning_pool(params) as pool:
         stream = pool.map(batch(rows[i : i + 1]) for i in range(4))
         first_kept, _ = next(stream)
         stream.close()
         assert first_kept.column("origin_key").to_pylist() == ["k0"]
         again = [k.num_rows for k, _ in pool.map([batch(rows), batch([])])]
         assert again == [4, 0]
+
+
+def test_worker_processes_give_the_rows_cleaning_in_process_gives():
+    images = [encode(scene(300, 200, i), fmt) for i, fmt in enumerate(["JPEG", "PNG", "WEBP"])]
+    rows = [
+        row("kept", [images[0]], ENGLISH[1]),
+        row("tiny", [encode(scene(20, 20, 5), "PNG")], ENGLISH[2]),
+        row("two", [images[1], images[2]], ENGLISH[3]),
+        row("broken", [b"not an image at all"], ENGLISH[0]),
+        row("empty_text", [images[2]], ""),
+    ]
+    params = fast_params(processes=2)
+    batches = [batch(rows[:2]), batch(rows[2:]), batch([])]
+    pooled = list(clean_batches(batches, params))
+    here = [clean_batch(b, params) for b in batches]
+    assert [k.to_pylist() for k, _ in pooled] == [k.to_pylist() for k, _ in here]
+    assert [r.to_pylist() for _, r in pooled] == [r.to_pylist() for _, r in here]
+    assert sum(r.num_rows for _, r in here) >= 2  # rejects compared, not only kept rows

@@ -23,6 +23,16 @@ def _setup():
     return _split_odd
 
 
+def _setup_with(offset: int = 0):
+    """A stage whose "model" is an offset: loaded by each worker unless handed in."""
+
+    def run(batches):
+        for kept, rejected in _split_odd(batches):
+            yield kept.set_column(0, "n", pa.compute.add(kept.column("n"), offset)), rejected
+
+    return run
+
+
 @pytest.fixture
 def storage(tmp_path):
     storage = Storage(str(tmp_path))
@@ -82,3 +92,14 @@ def test_scoring_on_ray_refuses_a_judge(tmp_path):
     judged = {"judge": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1"}}
     with pytest.raises(ConfigError, match="judgment cache is one local SQLite file"):
         parse_config({"sources": SOURCES, "execution": ray_scoring, "stages": judged}, tmp_path)
+
+
+def test_models_loaded_here_reach_setup_in_process_only(storage):
+    work = BatchWork("unified_samples", _setup_with, models={"offset": 1000})
+    assert work.without_models().models is None
+    here = map_partition(ExecutionParams(), storage, "numbers", "a", work, batch_size=300)
+    assert min(v for k, _ in here for v in k.column("n").to_pylist()) == 1001
+    pooled = ExecutionParams(local_engines={"unified_samples": "process_pool"})
+    work = BatchWork("unified_samples", _setup_with, models={"offset": 1000})
+    workers = map_partition(pooled, storage, "numbers", "a", work, batch_size=300)
+    assert min(v for k, _ in workers for v in k.column("n").to_pylist()) == 1  # their own
