@@ -36,7 +36,7 @@ def _free_port() -> int:
 def run(home: Path, scale: float) -> dict:
     os.environ["FINEHARBOR_HOME"] = os.environ["FINEHARBOR_STATE"] = str(home)
     from fineharbor.core.config import load_config
-    from fineharbor.core.pipeline import STAGES, resolve
+    from fineharbor.core.pipeline import QUALITY_MODEL, RELEASE, STAGES, resolve
     from fineharbor.core.storage import Storage
     from fineharbor.defs.resources import STAGE_TABLES
     from fineharbor.demo import generate_demo
@@ -64,9 +64,9 @@ def run(home: Path, scale: float) -> dict:
             if stage.per_source:
                 for partition in partitions:
                     result = build(config, partition, storage)
-            elif stage.name == "quality_classifier":
+            elif stage.name == QUALITY_MODEL:
                 continue  # needs CLIP; scored_samples scores without it
-            elif stage.name == "release_mix":
+            elif stage.name == RELEASE:
                 result = build(config, storage, STAGE_TABLES, REPO / "dbt_like_sql")
             else:
                 result = build(config, storage)

@@ -12,6 +12,17 @@ import pytest
 
 from fineharbor.cli import main, materialize_all, print_outcome
 from fineharbor.core.config import load_config
+from fineharbor.core.pipeline import (
+    CLEANED,
+    DECONTAMINATED,
+    DEDUPLICATED,
+    DUPLICATES,
+    RAW,
+    RELEASE,
+    SCORED,
+    SIGNATURES,
+    UNIFIED,
+)
 from fineharbor.defs.automation import with_config_versions
 from fineharbor.defs.jobs import ASSETS, JOBS
 from fineharbor.defs.plan import Step, execute_plan, held_back
@@ -22,7 +33,7 @@ GHOST = """  - name: ghost
     location: does_not_exist
     mapping: {caption: txt}
 """
-STAGES = ["raw_samples", "unified_samples", "cleaned_samples", "image_signatures"]
+STAGES = [RAW, UNIFIED, CLEANED, SIGNATURES]
 
 
 @pytest.fixture
@@ -46,13 +57,13 @@ def definitions(project) -> dg.Definitions:
 def snapshot(project) -> dict[str, pa.Table]:
     """Every stage's kept rows and rejects, per partition, in a stable order."""
     storage, tables = project.storage, {}
-    for asset in [*STAGES, "deduplicated_samples", "decontaminated_samples", "scored_samples"]:
+    for asset in [*STAGES, DEDUPLICATED, DECONTAMINATED, SCORED]:
         for partition in ("charts", "scenes"):
             for kind in ("data", "rejects"):
                 if storage.has_partition(asset, partition, kind=kind):
                     table = storage.read_table(asset, partition, kind=kind)
                     tables[f"{asset}/{partition}/{kind}"] = table.sort_by("sample_id")
-    for asset in ("duplicate_clusters", "release_mix"):
+    for asset in (DUPLICATES, RELEASE):
         tables[asset] = storage.read_table(asset).sort_by("sample_id")
     return tables
 
@@ -86,25 +97,25 @@ def test_materialize_redoes_only_what_changed_and_equals_a_forced_run(project, c
         )
         assert runs(instance) == before
         plan = capsys.readouterr().out
-        assert "raw_samples" not in plan and "unified_samples" not in plan
+        assert RAW not in plan and UNIFIED not in plan
         for partition in ("charts", "scenes"):
             assert f"per_source_job {partition}" in plan
         assert "cleaned_samples          config or code changed" in plan
         assert "image_signatures         cleaned_samples re-runs" in plan
-        for downstream in ("duplicate_clusters", "deduplicated_samples", "release_mix"):
+        for downstream in (DUPLICATES, DEDUPLICATED, RELEASE):
             assert downstream in plan
 
         changed = materialize_all(definitions=definitions(project), instance=instance)
         assert changed.success
         redone = {(a, s.partition) for s in changed.done for a in s.assets}
-        assert ("cleaned_samples", "charts") in redone and ("release_mix", None) in redone
-        assert not {a for a, _ in redone} & {"raw_samples", "unified_samples"}
+        assert (CLEANED, "charts") in redone and (RELEASE, None) in redone
+        assert not {a for a, _ in redone} & {RAW, UNIFIED}
         incremental = snapshot(project)
         assert materialize_all(definitions=definitions(project), instance=instance) is None
 
         forced = materialize_all(definitions=definitions(project), instance=instance, force=True)
         assert forced.success
-        assert {a for s in forced.done for a in s.assets} >= {"raw_samples", "release_mix"}
+        assert {a for s in forced.done for a in s.assets} >= {RAW, RELEASE}
         again = snapshot(project)
         assert again.keys() == incremental.keys()
         for name, table in incremental.items():
@@ -237,7 +248,7 @@ def test_approving_a_source_makes_only_the_release_stale(project):
     before = versions()
     assert main(["review", "charts", "--approve", "--by", "tester"]) == 0
     after = versions()
-    assert {k for k in before if before[k] != after[k]} == {"release_mix"}
+    assert {k for k in before if before[k] != after[k]} == {RELEASE}
     assert main(["review", "charts", "--note", "looked again", "--by", "tester"]) == 0
     assert versions() == after  # a note changes nothing the release reads
 
@@ -250,7 +261,7 @@ def test_a_stage_older_than_its_input_is_redone(project, capsys):
         instance.add_dynamic_partitions("source", ["scenes"])
         job = defs.resolve_job_def("per_source_job")
         assert job.execute_in_process(partition_key="scenes", instance=instance).success
-        raw = [dg.AssetKey("raw_samples")]
+        raw = [dg.AssetKey(RAW)]
         rerun = job.execute_in_process(
             partition_key="scenes", instance=instance, asset_selection=raw
         )

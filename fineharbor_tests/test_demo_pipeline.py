@@ -10,6 +10,7 @@ import yaml
 
 from fineharbor import cli
 from fineharbor.core.config import load_config
+from fineharbor.core.pipeline import CLEANED, DECONTAMINATED, DEDUPLICATED, RAW, UNIFIED
 from fineharbor.core.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -62,18 +63,14 @@ def test_every_partition_conserves_rows(demo_home):
     home, _ = demo_home
     storage = Storage(str(home))
     chain = [
-        "raw_samples",
-        "unified_samples",
-        "cleaned_samples",
-        "deduplicated_samples",
-        "decontaminated_samples",
+        RAW,
+        UNIFIED,
+        CLEANED,
+        DEDUPLICATED,
+        DECONTAMINATED,
     ]
-    for source in storage.partitions("raw_samples"):
-        assert (
-            storage.count_rows("raw_samples", source)
-            + storage.count_rows("raw_samples", source, kind="rejects")
-            > 0
-        )
+    for source in storage.partitions(RAW):
+        assert storage.count_rows(RAW, source) + storage.count_rows(RAW, source, kind="rejects") > 0
         for upstream, stage in itertools.pairwise(chain):
             assert storage.count_rows(upstream, source) == storage.count_rows(
                 stage, source
@@ -204,7 +201,7 @@ def test_contamination_rate_check_ran_on_every_train_partition(demo_home):
 
     home, _ = demo_home
     config = load_config(REPO / "fineharbor.yaml")
-    key = dg.AssetCheckKey(dg.AssetKey("decontaminated_samples"), "contamination_rate_within_limit")
+    key = dg.AssetCheckKey(dg.AssetKey(DECONTAMINATED), "contamination_rate_within_limit")
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         records = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
         # check results returned with a partition's materialization carry its run's partition
@@ -229,7 +226,7 @@ def test_a_changed_match_threshold_changes_the_next_materialization(demo_home, t
     source = "cauldron_charts"
 
     def flagged() -> int:
-        rejects = storage.read_table("decontaminated_samples", source, kind="rejects")
+        rejects = storage.read_table(DECONTAMINATED, source, kind="rejects")
         return rejects.column("reason").to_pylist().count("benchmark_match")
 
     def materialize(config_path: Path) -> None:

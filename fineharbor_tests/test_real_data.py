@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fineharbor import cli
+from fineharbor.core.pipeline import CLEANED, DUPLICATES, RAW, UNIFIED
 from fineharbor.core.storage import Storage
 from fineharbor.testing.copies import copy_set, score_clusters, write_copy_set
 from fineharbor.testing.corpus import OUTSIDE_MARK, write_hostile_corpus
@@ -72,14 +73,14 @@ def test_the_first_run_ends_well_and_a_second_has_nothing_to_do(project):
 
 def test_every_file_of_the_hostile_folder_is_a_row_or_a_reject(project):
     storage, corpus, _, _, _ = project
-    rows = _table(storage, "raw_samples", "hostile")
-    rejects = _table(storage, "raw_samples", "hostile", kind="rejects")
+    rows = _table(storage, RAW, "hostile")
+    rejects = _table(storage, RAW, "hostile", kind="rejects")
     assert rows.num_rows + rejects.num_rows + corpus.sidecars == corpus.entries
     for image_list in rows.column("images").to_pylist():
         assert all(OUTSIDE_MARK not in (image["bytes"] or b"") for image in image_list)
-    cleaned = _table(storage, "cleaned_samples", "hostile")
+    cleaned = _table(storage, CLEANED, "hostile")
     # image-only: no caption rule judged a file name, and the valid images came through
-    cleaned_rejects = _table(storage, "cleaned_samples", "hostile", kind="rejects")
+    cleaned_rejects = _table(storage, CLEANED, "hostile", kind="rejects")
     text_reasons = {"text_empty", "caption_word_count", "alt_text_short", "language_not_allowed"}
     assert not text_reasons & set(cleaned_rejects.column("reason").to_pylist())
     assert cleaned.num_rows >= len(corpus.images) * 0.8
@@ -88,11 +89,11 @@ def test_every_file_of_the_hostile_folder_is_a_row_or_a_reject(project):
 
 def test_every_copy_shares_its_originals_cluster_and_no_two_photos_merge(project):
     storage, _, copies, _, _ = project
-    unified = _table(storage, "unified_samples", "copies")
+    unified = _table(storage, UNIFIED, "copies")
     name_of = dict(
         zip(*unified.select(["sample_id", "origin_key"]).to_pydict().values(), strict=True)
     )
-    clusters = _table(storage, "duplicate_clusters", None)
+    clusters = _table(storage, DUPLICATES, None)
     mine = clusters.filter(pc.equal(clusters.column("source"), "copies"))
     members = mine.select(["sample_id", "cluster_id"]).to_pydict().values()
     cluster_of = {name_of[s]: c for s, c in zip(*members, strict=True)}
@@ -104,8 +105,8 @@ def test_every_copy_shares_its_originals_cluster_and_no_two_photos_merge(project
 
 def test_an_offline_url_list_is_every_url_a_reject(project):
     storage, _, _, _, _ = project
-    assert storage.count_rows("raw_samples", "offline_urls") == 0
-    rejects = _table(storage, "raw_samples", "offline_urls", kind="rejects")
+    assert storage.count_rows(RAW, "offline_urls") == 0
+    rejects = _table(storage, RAW, "offline_urls", kind="rejects")
     assert rejects.num_rows == URLS
     assert set(rejects.column("reason").to_pylist()) == {"download_dns_error"}
     assert all("fineharbor-test.invalid" in d for d in rejects.column("detail").to_pylist())

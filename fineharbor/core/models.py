@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fineharbor.core.pipeline import QUALITY_MODEL
+
 if TYPE_CHECKING:
     from fineharbor.core.config import ProjectConfig
 
@@ -292,7 +294,7 @@ def _transformers_models_missing(project: ProjectConfig) -> list[str]:
         for field_name in ("vision_model", "language_model"):
             name = getattr(classifier.mllm, field_name)
             field_path = f"stages.quality_classifier.mllm.{field_name}"
-            named.append((field_path, name, "quality_classifier"))
+            named.append((field_path, name, QUALITY_MODEL))
     return [
         without(
             not_found(field_path, name, TRANSFORMERS_HOW.format(name=name)),

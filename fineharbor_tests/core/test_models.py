@@ -16,6 +16,7 @@ from fineharbor.core.cleaning.params import CleanParams
 from fineharbor.core.cleaning.stage import CLEANED_SCHEMA
 from fineharbor.core.cleaning.text import token_count
 from fineharbor.core.config import load_config
+from fineharbor.core.pipeline import DECONTAMINATED, SCORED
 from fineharbor.core.schema import make_sample_id
 from fineharbor.core.signatures.params import SignatureParams
 from fineharbor.core.storage import Storage
@@ -110,10 +111,10 @@ def test_default_config_without_model_files_scores_with_a_note(offline):
         for i in range(3)
     ]
     table = pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA)
-    write_kept_rows(storage, "decontaminated_samples", "photos", table)
+    write_kept_rows(storage, DECONTAMINATED, "photos", table)
     report, stats = build_scored_samples(config, "photos", storage, embedder=embedder)
     assert report.conserved and report.kept == 3
-    scored = storage.read_table("scored_samples", "photos")
+    scored = storage.read_table(SCORED, "photos")
     assert scored.num_rows == 3
     assert pc.all(pc.is_null(scored.column("clip_score"))).as_py()
     assert stats.clip_scores == []

@@ -5,6 +5,16 @@ import pytest
 
 from fineharbor.cli import stage_status
 from fineharbor.core.config import load_config
+from fineharbor.core.pipeline import (
+    BENCHMARK_INDEX,
+    CLEANED,
+    DECONTAMINATED,
+    DEDUPLICATED,
+    DUPLICATES,
+    RAW,
+    SIGNATURES,
+    UNIFIED,
+)
 from fineharbor.defs.automation import (
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -66,7 +76,7 @@ def run(repo: dg.RepositoryDefinition, instance, requests: list[dg.RunRequest]) 
 
 @pytest.mark.slow
 def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project):
-    first_pass = ["cleaned_samples", "image_signatures", "raw_samples", "unified_samples"]
+    first_pass = [CLEANED, SIGNATURES, RAW, UNIFIED]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, PARTITIONS)
         repo = repository(project)
@@ -89,17 +99,17 @@ def test_only_partitions_of_the_stage_whose_config_changed_are_requested(project
         change_cleaning_threshold(project)
         repo = repository(project)
         requests = stale_run_requests(instance, repo)
-        assert requested(requests) == [(BOTH, ["cleaned_samples", "image_signatures"])]
+        assert requested(requests) == [(BOTH, [CLEANED, SIGNATURES])]
         with dg.build_schedule_context(instance=instance, repository_def=repo) as context:
             assert requested(stale_partitions_schedule(context)) == requested(requests)
 
         # Once those ran, the global stage fed by them is next, once, then the second pass.
         run(repo, instance, requests)
         requests = stale_run_requests(instance, repo)
-        assert requested(requests) == [(None, ["benchmark_index", "duplicate_clusters"])]
+        assert requested(requests) == [(None, [BENCHMARK_INDEX, DUPLICATES])]
         run(repo, instance, requests)
         requests = stale_run_requests(instance, repo)
-        assert requested(requests) == [(BOTH, ["decontaminated_samples", "deduplicated_samples"])]
+        assert requested(requests) == [(BOTH, [DECONTAMINATED, DEDUPLICATED])]
 
 
 @pytest.mark.slow
@@ -118,19 +128,19 @@ def test_status_has_a_line_per_stage_with_rows_rejects_and_freshness(project):
         assert set(by_stage) == {
             k.to_user_string() for k in repo.asset_graph.materializable_asset_keys
         }
-        raw = by_stage["raw_samples"]
+        raw = by_stage[RAW]
         assert (raw["partitions"], raw["rows"], raw["rejects"]) == ("2/2", 11, 1)
         assert raw["materialized"].endswith("s ago") and raw["freshness"] == "fresh"
-        assert by_stage["deduplicated_samples"]["materialized"] == "never"
-        assert by_stage["deduplicated_samples"]["freshness"] == "2 missing"
-        assert by_stage["duplicate_clusters"]["freshness"] == "1 missing"
+        assert by_stage[DEDUPLICATED]["materialized"] == "never"
+        assert by_stage[DEDUPLICATED]["freshness"] == "2 missing"
+        assert by_stage[DUPLICATES]["freshness"] == "1 missing"
 
         change_cleaning_threshold(project)
         repo = repository(project)
         _, rows = stage_status(instance, repo.asset_graph, project.storage)
         freshness = {row[0]: row[-1] for row in rows}
-        assert freshness["cleaned_samples"] == "2 stale"
-        assert freshness["unified_samples"] == "fresh"
+        assert freshness[CLEANED] == "2 stale"
+        assert freshness[UNIFIED] == "fresh"
 
 
 def test_stale_partitions_group_into_contiguous_runs_of_at_most_per_run():

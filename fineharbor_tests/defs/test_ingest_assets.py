@@ -2,6 +2,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from fineharbor.core.pipeline import CLEANED, RAW, SIGNATURES, UNIFIED
 from fineharbor.defs.catalog import duckdb_catalog
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.release import RELEASE_ASSETS
@@ -21,16 +22,16 @@ def test_per_source_stages_conserve_rows_and_report(project):
             checks = result.get_asset_check_evaluations()
             assert len(checks) == 3 * len(FIRST_PASS_ASSETS) and all(c.passed for c in checks)
         storage = project.storage
-        assert storage.count_rows("raw_samples", "charts") == 7
-        assert storage.count_rows("unified_samples", "charts") == 6
-        assert storage.count_rows("unified_samples", "charts", kind="rejects") == 1
-        assert storage.count_rows("raw_samples", "scenes", kind="rejects") == 1
-        event = instance.get_latest_materialization_event(dg.AssetKey("unified_samples"))
+        assert storage.count_rows(RAW, "charts") == 7
+        assert storage.count_rows(UNIFIED, "charts") == 6
+        assert storage.count_rows(UNIFIED, "charts", kind="rejects") == 1
+        assert storage.count_rows(RAW, "scenes", kind="rejects") == 1
+        event = instance.get_latest_materialization_event(dg.AssetKey(UNIFIED))
         metadata = event.asset_materialization.metadata
         assert metadata["dagster/row_count"].value == 4
         assert metadata["rows_in"].value == 4
         assert "Rejects by reason" in metadata["summary"].value
-        cleaned = instance.get_latest_materialization_event(dg.AssetKey("cleaned_samples"))
+        cleaned = instance.get_latest_materialization_event(dg.AssetKey(CLEANED))
         plots = cleaned.asset_materialization.metadata
         assert (
             "Longest image side" in plots["image_sides"].value and "█" in plots["image_sides"].value
@@ -62,7 +63,7 @@ def test_one_run_materializes_a_range_of_partitions_with_their_own_metadata(proj
         unified = {
             e.partition: e.materialization.metadata
             for e in result.get_asset_materialization_events()
-            if e.asset_key == dg.AssetKey("unified_samples")
+            if e.asset_key == dg.AssetKey(UNIFIED)
         }
         assert {p: m["dagster/row_count"].value for p, m in unified.items()} == {
             "charts": 6,
@@ -75,7 +76,7 @@ def test_one_run_materializes_a_range_of_partitions_with_their_own_metadata(proj
         conserved = next(
             c
             for c in checks
-            if c.asset_key == dg.AssetKey("unified_samples") and c.check_name == "rows_conserved"
+            if c.asset_key == dg.AssetKey(UNIFIED) and c.check_name == "rows_conserved"
         )
         assert conserved.metadata["partitions"].value == 2
         assert conserved.metadata["by_partition"].value["charts"] == {
@@ -83,7 +84,7 @@ def test_one_run_materializes_a_range_of_partitions_with_their_own_metadata(proj
             "kept": 6,
             "rejected": 1,
         }
-        for asset in ("raw_samples", "unified_samples", "cleaned_samples", "image_signatures"):
+        for asset in (RAW, UNIFIED, CLEANED, SIGNATURES):
             assert project.storage.partitions(asset) == ["charts", "scenes"]
 
 
@@ -101,9 +102,9 @@ def test_rematerializing_gives_the_same_rows(project):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["charts"])
         materialize(project, instance, "charts")
-        first = project.storage.read_table("unified_samples", "charts")
+        first = project.storage.read_table(UNIFIED, "charts")
         materialize(project, instance, "charts")
-        assert project.storage.read_table("unified_samples", "charts").equals(first)
+        assert project.storage.read_table(UNIFIED, "charts").equals(first)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import dagster as dg
 import datasets
 import pytest
 
+from fineharbor.core.pipeline import DEDUPLICATED, RAW
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.release import RELEASE_ASSETS
 from fineharbor.defs.resources import FineharborProject
@@ -57,9 +58,9 @@ def test_interleaved_source_reaches_an_obelics_release(tmp_path, home):
             RELEASE_ASSETS, instance=instance, resources=resources(project)
         ).success
     storage = project.storage
-    raw_rejects = storage.read_table("raw_samples", "docs", kind="rejects").to_pylist()
+    raw_rejects = storage.read_table(RAW, "docs", kind="rejects").to_pylist()
     assert [r["reason"] for r in raw_rejects] == ["document_misaligned"]
-    dedup_rejects = storage.read_table("deduplicated_samples", "docs", kind="rejects").to_pylist()
+    dedup_rejects = storage.read_table(DEDUPLICATED, "docs", kind="rejects").to_pylist()
     assert [r["origin_key"] for r in dedup_rejects] in (["copy"], ["d0"])
 
     root = Path(storage.path("releases", "docs", "1"))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fineharbor.core.cleaning import CLEANED_SCHEMA
-from fineharbor.core.pipeline import DECONTAMINATED
+from fineharbor.core.pipeline import DECONTAMINATED, QUALITY_MODEL
 from fineharbor.core.quality.stage import SCORED, SCORED_SCHEMA
 from fineharbor.core.storage import Storage
 from fineharbor.core.stored import read_stage_table
@@ -78,7 +78,7 @@ def make_project(tmp_path, home, clip_dir, judge: dict | None = None) -> Finehar
         ],
         "stages": {
             "clip_score": {"model": f"local-dir:{clip_dir}", "pretrained": None, "device": "cpu"},
-            "quality_classifier": {"hidden": 16, "epochs": 5},
+            QUALITY_MODEL: {"hidden": 16, "epochs": 5},
             "judge": judge or {"backend": "none"},
         },
     }
@@ -114,17 +114,17 @@ def test_classifier_then_scores_keep_every_row_with_judge_off(tmp_path, home, cl
     project = make_project(tmp_path, home, clip_dir)
     with dg.instance_for_test() as instance:
         trained = materialize(project, instance, [quality_classifier])
-        meta = metadata(trained, "quality_classifier")
+        meta = metadata(trained, QUALITY_MODEL)
         assert meta["trained"] is True and 0.0 <= meta["heldout_accuracy"] <= 1.0
         assert meta["real_samples"] == 24 and "confusion matrix" in meta["summary"]
         kinds = meta["examples_by_kind"]
         assert kinds["captions"]["real_samples"] == 24 and kinds["documents"]["examples"] == 0
         assert "| captions | 24 |" in meta["summary"]
-        assert (home / "models" / "quality_classifier" / "quality_classifier.pt").is_file()
+        assert (home / "models" / QUALITY_MODEL / "quality_classifier.pt").is_file()
 
         instance.add_dynamic_partitions("source", list(SOURCES))
         result = materialize(project, instance, [scored_samples], "vqa")
-        meta = metadata(result, "scored_samples")
+        meta = metadata(result, SCORED)
         checks = result.get_asset_check_evaluations()
         assert checks and all(c.passed for c in checks)
     assert meta["dagster/row_count"] == 13 and meta["rows_rejected"] == 0
@@ -158,7 +158,7 @@ def test_openai_judge_fills_finevision_columns_and_reruns_hit_the_cache(
         distinct = {json.dumps(body, sort_keys=True) for body in fake_server.bodies}
         fake_server.reset_counts()
         result = materialize(project, instance, [scored_samples], "vqa")
-        meta = metadata(result, "scored_samples")
+        meta = metadata(result, SCORED)
     # 13 samples x turns (2 each, 1 for the text-only one) x 3 text axes + image axis per image
     per_source = {"vqa": 12 * 2 * 4 + 1 * 3, "captions": 12 * 4 + 3}
     # identical inputs (question, answer, image) of different samples are sent once
@@ -201,7 +201,7 @@ def test_transformers_judge_rates_text_axes_in_process(
         materialize(project, instance, [quality_classifier])
         instance.add_dynamic_partitions("source", ["captions"])
         result = materialize(project, instance, [scored_samples], "captions")
-        meta = metadata(result, "scored_samples")
+        meta = metadata(result, SCORED)
     table = read_stage_table(Storage(str(home)), SCORED, "captions")
     for axis in ("formatting", "relevance", "visual_dependency"):
         assert table.column(f"{axis}_ratings").to_pylist() == [[4]] * 13

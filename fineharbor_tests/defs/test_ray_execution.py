@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pytest
 
 import fineharbor
+from fineharbor.core.pipeline import CLEANED, DECONTAMINATED, RAW, SCORED, SIGNATURES, UNIFIED
 from fineharbor.core.quality.stage import build_scored_samples
 from fineharbor.core.signatures.build import build_image_signatures
 from fineharbor.core.signatures.embedders import build_embedders
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
 PARTITIONS = ["charts"]  # 7 records: one unmappable, the rest cleaned and signed
-STAGES = ["raw_samples", "unified_samples", "cleaned_samples", "image_signatures"]
+STAGES = [RAW, UNIFIED, CLEANED, SIGNATURES]
 
 
 def _free_port() -> int:
@@ -111,9 +112,9 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):
         for partition in PARTITIONS:
             assert materialize(project, instance, partition).success
             assert materialize(on_ray, instance, partition).success
-        event = instance.get_latest_materialization_event(dg.AssetKey("cleaned_samples"))
+        event = instance.get_latest_materialization_event(dg.AssetKey(CLEANED))
         metadata = event.asset_materialization.metadata
-        signed = instance.get_latest_materialization_event(dg.AssetKey("image_signatures"))
+        signed = instance.get_latest_materialization_event(dg.AssetKey(SIGNATURES))
         signed_metadata = signed.asset_materialization.metadata
     local, remote = project.storage, on_ray.storage
     for asset in STAGES:
@@ -123,9 +124,9 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):
                     remote, asset, partition, kind
                 ), (asset, partition, kind)
     # Same rows in the same order, column for column (cleaning re-encodes images identically).
-    for asset in ("unified_samples", "cleaned_samples"):
+    for asset in (UNIFIED, CLEANED):
         assert local.read_table(asset, "charts").equals(remote.read_table(asset, "charts"))
-    signatures = remote.read_table("image_signatures", "charts")
+    signatures = remote.read_table(SIGNATURES, "charts")
     assert pc.all(pc.is_valid(signatures.column("sha256_pixels"))).as_py()
     # The work ran in Ray's worker processes, in more than one unit; the driver only wrote.
     assert metadata["engine"].value == "ray"
@@ -138,13 +139,11 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):
     reports = []
     for config, storage in ((project.config, local), (on_ray.config, remote)):
         # a decided stage stores its ids only (core/stored.py)
-        ids = storage.read_table("cleaned_samples", "charts", columns=["sample_id"])
-        with storage.writer("decontaminated_samples", "charts", ids.schema) as writer:
+        ids = storage.read_table(CLEANED, "charts", columns=["sample_id"])
+        with storage.writer(DECONTAMINATED, "charts", ids.schema) as writer:
             writer.write(ids)
         reports.append(build_scored_samples(config, "charts", storage)[0])
-    assert local.read_table("scored_samples", "charts").equals(
-        remote.read_table("scored_samples", "charts")
-    )
+    assert local.read_table(SCORED, "charts").equals(remote.read_table(SCORED, "charts"))
     assert reports[0].extra == {} and reports[1].extra["engine"] == "ray"
     assert reports[1].conserved and reports[1].kept == 6
     # A model stage: the copy-detection embedder (a tiny TorchScript file) loads in each actor.
@@ -158,7 +157,7 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):
         )
         embedders = build_embedders(params) if storage is local else ()  # Ray actors load theirs
         reports.append(build_image_signatures(config, "charts", storage, embedders=embedders))
-        table = storage.read_table("image_signatures", "charts")
+        table = storage.read_table(SIGNATURES, "charts")
         vectors.append(np.asarray(table.column("copy_embedding").to_pylist(), dtype=np.float32))
     assert vectors[0].shape == (6, 24) and np.allclose(vectors[0], vectors[1], atol=2e-3)
     assert reports[1].extra["engine"] == "ray" and reports[1].conserved

@@ -4,6 +4,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from fineharbor.core.pipeline import CONCEPTS, RELEASE
 from fineharbor.defs.catalog import duckdb_catalog
 from fineharbor.defs.partitions import source_partitions
 from fineharbor.defs.release import RELEASE_ASSETS
@@ -11,7 +12,7 @@ from fineharbor.defs.resources import FineharborProject
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 from fineharbor_tests.defs.pipeline import resources, run_pipeline
 
-RELEASE = """
+RELEASE_RECIPE = """
 release:
   name: tiny
   version: "2"
@@ -21,7 +22,7 @@ release:
   max_samples: 100
   require_review: false  # the review gate has its own test (test_review.py)
 """
-CONCEPTS = """stages:
+CONCEPTS_CONFIG = """stages:
   concepts:
     n_iters: 10
     levels: [{n_clusters: 4}, {n_clusters: 2}]
@@ -32,8 +33,8 @@ CONCEPTS = """stages:
 def project(ingest_project, tmp_path):
     config = tmp_path / "fineharbor.yaml"
     default = "release: {require_review: false}"
-    text = config.read_text().replace(default, "").replace("stages:\n", CONCEPTS)
-    config.write_text(text + RELEASE)
+    text = config.read_text().replace(default, "").replace("stages:\n", CONCEPTS_CONFIG)
+    config.write_text(text + RELEASE_RECIPE)
     return ingest_project
 
 
@@ -51,14 +52,14 @@ def test_release_assets_write_the_release_models_and_checks(project):
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
         assert checks["release_size_within_limits"] and checks["rows_conserved"]
         assert checks["release_holds_no_rejected_or_benchmark_sample"]
-        event = instance.get_latest_materialization_event(dg.AssetKey("release_mix"))
+        event = instance.get_latest_materialization_event(dg.AssetKey(RELEASE))
         metadata = event.asset_materialization.metadata
         assert metadata["dagster/row_count"].value == 6
         assert (
             metadata["concept_max_median_ratio_after"].value
             <= metadata["concept_max_median_ratio_before"].value
         )
-        concepts = instance.get_latest_materialization_event(dg.AssetKey("concept_clusters"))
+        concepts = instance.get_latest_materialization_event(dg.AssetKey(CONCEPTS))
         assert concepts.asset_materialization.metadata["embedding"].value == "phash"
 
         # a release below its configured minimum size fails its blocking check
@@ -98,7 +99,7 @@ def test_a_new_project_ends_well_before_any_review_and_an_emptied_release_names_
     with dg.instance_for_test() as instance:
         result = dg.materialize(RELEASE_ASSETS, instance=instance, resources=resources(new))
         assert result.success and all(c.passed for c in result.get_asset_check_evaluations())
-        event = instance.get_latest_materialization_event(dg.AssetKey("release_mix"))
+        event = instance.get_latest_materialization_event(dg.AssetKey(RELEASE))
         metadata = event.asset_materialization.metadata
         assert metadata["written"].value is False
         assert set(metadata["awaiting_review"].value) == {"pairs", "chats"}

@@ -5,6 +5,7 @@ import random
 
 import pyarrow as pa
 
+from fineharbor.core.pipeline import CLEANED
 from fineharbor.core.stage_io import StageReport
 from fineharbor.core.storage import Storage
 from fineharbor.defs.reporting import cleaned_distributions, histogram_markdown
@@ -56,13 +57,13 @@ def test_cleaned_distributions_match_their_sql_definition(tmp_path):
         for i in range(600)
     ]
     storage = Storage(str(tmp_path))
-    with storage.writer("cleaned_samples", "src", SCHEMA) as writer:
+    with storage.writer(CLEANED, "src", SCHEMA) as writer:
         writer.write(pa.Table.from_pylist(rows, schema=SCHEMA))
-    report = StageReport("cleaned_samples", "src", 600, 600, 0, {}, 1.0, SCHEMA)
+    report = StageReport(CLEANED, "src", 600, 600, 0, {}, 1.0, SCHEMA)
     figures = cleaned_distributions(storage, report)
 
     project = FineharborProject(home=str(tmp_path), state=str(tmp_path / "state"))
-    files = storage.files("cleaned_samples", "src")
+    files = storage.files(CLEANED, "src")
     with project.duckdb_connection() as connection:
         sides = connection.execute(
             "select greatest(i.width, i.height) from "
@@ -99,9 +100,9 @@ def test_cleaned_distributions_sum_the_decoder_warnings_of_kept_images(tmp_path)
         {"sample_id": "c", "image_info": []},
     ]
     storage = Storage(str(tmp_path))
-    with storage.writer("cleaned_samples", "src", schema) as writer:
+    with storage.writer(CLEANED, "src", schema) as writer:
         writer.write(pa.Table.from_pylist(rows, schema=schema))
-    report = StageReport("cleaned_samples", "src", 3, 3, 0, {}, 1.0, schema)
+    report = StageReport(CLEANED, "src", 3, 3, 0, {}, 1.0, schema)
     assert cleaned_distributions(storage, report)["decoder_warnings"].value == 7
 
 

@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from fineharbor.cli import main
+from fineharbor.core.pipeline import CLEANED, RELEASE
 from fineharbor.core.release.select import HUMAN_FLAGGED
 from fineharbor.core.review.gate import project_gate
 from fineharbor.defs.partitions import source_partitions
@@ -52,8 +53,8 @@ def release(project, instance, require_review=True):
     if not require_review:
         config.write_text(config.read_text().replace("release: {require_review: false}\n", ""))
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == CHECK_REVIEWED]
-    released = project.storage.read_table("release_mix")
-    rejects = project.storage.read_table("release_mix", kind="rejects")
+    released = project.storage.read_table(RELEASE)
+    rejects = project.storage.read_table(RELEASE, kind="rejects")
     return check, released, rejects
 
 
@@ -69,11 +70,11 @@ def test_new_source_reviewed_before_release(project, home, monkeypatch, capsys):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["critters"])
         run_pipeline(resource, instance, ["critters"])
-        event = instance.get_latest_materialization_event(dg.AssetKey("cleaned_samples"))
+        event = instance.get_latest_materialization_event(dg.AssetKey(CLEANED))
         link = event.asset_materialization.metadata["review_page"].value
         page = home / "review" / "critters.html"
         assert link == f"file://{page}" and "unreviewed" in page.read_text()
-        cleaned = resource.storage.read_table("cleaned_samples", "critters")
+        cleaned = resource.storage.read_table(CLEANED, "critters")
         ids = sorted(cleaned.column("sample_id").to_pylist())
         assert len(ids) >= 2
 

@@ -10,6 +10,7 @@ import pytest
 
 from fineharbor.core.catalog import connect_in_memory
 from fineharbor.core.config import Shard, load_config
+from fineharbor.core.pipeline import RAW, RELEASE, SCORED
 from fineharbor.core.readers import SourceLocationError, read_source
 from fineharbor.core.stored import read_stage_table
 from fineharbor.defs.partitions import source_partitions
@@ -86,7 +87,7 @@ def test_a_sharded_source_gives_the_unsharded_samples_through_the_release(projec
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_partitions.name, ["charts", "scenes"])
         run_pipeline(project, instance, ["charts", "scenes"])
-        whole = ids(project.storage, "scored_samples", ["charts"])
+        whole = ids(project.storage, SCORED, ["charts"])
 
     shard_charts(project, 2)
     sharded = FineharborProject(config_path=project.config_path, home=str(tmp_path / "sharded"))
@@ -94,12 +95,12 @@ def test_a_sharded_source_gives_the_unsharded_samples_through_the_release(projec
         instance.add_dynamic_partitions(source_partitions.name, [*SHARDS, "scenes"])
         run_pipeline(sharded, instance, [*SHARDS, "scenes"])
         storage = sharded.storage
-        assert storage.partitions("raw_samples") == [*SHARDS, "scenes"]
-        assert ids(storage, "scored_samples", SHARDS) == whole
+        assert storage.partitions(RAW) == [*SHARDS, "scenes"]
+        assert ids(storage, SCORED, SHARDS) == whole
         sources = {
             s
             for p in SHARDS
-            for s in read_stage_table(storage, "scored_samples", p).column("source").to_pylist()
+            for s in read_stage_table(storage, SCORED, p).column("source").to_pylist()
         }
         assert sources == {"charts"}
         with connect_in_memory(storage, STAGE_TABLES) as connection:
@@ -109,7 +110,7 @@ def test_a_sharded_source_gives_the_unsharded_samples_through_the_release(projec
         assert by_source == [("charts", len(whole)), ("scenes", 4)]
         result = dg.materialize(RELEASE_ASSETS, instance=instance, resources=resources(sharded))
         assert result.success
-        released = storage.read_table("release_mix")
+        released = storage.read_table(RELEASE)
         charts = {r["sample_id"] for r in released.to_pylist() if r["source"] == "charts"}
         assert charts and charts <= whole
         assert all(c.passed for c in result.get_asset_check_evaluations())

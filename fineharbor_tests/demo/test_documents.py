@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fineharbor.core.config import IngestParams, parse_config
+from fineharbor.core.pipeline import SCORED
 from fineharbor.core.readers import read_source
 from fineharbor.demo.documents import (
     _BOILERPLATE,
@@ -94,7 +95,7 @@ def test_planted_document_aucs_rank_bad_documents_from_scored_samples(tmp_path):
         }
         for i, s in enumerate(scores)
     ]
-    with storage.writer("scored_samples", SOURCE, schema) as writer:
+    with storage.writer(SCORED, SOURCE, schema) as writer:
         writer.write(pa.Table.from_pylist(rows, schema=schema))
     (result,) = planted_document_aucs(storage, tmp_path / "truth.parquet")
     assert (result.column, result.auc, result.good, result.bad) == ("quality_score", 1.0, 2, 2)

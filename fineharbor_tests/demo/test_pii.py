@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from fineharbor.core.cleaning import pii
 from fineharbor.core.cleaning.params import CleanParams
+from fineharbor.core.pipeline import CLEANED
 from fineharbor.core.schema import REJECT_SCHEMA, reject_row
 from fineharbor.core.storage import Storage
 from fineharbor.demo import charts, scenes
@@ -89,7 +90,7 @@ def _truth(path, rows: list[tuple[str, str, str, str]]) -> None:
 def test_the_demo_prints_recall_and_precision_from_the_cleaned_rows(tmp_path, capsys):
     storage = Storage(str(tmp_path / "home"))
     schema = pa.schema([("origin_key", pa.string()), ("pii_found", pa.list_(pa.string()))])
-    with storage.writer("cleaned_samples", "wds", schema) as writer:
+    with storage.writer(CLEANED, "wds", schema) as writer:
         writer.write(
             pa.table(
                 {
@@ -127,7 +128,7 @@ def test_the_demo_prints_recall_and_precision_from_the_cleaned_rows(tmp_path, ca
 def test_nothing_is_printed_when_pii_detection_was_off(tmp_path, capsys):
     storage = Storage(str(tmp_path / "home"))
     schema = pa.schema([("origin_key", pa.string()), ("pii_found", pa.list_(pa.string()))])
-    with storage.writer("cleaned_samples", "wds", schema) as writer:
+    with storage.writer(CLEANED, "wds", schema) as writer:
         writer.write(pa.table({"origin_key": ["a"], "pii_found": [None]}, schema=schema))
     truth = tmp_path / "ground_truth.parquet"
     _truth(truth, [("wds", "a", "pii", "EMAIL_ADDRESS")])

@@ -13,6 +13,7 @@ from PIL import Image
 
 from fineharbor.core.config import parse_config
 from fineharbor.core.interleaved import document_segments, document_turns
+from fineharbor.core.pipeline import DECONTAMINATED, QUALITY_MODEL, SCORED
 from fineharbor.core.schema import UNIFIED_SCHEMA, make_sample_id
 from fineharbor.core.storage import Storage
 from fineharbor.demo.documents import SHUFFLED
@@ -128,9 +129,9 @@ def _project(tmp_path):
         mine = pa.Table.from_pylist(
             [r for r in rows if r["source"] == source], schema=UNIFIED_SCHEMA
         )
-        with storage.writer("decontaminated_samples", source, UNIFIED_SCHEMA) as writer:
+        with storage.writer(DECONTAMINATED, source, UNIFIED_SCHEMA) as writer:
             writer.write(mine)
-        with storage.writer("scored_samples", source, schema) as writer:
+        with storage.writer(SCORED, source, schema) as writer:
             writer.write(
                 pa.Table.from_pylist([s for s in scores if s["source"] == source], schema=schema)
             )
@@ -141,7 +142,7 @@ def _project(tmp_path):
                 {"name": CAPTIONS, "reader": "image_folder", "location": "caps"},
                 {"name": DOCUMENTS, "reader": "interleaved", "location": "docs"},
             ],
-            "stages": {"quality_classifier": {"holdout_fraction": 0.25}},
+            "stages": {QUALITY_MODEL: {"holdout_fraction": 0.25}},
         },
         tmp_path,
     )

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from fineharbor.core.pipeline import SCORED
 from fineharbor.core.quality.metrics import roc_auc
 from fineharbor.core.quality.params import SignalParams
 from fineharbor.core.quality.signals import WatermarkScorer
@@ -51,7 +52,7 @@ def test_a_tiny_detector_exports_through_the_pwatermark_loader(tmp_path):
 
 def _scored(storage: Storage, source: str, keys: list[str], scores: list[float | None]) -> None:
     schema = pa.schema([("origin_key", pa.string()), ("pwatermark", pa.float32())])
-    with storage.writer("scored_samples", source, schema) as writer:
+    with storage.writer(SCORED, source, schema) as writer:
         writer.write(pa.table({"origin_key": keys, "pwatermark": scores}, schema=schema))
 
 

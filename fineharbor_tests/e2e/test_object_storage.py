@@ -5,6 +5,7 @@ import dagster as dg
 import pytest
 
 from fineharbor.core.catalog import connect
+from fineharbor.core.pipeline import CLEANED, DECONTAMINATED, RAW, RELEASE, SCORED, UNIFIED
 from fineharbor.core.storage import COMMIT_MARKER, DATA, REJECTS
 from fineharbor.defs.catalog import duckdb_catalog
 from fineharbor.defs.partitions import source_partitions
@@ -57,11 +58,11 @@ def test_pipeline_on_s3_gives_the_rows_of_a_local_run(project, s3_bucket, tmp_pa
 
     local, remote = contents(project.storage), contents(on_s3.storage)
     assert {k: v for k, v in remote.items() if k in local} == local
-    assert local[("unified_samples", DATA, "charts")] and local[("unified_samples", DATA, "scenes")]
-    assert ("release_mix", DATA, None) in remote
+    assert local[(UNIFIED, DATA, "charts")] and local[(UNIFIED, DATA, "scenes")]
+    assert (RELEASE, DATA, None) in remote
 
     keys = s3_keys(client, bucket, "fh/")
-    for asset in ("raw_samples", "cleaned_samples", "decontaminated_samples", "scored_samples"):
+    for asset in (RAW, CLEANED, DECONTAMINATED, SCORED):
         for partition in PARTITIONS:
             directory = f"fh/data/{asset}/source={partition}"
             assert f"{directory}/part-00000.parquet" in keys
@@ -79,5 +80,5 @@ def test_pipeline_on_s3_gives_the_rows_of_a_local_run(project, s3_bucket, tmp_pa
             connection.execute("select source, count(*) from unified_samples group by 1").fetchall()
         )
         funnel = connection.execute("select source, kept from source_funnel").fetchall()
-    assert counts == {p: len(local[("unified_samples", DATA, p)]) for p in PARTITIONS}
+    assert counts == {p: len(local[(UNIFIED, DATA, p)]) for p in PARTITIONS}
     assert sorted(funnel) == sorted(counts.items())

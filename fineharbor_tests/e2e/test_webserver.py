@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from fineharbor.core.config import OrchestrationParams
+from fineharbor.core.pipeline import CLEANED, RAW, UNIFIED
 from fineharbor.core.storage import Storage
 from fineharbor.definitions import defs
 from fineharbor_tests.e2e.services import DagsterStack, chromium, wait_for
@@ -38,7 +39,7 @@ BACKFILL_TIMEOUT_S = 600  # about 2 min on a shared 2-core machine; 6.5 min seen
 # executor is not under test here, and process start-up dominates such small partitions.
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 # Stages holding one row per sample, in chain order: rows in = kept + rejected between them.
-SAMPLE_CHAIN = ["raw_samples", "unified_samples", "cleaned_samples"]
+SAMPLE_CHAIN = [RAW, UNIFIED, CLEANED]
 
 ADD_PARTITION = """
 mutation($location: String!, $key: String!) {

@@ -14,15 +14,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from fineharbor.core.pipeline import CLEANED, SIGNATURES, UNIFIED
+from fineharbor.core.pipeline import CLEANED, SCORED, SIGNATURES, UNIFIED
 from fineharbor.core.strict import StrictModel
 
 RAY_STAGES = (UNIFIED, CLEANED, SIGNATURES)
 # scored_samples is opt-in: on Ray it scores CLIP and the classifier; the judge stays local.
-# A type holds literal names only (the project file's schema lists them).
-RayStage = Literal["unified_samples", "cleaned_samples", "image_signatures", "scored_samples"]
+# Literal of the stage table's names: the project file's schema lists the values.
+RayStage = Literal[UNIFIED, CLEANED, SIGNATURES, SCORED]
 # scored_samples stays in process: its judge and judgment cache live in the asset's process.
-PoolStage = Literal["unified_samples", "cleaned_samples", "image_signatures"]
+PoolStage = Literal[UNIFIED, CLEANED, SIGNATURES]
 LocalEngine = Literal["in_process", "process_pool"]
 
 

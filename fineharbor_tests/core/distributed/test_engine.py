@@ -7,6 +7,7 @@ import pytest
 from fineharbor.core.config import ConfigError, parse_config
 from fineharbor.core.distributed.engine import BatchWork, map_partition, partition_units, read_unit
 from fineharbor.core.distributed.params import ExecutionParams
+from fineharbor.core.pipeline import CLEANED, RELEASE, SCORED, UNIFIED
 from fineharbor.core.storage import Storage
 
 SOURCES = [{"name": "a", "reader": "json", "location": "a.jsonl", "mapping": {"preset": "llava"}}]
@@ -78,16 +79,16 @@ def test_execution_section_is_validated(tmp_path):
     config = parse_config(
         {"sources": SOURCES, "execution": {"engine": "ray", "gpus_per_actor": 0.25}}, tmp_path
     )
-    assert config.execution.on_ray("cleaned_samples") and config.execution.gpus_per_actor == 0.25
-    assert not parse_config({"sources": SOURCES}, tmp_path).execution.on_ray("cleaned_samples")
+    assert config.execution.on_ray(CLEANED) and config.execution.gpus_per_actor == 0.25
+    assert not parse_config({"sources": SOURCES}, tmp_path).execution.on_ray(CLEANED)
     with pytest.raises(ConfigError, match=r"execution\.engine"):
         parse_config({"sources": SOURCES, "execution": {"engine": "spark"}}, tmp_path)
     with pytest.raises(ConfigError, match=r"execution\.stages"):
-        parse_config({"sources": SOURCES, "execution": {"stages": ["release_mix"]}}, tmp_path)
+        parse_config({"sources": SOURCES, "execution": {"stages": [RELEASE]}}, tmp_path)
 
 
 def test_scoring_on_ray_refuses_a_judge(tmp_path):
-    ray_scoring = {"engine": "ray", "stages": ["scored_samples"]}
+    ray_scoring = {"engine": "ray", "stages": [SCORED]}
     assert parse_config({"sources": SOURCES, "execution": ray_scoring}, tmp_path)
     judged = {"judge": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1"}}
     with pytest.raises(ConfigError, match="judgment cache is one local SQLite file"):
@@ -95,11 +96,11 @@ def test_scoring_on_ray_refuses_a_judge(tmp_path):
 
 
 def test_models_loaded_here_reach_setup_in_process_only(storage):
-    work = BatchWork("unified_samples", _setup_with, models={"offset": 1000})
+    work = BatchWork(UNIFIED, _setup_with, models={"offset": 1000})
     assert work.without_models().models is None
     here = map_partition(ExecutionParams(), storage, "numbers", "a", work, batch_size=300)
     assert min(v for k, _ in here for v in k.column("n").to_pylist()) == 1001
-    pooled = ExecutionParams(local_engines={"unified_samples": "process_pool"})
-    work = BatchWork("unified_samples", _setup_with, models={"offset": 1000})
+    pooled = ExecutionParams(local_engines={UNIFIED: "process_pool"})
+    work = BatchWork(UNIFIED, _setup_with, models={"offset": 1000})
     workers = map_partition(pooled, storage, "numbers", "a", work, batch_size=300)
     assert min(v for k, _ in workers for v in k.column("n").to_pylist()) == 1  # their own

@@ -20,6 +20,7 @@ from fineharbor.core.distributed.engine import (
 )
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.distributed.pool import ProcessPool, WorkerPools, watch
+from fineharbor.core.pipeline import CLEANED, UNIFIED
 from fineharbor.core.schema import REJECT_SCHEMA, make_sample_id
 from fineharbor.core.storage import Storage
 
@@ -149,11 +150,11 @@ def test_map_partition_runs_a_stage_on_the_configured_engine(tmp_path):
     storage = Storage(str(tmp_path))
     with storage.writer("upstream", "s", SCHEMA) as writer:
         writer.write(pa.Table.from_batches([_rows([0, 1, 2, CRASH, 4])]))
-    work = BatchWork("unified_samples", _setup, resources=Resources(processes=1))
-    pooled = ExecutionParams(local_engines={"unified_samples": "process_pool"})
-    assert pooled.engine_for("unified_samples") == "process_pool"
-    assert ExecutionParams().engine_for("unified_samples") == "in_process"
-    assert ExecutionParams().engine_for("cleaned_samples", isolated=True) == "process_pool"
+    work = BatchWork(UNIFIED, _setup, resources=Resources(processes=1))
+    pooled = ExecutionParams(local_engines={UNIFIED: "process_pool"})
+    assert pooled.engine_for(UNIFIED) == "process_pool"
+    assert ExecutionParams().engine_for(UNIFIED) == "in_process"
+    assert ExecutionParams().engine_for(CLEANED, isolated=True) == "process_pool"
     seen = []
     with WorkerPools() as pools:
         mapped = map_partition(

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from fineharbor.core.pipeline import QUALITY_MODEL
 from fineharbor.core.quality.classifier import (
     QualityModel,
     build_quality_training_set,
@@ -85,7 +86,7 @@ def test_save_load_roundtrip_gives_identical_scores(trained, tmp_path):
     after = score_quality(samples, loaded, embedder).to_pylist()
     assert after == pytest.approx(before, abs=1e-6)
     assert loaded.report.heldout_accuracy == model.report.heldout_accuracy
-    with pytest.raises(FileNotFoundError, match="quality_classifier"):
+    with pytest.raises(FileNotFoundError, match=QUALITY_MODEL):
         QualityModel.load(tmp_path / "missing")
 
 

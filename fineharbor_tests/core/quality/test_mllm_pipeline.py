@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from fineharbor.core.pipeline import QUALITY_MODEL
 from fineharbor.core.quality.mllm_classifier import META_FILE
 from fineharbor.core.quality.stage import SCORED
 from fineharbor.core.storage import Storage
@@ -29,7 +30,7 @@ def test_mllm_classifier_trains_and_scores_in_the_pipeline(
     project = make_project(tmp_path, home, clip_dir=tmp_path / "no-clip")
     config = yaml.safe_load((tmp_path / "fineharbor.yaml").read_text())
     config["stages"]["clip_score"] = {"model": None}  # the MLLM needs no CLIP
-    config["stages"]["quality_classifier"] = {
+    config["stages"][QUALITY_MODEL] = {
         "architecture": "mllm",
         "synthetic_texts": "mllm",
         "mllm": {
@@ -54,14 +55,12 @@ def test_mllm_classifier_trains_and_scores_in_the_pipeline(
     project = FineharborProject(config_path=str(tmp_path / "fineharbor.yaml"), home=str(home))
 
     with dg.instance_for_test() as instance:
-        trained = metadata(
-            materialize(project, instance, [quality_classifier]), "quality_classifier"
-        )
+        trained = metadata(materialize(project, instance, [quality_classifier]), QUALITY_MODEL)
         assert trained["trained"] is True and trained["architecture"] == "mllm"
         assert str(lm) in trained["model"] and str(vision) in trained["model"]
         assert "96 training texts from 24 real samples" in trained["synthetic_texts"]
         assert trained["texts_rewritten_by"].startswith("vlm (unifilter-levels/")
-        assert (home / "models" / "quality_classifier" / META_FILE).is_file()
+        assert (home / "models" / QUALITY_MODEL / META_FILE).is_file()
         written = writer_server.requests
         assert written >= 96  # every level of every real sample was asked for
 

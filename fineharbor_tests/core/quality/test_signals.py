@@ -19,6 +19,7 @@ from PIL import Image
 from fineharbor.core import models
 from fineharbor.core.cleaning.stage import CLEANED_SCHEMA
 from fineharbor.core.config import load_config
+from fineharbor.core.pipeline import DECONTAMINATED, SCORED
 from fineharbor.core.quality.params import ClipScoreParams, SignalParams
 from fineharbor.core.quality.signals import (
     SignalLoadError,
@@ -175,7 +176,7 @@ def _write_partition(storage: Storage, n: int) -> None:
         for i in range(n)
     ]
     table = pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA)
-    write_kept_rows(storage, "decontaminated_samples", "photos", table)
+    write_kept_rows(storage, DECONTAMINATED, "photos", table)
 
 
 def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny_clip_dir, caplog):
@@ -202,7 +203,7 @@ def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny
     embedder, _ = scoring_clip(config.stages.clip_score)
     absent = load_signal_models(config.stages.signals, config.stages.clip_score, embedder)
     build_scored_samples(config, "photos", storage, embedder=embedder, signals=absent)
-    scored = read_stage_table(storage, "scored_samples", "photos")
+    scored = read_stage_table(storage, SCORED, "photos")
     assert scored.schema.names == SCORED_SCHEMA.names
     for name in ("punsafe", "aesthetic_score", "pwatermark"):
         assert scored.column(name).null_count == 3, name
@@ -217,7 +218,7 @@ def test_scoring_stage_fills_each_signal_and_reports_absent_files(tmp_path, tiny
         config, "photos", storage, embedder=embedder, signals=present
     )
     assert report.conserved and report.kept == 3
-    scored = read_stage_table(storage, "scored_samples", "photos")
+    scored = read_stage_table(storage, SCORED, "photos")
     for name in ("punsafe", "aesthetic_score", "pwatermark"):
         assert scored.column(name).null_count == 0, name
         assert len(stats.signals[name]) == 3

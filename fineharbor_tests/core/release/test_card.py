@@ -2,6 +2,7 @@
 
 import pyarrow as pa
 
+from fineharbor.core.pipeline import DECONTAMINATED, SCORED
 from fineharbor.core.release.card import CardFacts, cell, render_card
 from fineharbor.core.release.params import ReleaseRecipe
 
@@ -44,7 +45,7 @@ def _tables() -> dict[str, pa.Table]:
 
 def test_card_tables_keep_their_shape_with_hostile_source_names_and_licenses():
     recipe = ReleaseRecipe(sources=[{"name": "a|b", "cap": 5}])
-    card = render_card(recipe, _tables(), CardFacts("decontaminated_samples", [], None, "", []))
+    card = render_card(recipe, _tables(), CardFacts(DECONTAMINATED, [], None, "", []))
     body = card.split("\n---\n", 1)[1]
     assert "<img" not in body and "<b>" not in body and "| injected | row |" not in body
     columns = None  # every row of a table has its header's number of cells
@@ -62,7 +63,7 @@ def test_card_tables_keep_their_shape_with_hostile_source_names_and_licenses():
 def test_interleaved_sources_get_their_own_config_outside_default():
     import yaml
 
-    facts = CardFacts("scored_samples", ["captions", "docs"], None, "", [], interleaved=["docs"])
+    facts = CardFacts(SCORED, ["captions", "docs"], None, "", [], interleaved=["docs"])
     card = render_card(ReleaseRecipe(), _tables(), facts)
     configs = {c["config_name"]: c for c in yaml.safe_load(card.split("---\n")[1])["configs"]}
     assert configs["default"]["data_files"][0]["path"] == ["data/captions/train-*.parquet"]

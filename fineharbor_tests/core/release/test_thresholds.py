@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fineharbor.core.config import ConfigError, load_config
+from fineharbor.core.pipeline import QUALITY_MODEL
 from fineharbor.core.release.build import RELEASE_INPUT_ASSET, build_release_mix
 from fineharbor.core.release.params import ReleaseRecipe
 from fineharbor.core.release.select import THRESHOLDS, Candidates, filter_rows
@@ -145,7 +146,7 @@ def test_the_card_shows_each_distribution_and_what_each_threshold_removed(tmp_pa
     [
         ("clip_score", "lower", "release.clip_score_min"),
         ("clip_score", "upper", "release.clip_score_max"),
-        ("quality_classifier", "min_score", "release.quality_min"),
+        (QUALITY_MODEL, "min_score", "release.quality_min"),
     ],
 )
 def test_an_old_stage_threshold_fails_at_load_naming_its_release_field(
