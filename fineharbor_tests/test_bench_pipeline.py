@@ -98,14 +98,16 @@ def test_report_has_every_stage_at_every_size_with_growth_on_the_largest():
     for small, large in zip(rows[::2], rows[1::2], strict=True):
         assert small[8] == "" and float(large[8]) == pytest.approx(1.0)
         assert large[11] == "≤ n log n"
+        assert large[12] == ("1.00x" if STAGES[rows.index(large) // 2].per_source else "3.25x")
     (small, large) = _rows(text, "n")
     assert small[3] == "1.50x" and large[7] == "holds"
-    assert _rows(text, "planted")[0] == ["exact", "1.000 (3/3)", "1.000 (3/3)"]
+    assert _rows(text, "planted")[0] == ["exact", "1.000 (3/3)", "1.000 (3/3)", "no"]
     fv = text[text.index("Extrapolation to FineVision") :]
     fv_rows = _rows(fv, "stage")
     assert [r[0] for r in fv_rows] == [s.name for s in STAGES]
     for row, spec in zip(fv_rows, STAGES, strict=True):
-        assert (row[4] == "-") == spec.per_source  # memory only for the global stages
+        assert (row[5] == "-") == spec.per_source  # memory only for the global stages
+        assert row[1] == "3.00" and row[2] == "n log n"  # 27 CPU s more for 9,000 samples
     assert "1.50x the source bytes" in fv
 
 
