@@ -197,42 +197,47 @@ def _qa(rng: np.random.Generator, question: str | None = None) -> list[dict]:
 
 
 class _Writer:
-    """One source's Parquet shards, ``rows_per_file`` rows each."""
+    """One source's Parquet shards of ``rows_per_file`` rows, in row groups of ``batch``."""
 
-    def __init__(self, folder: Path, rows_per_file: int = 20_000) -> None:
+    def __init__(self, folder: Path, rows_per_file: int = 20_000, batch: int = 2_000) -> None:
         import pyarrow as pa
 
         from fineharbor.core.schema import IMAGE_TYPE, TURN_TYPE
 
-        self.folder, self.rows_per_file = folder, rows_per_file
+        self.folder, self.rows_per_file, self.batch = folder, rows_per_file, batch
         folder.mkdir(parents=True, exist_ok=True)
         self.schema = pa.schema(
             [("key", pa.string()), ("images", pa.list_(IMAGE_TYPE)), ("texts", pa.list_(TURN_TYPE))]
         )
         self.rows: list[dict] = []
-        self.files = 0
         self.count = 0
+        self.writer = None
 
     def add(self, key: str, image: bytes, texts: list[dict]) -> None:
         self.rows.append({"key": key, "images": [{"bytes": image, "path": None}], "texts": texts})
         self.count += 1
-        if len(self.rows) >= 2_000:
-            self.flush()
+        if len(self.rows) >= self.batch or self.count % self.rows_per_file == 0:
+            self._write()
 
-    def flush(self) -> None:
+    def _write(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not self.rows:
-            return
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        path = self.folder / f"train-{self.files:05d}.parquet"
-        if path.exists():  # append as another row group: one file per rows_per_file rows
-            table = pa.concat_tables([pq.read_table(path, schema=self.schema), table])
-        pq.write_table(table, path, row_group_size=2_000)
-        if table.num_rows >= self.rows_per_file:
-            self.files += 1
-        self.rows = []
+        if self.rows:
+            if self.writer is None:
+                path = self.folder / f"train-{(self.count - 1) // self.rows_per_file:05d}.parquet"
+                self.writer = pq.ParquetWriter(path, self.schema)
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+        if self.writer is not None and self.count % self.rows_per_file == 0:
+            self.close()
+
+    def close(self) -> None:
+        if self.rows:
+            self._write()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def write_corpus(root: Path, n: int, seed: int = 0) -> Truth:
@@ -312,7 +317,7 @@ def write_corpus(root: Path, n: int, seed: int = 0) -> Truth:
         texts = [{"user": bench_questions[b], "assistant": _words(rng, 2, 5).capitalize() + "."}]
         bench.add(f"bench-{b:07d}", _original(bench_seed), texts)
     for writer in (*writers.values(), bench):
-        writer.flush()
+        writer.close()
     truth.source_bytes = sum(p.stat().st_size for p in (root / "sources").rglob("*.parquet"))
     (root / "fineharbor.yaml").write_text(PROJECT.format(root=root))
     (root / "truth.json").write_text(json.dumps(truth.as_dict()))
