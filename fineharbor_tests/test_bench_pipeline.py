@@ -128,3 +128,18 @@ def test_a_tiny_run_from_raw_to_release_finds_every_exact_copy_and_conserves_row
     text = bench.report([result], fv_source_tb=5.0)
     assert len(_rows(text, "stage")) == len(STAGES)
     json.dumps(result)  # what --json writes
+
+
+def test_suite_entry_gives_a_measurement_per_stage_and_the_whole(monkeypatch):
+    from bench.suite import STAGES as SUITE_STAGES
+    from bench.suite import rows_of
+
+    assert SUITE_STAGES["pipeline"] == "bench.pipeline"
+    monkeypatch.setattr(bench, "one_size", lambda n, *args, **kwargs: _result(n, n / 1000))
+    measurements = bench.run(2000)
+    assert [m.name for m in measurements] == [f"pipeline/{s.name}" for s in STAGES] + ["pipeline"]
+    assert measurements[-1].seconds == pytest.approx(len(STAGES) * 4.0)
+    assert "1.50x source; exact-copy recall 1.000" in measurements[-1].note
+    result = {"stage": "pipeline", "size": 2000, "peak_mb": 1.0}
+    rows = rows_of([{**result, "measurements": [m.as_dict() for m in measurements]}])
+    assert len(rows) == len(STAGES) + 1 and all(r["rows"] == 2000 for r in rows)
