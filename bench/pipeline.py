@@ -793,10 +793,9 @@ def extrapolate(results: list[dict], fv_source_tb: float) -> str:
         written = (s["bytes"] + s.get("release_bytes", 0)) * FINEVISION_SAMPLES / n / 2**30
         memory = "-"
         if not s["per_source"]:
-            own = s.get("own_peak_mb", s["peak_mb"])
             slope = 0.0
             if before is not None:
-                slope = (own - before.get("own_peak_mb", before["peak_mb"])) / (n - middle["n"])
+                slope = (s["own_peak_mb"] - before["own_peak_mb"]) / (n - middle["n"])
             peak = s["peak_mb"] + max(slope, 0.0) * (FINEVISION_SAMPLES - n)
             memory = f"{peak / 1024:,.1f}"
         lines.append(

@@ -57,6 +57,7 @@ def _result(n: int, scale: float) -> dict:
             "cpu_s": 3.0 * scale,
             "base_mb": 200.0,
             "peak_mb": 300.0 + (0 if s.per_source else 100 * scale),
+            "own_peak_mb": 250.0 + (0 if s.per_source else 100 * scale),
             "bytes": 1000 * n,
             "per_source": s.per_source,
             "metadata": {},
