@@ -9,7 +9,7 @@ export FINEHARBOR_HOME ?= $(CURDIR)/.fineharbor
 STATE := $(or $(FINEHARBOR_STATE),$(if $(findstring ://,$(FINEHARBOR_HOME)),$(CURDIR)/.fineharbor,$(FINEHARBOR_HOME)))
 export DAGSTER_HOME ?= $(STATE)/dagster
 
-.PHONY: demo test test-fast bench ui lint format clean
+.PHONY: demo test test-fast bench bench-pipeline ui lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m 'not slow'
 
 # every stage's benchmark at two sizes, one table; figures appended to bench/results/history.jsonl
+# (its `pipeline` stage runs the whole pipeline at 1k and 5k samples; bench-pipeline is the
+# scale run: 10k, 30k and 100k samples, about 15 minutes on 2 idle cores, docs/benchmarks.md)
 bench: $(STAMP)
 	$(BIN)/python -m bench --compare $(BENCH_ARGS)
+
+bench-pipeline: $(STAMP)
+	$(BIN)/python -m bench.pipeline $(PIPELINE_ARGS)
 
 ui: $(STAMP)
 	$(BIN)/dagster dev -w workspace.yaml

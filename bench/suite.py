@@ -68,6 +68,7 @@ STAGES = {
     "cluster": "bench.cluster",
     "release": "bench.release",
     "sql": "bench.sql_models",
+    "pipeline": "bench.pipeline",  # every stage above, raw to release, on one generated corpus
 }
 
 
