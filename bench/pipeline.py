@@ -75,6 +75,7 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Measurement, growth_exponent, n_log_n_exponent, within_n_log_n
+from fineharbor.core.pipeline import CLEANED, DECONTAMINATED, DEDUPLICATED, DUPLICATES
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "PIPELINE-RESULT "
@@ -572,9 +573,9 @@ def recall(home: Path, truth: dict) -> dict:
     copies rejected as benchmark_match, among those both ends of which passed cleaning."""
     import pyarrow.dataset as ds
 
-    cleaned_out = _ids(home / "rejects" / "cleaned_samples")
+    cleaned_out = _ids(home / "rejects" / CLEANED)
     cluster_of: dict[str, str] = {}
-    folder = home / "data" / "duplicate_clusters"
+    folder = home / "data" / DUPLICATES
     if folder.exists() and any(folder.rglob("*.parquet")):
         table = ds.dataset(folder, format="parquet").to_table(columns=["sample_id", "cluster_id"])
         ids, clusters = table.column("sample_id"), table.column("cluster_id")
@@ -587,8 +588,8 @@ def recall(home: Path, truth: dict) -> dict:
         counts = found.setdefault(kind, [0, 0])
         counts[0] += hit
         counts[1] += 1
-    deduplicated_out = _ids(home / "rejects" / "deduplicated_samples")
-    matched = _ids(home / "rejects" / "decontaminated_samples", where=("reason", "benchmark_match"))
+    deduplicated_out = _ids(home / "rejects" / DEDUPLICATED)
+    matched = _ids(home / "rejects" / DECONTAMINATED, where=("reason", "benchmark_match"))
     for copy, _bench, kind in truth["benchmark"]:
         if copy in cleaned_out or copy in deduplicated_out:
             continue
@@ -735,7 +736,7 @@ def recall_table(results: list[dict]) -> str:
 def candidates(results: list[dict]) -> str:
     lines = []
     for r in results:
-        stage = next(s for s in r["stages"] if s["stage"] == "duplicate_clusters")
+        stage = next(s for s in r["stages"] if s["stage"] == DUPLICATES)
         meta = stage["metadata"]
         if meta.get("candidates"):
             lines.append(f"- n={r['n']:,}: candidates {json.dumps(meta['candidates'])}")
