@@ -433,21 +433,16 @@ def stage_worker(name: str, root: Path) -> dict:
 
     from fineharbor.core.config import load_config
     from fineharbor.core.pipeline import stage
-    from fineharbor.defs.jobs import ASSETS
+    from fineharbor.defs.jobs import ASSETS, stage_resources
     from fineharbor.defs.partitions import source_partitions
-    from fineharbor.defs.quality import QualityModelsResource
-    from fineharbor.defs.resources import EmbedderResource, FineharborProject
+    from fineharbor.defs.resources import FineharborProject
 
     config = load_config(root / "fineharbor.yaml")
     (asset,) = [a for a in ASSETS if isinstance(a, dg.AssetsDefinition) and name in
                 {k.to_user_string() for k in a.keys}]  # fmt: skip
-    resources = {
-        "project": FineharborProject(
-            config_path=str(root / "fineharbor.yaml"), home=str(root / "home")
-        ),
-        "embedder": EmbedderResource(),
-        "models": QualityModelsResource(),
-    }
+    resources = stage_resources(
+        FineharborProject(config_path=str(root / "fineharbor.yaml"), home=str(root / "home"))
+    )
     instance = dg.DagsterInstance.ephemeral()
     partitions = config.partition_keys if stage(name).per_source else [None]
     if stage(name).per_source:

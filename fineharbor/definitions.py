@@ -3,9 +3,7 @@
 import dagster as dg
 
 from fineharbor.defs.automation import stale_partitions_schedule, with_config_versions
-from fineharbor.defs.jobs import ASSETS, JOBS
-from fineharbor.defs.quality import QualityModelsResource
-from fineharbor.defs.resources import EmbedderResource, FineharborProject, WorkerPoolsResource
+from fineharbor.defs.jobs import ASSETS, JOBS, stage_resources
 from fineharbor.defs.sensors import source_sensor
 
 # Stage parameters in the code versions, and the stale-partition schedule (defs/automation.py).
@@ -15,11 +13,6 @@ defs = with_config_versions(
         jobs=JOBS,
         schedules=[stale_partitions_schedule],
         sensors=[source_sensor],
-        resources={
-            "project": FineharborProject(),
-            "embedder": EmbedderResource(),
-            "pools": WorkerPoolsResource(),
-            "models": QualityModelsResource(),
-        },
+        resources=stage_resources(),
     )
 )

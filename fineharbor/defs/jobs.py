@@ -6,6 +6,8 @@ import dagster as dg
 from fineharbor.core import pipeline
 from fineharbor.defs import cleaning, decontam, dedup, ingest, quality, release
 from fineharbor.defs.catalog import duckdb_catalog
+from fineharbor.defs.quality import QualityModelsResource
+from fineharbor.defs.resources import EmbedderResource, FineharborProject, WorkerPoolsResource
 from fineharbor.defs.sql_models import SQL_MODEL_ASSETS
 
 DOMAINS = (ingest, cleaning, dedup, decontam, quality, release)
@@ -44,3 +46,14 @@ PIPELINE = [(job.name, pipeline.per_partition(job.name)) for job in pipeline.JOB
 
 ASSETS = [asset for job in pipeline.JOBS for asset in JOB_ASSETS[job.name]]
 """Every asset of the project, in pipeline order."""
+
+
+def stage_resources(project: FineharborProject | None = None) -> dict:
+    """The resources every stage's asset may require, by key: the project, the models loaded
+    once per run, and the warm worker pools."""
+    return {
+        "project": project or FineharborProject(),
+        "embedder": EmbedderResource(),
+        "pools": WorkerPoolsResource(),
+        "models": QualityModelsResource(),
+    }

@@ -12,9 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fineharbor.core.schema import IMAGE_TYPE, TURN_TYPE
-from fineharbor.defs.jobs import JOB_ASSETS
-from fineharbor.defs.quality import QualityModelsResource
-from fineharbor.defs.resources import EmbedderResource, FineharborProject, WorkerPoolsResource
+from fineharbor.defs.jobs import JOB_ASSETS, stage_resources
+from fineharbor.defs.resources import FineharborProject
 from fineharbor.testing.images import make_image_bytes
 
 FIRST_PASS_ASSETS = JOB_ASSETS["per_source_job"]
@@ -80,12 +79,7 @@ def write_ingest_project(tmp_path: Path, home: Path) -> FineharborProject:
 
 
 def resources(project):
-    return {
-        "project": project,
-        "embedder": EmbedderResource(),
-        "models": QualityModelsResource(),
-        "pools": WorkerPoolsResource(),
-    }
+    return stage_resources(project)
 
 
 def materialize(project, instance, partition, assets=FIRST_PASS_ASSETS):

@@ -7,14 +7,8 @@ The expected values were taken from the hand-written definitions before the stag
 import dagster as dg
 
 from fineharbor.defs.automation import STAGE_PARAMS
-from fineharbor.defs.jobs import ASSETS, JOBS, PIPELINE
-from fineharbor.defs.quality import QualityModelsResource
-from fineharbor.defs.resources import (
-    STAGE_TABLES,
-    EmbedderResource,
-    FineharborProject,
-    WorkerPoolsResource,
-)
+from fineharbor.defs.jobs import ASSETS, JOBS, PIPELINE, stage_resources
+from fineharbor.defs.resources import STAGE_TABLES
 from fineharbor.defs.sensors import source_sensor
 
 ASSET_ORDER = [
@@ -334,13 +328,9 @@ CATALOG_VIEWS = [
 
 
 def _repository() -> dg.RepositoryDefinition:
-    resources = {
-        "project": FineharborProject(),
-        "embedder": EmbedderResource(),
-        "models": QualityModelsResource(),
-        "pools": WorkerPoolsResource(),
-    }
-    return dg.Definitions(assets=ASSETS, jobs=JOBS, resources=resources).get_repository_def()
+    return dg.Definitions(
+        assets=ASSETS, jobs=JOBS, resources=stage_resources()
+    ).get_repository_def()
 
 
 def _node(graph, key: dg.AssetKey) -> dict:
