@@ -4,14 +4,16 @@ import itertools
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from fineharbor import cli
 from fineharbor.core.config import load_config
-from fineharbor.core.pipeline import CLEANED, DECONTAMINATED, DEDUPLICATED, RAW, UNIFIED
+from fineharbor.core.pipeline import CLEANED, DECONTAMINATED, DEDUPLICATED, RAW, SCORED, UNIFIED
 from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_table
 
 pytestmark = pytest.mark.slow
 
@@ -305,11 +307,18 @@ def test_scores_rank_planted_mismatched_captions_below_true_pairs(demo_home):
     home, _ = demo_home
     truth = pq.read_table(home / "demo" / "ground_truth.parquet").to_pylist()
     planted = {(r["source"], r["origin_key"]): r["defect"] for r in truth}
+    # scored_samples stores its scores; its rows are cleaned_samples' (core/stored.py)
+    storage = Storage(str(home))
+    columns = ["source", "origin_key", "clip_score", "quality_score", "texts"]
+    samples = pa.concat_tables(
+        read_stage_table(storage, SCORED, partition, columns=columns)
+        for partition in storage.partitions(SCORED)
+    )
     with duckdb.connect() as connection:
+        connection.register("scored", samples)
         rows = connection.execute(
             "select source, origin_key, clip_score, quality_score, "
-            "len(texts) = 1 and coalesce(texts[1].user, '') = '' "
-            f"from read_parquet('{home}/data/scored_samples/*/*.parquet')"
+            "len(texts) = 1 and coalesce(texts[1].user, '') = '' from scored"
         ).fetchall()
     mismatched = {s for (s, _), d in planted.items() if d == "mismatched_caption"}
     scored = [r for r in rows if r[0] in mismatched and r[2] is not None]
