@@ -49,6 +49,7 @@ def test_named_sizes_resolve_per_stage_and_integers_pass_through():
         resolve_size("decontam", "huge")
 
 
+@pytest.mark.slow  # runs every stage benchmark in subprocesses (~10 s)
 def test_suite_prints_every_stage_and_size_and_keeps_a_history(tmp_path, capsys):
     history = tmp_path / "history.jsonl"
     sizes = [40, 160]

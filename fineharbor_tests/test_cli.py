@@ -122,6 +122,7 @@ def test_materialize_redoes_only_what_changed_and_equals_a_forced_run(project, c
             assert again[name].equals(table), name
 
 
+@pytest.mark.slow  # two pipeline runs (~9 s)
 def test_a_changed_source_file_makes_its_raw_samples_stale(project, capsys):
     with dg.instance_for_test() as instance:
         defs = definitions(project)
@@ -253,6 +254,7 @@ def test_approving_a_source_makes_only_the_release_stale(project):
     assert versions() == after  # a note changes nothing the release reads
 
 
+@pytest.mark.slow  # two pipeline runs (~6 s)
 def test_a_stage_older_than_its_input_is_redone(project, capsys):
     """An interrupted run (or a run of one asset from the UI) redid an input but not what reads
     it: the input's data version may be the same, the reader is still redone."""
