@@ -44,6 +44,7 @@ from fineharbor.core.readers import read_source
 from fineharbor.core.readers.common import BatchBuilder
 from fineharbor.core.readers.fields import get_path
 from fineharbor.core.readers.hf_parquet import image_columns
+from fineharbor.core.readers.json_records import json_values, jsonl_records
 from fineharbor.core.readers.url_list import iter_rows
 from fineharbor.core.schema import RAW_SCHEMA, REJECT_SCHEMA
 
@@ -238,12 +239,20 @@ def detect_reader(
     stems = {f.with_suffix("") for f in images}
     sidecars = [f for f in files if f.suffix in (".txt", ".json") and f.with_suffix("") in stems]
     listings = [f for f in records if f not in set(sidecars)]  # JSON files that are no sidecar
-    if images and (len(sidecars) * 2 >= len(images) or not listings):
+    # Among images, a JSON file is the source's listing only when its records name image
+    # files; a stray data.json or a sidecar under another name must not hide the images.
+    naming = [f for f in listings if _names_image_files(f, suffixes)]
+    if images and (len(sidecars) * 2 >= len(images) or not naming):
         formats = Counter(_suffix(f) or "(no suffix)" for f in images)
         evidence.append(
             f"{len(images)} images ({len(formats)} formats), {len(sidecars)} sidecars sharing "
             "their names: image_folder"
         )
+        if listings:
+            evidence.append(
+                f"{len(listings)} JSON file(s) whose records name no image file: not read "
+                "(rejected as unsupported files)"
+            )
         return "image_folder", {"location": location}, evidence
     if records:
         root = image_root or (path if path.is_dir() else path.parent)
@@ -252,6 +261,29 @@ def detect_reader(
     raise ProposalError(
         f"{path}: no Parquet, JSON, tar, URL list or image files found (seen: {seen or 'none'})"
     )
+
+
+def _names_image_files(listing: Path, suffixes: frozenset[str]) -> bool:
+    """Whether one of the listing's first records holds a string ending in an image suffix
+    (``"img/0.jpg"``, ``["a.png"]``, ``{"path": "b.webp"}``)."""
+    read = jsonl_records if _suffix(listing) == ".jsonl" else json_values
+    try:
+        parsed = list(_take(read(listing, IngestParams().max_record_bytes), 16))
+    except (OSError, ValueError):
+        return False
+    return any(_holds_image_name(p.record, suffixes, 4) for p in parsed if p.record)
+
+
+def _holds_image_name(value: Any, suffixes: frozenset[str], depth: int) -> bool:
+    if isinstance(value, str):
+        return Path(value.split("?", 1)[0]).suffix.lower() in suffixes
+    if depth == 0:
+        return False
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return any(_holds_image_name(v, suffixes, depth - 1) for v in value[:64])
+    return False
 
 
 def _table_reader(

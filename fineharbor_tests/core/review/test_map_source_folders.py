@@ -153,3 +153,21 @@ def test_a_parquet_listing_beside_its_images_stays_hf_parquet(tmp_path, image_by
     reader, _, evidence = detect_reader(folder)
     assert reader == "image_folder"
     assert any("without a URL column" in line for line in evidence)
+
+
+def test_stray_json_files_do_not_hide_a_mixed_folder_of_images(tmp_path, config, capsys):
+    from fineharbor.testing.corpus import write_hostile_corpus
+
+    corpus = write_hostile_corpus(tmp_path / "photos", tmp_path / "outside")
+    reader, _, evidence = detect_reader(corpus.root)
+    assert reader == "image_folder"
+    assert any("name no image file: not read" in line for line in evidence)
+    assert main(["--config", str(config), "map-source", str(corpus.root), "--write"]) == 0
+    assert load_config(config).source("photos").reader == "image_folder"
+
+    # a JSON listing whose records name the folder's images is the source, even among images
+    names = sorted(str(p.relative_to(corpus.root)) for p in corpus.root.rglob("*.png"))
+    assert names
+    listing = [{"file": name, "caption": f"picture {i}"} for i, name in enumerate(names)]
+    (corpus.root / "listing.json").write_text(json.dumps(listing))
+    assert detect_reader(corpus.root)[0] == "json"
