@@ -159,7 +159,7 @@ def _record_documents(
             if refused is not None:
                 yield _Document(key, refused=(refused.reason, refused.detail))
             else:
-                read = partial(_image, root=image_root, params=params)
+                read = partial(fetch_image, root=image_root, max_bytes=params.max_image_bytes)
                 yield _prepared(key, record, str(path), read)
     except (pa.ArrowException, OSError) as error:
         yield _Document(file_key, refused=(FILE_UNREADABLE, f"{path}: {error}"))
@@ -221,7 +221,9 @@ def _prepared(key: str, record: dict, origin_uri: str, read_image: ImageReader) 
     except (DocumentRefused, ImageFetchError) as error:
         return _Document(key, refused=(error.reason, error.detail))
     except RecursionError:
-        return _Document(key, refused=("record_too_deep", "nested deeper than the JSON limit"))
+        return _Document(
+            key, refused=("record_too_deep", "nested deeper than the JSON encoder's limit")
+        )
     return document
 
 
@@ -263,10 +265,6 @@ def aligned(record: dict) -> tuple[list[str | None], list[tuple[int, Any]]]:
 def _nothing(values: Any) -> bool:
     """Null, an empty list, or a list of nulls."""
     return values is None or (isinstance(values, list) and all(v is None for v in values))
-
-
-def _image(value: Any, position: int, root: Path, params: IngestParams) -> dict:
-    return fetch_image(value, position, root, params.max_image_bytes)
 
 
 def fetch_image(value: Any, position: int, root: Path, max_bytes: int) -> dict:
