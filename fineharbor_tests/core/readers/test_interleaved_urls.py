@@ -112,6 +112,14 @@ def test_urls_become_image_bytes_in_document_order(tmp_path, server):
     assert detail["html"].startswith(f"position 0: {server.url('page.html')}: the downloaded")
 
 
+def test_an_opt_out_rejects_the_document(tmp_path, server):
+    _write(tmp_path, server)
+    server.noai.add("1.jpg")
+    kept, rejected, _ = read_whole(make_source(tmp_path, **_source_fields()))
+    assert "two-urls" not in [k["origin_key"] for k in kept]
+    assert reasons(rejected)["two-urls"] == "download_noai"
+
+
 def test_loopback_urls_are_refused_unless_the_source_allows_them(tmp_path, server):
     _write(tmp_path, server)
     source = make_source(tmp_path, **_source_fields(allow_private_addresses=False))
