@@ -207,11 +207,9 @@ class WebDatasetSource(_SourceBase):
     reader: Literal["webdataset"]
 
 
-class UrlListSource(_SourceBase):
-    """LAION-style URL lists (Parquet, CSV, TSV or JSONL); images are downloaded."""
+class _DownloadingSource(_SourceBase):
+    """A source whose images may be URLs: downloaded into the kept store (docs/downloads.md)."""
 
-    reader: Literal["url_list"]
-    url_column: str = "url"
     allow_private_addresses: bool = Field(
         False, description="allow loopback/private/link-local hosts (off: SSRF protection)"
     )
@@ -225,6 +223,13 @@ class UrlListSource(_SourceBase):
     )
 
 
+class UrlListSource(_DownloadingSource):
+    """LAION-style URL lists (Parquet, CSV, TSV or JSONL); images are downloaded."""
+
+    reader: Literal["url_list"]
+    url_column: str = "url"
+
+
 class ImageFolderSource(_SourceBase):
     """A directory of images (found by content), with or without sidecar caption files (same
     stem, .txt and/or .json); every other file is a reject with a reason."""
@@ -232,9 +237,10 @@ class ImageFolderSource(_SourceBase):
     reader: Literal["image_folder"]
 
 
-class InterleavedSource(_SourceBase):
+class InterleavedSource(_DownloadingSource):
     """Interleaved image-text documents: OBELICS / MINT-1T HTML Parquet (``images`` and
-    ``texts`` aligned lists, ``metadata``) or MINT-style JSONL; kept in document order
+    ``texts`` aligned lists, ``metadata``), MINT-style JSONL, or MINT-1T PDF/ArXiv WebDataset
+    shards; image URLs are downloaded like a URL list's; kept in document order
     (``segments``) and released in the OBELICS layout (docs/sources.md)."""
 
     reader: Literal["interleaved"]

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from fineharbor.core.config import DownloadParams, UrlListSource
+from fineharbor.core.config import DownloadParams, InterleavedSource, UrlListSource
 from fineharbor.core.download import Downloader, DownloadResult, has_noai_directive
 from fineharbor.core.storage import Storage
 
@@ -69,7 +69,8 @@ log = logging.getLogger(__name__)
 
 DOWNLOADS = "downloads"
 REFETCH_ENV = "FINEHARBOR_REFETCH"
-"""``1``/``all``: refetch every URL of every url_list source in this run; ``a,b``: of those."""
+"""``1``/``all``: refetch every URL of every url_list and interleaved source in this run;
+``a,b``: of those."""
 ACCEPT_LOSSES_ENV = "FINEHARBOR_ACCEPT_DOWNLOAD_LOSSES"
 """``1``: publish a raw partition even though URLs it held now fail (see :class:`LossCounter`)."""
 
@@ -106,7 +107,7 @@ class ReusePolicy:
 
     @classmethod
     def for_source(
-        cls, source: UrlListSource, environ: Mapping[str, str] = os.environ
+        cls, source: UrlListSource | InterleavedSource, environ: Mapping[str, str] = os.environ
     ) -> ReusePolicy:
         max_age = source.max_age_days
         return cls(

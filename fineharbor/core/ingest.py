@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from fineharbor.core.config import MappingSpec, ProjectConfig, UrlListSource
+from fineharbor.core.config import InterleavedSource, MappingSpec, ProjectConfig, UrlListSource
 from fineharbor.core.distributed.engine import BatchWork, StreamFn, map_partition
 from fineharbor.core.download_store import (
     ACCEPT_LOSSES_ENV,
@@ -21,6 +21,7 @@ from fineharbor.core.download_store import (
 from fineharbor.core.mapping import map_batch
 from fineharbor.core.pipeline import RAW, UNIFIED
 from fineharbor.core.readers import ReadStats, read_source, reports_stats
+from fineharbor.core.readers.interleaved import read_interleaved
 from fineharbor.core.readers.url_list import read_url_list
 from fineharbor.core.schema import RAW_SCHEMA, UNIFIED_SCHEMA
 from fineharbor.core.stage_io import Progress, StageReport, write_mapped, write_stage
@@ -33,19 +34,23 @@ def build_raw_samples(
 ) -> StageReport:
     """Read a source as it is, fetching its images: the first, per-source stage.
 
-    URL lists reuse the downloads kept from earlier runs, and a run that would replace
-    published rows with download failures is not published (:func:`_guard_downloads`)."""
+    URL lists and interleaved documents reuse the downloads kept from earlier runs, and a run
+    that would replace published rows with download failures is not published
+    (:func:`_guard_downloads`)."""
     source = project.source(source_name)
     shard = project.shard(source_name)
     seen = 0
     stats = ReadStats()
     store = None
+    params = project.stages.ingest
     if isinstance(source, UrlListSource):
-        policy = ReusePolicy.for_source(source)
-        store = DownloadStore(storage, source.name, policy, project.stages.ingest.download)
-        batches = read_url_list(source, project.stages.ingest, progress, shard, stats, store)
+        store = DownloadStore(storage, source.name, ReusePolicy.for_source(source), params.download)
+        batches = read_url_list(source, params, progress, shard, stats, store)
+    elif isinstance(source, InterleavedSource):
+        store = DownloadStore(storage, source.name, ReusePolicy.for_source(source), params.download)
+        batches = read_interleaved(source, params, progress, shard, store)
     else:
-        batches = read_source(source, project.stages.ingest, progress, shard, stats)
+        batches = read_source(source, params, progress, shard, stats)
 
     def seen_and_guarded() -> Iterable[tuple[pa.Table, pa.Table]]:
         nonlocal seen

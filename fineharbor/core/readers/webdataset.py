@@ -74,7 +74,7 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2).lower()
 
 
-def _image_extensions() -> frozenset[str]:
+def image_member_extensions() -> frozenset[str]:
     return frozenset(ext.lstrip(".") for ext in image_extensions())
 
 
@@ -84,7 +84,9 @@ def _is_text(extension: str) -> bool:
 
 
 @dataclass
-class _Sample:
+class Sample:
+    """The members of one key, read; ``problem`` once one member rejects the whole sample."""
+
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
     problem: tuple[str, str] | None = None
@@ -150,7 +152,7 @@ def read_webdataset(
     entries = shard_files(entries, shard, source.location)
     stats = stats if stats is not None else ReadStats()
     builder = BatchBuilder(source.name, source.batch_size, progress=progress)
-    images_by_extension = _image_extensions()
+    images_by_extension = image_member_extensions()
     for entry in entries:
         stats.files_seen += 1
         if not _is_shard(entry):
@@ -180,37 +182,27 @@ def _reject_entry(builder: BatchBuilder, entry: Entry) -> None:
     builder.reject(entry.key, UNSUPPORTED_FILE, f"{describe(entry.key, identified)}, not a shard")
 
 
-def _read_shard(
-    builder: BatchBuilder,
-    stats: ReadStats,
-    entry: Entry,
-    params: IngestParams,
-    images_by_extension: frozenset[str],
-) -> Iterator[RawBatch]:
-    assert entry.real is not None
-    shard_key = entry.key
-    current: _Sample | None = None
+@dataclass(frozen=True)
+class ShardReject:
+    """A member rejected on its own, or the part of a shard that could not be read."""
 
-    def emit(sample: _Sample) -> None:
-        origin_key = f"{shard_key}/{sample.key}"
-        if sample.problem is not None:
-            builder.reject(origin_key, *sample.problem)
-            return
-        try:
-            record, images = decode_sample(sample.members, params, images_by_extension)
-        except FileRefused as refusal:
-            builder.reject(origin_key, refusal.reason, refusal.detail)
-            return
-        except (ValueError, RecursionError) as error:  # JSON, UTF-8 and int errors
-            builder.reject(origin_key, "malformed_record", f"{type(error).__name__}: {error}")
-            return
-        builder.keep(origin_key, record, images, origin_uri=f"{entry.real}#{sample.key}")
+    origin_key: str
+    reason: str
+    detail: str
 
+
+def shard_samples(
+    real: str, shard_key: str, params: IngestParams, stats: ReadStats
+) -> Iterator[Sample | ShardReject]:
+    """A shard's samples (members grouped by key, read within the limits) and the rejects of
+    members that belong to none, in shard order; an unreadable or truncated shard ends with
+    one ``unreadable_shard`` reject (``shard_key/*``) for what was not read."""
+    current: Sample | None = None
     try:
         # Plain tars are read with random access ("r:"), several times faster than the stream
         # reader; compressed ones must stream. Opened through the regular-file check.
         with (
-            RegularFile(entry.real, shard_key) as handle,
+            RegularFile(real, shard_key) as handle,
             os.fdopen(os.dup(handle.fd), "rb") as stream,
         ):
             plain = shard_key.lower().endswith(".tar")
@@ -224,14 +216,13 @@ def _read_shard(
                     if split is None or meta:
                         why = "webdataset metadata" if meta else "no extension"
                         detail = f"{shard_key}: member {member.name!r} ({why})"
-                        builder.reject(f"{shard_key}#{member.name}", UNSUPPORTED_MEMBER, detail)
+                        yield ShardReject(f"{shard_key}#{member.name}", UNSUPPORTED_MEMBER, detail)
                         continue
                     key, extension = split
                     if current is None or key != current.key:
                         if current is not None:
-                            emit(current)
-                            yield from builder.drain_if_full()
-                        current = _Sample(key)
+                            yield current
+                        current = Sample(key)
                     _add_member(current, archive, member, extension, params, shard_key)
                 end = archive.offset
             if plain and handle.size < end + 1024:
@@ -239,17 +230,44 @@ def _read_shard(
                 # end-of-archive blocks tell a truncated tar from a complete one
                 raise tarfile.ReadError(f"ends at byte {handle.size} without end-of-archive")
         if current is not None:
-            emit(current)
+            yield current
     except FileRefused as refusal:
-        builder.reject(f"{shard_key}/*", refusal.reason, refusal.detail)
+        yield ShardReject(f"{shard_key}/*", refusal.reason, refusal.detail)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         pending = f"sample {current.key!r} and what follows" if current else "the shard"
-        detail = f"{entry.real}: {type(error).__name__}: {error}; {pending} not read"
-        builder.reject(f"{shard_key}/*", UNREADABLE_SHARD, detail)
+        detail = f"{real}: {type(error).__name__}: {error}; {pending} not read"
+        yield ShardReject(f"{shard_key}/*", UNREADABLE_SHARD, detail)
+
+
+def _read_shard(
+    builder: BatchBuilder,
+    stats: ReadStats,
+    entry: Entry,
+    params: IngestParams,
+    images_by_extension: frozenset[str],
+) -> Iterator[RawBatch]:
+    assert entry.real is not None
+    for item in shard_samples(entry.real, entry.key, params, stats):
+        if isinstance(item, ShardReject):
+            builder.reject(item.origin_key, item.reason, item.detail)
+            continue
+        origin_key = f"{entry.key}/{item.key}"
+        if item.problem is not None:
+            builder.reject(origin_key, *item.problem)
+            continue
+        try:
+            record, images = decode_sample(item.members, params, images_by_extension)
+        except FileRefused as refusal:
+            builder.reject(origin_key, refusal.reason, refusal.detail)
+        except (ValueError, RecursionError) as error:  # JSON, UTF-8 and int errors
+            builder.reject(origin_key, "malformed_record", f"{type(error).__name__}: {error}")
+        else:
+            builder.keep(origin_key, record, images, origin_uri=f"{entry.real}#{item.key}")
+        yield from builder.drain_if_full()
 
 
 def _add_member(
-    sample: _Sample,
+    sample: Sample,
     archive: tarfile.TarFile,
     member: tarfile.TarInfo,
     extension: str,

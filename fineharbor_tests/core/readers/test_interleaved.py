@@ -104,7 +104,7 @@ def test_mint_jsonl_paths_urls_and_broken_lines(tmp_path):
         tmp_path / "mint.jsonl",
         [
             {"texts": ["Para one.", None], "images": [None, "images/p.jpg"], "metadata": {"a": 1}},
-            {"texts": [None, "x"], "images": ["https://example.org/a.jpg", None]},
+            {"texts": [None, "x"], "images": ["ftp://example.org/a.jpg", None]},
             {"texts": [None], "images": ["../outside.jpg"]},
             {"texts": ["a", "b"], "images": [None]},
         ],
@@ -115,7 +115,7 @@ def test_mint_jsonl_paths_urls_and_broken_lines(tmp_path):
     assert [r["origin_key"] for r in kept] == ["mint.jsonl:0"]
     assert kept[0]["images"][0]["path"] == "images/p.jpg"
     assert reasons(rejected) == {
-        "mint.jsonl:1": "image_url_not_supported",
+        "mint.jsonl:1": "download_invalid_url",  # URLs: test_interleaved_urls.py
         "mint.jsonl:2": "image_path_outside_root",
         "mint.jsonl:3": "document_misaligned",
         "mint.jsonl:4": "malformed_record",
