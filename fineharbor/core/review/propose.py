@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -223,6 +224,12 @@ def detect_reader(
     images = [f for f in files if _looks_like_image(f, suffixes)]
     tars = [f for f in files if _suffix(f) in TAR_SUFFIXES]
     if tars and len(tars) >= len(images):
+        if _document_shard(tars[0]):
+            evidence.append(
+                f"{tars[0].name}: samples whose .json holds `texts` and `images` lists: "
+                "interleaved (MINT-1T shards)"
+            )
+            return "interleaved", {"location": location}, evidence
         return "webdataset", {"location": location}, [*evidence, "tar shards: WebDataset"]
     if tars:
         evidence.append(f"{len(tars)} tar file(s) among {len(images)} images: not WebDataset")
@@ -261,6 +268,26 @@ def detect_reader(
     raise ProposalError(
         f"{path}: no Parquet, JSON, tar, URL list or image files found (seen: {seen or 'none'})"
     )
+
+
+def _document_shard(shard: Path, members: int = 32, max_json_bytes: int = 1 << 24) -> bool:
+    """Whether the shard's first JSON member is a document (MINT-1T PDF/ArXiv layout)."""
+    try:
+        with tarfile.open(shard, "r:*") as archive:
+            for member in itertools.islice(archive, members):
+                if member.isfile() and member.name.endswith(".json"):
+                    if member.size > max_json_bytes:
+                        return False
+                    handle = archive.extractfile(member)
+                    record = json.loads(handle.read()) if handle else None
+                    return (
+                        isinstance(record, dict)
+                        and isinstance(record.get("texts"), list)
+                        and isinstance(record.get("images"), list)
+                    )
+    except (OSError, tarfile.TarError, ValueError):
+        return False
+    return False
 
 
 def _names_image_files(listing: Path, suffixes: frozenset[str]) -> bool:

@@ -171,3 +171,18 @@ def test_stray_json_files_do_not_hide_a_mixed_folder_of_images(tmp_path, config,
     listing = [{"file": name, "caption": f"picture {i}"} for i, name in enumerate(names)]
     (corpus.root / "listing.json").write_text(json.dumps(listing))
     assert detect_reader(corpus.root)[0] == "json"
+
+
+def test_mint_document_shards_are_proposed_as_interleaved(tmp_path, image_bytes):
+    from fineharbor.testing.documents import write_document_shard
+
+    document = {"texts": ["a heading", None], "images": [None, "page_0_image_1"], "url": "x"}
+    members = {"json": json.dumps(document).encode(), "jpg": image_bytes(1)}
+    write_document_shard(tmp_path / "mint" / "shard-0.tar", [("0" * 32, members)])
+    reader, _, evidence = detect_reader(tmp_path / "mint")
+    assert reader == "interleaved"
+    assert any("MINT-1T" in line for line in evidence)
+    # pairs with a caption in their .json stay a WebDataset
+    caption = {"json": json.dumps({"caption": "a cat"}).encode(), "jpg": image_bytes(2)}
+    write_document_shard(tmp_path / "pairs" / "shard-0.tar", [("k0", caption)])
+    assert detect_reader(tmp_path / "pairs")[0] == "webdataset"
