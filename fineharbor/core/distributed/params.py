@@ -14,13 +14,23 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from fineharbor.core.pipeline import CLEANED, SCORED, SIGNATURES, UNIFIED
+from fineharbor.core.pipeline import (
+    CLEANED,
+    CONCEPTS,
+    DECONTAMINATED,
+    DUPLICATES,
+    SCORED,
+    SIGNATURES,
+    UNIFIED,
+)
 from fineharbor.core.strict import StrictModel
 
-RAY_STAGES = (UNIFIED, CLEANED, SIGNATURES)
+# the global stages' tasks: forest leaves, benchmark matching, concept assignment
+RAY_TASK_STAGES = (DUPLICATES, DECONTAMINATED, CONCEPTS)
+RAY_STAGES = (UNIFIED, CLEANED, SIGNATURES, *RAY_TASK_STAGES)
 # scored_samples is opt-in: on Ray it scores CLIP and the classifier; the judge stays local.
 # Literal of the stage table's names: the project file's schema lists the values.
-RayStage = Literal[UNIFIED, CLEANED, SIGNATURES, SCORED]
+RayStage = Literal[UNIFIED, CLEANED, SIGNATURES, SCORED, DUPLICATES, DECONTAMINATED, CONCEPTS]
 # scored_samples stays in process: its judge and judgment cache live in the asset's process.
 PoolStage = Literal[UNIFIED, CLEANED, SIGNATURES]
 LocalEngine = Literal["in_process", "process_pool"]
@@ -47,6 +57,13 @@ class ExecutionParams(StrictModel):
         ge=1,
         le=65536,
         description="rows per Ray task (one slice of an upstream row group; row groups hold 512)",
+    )
+    task_rows: int = Field(
+        65_536,
+        ge=64,
+        le=16_777_216,
+        description="rows per task of a global stage (k-means forest leaves, benchmark "
+        "matching, concept assignment), on Ray and locally alike, so both give the same result",
     )
     cpu_actors: int = Field(
         2, ge=1, le=4096, description="actors per CPU stage (mapping, cleaning)"
