@@ -1,0 +1,215 @@
+"""map_tasks: a global stage's tasks in this process or as Ray tasks, with the same results.
+
+The Ray tests run on the loopback cluster of conftest.py's ``ray_address`` (skipped without
+ray) and compare the k-means forest's pairs, the benchmark matches and the concept labels
+computed in Ray tasks with the local ones, exactly."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from fineharbor.core.concepts import ConceptLevel, ConceptParams, hierarchical_kmeans
+from fineharbor.core.decontam.index import BENCHMARK_INDEX_SCHEMA
+from fineharbor.core.decontam.match import BenchmarkMatcher
+from fineharbor.core.decontam.params import DecontamParams
+from fineharbor.core.dedup.search import (
+    ForestParams,
+    cosine_pairs,
+    exact_cosine_pairs,
+    forest_cosine_pairs,
+    leaf_chunks,
+)
+from fineharbor.core.distributed.params import ExecutionParams
+from fineharbor.core.distributed.tasks import (
+    TaskEngine,
+    TaskError,
+    current_engine,
+    map_tasks,
+    row_ranges,
+    use_engine,
+)
+from fineharbor.core.pipeline import CONCEPTS, DECONTAMINATED, DUPLICATES
+
+
+def scaled(item: int, factor: np.ndarray) -> tuple[int, int, int]:
+    return item, int(factor[item % len(factor)] * item), os.getpid()
+
+
+def fails_on_three(item: int) -> int:
+    if item == 3:
+        raise ValueError(f"bad item {item}")
+    return item
+
+
+def local(stage: str, task_rows: int = 64) -> TaskEngine:
+    return TaskEngine(stage, ExecutionParams(task_rows=task_rows))
+
+
+def on_ray(stage: str, address: str, task_rows: int = 64) -> TaskEngine:
+    return TaskEngine(stage, ExecutionParams(engine="ray", address=address, task_rows=task_rows))
+
+
+# --------------------------------------------------------------------------- local
+
+
+def test_local_tasks_run_in_order_in_this_process():
+    results = map_tasks(scaled, range(6), engine=local(DUPLICATES), shared=(np.array([2, 3]),))
+    assert results == [(i, [2, 3][i % 2] * i, os.getpid()) for i in range(6)]
+    assert map_tasks(scaled, [], shared=(np.array([1]),)) == []
+
+
+def test_a_failing_task_names_the_stage_and_the_task():
+    with pytest.raises(TaskError, match=r"concept_clusters: task 4 of 6 .*ValueError: bad item 3"):
+        map_tasks(fails_on_three, range(6), engine=local(CONCEPTS))
+
+
+def test_use_engine_sets_the_engine_of_calls_without_one():
+    engine = local(DECONTAMINATED, 128)
+    assert current_engine().stage == "tasks" and not current_engine().on_ray
+    with use_engine(engine):
+        assert current_engine() is engine
+    assert current_engine() is not engine
+
+
+def test_chunks_cover_every_row_and_leaf_once_in_order():
+    assert row_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)] and row_ranges(0, 4) == []
+    leaves = [np.arange(n) for n in (3, 3, 9, 1, 2)]
+    chunks = leaf_chunks(leaves, 6)
+    assert [[len(m) for m in c] for c in chunks] == [[3, 3], [9], [1, 2]]
+
+
+def test_global_stages_go_to_ray_only_when_listed():
+    execution = ExecutionParams(engine="ray", stages=["image_signatures", "duplicate_clusters"])
+    assert TaskEngine(DUPLICATES, execution).on_ray
+    assert not TaskEngine(CONCEPTS, execution).on_ray
+    assert TaskEngine(CONCEPTS, ExecutionParams(engine="ray")).on_ray  # on by default
+    assert not TaskEngine(DUPLICATES, ExecutionParams()).on_ray
+    with pytest.raises(ValidationError, match="task_rows"):
+        ExecutionParams(task_rows=0)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def planted_vectors(n: int = 3000, d: int = 32, copies: int = 200, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    for k in range(copies):  # near copies at cosine ~0.97-0.99
+        x[n - 1 - k] = x[k] + rng.standard_normal(d).astype(np.float32) * 0.15
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def benchmark_case(seed: int = 0):
+    """A benchmark index of 200 images and 1,500 train signature rows: embedding copies, phash
+    copies (some mirrored, some a few bits off), rows without an embedding."""
+    rng = np.random.default_rng(seed)
+    bench = rng.standard_normal((200, 24)).astype(np.float32)
+    bench /= np.linalg.norm(bench, axis=1, keepdims=True)
+    hashes = rng.integers(-(2**63), 2**63 - 1, 200, dtype=np.int64)
+    index = pa.table(
+        {
+            "benchmark": ["bench"] * 200,
+            "sample_id": [f"b{i}" for i in range(200)],
+            "origin_key": [f"k{i}" for i in range(200)],
+            "kind": ["image"] * 200,
+            "image_index": [0] * 200,
+            "phash": hashes,
+            "phash_flip": hashes ^ 0xFF00,
+            "embedding": pa.array(bench.tolist(), pa.list_(pa.float16())),
+            "ngram": pa.nulls(200, pa.int64()),
+        },
+        schema=BENCHMARK_INDEX_SCHEMA,
+    )
+    n = 1500
+    train = rng.standard_normal((n, 24)).astype(np.float32)
+    picked = rng.choice(200, 300)
+    train[:300] = bench[picked] + rng.standard_normal((300, 24)).astype(np.float32) * 0.05
+    codes = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
+    bits = rng.integers(0, 64, (300, 3))
+    near = hashes[picked] ^ np.bitwise_or.reduce(np.left_shift(1, bits).astype(np.int64), axis=1)
+    codes[300:600] = near
+    codes[600:650] = hashes[rng.choice(200, 50)] ^ 0xFF00  # mirrored copies
+    embeddings = train.tolist()
+    for row in range(0, n, 7):
+        embeddings[row] = None
+    signatures = pa.table(
+        {
+            "sample_id": [f"s{i // 2}" for i in range(n)],  # two images a sample
+            "copy_embedding": pa.array(embeddings, pa.list_(pa.float32())),
+            "phash": codes,
+            "phash_flip": codes ^ 0x0F0F,
+        }
+    )
+    return index, signatures
+
+
+# --------------------------------------------------------------------------- on Ray
+
+ray_tests = pytest.mark.slow
+
+
+@ray_tests
+def test_ray_tasks_give_the_local_results_in_order(ray_address):
+    pytest.importorskip("ray")
+    factor = np.array([2, 3])
+    engine = on_ray(DUPLICATES, ray_address)
+    assert engine.on_ray
+    remote = map_tasks(scaled, range(6), engine=engine, shared=(engine.share(factor),))
+    assert [r[:2] for r in remote] == [r[:2] for r in map_tasks(scaled, range(6), shared=(factor,))]
+    assert all(pid != os.getpid() for *_, pid in remote)  # ran in Ray's worker processes
+    with pytest.raises(TaskError, match=r"duplicate_clusters: Ray task 4 of 6 .*bad item 3"):
+        map_tasks(fails_on_three, range(6), engine=engine)
+
+
+@ray_tests
+def test_forest_pairs_are_the_same_on_ray(ray_address):
+    """The k-means forest's leaves in Ray tasks (as duplicate_clusters sets the engine for the
+    search it calls) give the local pairs, exactly."""
+    x = planted_vectors()
+    forest = ForestParams(trees=3, leaf_size=64)
+    here = forest_cosine_pairs(x, 0.9, forest, local(DUPLICATES, 500))
+    with use_engine(on_ray(DUPLICATES, ray_address, 500)):
+        there = cosine_pairs(x, 0.9, exact_limit=100, forest=forest)
+    for a, b in zip(here, there, strict=True):
+        np.testing.assert_array_equal(a, b)
+    exact = set(zip(*(a.tolist() for a in exact_cosine_pairs(x, 0.9)[:2]), strict=True))
+    found = set(zip(here[0].tolist(), here[1].tolist(), strict=True))
+    assert len(exact) >= 200 and len(found & exact) >= 0.95 * len(exact)
+
+
+@ray_tests
+def test_benchmark_matches_are_the_same_on_ray(ray_address):
+    index, signatures = benchmark_case()
+    params = DecontamParams(embedding="copy_embedding")
+    here = BenchmarkMatcher(index, params, local(DECONTAMINATED, 128)).match_images(signatures)
+    matcher = BenchmarkMatcher(index, params, on_ray(DECONTAMINATED, ray_address, 128))
+    there = matcher.match_images(signatures)
+    assert here == there
+    signals = {m.signal for m in here if m is not None}
+    assert signals == {"copy_embedding", "phash"}
+    assert sum(m is not None for m in here) >= 500  # of ~600 planted
+
+
+@ray_tests
+def test_concept_labels_are_the_same_on_ray(ray_address):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, 16)) * 6
+    x = (centers[rng.integers(0, 20, 3000)] + rng.normal(size=(3000, 16))).astype(np.float32)
+    params = ConceptParams(
+        levels=[
+            ConceptLevel(n_clusters=40, n_resamples=2, sample_size=8),
+            ConceptLevel(n_clusters=8, n_resamples=1, sample_size=3),
+        ],
+        n_iters=10,
+    )
+    here = hierarchical_kmeans(x, params, local(CONCEPTS, 256))
+    there = hierarchical_kmeans(x, params, on_ray(CONCEPTS, ray_address, 256))
+    for a, b in zip(here.labels, there.labels, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(here.distances, there.distances)
+    assert here.n_clusters == there.n_clusters == [40, 8]
