@@ -109,7 +109,7 @@ def build_decontaminated_samples(
             decontaminate_batch(pa.Table.from_batches([b]), signatures, matcher, matched)
             for b in batches
         )
-    return write_stage(
+    report = write_stage(
         storage,
         DECONTAMINATED,
         source_name,
@@ -118,3 +118,6 @@ def build_decontaminated_samples(
         lambda: storage.count_rows(DEDUPLICATED, source_name),
         reject_schema=DECONTAM_REJECT_SCHEMA,
     )
+    if source.role != "benchmark":
+        report.extra.update(engine.summary())
+    return report

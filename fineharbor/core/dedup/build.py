@@ -115,7 +115,7 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
     signatures = sum(storage.count_rows(SIGNATURES, s) for s in sources)
     # the signatures are passed unbound, so find_duplicates holds their only copy; the k-means
     # forest's leaves run as Ray tasks when the stage is on Ray
-    with use_engine(TaskEngine(DUPLICATES, project.execution)):
+    with use_engine(TaskEngine(DUPLICATES, project.execution)) as engine:
         clusters, report = (
             find_duplicates(
                 read_dedup_signatures(
@@ -129,7 +129,7 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
             if samples is not None
             else (DUPLICATE_SCHEMA.empty_table(), {})
         )
-    stats: dict = {"sources": sources, "signatures": signatures}
+    stats: dict = {"sources": sources, "signatures": signatures, **engine.summary()}
     # candidates proposed / capped / verified / refuted per signal, and how they were searched
     for key in ("vector_search", "candidates", "verification", "max_candidates_per_item"):
         if report.get(key):

@@ -1,4 +1,4 @@
-"""The project file's ``execution:`` section: where per-source stages run.
+"""The project file's ``execution:`` section: where stages (and global stages' tasks) run.
 
 ``engine: local`` (the default) runs every stage on the machine that materializes the asset:
 in its process, or in a pool of worker processes with crash and time-limit isolation (cleaning
@@ -37,7 +37,7 @@ LocalEngine = Literal["in_process", "process_pool"]
 
 
 class ExecutionParams(StrictModel):
-    """Local or Ray execution of the per-source stages."""
+    """Local or Ray execution of the per-source stages and of the global stages' tasks."""
 
     engine: Literal["local", "ray"] = Field(
         "local", description="local: in the asset's process; ray: on the Ray cluster at address"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ class TaskEngine:
 
     stage: str = "tasks"
     execution: ExecutionParams = field(default_factory=ExecutionParams)
+    # tasks run so far, for the stage's metadata (see summary)
+    counts: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def on_ray(self) -> bool:
@@ -38,6 +41,13 @@ class TaskEngine:
     @property
     def task_rows(self) -> int:
         return self.execution.task_rows
+
+    def summary(self) -> dict[str, Any]:
+        """Where the stage's tasks ran and how many: ``task_engine`` (local or ray), ``tasks``."""
+        return {
+            "task_engine": "ray" if self.on_ray else "local",
+            "tasks": self.counts.get("tasks", 0),
+        }
 
     def share(self, value: Any) -> Any:
         """``value`` as tasks read it: put in Ray's object store once (on Ray), as is here.
@@ -82,6 +92,13 @@ def _call(fn: Callable, item: Any, *shared: Any) -> Any:
     return fn(item, *shared)
 
 
+@functools.cache
+def _remote_call():
+    import ray
+
+    return ray.remote(_call)
+
+
 def _failure(engine: TaskEngine, fn: Callable, index: int, count: int, cause: BaseException):
     name = getattr(fn, "__qualname__", repr(fn))
     where = "Ray task" if engine.on_ray else "task"
@@ -104,6 +121,7 @@ def map_tasks(
     :meth:`TaskEngine.share`-d are put once for the whole call. A task that raises fails the
     call with a :class:`TaskError` naming the stage and the task."""
     engine = engine or current_engine()
+    engine.counts["tasks"] = engine.counts.get("tasks", 0) + len(items)
     if not engine.on_ray:
         results = []
         for index, item in enumerate(items):
@@ -117,8 +135,7 @@ def map_tasks(
     import ray
 
     refs = [v if isinstance(v, ray.ObjectRef) else engine.share(v) for v in shared]
-    remote = ray.remote(_call)
-    pending = [remote.remote(fn, item, *refs) for item in items]
+    pending = [_remote_call().remote(fn, item, *refs) for item in items]
     results = []
     for index, ref in enumerate(pending):
         try:

@@ -171,7 +171,9 @@ def build_concept_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa
     stats: dict = {"embedding": column, "samples": ids_count, "clustered": len(sample_ids)}
     if sample_ids:
         # the assignments to centroids run as Ray tasks when the stage is on Ray
-        hierarchy = hierarchical_kmeans(vectors, params, TaskEngine(CONCEPTS, project.execution))
+        engine = TaskEngine(CONCEPTS, project.execution)
+        hierarchy = hierarchical_kmeans(vectors, params, engine)
+        stats |= engine.summary()
         paths = np.stack(hierarchy.labels, axis=1)
         table = pa.table(
             {

@@ -173,8 +173,9 @@ def test_forest_pairs_are_the_same_on_ray(ray_address):
     x = planted_vectors()
     forest = ForestParams(trees=3, leaf_size=64)
     here = forest_cosine_pairs(x, 0.9, forest, local(DUPLICATES, 500))
-    with use_engine(on_ray(DUPLICATES, ray_address, 500)):
+    with use_engine(on_ray(DUPLICATES, ray_address, 500)) as engine:
         there = cosine_pairs(x, 0.9, exact_limit=100, forest=forest)
+    assert engine.summary()["tasks"] > 3
     for a, b in zip(here, there, strict=True):
         np.testing.assert_array_equal(a, b)
     exact = set(zip(*(a.tolist() for a in exact_cosine_pairs(x, 0.9)[:2]), strict=True))
@@ -213,3 +214,26 @@ def test_concept_labels_are_the_same_on_ray(ray_address):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(here.distances, there.distances)
     assert here.n_clusters == there.n_clusters == [40, 8]
+
+
+@ray_tests
+def test_concept_clusters_stage_is_the_same_on_ray(ray_address, tmp_path, home):
+    """The stage threads ``execution`` to the assignment: its table on Ray equals the local."""
+    from fineharbor.core.release.build import build_concept_clusters
+    from fineharbor.core.storage import Storage
+    from fineharbor.testing.release_input import project, write_input
+
+    storage = Storage(str(home))
+    write_input(storage, n_pairs=150, n_chats=30)
+    stages = "  concepts:\n    embedding: copy_embedding\n    n_iters: 5\n    levels: [{n_clusters: 12}, {n_clusters: 3}]\n"
+    config = project(tmp_path, "", stages)
+    here, local_stats = build_concept_clusters(
+        config.model_copy(update={"execution": ExecutionParams(task_rows=64)}), storage
+    )
+    ray_config = config.model_copy(
+        update={"execution": ExecutionParams(engine="ray", address=ray_address, task_rows=64)}
+    )
+    there, stats = build_concept_clusters(ray_config, storage)
+    assert here.num_rows == 180 and here.equals(there)
+    assert local_stats["task_engine"] == "local" and stats["task_engine"] == "ray"
+    assert stats["tasks"] == local_stats["tasks"] >= 3  # 180 items in tasks of 64, per step
