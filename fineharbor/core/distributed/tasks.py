@@ -88,6 +88,20 @@ def row_ranges(rows: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
+def _apply(args: tuple, fn: Callable) -> Any:
+    return fn(*args)
+
+
+def task_mapper(engine: TaskEngine) -> Callable[[Callable, Sequence[tuple]], list[Any]]:
+    """``mapper(fn, [args, ...]) -> [fn(*args), ...]`` on ``engine``: the shape of the duplicate
+    search's ``BatchMapper`` (pixel verification batches as tasks)."""
+    return functools.partial(_map_args, engine=engine)
+
+
+def _map_args(fn: Callable, arguments: Sequence[tuple], *, engine: TaskEngine) -> list[Any]:
+    return map_tasks(_apply, arguments, engine=engine, shared=(fn,))
+
+
 def _call(fn: Callable, item: Any, *shared: Any) -> Any:
     return fn(item, *shared)
 

@@ -6,11 +6,13 @@ computed in Ray tasks with the local ones, exactly."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from fineharbor.core.concepts import ConceptLevel, ConceptParams, hierarchical_kmeans
@@ -24,6 +26,7 @@ from fineharbor.core.dedup.search import (
     forest_cosine_pairs,
     leaf_chunks,
 )
+from fineharbor.core.dedup.verify import PairVerifier, thumbnail
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.distributed.tasks import (
     TaskEngine,
@@ -31,6 +34,7 @@ from fineharbor.core.distributed.tasks import (
     current_engine,
     map_tasks,
     row_ranges,
+    task_mapper,
     use_engine,
 )
 from fineharbor.core.pipeline import CONCEPTS, DECONTAMINATED, DUPLICATES
@@ -91,6 +95,11 @@ def test_global_stages_go_to_ray_only_when_listed():
     assert not TaskEngine(DUPLICATES, ExecutionParams()).on_ray
     with pytest.raises(ValidationError, match="task_rows"):
         ExecutionParams(task_rows=0)
+
+
+def test_task_mapper_applies_each_argument_tuple_in_order():
+    mapper = task_mapper(local(DUPLICATES))
+    assert mapper(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
 
 
 # --------------------------------------------------------------------------- data
@@ -237,3 +246,36 @@ def test_concept_clusters_stage_is_the_same_on_ray(ray_address, tmp_path, home):
     assert here.num_rows == 180 and here.equals(there)
     assert local_stats["task_engine"] == "local" and stats["task_engine"] == "ray"
     assert stats["tasks"] == local_stats["tasks"] >= 3  # 180 items in tasks of 64, per step
+
+
+def texture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((160, 120), Image.Resampling.BILINEAR)
+
+
+def jpeg(image: Image.Image, quality: int = 40) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+@ray_tests
+def test_pixel_verification_batches_are_the_same_on_ray(ray_address):
+    """duplicate_clusters hands the verification batches to Ray tasks (``verify_mapper``):
+    the verdicts are the local ones."""
+    thumbs = {}
+    for k in range(4):
+        thumbs[(f"o{k}", 0)] = thumbnail(texture(k), 64)
+        thumbs[(f"c{k}", 0)] = thumbnail(jpeg(texture(k)), 64)
+    pairs = [((f"o{k}", 0), (f"c{k}", 0)) for k in range(4)]
+    pairs += [((f"o{k}", 0), (f"c{(k + 1) % 4}", 0)) for k in range(4)]
+
+    def loader(keys):
+        return {k: thumbs[k] for k in keys}
+
+    here = PairVerifier(loader, batch_size=2).check(pairs)
+    engine = on_ray(DUPLICATES, ray_address)
+    verifier = PairVerifier(loader, batch_size=2, mapper=task_mapper(engine))
+    assert verifier.check(pairs) == here == [True] * 4 + [False] * 4
+    assert engine.summary() == {"task_engine": "ray", "tasks": 4}
