@@ -279,3 +279,73 @@ def test_pixel_verification_batches_are_the_same_on_ray(ray_address):
     verifier = PairVerifier(loader, batch_size=2, mapper=task_mapper(engine))
     assert verifier.check(pairs) == here == [True] * 4 + [False] * 4
     assert engine.summary() == {"task_engine": "ray", "tasks": 4}
+
+
+DEMO_TRAIN = ["llava_scenes", "wds_captions"]
+
+
+def _decisions(storage, source):
+    """The stage's kept ids and its rejects (id, reason, detail), sorted."""
+    kept = sorted(storage.read_table(DECONTAMINATED, source, columns=["sample_id"])[0].to_pylist())
+    rejects = storage.read_table(DECONTAMINATED, source, kind="rejects")
+    return kept, sorted(rejects.select(["sample_id", "reason", "detail"]).to_pylist(), key=str)
+
+
+@ray_tests
+def test_demo_global_stages_are_the_same_on_ray(ray_address, tmp_path, monkeypatch):
+    """The demo (scale 0.1, hash signals): duplicate clusters, benchmark matches and the
+    decontaminated partitions are the same with the global stages on Ray as locally."""
+    from pathlib import Path
+
+    import fineharbor
+    from fineharbor.core.cleaning.build import build_cleaned_samples
+    from fineharbor.core.config import load_config
+    from fineharbor.core.decontam.build import (
+        build_benchmark_index,
+        build_decontaminated_samples,
+    )
+    from fineharbor.core.dedup.build import build_deduplicated_samples, build_duplicate_clusters
+    from fineharbor.core.ingest import build_raw_samples, build_unified_samples
+    from fineharbor.core.signatures.build import build_image_signatures
+    from fineharbor.core.storage import Storage
+    from fineharbor.demo import generate_demo
+
+    monkeypatch.setenv("FINEHARBOR_HOME", str(tmp_path / "demo_home"))
+    generate_demo(tmp_path / "demo_home", "http://127.0.0.1:9", seed=0, scale=0.1)
+    config = load_config(Path(fineharbor.__file__).resolve().parents[1] / "fineharbor.yaml")
+    hashes_only = config.stages.signatures.model_copy(
+        update={"sscd_path": None, "clip_model": None}
+    )
+    config = config.model_copy(
+        update={"stages": config.stages.model_copy(update={"signatures": hashes_only})}
+    )
+    storage = Storage(str(tmp_path / "data"))
+    for source in [*DEMO_TRAIN, "bench_vqa"]:
+        for build in (
+            build_raw_samples,
+            build_unified_samples,
+            build_cleaned_samples,
+            build_image_signatures,
+        ):
+            assert build(config, source, storage).conserved
+    results = {}
+    for name, execution in (
+        ("local", ExecutionParams(task_rows=64)),
+        ("ray", ExecutionParams(engine="ray", address=ray_address, task_rows=64)),
+    ):
+        settings = config.model_copy(update={"execution": execution})
+        clusters, stats = build_duplicate_clusters(settings, storage)
+        build_benchmark_index(settings, storage)
+        decisions, engines = [], {stats["task_engine"]}
+        for source in DEMO_TRAIN:
+            assert build_deduplicated_samples(settings, source, storage).conserved
+            report = build_decontaminated_samples(settings, source, storage)
+            assert report.conserved and report.extra["tasks"] > 0
+            engines.add(report.extra["task_engine"])
+            decisions.append(_decisions(storage, source))
+        assert engines == {name}
+        results[name] = clusters, decisions
+    (local_clusters, local_decisions), (ray_clusters, ray_decisions) = results.values()
+    assert local_clusters.num_rows > 0 and local_clusters.equals(ray_clusters)
+    assert local_decisions == ray_decisions
+    assert any(rejects for _, rejects in local_decisions)
