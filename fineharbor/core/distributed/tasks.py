@@ -1,8 +1,8 @@
 """Independent tasks of a global stage, in this process or as Ray tasks.
 
 The global stages (``duplicate_clusters``, ``decontaminated_samples``' benchmark matching,
-``concept_clusters``) cut their heaviest loop into chunks (k-means forest leaves, rows of query
-vectors) and hand them to :func:`map_tasks`. Locally the chunks run one after the other in this
+``concept_clusters``) cut their heaviest loop into chunks (k-means forest leaves and pixel
+verification batches, rows of query vectors) and hand them to :func:`map_tasks`. Locally the chunks run one after the other in this
 process; with ``execution.engine: ray`` and the stage listed in ``execution.stages`` each chunk
 is a ``ray.remote`` task on the configured cluster. Both engines run the same function on the
 same chunks, so the results are identical, in input order. Large arrays every task reads are
