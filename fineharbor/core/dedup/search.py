@@ -200,9 +200,9 @@ def forest_cosine_pairs(
     that share a leaf in at least one of ``params.trees`` hierarchical k-means trees, each
     trained on other random samples, checked exactly by one matrix product per leaf.
 
-    The leaves' products, most of the work, run as tasks of ``engine.task_rows`` rows on
-    ``engine`` (default: :func:`~fineharbor.core.distributed.tasks.current_engine`; Ray
-    when the stage runs there), the vectors shared once; the pairs are the same either way.
+    Each tree's leaf products run as tasks of about ``engine.task_rows`` rows on ``engine``
+    (default: :func:`~fineharbor.core.distributed.tasks.current_engine`; Ray when the stage
+    runs there), the vectors shared once; the pairs are the same either way.
 
     A true pair is missed only when a cell boundary falls between its two vectors in every
     tree; near duplicates sit so close together that this is rare, and
@@ -215,20 +215,14 @@ def forest_cosine_pairs(
     x = _as_float32(vectors)
     if len(x) < 2:
         return empty_pairs()
-    leaves = [
-        members
-        for tree in range(params.trees)
-        for members in kmeans_tree_leaves(x, params, params.seed + tree)
-        if len(members) > 1
-    ]
-    if not leaves:
+    shared = (engine.share(x), threshold)  # the vectors go to Ray's object store once
+    out = []
+    for tree in range(params.trees):  # one tree's leaves in memory at a time
+        leaves = [m for m in kmeans_tree_leaves(x, params, params.seed + tree) if len(m) > 1]
+        chunks = leaf_chunks(leaves, engine.task_rows)
+        out += map_tasks(_leaves_pairs, chunks, engine=engine, shared=shared)
+    if not out:
         return empty_pairs()
-    out = map_tasks(
-        _leaves_pairs,
-        leaf_chunks(leaves, engine.task_rows),
-        engine=engine,
-        shared=(x, threshold),
-    )
     return canonical_pairs(*(np.concatenate(parts) for parts in zip(*out, strict=True)))
 
 
