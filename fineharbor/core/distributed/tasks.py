@@ -2,11 +2,12 @@
 
 The global stages (``duplicate_clusters``, ``decontaminated_samples``' benchmark matching,
 ``concept_clusters``) cut their heaviest loop into chunks (k-means forest leaves and pixel
-verification batches, rows of query vectors) and hand them to :func:`map_tasks`. Locally the chunks run one after the other in this
-process; with ``execution.engine: ray`` and the stage listed in ``execution.stages`` each chunk
-is a ``ray.remote`` task on the configured cluster. Both engines run the same function on the
-same chunks, so the results are identical, in input order. Large arrays every task reads are
-``shared``: put in Ray's object store once and read zero-copy by the workers.
+verification batches, rows of query vectors) and hand them to :func:`map_tasks`. Locally the
+chunks run one after the other in this process; with ``execution.engine: ray`` and the stage
+listed in ``execution.stages`` each chunk is a ``ray.remote`` task on the configured cluster.
+Both engines run the same function on the same chunks, so the results are identical, in input
+order. Large arrays every task reads are ``shared``: put in Ray's object store once and read
+zero-copy by the workers.
 """
 
 from __future__ import annotations
