@@ -1,16 +1,24 @@
 """Shared fixtures: generated images, an isolated FINEHARBOR_HOME per test, an S3-compatible
 server (moto) on loopback for the object-storage tests, the small project the Dagster tests
-share, a loopback OpenAI-compatible judge server, a tiny copy detector, one torch thread."""
+share, a loopback OpenAI-compatible judge server, a tiny copy detector, one torch thread, a
+one-node Ray cluster on loopback."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import fineharbor
 from fineharbor.testing.images import make_image_bytes
 
 
@@ -113,3 +121,56 @@ def s3_keys(client, bucket: str, prefix: str = "") -> list[str]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
     return sorted(k for k in keys if not k.endswith("/"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """A one-node Ray cluster on loopback for the session (two CPU slots, one logical GPU):
+    `ray start --head --block` in its own process group, stopped by that group's id."""
+    ray = pytest.importorskip("ray")
+    port = _free_port()
+    root = str(Path(fineharbor.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=1",  # a logical GPU: actors are scheduled on shares of it, torch uses CPU
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the Ray head did not start") from None
+                time.sleep(0.3)
+        yield f"127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # a graceful stop takes ~30 s on a busy machine
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()

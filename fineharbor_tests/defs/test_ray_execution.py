@@ -1,15 +1,10 @@
 """engine: ray gives the same partitions as the local engine, computed on a Ray cluster.
 
 A one-node Ray cluster with two CPU slots and one logical GPU (model actors ask for half of it
-each) is started on loopback for the module (skipped when ray is not installed:
-`pip install -e '.[ray]'`)."""
+each) is started on loopback for the session (the ``ray_address`` fixture of conftest.py;
+skipped when ray is not installed: `pip install -e '.[ray]'`)."""
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -32,57 +27,6 @@ ray = pytest.importorskip("ray")
 
 PARTITIONS = ["charts"]  # 7 records: one unmappable, the rest cleaned and signed
 STAGES = [RAW, UNIFIED, CLEANED, SIGNATURES]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    """`ray start --head --block` in its own process group, stopped by that group's id."""
-    port = _free_port()
-    root = str(Path(fineharbor.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    head = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("ray")),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--num-gpus=1",  # a logical GPU: actors are scheduled on shares of it, torch uses CPU
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the Ray head did not start") from None
-                time.sleep(0.3)
-        yield f"127.0.0.1:{port}"
-    finally:
-        ray.shutdown()
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # a graceful stop takes ~30 s on a busy machine
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
 
 
 def _rows(storage, asset, partition, kind="data"):

@@ -19,6 +19,8 @@ import faiss
 import numpy as np
 
 from fineharbor.core.concepts.params import ConceptParams
+from fineharbor.core.distributed.tasks import TaskEngine, map_tasks, row_ranges
+from fineharbor.core.pipeline import CONCEPTS
 
 
 def use_gpu(device: str) -> bool:
@@ -82,16 +84,44 @@ def kmeans(
     return km.centroids
 
 
-def assign(
-    x: np.ndarray, centroids: np.ndarray, gpu: bool = False
+def _assign_rows(
+    rows: tuple[int, int], x: np.ndarray, centroids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of each item and the squared L2 distance to it."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    if gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    distances, labels = index.search(x, 1)
+    """One task: nearest centroid of items ``[start, stop)`` and the squared L2 to it."""
+    start, stop = rows
+    distances, labels = faiss.knn(x[start:stop], centroids, 1)
     return labels[:, 0].astype(np.int64), distances[:, 0]
+
+
+def assign(
+    x: np.ndarray,
+    centroids: np.ndarray,
+    gpu: bool = False,
+    engine: TaskEngine | None = None,
+    shared_x: object | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each item and the squared L2 distance to it: on the GPU, or in tasks
+    of ``engine.task_rows`` items on ``engine`` (Ray when the stage runs there; the same
+    chunks locally, so both give the same labels). ``shared_x``: ``x`` already
+    :meth:`~fineharbor.core.distributed.tasks.TaskEngine.share`-d."""
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    if gpu:
+        index = faiss.IndexFlatL2(centroids.shape[1])
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index.add(centroids)
+        distances, labels = index.search(x, 1)
+        return labels[:, 0].astype(np.int64), distances[:, 0]
+    engine = engine or TaskEngine(CONCEPTS)
+    parts = map_tasks(
+        _assign_rows,
+        row_ranges(x.shape[0], engine.task_rows),
+        engine=engine,
+        shared=(
+            np.ascontiguousarray(x, dtype=np.float32) if shared_x is None else shared_x,
+            centroids,
+        ),
+    )
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def resample_subset(
@@ -144,10 +174,19 @@ class ConceptHierarchy:
 
 
 def _cluster_level(
-    items: np.ndarray, k: int, level, params: ConceptParams, rng: np.random.Generator, gpu: bool
+    items: np.ndarray,
+    k: int,
+    level,
+    params: ConceptParams,
+    rng: np.random.Generator,
+    gpu: bool,
+    engine: TaskEngine | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    engine = engine or TaskEngine(CONCEPTS)
+    # the items every assignment of this level reads: put in Ray's object store once
+    shared = None if gpu else engine.share(items)
     centroids = kmeans(items, k, params.n_iters, rng, gpu, params.init_points_per_cluster)
-    labels, distances = assign(items, centroids, gpu)
+    labels, distances = assign(items, centroids, gpu, engine, shared)
     if level.sample_size > 1:
         for _ in range(level.n_resamples):
             subset = resample_subset(
@@ -158,12 +197,15 @@ def _cluster_level(
             centroids = kmeans(
                 items[subset], k, params.n_iters, rng, gpu, params.init_points_per_cluster
             )
-            labels, distances = assign(items, centroids, gpu)
+            labels, distances = assign(items, centroids, gpu, engine, shared)
     return centroids, labels, distances
 
 
-def hierarchical_kmeans(x: np.ndarray, params: ConceptParams) -> ConceptHierarchy:
-    """Cluster ``x`` (n x d) bottom-up through ``params.levels``; deterministic for a seed."""
+def hierarchical_kmeans(
+    x: np.ndarray, params: ConceptParams, engine: TaskEngine | None = None
+) -> ConceptHierarchy:
+    """Cluster ``x`` (n x d) bottom-up through ``params.levels``; deterministic for a seed.
+    Assigning items to centroids runs in tasks on ``engine`` (see :func:`assign`)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"need a non-empty (n, d) array of embeddings, got shape {x.shape}")
@@ -176,7 +218,7 @@ def hierarchical_kmeans(x: np.ndarray, params: ConceptParams) -> ConceptHierarch
     for depth, level in enumerate(params.levels):
         k = min(level.n_clusters, items.shape[0])
         level_centroids, item_labels, item_distances = _cluster_level(
-            items, k, level, params, rng, gpu
+            items, k, level, params, rng, gpu, engine
         )
         if depth == 0:
             labels.append(item_labels)

@@ -83,8 +83,10 @@ def build_decontaminated_samples(
         DECONTAM_REJECT_SCHEMA,
         BenchmarkMatcher,
         decontaminate_batch,
+        image_matches,
         reject_benchmark_rows,
     )
+    from fineharbor.core.distributed.tasks import TaskEngine
 
     source = project.source(source_name)
     columns = ["sample_id", "source", "origin_key", "texts"]  # it decides on texts and ids
@@ -97,12 +99,17 @@ def build_decontaminated_samples(
             for b in batches
         )
     else:
-        matcher = BenchmarkMatcher(storage.read_table(BENCHMARK_INDEX), project.stages.decontam)
-        signatures = storage.read_table(SIGNATURES, source_name)
-        results = (
-            decontaminate_batch(pa.Table.from_batches([b]), signatures, matcher) for b in batches
+        engine = TaskEngine(DECONTAMINATED, project.execution)  # Ray tasks when listed there
+        matcher = BenchmarkMatcher(
+            storage.read_table(BENCHMARK_INDEX), project.stages.decontam, engine
         )
-    return write_stage(
+        signatures = storage.read_table(SIGNATURES, source_name)
+        matched = image_matches(signatures, matcher)  # one search of the partition, in tasks
+        results = (
+            decontaminate_batch(pa.Table.from_batches([b]), signatures, matcher, matched)
+            for b in batches
+        )
+    report = write_stage(
         storage,
         DECONTAMINATED,
         source_name,
@@ -111,3 +118,6 @@ def build_decontaminated_samples(
         lambda: storage.count_rows(DEDUPLICATED, source_name),
         reject_schema=DECONTAM_REJECT_SCHEMA,
     )
+    if source.role != "benchmark":
+        report.extra.update(engine.summary())
+    return report

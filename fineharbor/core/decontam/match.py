@@ -12,6 +12,8 @@ import pyarrow.compute as pc
 from fineharbor.core.decontam.index import as_matrix
 from fineharbor.core.decontam.params import DecontamParams
 from fineharbor.core.decontam.text import turn_ngrams
+from fineharbor.core.distributed.tasks import TaskEngine, map_tasks, row_ranges
+from fineharbor.core.pipeline import DECONTAMINATED
 from fineharbor.core.schema import REJECT_SCHEMA
 
 REASON = "benchmark_match"
@@ -71,27 +73,56 @@ def _orientation_hashes(
     return [_valid_int64(column) for column in columns]
 
 
-class BenchmarkMatcher:
-    """Holds the index in memory: faiss for vectors and hashes, a dict for n-grams."""
+def _nearest_rows(
+    rows: tuple[int, int], queries: np.ndarray, database: np.ndarray, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One task: the nearest database row of queries ``[start, stop)`` and its score (inner
+    product, or Hamming distance of 64-bit codes)."""
+    start, stop = rows
+    if metric == "hamming":
+        scores, found = faiss.knn_hamming(queries[start:stop], database, 1)
+    else:
+        scores, found = faiss.knn(
+            queries[start:stop], database, 1, metric=faiss.METRIC_INNER_PRODUCT
+        )
+    return scores[:, 0], found[:, 0]
 
-    def __init__(self, index: pa.Table, params: DecontamParams) -> None:
+
+class BenchmarkMatcher:
+    """Holds the index in memory: vectors and hashes searched exhaustively (faiss), in tasks of
+    ``engine.task_rows`` train rows on ``engine`` (Ray when the stage runs there), and a dict for
+    n-grams."""
+
+    def __init__(
+        self, index: pa.Table, params: DecontamParams, engine: TaskEngine | None = None
+    ) -> None:
         self.params = params
+        self.engine = engine or TaskEngine(DECONTAMINATED)
         images = index.filter(pc.equal(index.column("kind"), "image"))
         self._image_meta = images.select(["benchmark", "sample_id", "origin_key"]).to_pylist()
         vectors, self._vector_rows = as_matrix(images.column("embedding"))
+        # the databases every task reads: in Ray's object store once, not once per task
         self._vectors = None
+        self._dimensions = vectors.shape[1]
         if params.embedding and vectors.size:
-            self._vectors = faiss.IndexFlatIP(vectors.shape[1])
-            self._vectors.add(vectors)
+            self._vectors = self.engine.share(np.ascontiguousarray(vectors, np.float32))
         self._hashes = None
         if params.use_phash:
             rows, values = _valid_int64(images.column("phash"))
             if rows.size:
                 self._hash_rows = rows
-                self._hashes = faiss.IndexBinaryFlat(64)
-                self._hashes.add(_phash_bytes(values))
+                self._hashes = self.engine.share(_phash_bytes(values))
         grams = index.filter(pc.equal(index.column("kind"), "ngram")).to_pylist()
         self._grams = {row["ngram"]: row for row in reversed(grams)}
+
+    def _nearest(self, queries: np.ndarray, database, metric: str):
+        parts = map_tasks(
+            _nearest_rows,
+            row_ranges(len(queries), self.engine.task_rows),
+            engine=self.engine,
+            shared=(queries, database, metric),
+        )
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     @property
     def image_count(self) -> int:
@@ -111,13 +142,13 @@ class BenchmarkMatcher:
         if self._vectors is not None and self.params.embedding:
             vectors, rows = as_matrix(signatures.column(self.params.embedding))
             if rows.size:
-                if vectors.shape[1] != self._vectors.d:
+                if vectors.shape[1] != self._dimensions:
                     raise ValueError(
                         f"train {self.params.embedding} has {vectors.shape[1]} dimensions, the "
-                        f"benchmark index {self._vectors.d}: re-run benchmark_index"
+                        f"benchmark index {self._dimensions}: re-run benchmark_index"
                     )
-                scores, found = self._vectors.search(vectors, 1)
-                for row, score, hit in zip(rows, scores[:, 0], found[:, 0], strict=True):
+                scores, found = self._nearest(vectors, self._vectors, "inner_product")
+                for row, score, hit in zip(rows, scores, found, strict=True):
                     if hit >= 0 and score >= self.params.image_threshold:
                         match = self._image(
                             int(self._vector_rows[hit]), self.params.embedding, float(score)
@@ -125,11 +156,20 @@ class BenchmarkMatcher:
                         if match.stronger_than(matches[row]):
                             matches[row] = match
         if self._hashes is not None:
-            for rows, values in _orientation_hashes(signatures, self.params.phash_rotations):
-                if not rows.size:
-                    continue
-                distances, found = self._hashes.search(_phash_bytes(values), 1)
-                for row, distance, hit in zip(rows, distances[:, 0], found[:, 0], strict=True):
+            orientations = [
+                (rows, values)
+                for rows, values in _orientation_hashes(signatures, self.params.phash_rotations)
+                if rows.size
+            ]
+            if orientations:
+                # every orientation in one search, split back in order
+                distances, found = self._nearest(
+                    _phash_bytes(np.concatenate([values for _, values in orientations])),
+                    self._hashes,
+                    "hamming",
+                )
+                rows = np.concatenate([rows for rows, _ in orientations])
+                for row, distance, hit in zip(rows, distances, found, strict=True):
                     if hit >= 0 and distance <= self.params.phash_max_distance:
                         match = self._image(int(self._hash_rows[hit]), "phash", 1 - distance / 64)
                         if match.stronger_than(matches[row]):
@@ -148,26 +188,42 @@ class BenchmarkMatcher:
         return None
 
 
-def decontaminate_batch(
-    samples: pa.Table, signatures: pa.Table, matcher: BenchmarkMatcher
-) -> tuple[pa.Table, pa.Table]:
-    """Split samples into kept rows (unchanged) and `benchmark_match` rejects.
+ImageMatches = tuple[dict[str, Match], dict[str, int]]
 
-    `signatures` holds the image signature rows of these samples (any order, extra rows ignored).
-    """
-    ids = samples.column("sample_id").to_pylist()
-    wanted = pc.is_in(signatures.column("sample_id"), value_set=pa.array(ids, pa.string()))
-    own = signatures.filter(wanted)
+
+def image_matches(signatures: pa.Table, matcher: BenchmarkMatcher) -> ImageMatches:
+    """Per sample of ``signatures``: its best image match and how many of its images matched."""
     best: dict[str, Match] = {}
     flagged: dict[str, int] = {}
     for sample_id, match in zip(
-        own.column("sample_id").to_pylist(), matcher.match_images(own), strict=True
+        signatures.column("sample_id").to_pylist(), matcher.match_images(signatures), strict=True
     ):
         if match is None:
             continue
         flagged[sample_id] = flagged.get(sample_id, 0) + 1
         if match.stronger_than(best.get(sample_id)):
             best[sample_id] = match
+    return best, flagged
+
+
+def decontaminate_batch(
+    samples: pa.Table,
+    signatures: pa.Table,
+    matcher: BenchmarkMatcher,
+    matched: ImageMatches | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """Split samples into kept rows (unchanged) and `benchmark_match` rejects.
+
+    `signatures` holds the image signature rows of these samples (any order, extra rows ignored);
+    ``matched``: :func:`image_matches` of a signature table holding them, computed once for a
+    whole partition (one search, in tasks) instead of once per batch.
+    """
+    ids = samples.column("sample_id").to_pylist()
+    if matched is None:
+        wanted = pc.is_in(signatures.column("sample_id"), value_set=pa.array(ids, pa.string()))
+        matched = image_matches(signatures.filter(wanted), matcher)
+    best = {i: matched[0][i] for i in ids if i in matched[0]}
+    flagged = matched[1]
     texts = samples.column("texts").to_pylist()
     for sample_id, turns in zip(ids, texts, strict=True):
         if sample_id not in best:

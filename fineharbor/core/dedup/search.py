@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from fineharbor.core.distributed.tasks import TaskEngine, current_engine, map_tasks
+
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -168,12 +170,39 @@ def _leaf_pairs(x: np.ndarray, members: np.ndarray, threshold: float) -> Pairs:
     return members[i], members[j], sims[i, j]
 
 
+def _leaves_pairs(leaves: list[np.ndarray], x: np.ndarray, threshold: float) -> Pairs:
+    """One task: the pairs of a chunk of leaves, as one set of arrays (in leaf order)."""
+    out = [_leaf_pairs(x, members, threshold) for members in leaves]
+    return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]
+
+
+def leaf_chunks(leaves: list[np.ndarray], rows: int) -> list[list[np.ndarray]]:
+    """Consecutive leaves grouped into chunks of about ``rows`` rows: tasks, not one task per
+    small leaf."""
+    chunks: list[list[np.ndarray]] = []
+    size = rows
+    for members in leaves:
+        if size + len(members) > rows and size:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(members)
+        size += len(members)
+    return chunks
+
+
 def forest_cosine_pairs(
-    vectors: np.ndarray, threshold: float, params: ForestParams | None = None
+    vectors: np.ndarray,
+    threshold: float,
+    params: ForestParams | None = None,
+    engine: TaskEngine | None = None,
 ) -> Pairs:
     """Pairs with cosine >= ``threshold``, approximately, in O(n log n): the pairs of vectors
     that share a leaf in at least one of ``params.trees`` hierarchical k-means trees, each
     trained on other random samples, checked exactly by one matrix product per leaf.
+
+    Each tree's leaf products run as tasks of about ``engine.task_rows`` rows on ``engine``
+    (default: :func:`~fineharbor.core.distributed.tasks.current_engine`; Ray when the stage
+    runs there), the vectors shared once; the pairs are the same either way.
 
     A true pair is missed only when a cell boundary falls between its two vectors in every
     tree; near duplicates sit so close together that this is rare, and
@@ -182,15 +211,16 @@ def forest_cosine_pairs(
     the pairs a single partition cuts (Muja & Lowe 2014).
     """
     params = params or ForestParams()
+    engine = engine or current_engine()
     x = _as_float32(vectors)
     if len(x) < 2:
         return empty_pairs()
-    out = [
-        _leaf_pairs(x, members, threshold)
-        for tree in range(params.trees)
-        for members in kmeans_tree_leaves(x, params, params.seed + tree)
-        if len(members) > 1
-    ]
+    shared = (engine.share(x), threshold)  # the vectors go to Ray's object store once
+    out = []
+    for tree in range(params.trees):  # one tree's leaves in memory at a time
+        leaves = [m for m in kmeans_tree_leaves(x, params, params.seed + tree) if len(m) > 1]
+        chunks = leaf_chunks(leaves, engine.task_rows)
+        out += map_tasks(_leaves_pairs, chunks, engine=engine, shared=shared)
     if not out:
         return empty_pairs()
     return canonical_pairs(*(np.concatenate(parts) for parts in zip(*out, strict=True)))
@@ -202,12 +232,13 @@ def cosine_pairs(
     *,
     exact_limit: int = 10_000,
     forest: ForestParams | None = None,
+    engine: TaskEngine | None = None,
 ) -> Pairs:
     """Pairs with cosine >= ``threshold``: exact up to ``exact_limit`` vectors, the k-means
-    forest above (see :func:`measure_recall` for what that costs)."""
+    forest above, its leaves on ``engine`` (see :func:`measure_recall` for what that costs)."""
     if len(vectors) <= exact_limit:
         return exact_cosine_pairs(vectors, threshold)
-    return forest_cosine_pairs(vectors, threshold, forest)
+    return forest_cosine_pairs(vectors, threshold, forest, engine)
 
 
 def brute_force_cosine_pairs(vectors: np.ndarray, threshold: float, *, block: int = 2048) -> Pairs:

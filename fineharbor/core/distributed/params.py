@@ -1,4 +1,4 @@
-"""The project file's ``execution:`` section: where per-source stages run.
+"""The project file's ``execution:`` section: where stages (and global stages' tasks) run.
 
 ``engine: local`` (the default) runs every stage on the machine that materializes the asset:
 in its process, or in a pool of worker processes with crash and time-limit isolation (cleaning
@@ -14,20 +14,30 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from fineharbor.core.pipeline import CLEANED, SCORED, SIGNATURES, UNIFIED
+from fineharbor.core.pipeline import (
+    CLEANED,
+    CONCEPTS,
+    DECONTAMINATED,
+    DUPLICATES,
+    SCORED,
+    SIGNATURES,
+    UNIFIED,
+)
 from fineharbor.core.strict import StrictModel
 
-RAY_STAGES = (UNIFIED, CLEANED, SIGNATURES)
+# the global stages' tasks: forest leaves, benchmark matching, concept assignment
+RAY_TASK_STAGES = (DUPLICATES, DECONTAMINATED, CONCEPTS)
+RAY_STAGES = (UNIFIED, CLEANED, SIGNATURES, *RAY_TASK_STAGES)
 # scored_samples is opt-in: on Ray it scores CLIP and the classifier; the judge stays local.
 # Literal of the stage table's names: the project file's schema lists the values.
-RayStage = Literal[UNIFIED, CLEANED, SIGNATURES, SCORED]
+RayStage = Literal[UNIFIED, CLEANED, SIGNATURES, SCORED, DUPLICATES, DECONTAMINATED, CONCEPTS]
 # scored_samples stays in process: its judge and judgment cache live in the asset's process.
 PoolStage = Literal[UNIFIED, CLEANED, SIGNATURES]
 LocalEngine = Literal["in_process", "process_pool"]
 
 
 class ExecutionParams(StrictModel):
-    """Local or Ray execution of the per-source stages."""
+    """Local or Ray execution of the per-source stages and of the global stages' tasks."""
 
     engine: Literal["local", "ray"] = Field(
         "local", description="local: in the asset's process; ray: on the Ray cluster at address"
@@ -47,6 +57,13 @@ class ExecutionParams(StrictModel):
         ge=1,
         le=65536,
         description="rows per Ray task (one slice of an upstream row group; row groups hold 512)",
+    )
+    task_rows: int = Field(
+        65_536,
+        ge=64,
+        le=16_777_216,
+        description="rows per task of a global stage (k-means forest leaves, benchmark "
+        "matching, concept assignment), on Ray and locally alike, so both give the same result",
     )
     cpu_actors: int = Field(
         2, ge=1, le=4096, description="actors per CPU stage (mapping, cleaning)"

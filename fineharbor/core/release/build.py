@@ -30,6 +30,7 @@ from fineharbor.core.concepts.embeddings import (
     stream_signatures,
 )
 from fineharbor.core.dedup.diversity import CovarianceAccumulator
+from fineharbor.core.distributed.tasks import TaskEngine
 from fineharbor.core.interleaved import obelics_row, obelics_schema
 from fineharbor.core.pipeline import CONCEPTS, RELEASE, SCORED, SIGNATURES
 from fineharbor.core.release.card import (
@@ -169,7 +170,10 @@ def build_concept_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa
     ids_count = len(ids)
     stats: dict = {"embedding": column, "samples": ids_count, "clustered": len(sample_ids)}
     if sample_ids:
-        hierarchy = hierarchical_kmeans(vectors, params)
+        # the assignments to centroids run as Ray tasks when the stage is on Ray
+        engine = TaskEngine(CONCEPTS, project.execution)
+        hierarchy = hierarchical_kmeans(vectors, params, engine)
+        stats |= engine.summary()
         paths = np.stack(hierarchy.labels, axis=1)
         table = pa.table(
             {
