@@ -39,15 +39,15 @@ def _vm(field: str) -> int:
     raise KeyError(field)
 
 
-def sample_ids(source: str, n: int) -> list[str]:
-    return [f"{source}-{i:016x}" for i in range(n)]
+def sample_ids(source: str, start: int, stop: int) -> list[str]:
+    return [f"{source}-{i:016x}" for i in range(start, stop)]
 
 
 def batches(source: str, n: int, seed: int):
     rng = np.random.default_rng([seed, len(source)])
     for start in range(0, n, BATCH):
         size = min(BATCH, n - start)
-        ids = sample_ids(source, start + size)[start:]
+        ids = sample_ids(source, start, start + size)
         turns = rng.integers(1, 4, size)
         texts = [[{"user": "q", "assistant": "a"}] * int(t) for t in turns]
         ratings = [rng.integers(1, 6, int(t)).tolist() for t in turns]
@@ -73,7 +73,7 @@ def batches(source: str, n: int, seed: int):
 
 def concept_table(n_per_source: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
-    ids = [i for s in SOURCES for i in sample_ids(s, n_per_source)]
+    ids = [i for s in SOURCES for i in sample_ids(s, 0, n_per_source)]
     fine = rng.integers(0, 1000, len(ids))
     paths = np.stack([fine, fine // 50], axis=1).astype(np.int64)
     clusters = pa.ListArray.from_arrays(
@@ -90,15 +90,7 @@ def concept_table(n_per_source: int, seed: int) -> pa.Table:
 
 def run_one(n: int) -> dict:
     from fineharbor.core.release.params import ReleaseRecipe
-    from fineharbor.core.release.select import (
-        Candidates,
-        ReleaseGate,
-        apply_source_mix,
-        balance,
-        filter_rows,
-        reject,
-        rejects_table,
-    )
+    from fineharbor.core.release.select import Candidates
 
     recipe = ReleaseRecipe(
         clip_score_min=0.2,
@@ -107,28 +99,20 @@ def run_one(n: int) -> dict:
         sources=[{"name": "pairs", "weight": 0.9}, {"name": "chats", "cap": n // 4}],
         balancing={"enabled": True, "target_fraction": 0.8},
     )
+    import fineharbor.core.dedup.clusters  # noqa: F401  (the balancing's import, not its data)
+
     per_source = n // len(SOURCES)
     clusters = concept_table(per_source, 0)
     before = _vm("VmRSS")
     start = time.perf_counter()
-    gate, candidates, origin = ReleaseGate(), Candidates(), {}
+    candidates = Candidates(recipe)
     for source in SOURCES:
         for batch in batches(source, per_source, 0):
-            rows = batch.to_pylist()
-            for row in rows:
-                origin[row["sample_id"]] = row["origin_key"]
-                row["n_turns"] = len(row.pop("texts") or [])
-                matches = row.pop("pii_found", None)
-                row["pii_count"] = None if matches is None else len(matches)
-            rows, refused = gate.split(source, rows)
-            candidates.rejects += refused
-            candidates.add_signals(batch, [r["sample_id"] for r in rows])
-            filter_rows(rows, recipe, candidates)
-    apply_source_mix(candidates, recipe, origin)
-    balance(candidates, recipe, clusters, origin)
-    rejects = rejects_table(candidates.rejects)
-    selected = sum(len(sorted(i for i, s in candidates.source_of.items() if s == src)) for src in SOURCES)
-    del reject
+            candidates.admit(batch, source)
+    candidates.apply_source_mix()
+    candidates.balance(clusters)
+    rejects = candidates.rejects()
+    selected = sum(len(candidates.chosen(source)) for source in candidates.sources())
     return {
         "candidates": n,
         "seconds": round(time.perf_counter() - start, 1),

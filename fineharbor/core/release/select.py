@@ -369,6 +369,9 @@ class Candidates:
                 np.concatenate([np.zeros(0, np.uint8), *self._verdicts]),
             )
             self._batches, self._source_codes, self._verdicts = [], [], []
+            # the input batches' pages, cached by Arrow's allocator, would otherwise add to the
+            # peak of the NumPy work that follows (another allocator)
+            pa.default_memory_pool().release_unused()
         return self._frozen
 
     def _selected(self, source: str | None = None) -> tuple[pa.Table, np.ndarray]:
@@ -420,6 +423,7 @@ class Candidates:
         ).subset(clustered)
         policy = self.recipe.balancing
         target = policy.target_size or max(1, round(policy.target_fraction * clustered.size))
+        pa.default_memory_pool().release_unused()
         chosen = balanced_sample(hierarchy, target, policy.strategy, self.recipe.seed)
         left = np.setdiff1d(np.arange(clustered.size), chosen)
         dropped = pc.index_in(ids.take(pa.array(clustered[left])), value_set=selected)
@@ -457,24 +461,30 @@ class Candidates:
         """Every row left out, with its reason and detail, in (source, sample_id) order."""
         table, codes, verdicts = self._ledger()
         rows = np.flatnonzero(verdicts)
-        left = table.select(["sample_id", "origin_key", "detail"]).take(rows)
+        # sources ranked by name stand in for the names in the (stable) sort
+        rank = np.argsort(np.argsort(np.array(self._sources, dtype=object))).astype(np.int32)
+        keys = pa.table({"source": rank[codes[rows]], "sample_id": table["sample_id"].take(rows)})
+        order = pc.sort_indices(keys, [("source", "ascending"), ("sample_id", "ascending")])
+        rows = rows[order.to_numpy()]
+        del keys, order
         source_codes, reason_codes = codes[rows], verdicts[rows]
-        detail = left.column("detail").combine_chunks()
+        # a verdict over all rows has no detail of its own: it is the same for a reason and source
+        late = np.full(rows.size, -1, np.int64)
+        texts = []
         for (reason, source), text in self._late.items():
-            late = (reason_codes == reason) & (source_codes == source)
-            if late.any():
-                detail = pc.if_else(pa.array(late), text, detail)
-        out = pa.table(
+            late[(reason_codes == reason) & (source_codes == source)] = len(texts)
+            texts.append(text)
+        late_detail = pa.array(texts, pa.string()).take(pa.array(late, mask=late < 0))
+        return pa.table(
             {
-                "sample_id": left.column("sample_id"),
+                "sample_id": table["sample_id"].take(rows).combine_chunks(),
                 "source": pa.array(self._sources, pa.string()).take(source_codes),
-                "origin_key": left.column("origin_key"),
+                "origin_key": table["origin_key"].take(rows).combine_chunks(),
                 "reason": pa.array(REASONS, pa.string()).take(reason_codes - 1),
-                "detail": detail,
+                "detail": pc.coalesce(table["detail"].take(rows).combine_chunks(), late_detail),
             },
             schema=REJECT_SCHEMA,
         )
-        return out.sort_by([("source", "ascending"), ("sample_id", "ascending")]).combine_chunks()
 
 
 def _source_rng(seed: int, source: str) -> np.random.Generator:
