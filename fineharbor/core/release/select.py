@@ -113,6 +113,20 @@ class ReleaseGate:
     blocked: Mapping[str, str] = field(default_factory=dict)
     flagged: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
+    def split(self, source: str, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(rows that may enter, rejects for the others), for rows as dicts (sample_id,
+        source, origin_key); the release applies the gate in :meth:`Candidates.admit`."""
+        if source in self.blocked:
+            return [], [reject(r, SOURCE_NOT_APPROVED, self.blocked[source]) for r in rows]
+        flagged = self.flagged.get(source, {})
+        kept = [r for r in rows if r["sample_id"] not in flagged]
+        dropped = [
+            reject(r, HUMAN_FLAGGED, flagged[r["sample_id"]])
+            for r in rows
+            if r["sample_id"] in flagged
+        ]
+        return kept, dropped
+
 
 class ReleaseInputError(ValueError):
     """The recipe asks for a filter whose score column the release input does not hold."""
@@ -155,6 +169,17 @@ def score_columns(schema: pa.Schema) -> list[str]:
     for axis in RATING_AXES:
         names += [ratings_column(axis), min_column(axis)]
     return [n for n in names if schema.get_field_index(n) >= 0]
+
+
+def reject(row: dict, reason: str, detail: str) -> dict:
+    """A reject ledger row for an input row (needs sample_id, source, origin_key)."""
+    return {
+        "sample_id": row["sample_id"],
+        "source": row["source"],
+        "origin_key": row["origin_key"],
+        "reason": reason,
+        "detail": detail,
+    }
 
 
 # A candidate's verdict is one byte: 0 = selected, else 1 + its index here.
@@ -369,9 +394,6 @@ class Candidates:
                 np.concatenate([np.zeros(0, np.uint8), *self._verdicts]),
             )
             self._batches, self._source_codes, self._verdicts = [], [], []
-            # the input batches' pages, cached by Arrow's allocator, would otherwise add to the
-            # peak of the NumPy work that follows (another allocator)
-            pa.default_memory_pool().release_unused()
         return self._frozen
 
     def _selected(self, source: str | None = None) -> tuple[pa.Table, np.ndarray]:
@@ -408,26 +430,26 @@ class Candidates:
 
         table, rows = self._selected()
         _, _, verdicts = self._ledger()
-        selected = table.column("sample_id").take(rows).combine_chunks()
-        ids = clusters.column("sample_id")
-        present = pc.is_in(ids, value_set=selected)
-        clustered = np.flatnonzero(present.to_numpy(zero_copy_only=False))
+        # each concept row's position among the selected ids in id order (null: not selected)
+        at = pc.index_in(
+            clusters.column("sample_id"),
+            value_set=table.column("sample_id").take(rows).combine_chunks(),
+        )
+        clustered = np.flatnonzero(at.is_valid().to_numpy(zero_copy_only=False))
         if clustered.size == 0:
             return []
         paths = list_matrix(clusters.column("clusters"), np.int64)  # (samples, levels)
-        labels = [np.ascontiguousarray(paths[:, level]) for level in range(paths.shape[1])]
         hierarchy = ConceptHierarchy(
-            labels,
-            [int(level.max()) + 1 for level in labels],
-            clusters.column("distance").to_numpy(zero_copy_only=False),
-        ).subset(clustered)
+            [paths[clustered, level] for level in range(paths.shape[1])],
+            [int(level.max()) + 1 for level in paths.T],
+            clusters.column("distance").to_numpy(zero_copy_only=False)[clustered],
+        )
+        del paths
         policy = self.recipe.balancing
         target = policy.target_size or max(1, round(policy.target_fraction * clustered.size))
-        pa.default_memory_pool().release_unused()
         chosen = balanced_sample(hierarchy, target, policy.strategy, self.recipe.seed)
-        left = np.setdiff1d(np.arange(clustered.size), chosen)
-        dropped = pc.index_in(ids.take(pa.array(clustered[left])), value_set=selected)
-        verdicts[rows[dropped.to_numpy(zero_copy_only=False)]] = _CODE["concept_balance"]
+        left = clustered[np.setdiff1d(np.arange(clustered.size), chosen)]
+        verdicts[rows[at.fill_null(0).to_numpy()[left]]] = _CODE["concept_balance"]
         for code in range(len(self._sources)):
             self._late[_CODE["concept_balance"], code] = (
                 f"target {target} of {clustered.size} clustered"

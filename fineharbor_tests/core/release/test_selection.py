@@ -23,17 +23,11 @@ from fineharbor.core.release.select import (
     ReleaseGate,
     _source_rng,
     ratings_column,
+    reject,
 )
 from fineharbor.core.schema import REJECT_SCHEMA
 
 TURN = pa.struct([("user", pa.string()), ("assistant", pa.string())])
-
-
-def _reject(row, reason, detail):
-    return {k: row[k] for k in ("sample_id", "source", "origin_key")} | {
-        "reason": reason,
-        "detail": detail,
-    }
 
 
 def _fails(threshold, value, recipe):
@@ -80,14 +74,14 @@ def reference(parts, recipe, gate, clusters):
                 matches = row.pop(PII_FOUND, None)
                 row[PII_COUNT] = None if matches is None else len(matches)
             if verdict:
-                rejects += [_reject(r, *verdict) for r in rows]
+                rejects += [reject(r, *verdict) for r in rows]
                 continue
             if source in gate.blocked:
-                rejects += [_reject(r, SOURCE_NOT_APPROVED, gate.blocked[source]) for r in rows]
+                rejects += [reject(r, SOURCE_NOT_APPROVED, gate.blocked[source]) for r in rows]
                 continue
             flagged = gate.flagged.get(source, {})
             rejects += [
-                _reject(r, HUMAN_FLAGGED, flagged[r["sample_id"]])
+                reject(r, HUMAN_FLAGGED, flagged[r["sample_id"]])
                 for r in rows
                 if r["sample_id"] in flagged
             ]
@@ -104,18 +98,18 @@ def reference(parts, recipe, gate, clusters):
                     None,
                 )
                 if failed:
-                    rejects.append(_reject(row, *failed))
+                    rejects.append(reject(row, *failed))
                     continue
                 image_only = row["n_turns"] == 0
                 if image_only and not recipe.include_image_only:
                     detail = "no turns; release.include_image_only is false"
-                    rejects.append(_reject(row, "image_only_excluded", detail))
+                    rejects.append(reject(row, "image_only_excluded", detail))
                     continue
                 kept_turns = None if image_only else _kept_turns(row, recipe, row["n_turns"])
                 if kept_turns is not None and not kept_turns:
                     limits = ", ".join(f"{a} >= {m}" for a, m in minimums.items())
                     detail = f"all {row['n_turns']} turns below {limits}"
-                    rejects.append(_reject(row, "rating_below_min", detail))
+                    rejects.append(reject(row, "rating_below_min", detail))
                     continue
                 turns[row["sample_id"]] = kept_turns
                 source_of[row["sample_id"]] = row["source"]
@@ -135,7 +129,7 @@ def reference(parts, recipe, gate, clusters):
             dropped |= {ids[i]: ("source_cap", f"cap {spec.cap}") for i in order[spec.cap : keep_n]}
         for sample_id, (reason, detail) in sorted(dropped.items()):
             row = {"sample_id": sample_id, "source": source, "origin_key": origin[sample_id]}
-            rejects.append(_reject(row, reason, detail))
+            rejects.append(reject(row, reason, detail))
             del turns[sample_id]
             del source_of[sample_id]
     flat = []
@@ -160,7 +154,7 @@ def reference(parts, recipe, gate, clusters):
                 del turns[sample_id]
                 row = {"sample_id": sample_id, "source": source, "origin_key": origin[sample_id]}
                 rejects.append(
-                    _reject(row, "concept_balance", f"target {target} of {rows.size} clustered")
+                    reject(row, "concept_balance", f"target {target} of {rows.size} clustered")
                 )
             flat = flatness(hierarchy, chosen)
     rejects = sorted(rejects, key=lambda r: (r["source"], r["sample_id"]))
