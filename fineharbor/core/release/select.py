@@ -1,5 +1,9 @@
 """Which samples of the release input enter the release, and which of their turns.
 
+The selection is columnar (:class:`Candidates`): the input streams through it in record batches
+and it keeps, per row, only the id, origin key, verdict and what the verdict needs, so it holds
+about a hundred bytes per candidate rather than a Python dict (docs/scale.md).
+
 Every candidate is either selected or rejected with a stable reason, so the release accounts
 for its whole input: ``source_not_in_recipe``, ``benchmark_source``, one reason per score
 threshold named after its score (:data:`THRESHOLDS`: ``clip_score_low``, ``clip_score_high``,
@@ -260,8 +264,8 @@ class Candidates:
     _verdicts: list[np.ndarray] = field(default_factory=list)
     _frozen: tuple[pa.Table, np.ndarray, np.ndarray] | None = None
     _late: dict[tuple[int, int], str] = field(default_factory=dict)
-    """The detail of a verdict decided over all rows (source mix, balancing), by (reason code,
-    source code): the same for every row it falls on."""
+    """The detail of a verdict that is the same for every row it falls on (a whole source left
+    out, the source mix, the balancing), by (reason code, source code)."""
 
     def _codes(self, batch: pa.RecordBatch) -> np.ndarray:
         encoded = pc.dictionary_encode(_array(batch, "source"))
@@ -276,12 +280,19 @@ class Candidates:
         self,
         batch: pa.RecordBatch,
         verdict: np.ndarray,
-        detail: np.ndarray,
+        detail: np.ndarray | str,
         turns: pa.Array | None = None,
     ) -> None:
+        """Add ``batch``'s rows with their verdicts; ``detail`` is one per row, or one string
+        for a verdict that is the same for every row (held once, not per row)."""
         if self._frozen is not None:
             raise RuntimeError("rows added after the source mix or the balancing")
         n = batch.num_rows
+        codes = self._codes(batch)
+        if isinstance(detail, str):
+            for code in np.unique(codes):
+                self._late[int(verdict[0]), int(code)] = detail
+            detail = np.full(n, None, object)
         self._batches.append(
             pa.record_batch(
                 {
@@ -292,13 +303,12 @@ class Candidates:
                 }
             )
         )
-        self._source_codes.append(self._codes(batch))
+        self._source_codes.append(codes)
         self._verdicts.append(verdict)
 
     def leave_out(self, batch: pa.RecordBatch, reason: str, detail: str) -> None:
         """Reject every row of ``batch`` (sample_id, source, origin_key) for one reason."""
-        n = batch.num_rows
-        self._append(batch, np.full(n, _CODE[reason], np.uint8), np.full(n, detail, object))
+        self._append(batch, np.full(batch.num_rows, _CODE[reason], np.uint8), detail)
 
     def admit(self, batch: pa.RecordBatch, source: str) -> None:
         """Apply the reviewers' gate, the score :data:`THRESHOLDS` (the first one failed is the
@@ -307,8 +317,8 @@ class Candidates:
         recipe, n = self.recipe, batch.num_rows
         verdict, detail = np.zeros(n, np.uint8), np.full(n, None, object)
         if source in self.gate.blocked:
-            verdict[:], detail[:] = _CODE[SOURCE_NOT_APPROVED], self.gate.blocked[source]
-            return self._append(batch, verdict, detail)
+            verdict[:] = _CODE[SOURCE_NOT_APPROVED]
+            return self._append(batch, verdict, self.gate.blocked[source])
         flagged = self.gate.flagged.get(source, {})
         if flagged:
             ids = _array(batch, "sample_id")
@@ -490,7 +500,7 @@ class Candidates:
         rows = rows[order.to_numpy()]
         del keys, order
         source_codes, reason_codes = codes[rows], verdicts[rows]
-        # a verdict over all rows has no detail of its own: it is the same for a reason and source
+        # the details held once per (reason, source), for the rows that hold none of their own
         late = np.full(rows.size, -1, np.int64)
         texts = []
         for (reason, source), text in self._late.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from fineharbor.core.concepts.sampling import balanced_sample, flatness
@@ -87,7 +88,7 @@ def reference(parts, recipe, gate, clusters):
             ]
             rows = [r for r in rows if r["sample_id"] not in flagged]
             kept = pa.array([r["sample_id"] for r in rows], pa.string())
-            signals.append(batch.filter(pa.compute.is_in(batch.column("sample_id"), kept)))
+            signals.append(batch.filter(pc.is_in(batch.column("sample_id"), kept)))
             for row in rows:
                 failed = next(
                     (
@@ -135,7 +136,7 @@ def reference(parts, recipe, gate, clusters):
     flat = []
     if clusters is not None:
         ids = clusters.column("sample_id")
-        present = pa.compute.is_in(ids, value_set=pa.array(list(turns), pa.string()))
+        present = pc.is_in(ids, value_set=pa.array(list(turns), pa.string()))
         rows = np.flatnonzero(present.to_numpy(zero_copy_only=False))
         if rows.size:
             paths = list_matrix(clusters.column("clusters"), np.int64)
