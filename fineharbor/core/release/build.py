@@ -41,18 +41,11 @@ from fineharbor.core.release.card import (
 )
 from fineharbor.core.release.params import RATING_AXES
 from fineharbor.core.release.select import (
-    PII_COUNT,
-    PII_FOUND,
     Candidates,
     ReleaseGate,
-    apply_source_mix,
-    balance,
     check_input,
-    filter_rows,
     min_column,
     ratings_column,
-    reject,
-    rejects_table,
     score_columns,
 )
 from fineharbor.core.release.writer import (
@@ -237,12 +230,11 @@ def _select(
     project: ProjectConfig,
     storage: Storage,
     partitions: list[str],
-    origin: dict[str, str],
     gate: ReleaseGate,
 ) -> tuple[Candidates, list]:
     recipe = project.release
     listed = {s.name for s in recipe.sources}
-    candidates = Candidates()
+    candidates = Candidates(recipe, gate)
     for partition in partitions:
         schema = stage_schema(storage, RELEASE_INPUT_ASSET, partition)
         wanted = ["sample_id", "source", "origin_key", "texts", *score_columns(schema)]
@@ -252,33 +244,20 @@ def _select(
         for batch in read_stage_rows(
             storage, RELEASE_INPUT_ASSET, partition, columns=wanted, batch_size=1024
         ):
-            rows = batch.to_pylist()
-            for row in rows:
-                origin[row["sample_id"]] = row["origin_key"]
-                row["n_turns"] = len(row.pop("texts") or [])
-                matches = row.pop(PII_FOUND, None)
-                row[PII_COUNT] = None if matches is None else len(matches)
             if role == "benchmark":
-                candidates.rejects += [
-                    reject(r, "benchmark_source", "role: benchmark") for r in rows
-                ]
+                candidates.leave_out(batch, "benchmark_source", "role: benchmark")
             elif listed and source not in listed:
-                candidates.rejects += [
-                    reject(r, "source_not_in_recipe", "not in release.sources") for r in rows
-                ]
+                candidates.leave_out(batch, "source_not_in_recipe", "not in release.sources")
             else:
-                rows, refused = gate.split(source, rows)
-                candidates.rejects += refused
-                candidates.add_signals(batch, [r["sample_id"] for r in rows])
-                filter_rows(rows, recipe, candidates)
-    apply_source_mix(candidates, recipe, origin)
+                candidates.admit(batch, source)
+    candidates.apply_source_mix()
     flat = []
     if recipe.balancing.enabled:
         if not storage.has_partition(CONCEPTS):
             raise FileNotFoundError(
                 "release.balancing is enabled but concept_clusters has no output: materialize it"
             )
-        flat = balance(candidates, recipe, storage.read_table(CONCEPTS), origin)
+        flat = candidates.balance(storage.read_table(CONCEPTS))
     return candidates, flat
 
 
@@ -304,8 +283,8 @@ def _write_source(
     index: list[dict],
 ) -> None:
     recipe = project.release
-    chosen = sorted(i for i, s in candidates.source_of.items() if s == source)
-    if not chosen:
+    chosen = candidates.chosen(source)
+    if not len(chosen):
         return
     obelics = recipe.interleaved_layout == "obelics" and is_interleaved_source(project, source)
     schema = (obelics_schema if obelics else release_schema)(recipe.include_sample_id)
@@ -332,7 +311,7 @@ def _write_source(
         files.write(tar_name(source, tar_index), tar_bytes(pairs), pair_count, "webdataset", source)
         tar_index, pairs, pair_count = tar_index + 1, [], 0
 
-    wanted = pa.array(chosen, pa.string())
+    wanted, kept_turns = chosen, candidates.turns(source)
     batches = (
         batch
         for partition in project.partitions_of([source])
@@ -343,7 +322,7 @@ def _write_source(
     for batch in batches:
         batch = batch.filter(pc.is_in(batch.column("sample_id"), wanted))
         for row in batch.to_pylist():
-            turns = candidates.turns[row["sample_id"]]
+            turns = kept_turns.get(row["sample_id"])
             out = release_row(row, turns, recipe.include_sample_id, blur_faces=recipe.blur_faces)
             entry = {
                 "sample_id": row["sample_id"],
@@ -393,7 +372,7 @@ def _write_source(
 
 
 def _diversity(
-    storage: Storage, sources: list[str], released: set[str]
+    storage: Storage, sources: list[str], released: pa.Array
 ) -> tuple[float | None, str]:
     for column in ("copy_embedding", "clip_embedding"):
         accumulator = CovarianceAccumulator()
@@ -401,7 +380,7 @@ def _diversity(
             if not storage.has_partition(SIGNATURES, source):
                 continue
             table = storage.read_table(SIGNATURES, source, columns=["sample_id", column])
-            keep = pc.is_in(table.column("sample_id"), pa.array(sorted(released), pa.string()))
+            keep = pc.is_in(table.column("sample_id"), released)
             accumulator.update_table(table.filter(keep), column)
         if accumulator.n >= 2:
             return accumulator.result().score, column
@@ -440,9 +419,8 @@ def build_release_mix(
     if unknown:
         raise ValueError(f"release.sources names {unknown[0]!r}, which is not a configured source")
     sources = _input_partitions(project, storage)
-    origin: dict[str, str] = {}
-    candidates, flat = _select(project, storage, sources, origin, gate or ReleaseGate())
-    rejects = rejects_table(candidates.rejects)
+    candidates, flat = _select(project, storage, sources, gate or ReleaseGate())
+    rejects = candidates.rejects()
     input_rows = sum(storage.count_rows(RELEASE_INPUT_ASSET, s) for s in sources)
     waiting = awaiting_review(project, gate)
     if waiting:
@@ -460,12 +438,12 @@ def build_release_mix(
     with storage.staged_directory(RELEASES_DIR, recipe.name, recipe.version) as staging:
         files = ReleaseFiles(storage.fs, staging)
         configs = []
-        for source in sorted(set(candidates.source_of.values())):
+        for source in candidates.sources():
             _write_source(project, storage, source, candidates, files, index_rows)
             configs.append(source)
         index = pa.Table.from_pylist(index_rows, schema=RELEASE_INDEX_SCHEMA)
         tables = card_tables(storage, stage_tables, sql_dir, index, rejects)
-        diversity, embedding = _diversity(storage, sources, set(candidates.source_of))
+        diversity, embedding = _diversity(storage, sources, candidates.released())
         facts = CardFacts(
             RELEASE_INPUT_ASSET,
             configs,

@@ -7,12 +7,14 @@ import pytest
 import webdataset as wds
 
 from fineharbor.core.release.build import build_concept_clusters, build_release_mix
-from fineharbor.core.release.select import Candidates, ReleaseInputError, filter_rows
+from fineharbor.core.release.select import ReleaseInputError
 from fineharbor.core.release.writer import verify_manifest
 from fineharbor.core.storage import Storage
 from fineharbor.defs.resources import STAGE_TABLES
 from fineharbor.defs.sql_models import SQL_DIR
 from fineharbor.testing.release_input import project, write_input
+
+from .test_selection import select_rows
 
 FINEVISION_COLUMNS = [
     "images",
@@ -227,16 +229,12 @@ def test_turn_filtering_and_missing_scores():
     base = {"source": "s", "origin_key": "k", "n_turns": 3, "clip_score": None}
     row = {**base, "sample_id": "a", "relevance_ratings": [5, 1, None]}
     empty = {**base, "sample_id": "b", "relevance_ratings": [1, 1, 1]}
-    lenient = Candidates()
-    filter_rows(
-        [row, empty], ReleaseRecipe(min_ratings={"relevance": 3}, clip_score_min=0.3), lenient
-    )
-    assert lenient.turns == {"a": [0, 2]}  # unrated turn and missing CLIP score pass by default
-    assert [(r["sample_id"], r["reason"]) for r in lenient.rejects] == [("b", "rating_below_min")]
-    strict = Candidates()
+    recipe = ReleaseRecipe(min_ratings={"relevance": 3}, clip_score_min=0.3)
+    lenient, rejects = select_rows([row, empty], recipe)
+    assert lenient == {"a": [0, 2]}  # unrated turn and missing CLIP score pass by default
+    assert [(r["sample_id"], r["reason"]) for r in rejects] == [("b", "rating_below_min")]
     recipe = ReleaseRecipe(min_ratings={"relevance": 3}, require_scores=True)
-    filter_rows([row], recipe, strict)
-    assert strict.turns == {"a": [0]}
+    assert select_rows([row], recipe)[0] == {"a": [0]}
 
 
 def test_balanced_release_flattens_concepts(tmp_path, storage):
@@ -259,16 +257,12 @@ def test_image_only_samples_enter_unless_the_recipe_leaves_them_out():
     image_only = {"sample_id": "i", "source": "s", "origin_key": "k", "n_turns": 0}
     rated = {**image_only, "sample_id": "r", "n_turns": 1, "relevance_ratings": [1]}
     minimums = {"relevance": 3}
-    admitted = Candidates()
-    filter_rows([image_only, rated], ReleaseRecipe(min_ratings=minimums), admitted)
+    admitted, _ = select_rows([image_only, rated], ReleaseRecipe(min_ratings=minimums))
     # no turn to rate: the judge minimum does not apply to an image-only sample
-    assert admitted.turns == {"i": None}
-    excluded = Candidates()
+    assert admitted == {"i": None}
     recipe = ReleaseRecipe(min_ratings=minimums, include_image_only=False)
-    filter_rows([image_only], recipe, excluded)
-    assert [(r["sample_id"], r["reason"]) for r in excluded.rejects] == [
-        ("i", "image_only_excluded")
-    ]
+    _, excluded = select_rows([image_only], recipe)
+    assert [(r["sample_id"], r["reason"]) for r in excluded] == [("i", "image_only_excluded")]
 
 
 def test_no_approved_source_writes_no_release_and_names_who_awaits_review(tmp_path, storage):

@@ -11,13 +11,14 @@ from fineharbor.core.config import ConfigError, load_config
 from fineharbor.core.pipeline import QUALITY_MODEL
 from fineharbor.core.release.build import RELEASE_INPUT_ASSET, build_release_mix
 from fineharbor.core.release.params import ReleaseRecipe
-from fineharbor.core.release.select import THRESHOLDS, Candidates, filter_rows
+from fineharbor.core.release.select import THRESHOLDS
 from fineharbor.core.storage import Storage
 from fineharbor.defs.resources import STAGE_TABLES
 from fineharbor.defs.sql_models import SQL_DIR
 from fineharbor.testing.release_input import SOURCES, project, write_input
 
 from .test_release import _card_tables, release_dir
+from .test_selection import select_rows
 
 TRAIN = ("pairs", "chats")
 
@@ -74,11 +75,10 @@ def test_each_threshold_removes_the_rows_beyond_it_under_its_own_reason(
 
 def test_a_missing_signal_passes_unless_scores_are_required():
     row = {"sample_id": "a", "source": "s", "origin_key": "k", "n_turns": 1, "punsafe": None}
-    lenient, strict = Candidates(), Candidates()
-    filter_rows([row], ReleaseRecipe(punsafe_max=0.5), lenient)
-    filter_rows([row], ReleaseRecipe(punsafe_max=0.5, require_scores=True), strict)
-    assert lenient.turns == {"a": None} and not lenient.rejects
-    assert [(r["reason"], r["detail"]) for r in strict.rejects] == [
+    lenient, no_rejects = select_rows([row], ReleaseRecipe(punsafe_max=0.5))
+    _, strict = select_rows([row], ReleaseRecipe(punsafe_max=0.5, require_scores=True))
+    assert lenient == {"a": None} and not no_rejects
+    assert [(r["reason"], r["detail"]) for r in strict] == [
         ("punsafe_high", "no punsafe; release.require_scores is true")
     ]
 
@@ -86,12 +86,10 @@ def test_a_missing_signal_passes_unless_scores_are_required():
 def test_a_sample_beyond_several_thresholds_is_rejected_once_for_the_first():
     row = {"sample_id": "a", "source": "s", "origin_key": "k", "n_turns": 1}
     row |= {"clip_score": 0.1, "pwatermark": 0.95, "aesthetic_score": 2.0}
-    into = Candidates()
     recipe = ReleaseRecipe(clip_score_min=0.3, pwatermark_max=0.8, aesthetic_score_min=5)
-    filter_rows([row], recipe, into)
-    assert [r["reason"] for r in into.rejects] == ["clip_score_low"]
-    filter_rows([{**row, "clip_score": 0.5}], recipe, into := Candidates())
-    assert [r["detail"] for r in into.rejects] == ["pwatermark 0.95 > 0.8"]
+    assert [r["reason"] for r in select_rows([row], recipe)[1]] == ["clip_score_low"]
+    _, rejects = select_rows([{**row, "clip_score": 0.5}], recipe)
+    assert [r["detail"] for r in rejects] == ["pwatermark 0.95 > 0.8"]
 
 
 def test_the_card_shows_each_distribution_and_what_each_threshold_removed(tmp_path, storage):
