@@ -117,20 +117,6 @@ class ReleaseGate:
     blocked: Mapping[str, str] = field(default_factory=dict)
     flagged: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
-    def split(self, source: str, rows: list[dict]) -> tuple[list[dict], list[dict]]:
-        """(rows that may enter, rejects for the others), for rows as dicts (sample_id,
-        source, origin_key); the release applies the gate in :meth:`Candidates.admit`."""
-        if source in self.blocked:
-            return [], [reject(r, SOURCE_NOT_APPROVED, self.blocked[source]) for r in rows]
-        flagged = self.flagged.get(source, {})
-        kept = [r for r in rows if r["sample_id"] not in flagged]
-        dropped = [
-            reject(r, HUMAN_FLAGGED, flagged[r["sample_id"]])
-            for r in rows
-            if r["sample_id"] in flagged
-        ]
-        return kept, dropped
-
 
 class ReleaseInputError(ValueError):
     """The recipe asks for a filter whose score column the release input does not hold."""
@@ -173,17 +159,6 @@ def score_columns(schema: pa.Schema) -> list[str]:
     for axis in RATING_AXES:
         names += [ratings_column(axis), min_column(axis)]
     return [n for n in names if schema.get_field_index(n) >= 0]
-
-
-def reject(row: dict, reason: str, detail: str) -> dict:
-    """A reject ledger row for an input row (needs sample_id, source, origin_key)."""
-    return {
-        "sample_id": row["sample_id"],
-        "source": row["source"],
-        "origin_key": row["origin_key"],
-        "reason": reason,
-        "detail": detail,
-    }
 
 
 # A candidate's verdict is one byte: 0 = selected, else 1 + its index here.

@@ -24,11 +24,15 @@ from fineharbor.core.release.select import (
     ReleaseGate,
     _source_rng,
     ratings_column,
-    reject,
 )
 from fineharbor.core.schema import REJECT_SCHEMA
 
 TURN = pa.struct([("user", pa.string()), ("assistant", pa.string())])
+
+
+def reject(row: dict, reason: str, detail: str) -> dict:
+    keys = ("sample_id", "source", "origin_key")
+    return {**{k: row[k] for k in keys}, "reason": reason, "detail": detail}
 
 
 def _fails(threshold, value, recipe):

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from fineharbor.core.config import parse_config
-from fineharbor.core.release.select import HUMAN_FLAGGED, SOURCE_NOT_APPROVED
+from fineharbor.core.release.params import ReleaseRecipe
+from fineharbor.core.release.select import HUMAN_FLAGGED, SOURCE_NOT_APPROVED, Candidates
 from fineharbor.core.review.decisions import Approve, Flag, Reject, ReviewLog, mapping_fingerprint
 from fineharbor.core.review.gate import (
     project_gate,
@@ -106,15 +107,16 @@ def test_release_gate_rejects_blocked_sources_and_flagged_samples_accounting_for
     gate = review_release_gate(log, project)
     assert set(gate.blocked) == {"b"} and set(gate.flagged["a"]) == {"2", "9"}
 
-    kept, rejected = gate.split("a", rows(["1", "2", "3"]).to_pylist())
-    assert [r["sample_id"] for r in kept] == ["1", "3"]
-    (flag,) = rejected
+    candidates = Candidates(ReleaseRecipe(), gate)
+    candidates.admit(rows(["1", "2", "3"]).to_batches()[0], "a")
+    candidates.admit(rows(["5", "6"], "b").to_batches()[0], "b")
+    assert candidates.chosen("a").to_pylist() == ["1", "3"]
+    assert candidates.chosen("b").to_pylist() == []
+    flag, *blocked = candidates.rejects().to_pylist()
     assert (flag["sample_id"], flag["origin_key"], flag["reason"]) == ("2", "k2", HUMAN_FLAGGED)
     assert flag["detail"].startswith("flagged by ann at ") and "blurry" in flag["detail"]
-
-    kept, rejected = gate.split("b", rows(["5", "6"], "b").to_pylist())
-    assert kept == [] and [r["reason"] for r in rejected] == [SOURCE_NOT_APPROVED] * 2
-    assert "unreviewed" in rejected[0]["detail"]
+    assert [r["reason"] for r in blocked] == [SOURCE_NOT_APPROVED] * 2
+    assert "unreviewed" in blocked[0]["detail"]
 
 
 @pytest.mark.parametrize(
