@@ -216,7 +216,8 @@ class WatermarkScorer:
         prepared by the scored stage's loader; else they are decoded here."""
         if pixels is None or WATERMARK not in pixels:
             pixels = BatchPixels.here(images, ImagePrep({WATERMARK: self.transform}))
-        return pixels.embed(WATERMARK, images, self.score_pixels, 1).reshape(-1)
+        scores = pixels.embed(WATERMARK, images, lambda x: self.score_pixels(x)[:, None], 1)
+        return scores.reshape(-1)
 
 
 @dataclass
