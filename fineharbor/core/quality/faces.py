@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,9 @@ from PIL import Image, ImageFilter
 
 from fineharbor.core.quality.clip_score import image_bytes
 from fineharbor.core.quality.params import SignalParams
+
+if TYPE_CHECKING:
+    from fineharbor.core.quality.pixels import BatchPixels
 
 FACE_COUNT = "face_count"
 FACE_BOXES = "face_boxes"
@@ -48,6 +52,10 @@ class FaceDetector:
             raise RuntimeError(f"OpenCV could not load {cv2.data.haarcascades + CASCADE}")
         object.__setattr__(self, "_cascade", cascade)
 
+    def __reduce__(self):
+        # the OpenCV cascade does not pickle; a loader worker loads its own
+        return (FaceDetector, (self.min_size, self.min_neighbors))
+
     def detect(self, image: Image.Image) -> list[dict[str, int]]:
         """Boxes ``{x, y, w, h}`` in the image's pixels, sorted top-left first."""
         import cv2
@@ -74,22 +82,24 @@ def face_detector(params: SignalParams) -> FaceDetector | None:
     return FaceDetector(params.face_min_size, params.face_min_neighbors) if params.faces else None
 
 
-def face_columns(samples: pa.Table, detector: FaceDetector | None) -> dict[str, pa.Array]:
+def face_columns(
+    samples: pa.Table, detector: FaceDetector | None, pixels: BatchPixels | None = None
+) -> dict[str, pa.Array]:
     """``face_count`` (faces over the sample's decodable images) and ``face_boxes`` (per image;
-    an undecodable image has no boxes); both null without a detector."""
-    from fineharbor.core.signatures.hashing import ImageDecodeError, decode_rgb
+    an undecodable image has no boxes); both null without a detector. ``pixels``: boxes the
+    scored stage's loader workers found already (:mod:`fineharbor.core.quality.pixels`)."""
+    from fineharbor.core.quality.pixels import BatchPixels, ImagePrep
 
     rows = samples.num_rows
     if detector is None:
         return {FACE_COUNT: pa.nulls(rows, pa.int32()), FACE_BOXES: pa.nulls(rows, BOXES_TYPE)}
+    per_sample = [image_bytes(images) for images in samples.column("images").to_pylist()]
+    if pixels is None or not pixels.has_faces:
+        flat = [data for images in per_sample for data in images]
+        pixels = BatchPixels.here(flat, ImagePrep({}, detector))
     counts, boxes = [], []
-    for images in samples.column("images").to_pylist():
-        per_image = []
-        for data in image_bytes(images):
-            try:
-                per_image.append(detector.detect(decode_rgb(data)))
-            except ImageDecodeError:
-                per_image.append([])
+    for images in per_sample:
+        per_image = [pixels.boxes(data) for data in images]
         boxes.append(per_image)
         counts.append(sum(len(b) for b in per_image))
     return {

@@ -47,6 +47,7 @@ from fineharbor.core.quality.classifier import (
 from fineharbor.core.quality.clip_score import image_bytes
 from fineharbor.core.quality.metrics import confusion_matrix
 from fineharbor.core.quality.params import MllmClassifierParams
+from fineharbor.core.quality.pixels import MLLM_VISION, BatchPixels, ProcessorTransform
 from fineharbor.core.quality.text import sample_segments
 from fineharbor.core.signatures.hashing import ImageDecodeError, decode_rgb
 
@@ -194,10 +195,16 @@ class MllmQualityModel:
 
     @torch.no_grad()  # not inference_mode: training backpropagates through the projector
     def pooled_images(
-        self, images: Sequence[bytes], dtype: torch.dtype = torch.float32
+        self,
+        images: Sequence[bytes],
+        dtype: torch.dtype = torch.float32,
+        pixels: BatchPixels | None = None,
     ) -> list[torch.Tensor | None]:
         """Per image, its pooled patch tokens (side*side, d_vision) on the CPU in ``dtype``;
-        None when the bytes do not decode."""
+        None when the bytes do not decode. ``pixels``: the images already decoded and
+        processed by the scored stage's loader workers."""
+        if pixels is not None and MLLM_VISION in pixels:
+            return self._pooled_pixels(images, pixels, dtype)
         decoded: list[Image.Image | None] = []
         for data in images:
             try:
@@ -209,13 +216,28 @@ class MllmQualityModel:
         step = max(1, self.params.batch_size)
         for start in range(0, len(ready), step):
             chunk = ready[start : start + step]
-            pixels = self.image_processor(images=[decoded[i] for i in chunk], return_tensors="pt")[
-                "pixel_values"
-            ].to(self.device)
-            with self._autocast():
-                patches = self.vision(pixel_values=pixels).last_hidden_state
-            pooled = self.projector.pool(patches.float()).to("cpu", dtype)
-            for i, row in zip(chunk, pooled, strict=True):
+            processed = self.image_processor(
+                images=[decoded[i] for i in chunk], return_tensors="pt"
+            )["pixel_values"]
+            for i, row in zip(chunk, self._pool(processed, dtype), strict=True):
+                out[i] = row
+        return out
+
+    def _pool(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        with self._autocast():
+            patches = self.vision(pixel_values=pixels.to(self.device)).last_hidden_state
+        return self.projector.pool(patches.float()).to("cpu", dtype)
+
+    def _pooled_pixels(
+        self, images: Sequence[bytes], pixels: BatchPixels, dtype: torch.dtype
+    ) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = [None] * len(images)
+        stack, ready = pixels.take(MLLM_VISION, images)
+        step = max(1, self.params.batch_size)
+        for start in range(0, len(ready), step):
+            assert stack is not None
+            pooled = self._pool(stack[start : start + step], dtype)
+            for i, row in zip(ready[start : start + step], pooled, strict=True):
                 out[i] = row
         return out
 
@@ -257,11 +279,14 @@ class MllmQualityModel:
 
     # ----------------------------------------------------------------- scoring
 
-    def score_documents(self, documents: Sequence[Document]) -> list[float | None]:
+    def score_documents(
+        self, documents: Sequence[Document], pixels: BatchPixels | None = None
+    ) -> list[float | None]:
         """A score in [0, 3] per document; None when it has no decodable image or no text
-        (the CLIP-MLP's rule, so both architectures null the same rows)."""
+        (the CLIP-MLP's rule, so both architectures null the same rows). ``pixels``: see
+        :meth:`pooled_images`."""
         unique = list(dict.fromkeys(s for doc in documents for s in doc if isinstance(s, bytes)))
-        pooled = dict(zip(unique, self.pooled_images(unique), strict=True))
+        pooled = dict(zip(unique, self.pooled_images(unique, pixels=pixels), strict=True))
         ready: list[tuple[int, list[torch.Tensor | str]]] = []
         for index, doc in enumerate(documents):
             resolved = [pooled[s] if isinstance(s, bytes) else s for s in doc]
@@ -287,11 +312,17 @@ class MllmQualityModel:
                 scores[index] = float(value)
         return scores
 
-    def score_samples(self, samples: pa.Table | pa.RecordBatch) -> pa.Array:
+    def score_samples(
+        self, samples: pa.Table | pa.RecordBatch, pixels: BatchPixels | None = None
+    ) -> pa.Array:
         """float32 scores for unified rows (images, then the text segments), null as in
         :meth:`score_documents`. Pass a record batch at a time."""
         documents = sample_documents(samples)
-        return pa.array(self.score_documents(documents), type=pa.float32())
+        return pa.array(self.score_documents(documents, pixels), type=pa.float32())
+
+    def image_transform(self) -> ProcessorTransform:
+        """The vision tower's preprocess, one image at a time, for the scored stage's loader."""
+        return ProcessorTransform(self.image_processor)
 
     # ----------------------------------------------------------------- persistence
 

@@ -57,6 +57,17 @@ class ClipScoreParams(StrictModel):
     batch_size: int = Field(64, ge=1, le=8192, description="images or texts per forward pass")
     device: Device = Field("auto", description="auto = cuda when available, else cpu")
     half_precision: bool = Field(True, description="fp16 autocast on CUDA (never on CPU)")
+    num_workers: int = Field(
+        2,
+        ge=0,
+        le=256,
+        description="DataLoader worker processes of scored_samples that decode and preprocess "
+        "images for every model of the stage (this CLIP, the signal models, the classifier, "
+        "the face detector) while the models run; 0 = decode in the calling process",
+    )
+    prefetch_factor: int = Field(
+        4, ge=1, le=64, description="row batches each worker keeps ready ahead of the models"
+    )
 
     _moved = model_validator(mode="before")(
         moved_to_release(

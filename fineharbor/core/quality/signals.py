@@ -34,6 +34,7 @@ from torch import nn
 from fineharbor.core.quality.clip_score import ImageTextEmbedder, embed_sample_images, image_bytes
 from fineharbor.core.quality.faces import FaceDetector, face_columns, face_detector
 from fineharbor.core.quality.params import SignalParams
+from fineharbor.core.quality.pixels import WATERMARK, BatchPixels, ImagePrep
 
 PUNSAFE = "punsafe"
 AESTHETIC = "aesthetic_score"
@@ -201,23 +202,22 @@ class WatermarkScorer:
         return model
 
     @torch.inference_mode()
-    def score(self, images: Sequence[bytes]) -> np.ndarray:
-        """(n,) float32; NaN for an image that does not decode."""
-        from fineharbor.core.signatures.hashing import ImageDecodeError, decode_rgb
+    def score_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(n,) float32 for transformed images, ``batch_size`` per forward pass."""
+        out = []
+        for start in range(0, pixels.shape[0], self.batch_size):
+            chunk = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
+            logits = self.model(chunk).float()
+            out.append(torch.softmax(logits, dim=1)[:, self.index].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-        out = np.full(len(images), np.nan, np.float32)
-        for start in range(0, len(images), self.batch_size):
-            tensors, rows = [], []
-            for offset, data in enumerate(images[start : start + self.batch_size]):
-                try:
-                    tensors.append(self.transform(decode_rgb(data)))
-                except ImageDecodeError:
-                    continue
-                rows.append(start + offset)
-            if tensors:
-                logits = self.model(torch.stack(tensors).to(self.device)).float()
-                out[rows] = torch.softmax(logits, dim=1)[:, self.index].cpu().numpy()
-        return out
+    def score(self, images: Sequence[bytes], pixels: BatchPixels | None = None) -> np.ndarray:
+        """(n,) float32; NaN for an image that does not decode. ``pixels``: the images already
+        prepared by the scored stage's loader; else they are decoded here."""
+        if pixels is None or WATERMARK not in pixels:
+            pixels = BatchPixels.here(images, ImagePrep({WATERMARK: self.transform}))
+        scores = pixels.embed(WATERMARK, images, lambda x: self.score_pixels(x)[:, None], 1)
+        return scores.reshape(-1)
 
 
 @dataclass
@@ -238,10 +238,18 @@ class SignalModels:
     def any(self) -> bool:
         return any((self.nsfw, self.aesthetic, self.watermark))
 
-    def columns(self, samples: pa.Table, embedder: ImageTextEmbedder | None) -> dict:
+    def columns(
+        self,
+        samples: pa.Table,
+        embedder: ImageTextEmbedder | None,
+        pixels: BatchPixels | None = None,
+    ) -> dict:
         """Every signal column of ``samples`` (see :func:`signal_columns` and
         :func:`fineharbor.core.quality.faces.face_columns`)."""
-        return {**signal_columns(samples, self, embedder), **face_columns(samples, self.faces)}
+        return {
+            **signal_columns(samples, self, embedder, pixels),
+            **face_columns(samples, self.faces, pixels),
+        }
 
 
 def load_signal_models(
@@ -305,11 +313,15 @@ def _per_sample(values: np.ndarray, counts: list[int], reduce) -> pa.Array:
 
 
 def signal_columns(
-    samples: pa.Table, models: SignalModels, embedder: ImageTextEmbedder | None = None
+    samples: pa.Table,
+    models: SignalModels,
+    embedder: ImageTextEmbedder | None = None,
+    pixels: BatchPixels | None = None,
 ) -> dict[str, pa.Array]:
     """``punsafe``, ``aesthetic_score`` and ``pwatermark`` for each row (null where the model is
     absent or the sample has no decodable image). ``embedder`` overrides ``models.embedder``
-    (the scoring stage passes its per-batch memo when the CLIP is shared)."""
+    (the scoring stage passes its per-batch memo); ``pixels``: the watermark model's input
+    prepared by the scored stage's loader."""
     rows = samples.num_rows
     columns = {name: pa.nulls(rows, pa.float32()) for name in SIGNAL_COLUMNS}
     if not models.any:
@@ -326,6 +338,6 @@ def signal_columns(
             columns[AESTHETIC] = _per_sample(models.aesthetic.score(flat), counts, np.min)
     if models.watermark is not None:
         flat_images = [data for images in per_sample for data in images]
-        scores = models.watermark.score(flat_images)
+        scores = models.watermark.score(flat_images, pixels)
         columns[PWATERMARK] = _per_sample(scores, [len(i) for i in per_sample], np.max)
     return columns

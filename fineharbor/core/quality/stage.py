@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,15 @@ from fineharbor.core.quality.clip_score import ImageTextEmbedder, clip_scores
 from fineharbor.core.quality.faces import BOXES_TYPE, FACE_BOXES, FACE_COUNT
 from fineharbor.core.quality.mllm_classifier import META_FILE as MLLM_META_FILE
 from fineharbor.core.quality.mllm_classifier import MllmQualityModel, train_mllm_classifier
+from fineharbor.core.quality.pixels import (
+    MLLM_VISION,
+    SCORING_CLIP,
+    SIGNAL_CLIP,
+    WATERMARK,
+    BatchPixels,
+    ImagePrep,
+    prepared_batches,
+)
 from fineharbor.core.quality.signals import SIGNAL_COLUMNS, SignalModels, load_signal_models
 from fineharbor.core.quality.synthetic import write_level_texts, writer_backend
 from fineharbor.core.schema import REJECT_SCHEMA
@@ -227,12 +237,20 @@ class ScoringStats:
 
 class _BatchMemo:
     """One batch's embeddings, so the CLIP score and the classifier embed each image and text
-    once (and a repeated image once). Made per batch: memory follows the batch."""
+    once (and a repeated image once). Made per batch: memory follows the batch. With
+    ``pixels`` holding this CLIP's input under ``name``, images are embedded from the tensors
+    the loader prepared instead of being decoded here."""
 
-    def __init__(self, embedder: ImageTextEmbedder) -> None:
+    def __init__(
+        self, embedder: ImageTextEmbedder, pixels: BatchPixels | None = None, name: str = ""
+    ) -> None:
         self.embedder, self.dim = embedder, embedder.dim
         self.images: dict[bytes, np.ndarray] = {}
         self.texts: dict[str, np.ndarray] = {}
+        self._embed_images = embedder.embed_images
+        if pixels is not None and name in pixels:
+            forward = embedder.embed_tensors  # type: ignore[attr-defined]
+            self._embed_images = partial(pixels.embed, name, embed_tensors=forward, dim=self.dim)
 
     @staticmethod
     def _lookup(items: list, memo: dict, embed) -> np.ndarray:
@@ -244,7 +262,7 @@ class _BatchMemo:
         return np.stack([memo[item] for item in items])
 
     def embed_images(self, images) -> np.ndarray:
-        out = self._lookup(list(images), self.images, self.embedder.embed_images)
+        out = self._lookup(list(images), self.images, self._embed_images)
         return out.reshape(-1, self.dim)
 
     def embed_texts(self, texts) -> np.ndarray:
@@ -265,6 +283,7 @@ def _score_batch(
     cache: JudgmentCache | None,
     stats: ScoringStats,
     signals: SignalModels | None = None,
+    pixels: BatchPixels | None = None,
 ) -> pa.Table:
     table = pa.Table.from_batches([batch])
     rows = table.num_rows
@@ -272,13 +291,13 @@ def _score_batch(
     clip = pa.nulls(rows, pa.float32())
     quality = pa.nulls(rows, pa.float32())
     if embedder is not None:
-        embedder = _BatchMemo(embedder)
+        embedder = _BatchMemo(embedder, pixels, SCORING_CLIP)
         started = time.perf_counter()
         clip = clip_scores(table, embedder, params.clip_score)
         stats.clip_seconds += time.perf_counter() - started
     if isinstance(model, MllmQualityModel):  # reads images and text itself, no CLIP
         started = time.perf_counter()
-        quality = model.score_samples(table)
+        quality = model.score_samples(table, pixels)
         stats.classifier_seconds += time.perf_counter() - started
     elif model is not None and embedder is not None:
         started = time.perf_counter()
@@ -288,9 +307,15 @@ def _score_batch(
     stats.quality_scores += [v for v in quality.to_pylist() if v is not None]
     columns = {"clip_score": clip, "quality_score": quality}
     started = time.perf_counter()
+    signals = signals or SignalModels()
     # the heads read the scoring CLIP's per-batch memo when they share it: each image once
-    shared = embedder if signals is not None and signals.shares_scoring_clip else None
-    columns.update((signals or SignalModels()).columns(table, shared))
+    if signals.shares_scoring_clip:
+        heads_clip = embedder
+    elif signals.embedder is not None:
+        heads_clip = _BatchMemo(signals.embedder, pixels, SIGNAL_CLIP)
+    else:
+        heads_clip = None
+    columns.update(signals.columns(table, heads_clip, pixels))
     stats.signal_seconds += time.perf_counter() - started
     for name in (*SIGNAL_COLUMNS, FACE_COUNT):
         stats.signals[name] += [v for v in columns[name].to_pylist() if v is not None]
@@ -387,17 +412,63 @@ def _score_in_worker(
         signals = load_signal_models(params.signals, params.clip_score, embedder)
         loaded = ScoringModels(embedder, model, signals)
     m = loaded
+    prep, pin = image_prep(m)
+    loader = params.clip_score
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
-        for batch in batches:
+        for batch, pixels in prepared_batches(
+            batches,
+            prep,
+            num_workers=loader.num_workers,
+            prefetch_factor=loader.prefetch_factor,
+            pin_memory=pin,
+        ):
             yield (
                 _score_batch(
-                    batch, m.embedder, m.model, m.judges, params, m.cache, m.stats, m.signals
+                    batch,
+                    m.embedder,
+                    m.model,
+                    m.judges,
+                    params,
+                    m.cache,
+                    m.stats,
+                    m.signals,
+                    pixels,
                 ),
                 REJECT_SCHEMA.empty_table(),
             )
 
     return run
+
+
+def _reads_pixels(model) -> bool:
+    """Whether a model takes prepared tensors: the open_clip embedders, the watermark model
+    (an embedder without them, e.g. a test's fake, embeds bytes itself)."""
+    return all(hasattr(model, a) for a in ("transform", "device")) and (
+        hasattr(model, "embed_tensors") or hasattr(model, "score_pixels")
+    )
+
+
+def image_prep(models: ScoringModels) -> tuple[ImagePrep | None, bool]:
+    """(what the loader workers prepare for ``models``, whether to pin memory: a model is on
+    CUDA); None when no model reads pixels (an embedder without ``transform`` still embeds
+    bytes itself)."""
+    signals = models.signals or SignalModels()
+    readers = {
+        SCORING_CLIP: models.embedder,
+        SIGNAL_CLIP: None if signals.shares_scoring_clip else signals.embedder,
+        WATERMARK: signals.watermark,
+    }
+    readers = {name: m for name, m in readers.items() if m is not None and _reads_pixels(m)}
+    transforms = {name: m.transform for name, m in readers.items()}
+    devices = [m.device for m in readers.values()]
+    if isinstance(models.model, MllmQualityModel):
+        transforms[MLLM_VISION] = models.model.image_transform()
+        devices.append(models.model.device)
+    if not transforms and signals.faces is None:
+        return None, False
+    pin = any(getattr(device, "type", "cpu") == "cuda" for device in devices)
+    return ImagePrep(transforms, signals.faces), pin
 
 
 def _recounted(
