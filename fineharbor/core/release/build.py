@@ -55,7 +55,7 @@ from fineharbor.core.release.select import (
     score_columns,
 )
 from fineharbor.core.release.shards import SourceLayout, storage_order, write_sources
-from fineharbor.core.release.writer import ReleaseFiles
+from fineharbor.core.release.writer import ReleaseFile, ReleaseFiles
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.sql_models import load_models, run_models
 from fineharbor.core.storage import Storage
@@ -288,7 +288,7 @@ def is_interleaved_source(project: ProjectConfig, source: str) -> bool:
 
 def _write_sources(
     project: ProjectConfig, storage: Storage, candidates: Candidates, staging: str
-) -> tuple[list[str], list, list[dict], dict]:
+) -> tuple[list[str], list[ReleaseFile], list[dict], dict]:
     """The chosen rows' shards under ``staging``, as tasks (on Ray when ``release_mix`` is in
     ``execution.stages``): the sources written, the files, the index entries and where the
     tasks ran."""
