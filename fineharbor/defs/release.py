@@ -164,6 +164,7 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
         "left_out_by_reason": dg.MetadataValue.json(reasons),
         "files": len(result.files),
         "summary": dg.MetadataValue.md(summary),
+        **result.extra,  # where the shard-writing tasks ran: task_engine, tasks
     }
     if result.facts.diversity is not None:
         metadata["diversity"] = round(result.facts.diversity, 4)

@@ -55,6 +55,7 @@ def test_release_assets_write_the_release_models_and_checks(project):
         event = instance.get_latest_materialization_event(dg.AssetKey(RELEASE))
         metadata = event.asset_materialization.metadata
         assert metadata["dagster/row_count"].value == 6
+        assert metadata["task_engine"].value == "local" and metadata["tasks"].value >= 1
         assert (
             metadata["concept_max_median_ratio_after"].value
             <= metadata["concept_max_median_ratio_before"].value

@@ -19,18 +19,21 @@ from fineharbor.core.pipeline import (
     CONCEPTS,
     DECONTAMINATED,
     DUPLICATES,
+    RELEASE,
     SCORED,
     SIGNATURES,
     UNIFIED,
 )
 from fineharbor.core.strict import StrictModel
 
-# the global stages' tasks: forest leaves, benchmark matching, concept assignment
-RAY_TASK_STAGES = (DUPLICATES, DECONTAMINATED, CONCEPTS)
+# the global stages' tasks: forest leaves, benchmark matching, concept assignment, shards
+RAY_TASK_STAGES = (DUPLICATES, DECONTAMINATED, CONCEPTS, RELEASE)
 RAY_STAGES = (UNIFIED, CLEANED, SIGNATURES, *RAY_TASK_STAGES)
 # scored_samples is opt-in: on Ray it scores CLIP and the classifier; the judge stays local.
 # Literal of the stage table's names: the project file's schema lists the values.
-RayStage = Literal[UNIFIED, CLEANED, SIGNATURES, SCORED, DUPLICATES, DECONTAMINATED, CONCEPTS]
+RayStage = Literal[
+    UNIFIED, CLEANED, SIGNATURES, SCORED, DUPLICATES, DECONTAMINATED, CONCEPTS, RELEASE
+]
 # scored_samples stays in process: its judge and judgment cache live in the asset's process.
 PoolStage = Literal[UNIFIED, CLEANED, SIGNATURES]
 LocalEngine = Literal["in_process", "process_pool"]

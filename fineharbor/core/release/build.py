@@ -31,7 +31,6 @@ from fineharbor.core.concepts.embeddings import (
 )
 from fineharbor.core.dedup.diversity import CovarianceAccumulator
 from fineharbor.core.distributed.tasks import TaskEngine
-from fineharbor.core.interleaved import obelics_row, obelics_schema
 from fineharbor.core.pipeline import CONCEPTS, RELEASE, SCORED, SIGNATURES
 from fineharbor.core.release.card import (
     CARD_MODELS,
@@ -48,16 +47,8 @@ from fineharbor.core.release.select import (
     ratings_column,
     score_columns,
 )
-from fineharbor.core.release.writer import (
-    ReleaseFiles,
-    caption_pair_members,
-    parquet_bytes,
-    release_row,
-    release_schema,
-    shard_name,
-    tar_bytes,
-    tar_name,
-)
+from fineharbor.core.release.shards import SourceLayout, storage_order, write_sources
+from fineharbor.core.release.writer import ReleaseFile, ReleaseFiles
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.sql_models import load_models, run_models
 from fineharbor.core.storage import Storage
@@ -274,101 +265,44 @@ def is_interleaved_source(project: ProjectConfig, source: str) -> bool:
     return project.source(source).mapping.preset == "interleaved"
 
 
-def _write_source(
-    project: ProjectConfig,
-    storage: Storage,
-    source: str,
-    candidates: Candidates,
-    files: ReleaseFiles,
-    index: list[dict],
-) -> None:
+def _write_sources(
+    project: ProjectConfig, storage: Storage, candidates: Candidates, staging: str
+) -> tuple[list[str], list[ReleaseFile], list[dict], dict]:
+    """The chosen rows' shards under ``staging``, as tasks (on Ray when ``release_mix`` is in
+    ``execution.stages``): the sources written, the files, the index entries and where the
+    tasks ran."""
     recipe = project.release
-    chosen = candidates.chosen(source)
-    if not len(chosen):
-        return
-    obelics = recipe.interleaved_layout == "obelics" and is_interleaved_source(project, source)
-    schema = (obelics_schema if obelics else release_schema)(recipe.include_sample_id)
-    total = math.ceil(len(chosen) / recipe.shard_rows)
-    license_ = project.source(source).license
-    caption_source = is_caption_source(project, source)
-    shard_rows: list[dict] = []
-    pairs: list[tuple[str, bytes]] = []
-    pair_count = 0
-    shard_index = 0
-    tar_index = 0
-
-    def flush_shard() -> None:
-        nonlocal shard_index, shard_rows
-        path = shard_name(source, shard_index, total)
-        table = pa.Table.from_pylist(shard_rows, schema=schema)
-        files.write(path, parquet_bytes(table), table.num_rows, "parquet", source)
-        for row_number, entry in enumerate(index[len(index) - len(shard_rows) :]):
-            entry["shard"], entry["row"] = path, row_number
-        shard_index, shard_rows = shard_index + 1, []
-
-    def flush_tar() -> None:
-        nonlocal tar_index, pairs, pair_count
-        files.write(tar_name(source, tar_index), tar_bytes(pairs), pair_count, "webdataset", source)
-        tar_index, pairs, pair_count = tar_index + 1, [], 0
-
-    wanted, kept_turns = chosen, candidates.turns(source)
-    batches = (
-        batch
-        for partition in project.partitions_of([source])
-        for batch in read_stage_rows(
-            storage, RELEASE_INPUT_ASSET, partition, batch_size=256, sample_ids=wanted
+    layouts = []
+    obelics = recipe.interleaved_layout == "obelics"
+    turns: dict[str, list[int]] = {}
+    for source in candidates.sources():
+        chosen = set(candidates.chosen(source).to_pylist())
+        turns |= candidates.turns(source)
+        partitions = project.partitions_of([source])
+        ordered = storage_order(storage, RELEASE_INPUT_ASSET, partitions, chosen)
+        if len(ordered) != len(chosen):
+            raise LookupError(
+                f"{RELEASE_INPUT_ASSET} {source}: {len(chosen)} rows chosen for the release, "
+                f"{len(ordered)} found when writing it (a sample_id stored twice, or the input "
+                "changed meanwhile): materialize release_mix again"
+            )
+        layout = SourceLayout(
+            source=source,
+            asset=RELEASE_INPUT_ASSET,
+            license=project.source(source).license,
+            shards=math.ceil(len(chosen) / recipe.shard_rows),
+            shard_rows=recipe.shard_rows,
+            tar_rows=recipe.webdataset_shard_rows,
+            pairs=recipe.webdataset and is_caption_source(project, source),
+            obelics=obelics and is_interleaved_source(project, source),
+            include_sample_id=recipe.include_sample_id,
+            blur_faces=recipe.blur_faces,
+            signals=IMAGE_SIGNALS,
         )
-    )
-    for batch in batches:
-        batch = batch.filter(pc.is_in(batch.column("sample_id"), wanted))
-        for row in batch.to_pylist():
-            turns = kept_turns.get(row["sample_id"])
-            out = release_row(row, turns, recipe.include_sample_id, blur_faces=recipe.blur_faces)
-            entry = {
-                "sample_id": row["sample_id"],
-                "source": source,
-                "origin_key": row["origin_key"],
-                "license": license_,
-                "shard": "",
-                "row": 0,
-                "webdataset_shard": None,
-                "n_images": len(out["images"]),
-                "n_turns": len(out["texts"]),
-                "n_turns_dropped": len(row["texts"] or []) - len(out["texts"]),
-                "clip_score": row.get("clip_score"),
-                "quality_score": row.get("quality_score"),
-                **{name: row.get(name) for name in IMAGE_SIGNALS},
-                **{
-                    k: out[k]
-                    for axis in RATING_AXES
-                    for k in (ratings_column(axis), min_column(axis))
-                },
-            }
-            if recipe.webdataset and caption_source:
-                extra = {
-                    "clip_score": row.get("clip_score"),
-                    "quality_score": row.get("quality_score"),
-                    **{name: row.get(name) for name in IMAGE_SIGNALS},
-                }
-                members = caption_pair_members(
-                    {**out, "sample_id": row["sample_id"]}, row["sample_id"], extra
-                )
-                if members:
-                    pairs += members
-                    pair_count += 1
-                    entry["webdataset_shard"] = tar_name(source, tar_index)
-                    if pair_count >= recipe.webdataset_shard_rows:
-                        flush_tar()
-            index.append(entry)
-            if obelics:
-                out = obelics_row(row, out["images"], recipe.include_sample_id)
-            shard_rows.append(out)
-            if len(shard_rows) >= recipe.shard_rows:
-                flush_shard()
-    if shard_rows:
-        flush_shard()
-    if pairs:
-        flush_tar()
+        layouts.append((layout, ordered))
+    engine = TaskEngine(RELEASE, project.execution)
+    files, index = write_sources(layouts, turns, storage, staging, engine)
+    return [layout.source for layout, _ in layouts], files, index, engine.summary()
 
 
 def _diversity(
@@ -434,13 +368,9 @@ def build_release_mix(
             writer.reject(rejects)
         facts = CardFacts(RELEASE_INPUT_ASSET, [], None, "none", [])
         return ReleaseResult(index, rejects, "", [], {}, facts, input_rows, awaiting_review=waiting)
-    index_rows: list[dict] = []
     with storage.staged_directory(RELEASES_DIR, recipe.name, recipe.version) as staging:
-        files = ReleaseFiles(storage.fs, staging)
-        configs = []
-        for source in candidates.sources():
-            _write_source(project, storage, source, candidates, files, index_rows)
-            configs.append(source)
+        configs, written, index_rows, tasks = _write_sources(project, storage, candidates, staging)
+        files = ReleaseFiles(storage.fs, staging, written)
         index = pa.Table.from_pylist(index_rows, schema=RELEASE_INDEX_SCHEMA)
         tables = card_tables(storage, stage_tables, sql_dir, index, rejects)
         diversity, embedding = _diversity(storage, sources, candidates.released())
@@ -481,4 +411,5 @@ def build_release_mix(
         tables=tables,
         facts=facts,
         input_rows=input_rows,
+        extra=tasks,
     )

@@ -1,0 +1,277 @@
+"""The release's shard files, written as independent tasks (:func:`map_tasks`).
+
+The driver assigns the rows up front: a source's chosen rows in storage order (partitions in
+config order), cut into Parquet shards of ``shard_rows``; consecutive shards are grouped into
+tasks of about ``execution.task_rows`` rows. Each task reads its rows from storage
+(:func:`read_stage_rows`: references resolved as every reader does), writes its shards into the
+release's staging directory and returns the files and index entries. Which rows are caption
+pairs is known only once a row is read (its image bytes), so the WebDataset tars are a second
+round of tasks over the pairs the first round found, ``webdataset_shard_rows`` per tar. Locally
+the same tasks run in this process, so the files are byte-identical on either engine, and the
+driver lists them in the order one sequential pass wrote them (a tar when its last pair is read,
+a shard when its last row is; the last partial tar at the end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from fineharbor.core.distributed.tasks import TaskEngine, map_tasks
+from fineharbor.core.interleaved import obelics_row, obelics_schema
+from fineharbor.core.release.params import RATING_AXES
+from fineharbor.core.release.select import min_column, ratings_column
+from fineharbor.core.release.writer import (
+    ReleaseFile,
+    ReleaseFiles,
+    caption_pair_members,
+    parquet_bytes,
+    release_row,
+    release_schema,
+    shard_name,
+    tar_bytes,
+    tar_name,
+)
+from fineharbor.core.storage import Storage
+from fineharbor.core.stored import read_stage_rows
+
+ID = "sample_id"
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """How one source's rows become files (everything a task needs besides its rows)."""
+
+    source: str
+    asset: str
+    license: str | None
+    shards: int  # Parquet shards of the source: the "of" in their names
+    shard_rows: int
+    tar_rows: int
+    pairs: bool  # WebDataset tars of its caption pairs
+    obelics: bool
+    include_sample_id: bool
+    blur_faces: bool
+    signals: tuple[str, ...]  # image signal columns carried into the index and the tars
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Rows of one task: ``(partition, sample_id)`` in storage order, the first at ``start``
+    (its position among the source's rows), with each row's kept turns (None: all)."""
+
+    layout: SourceLayout
+    start: int
+    rows: tuple[tuple[str, str], ...]
+    turns: dict[str, list[int] | None]
+    first: int = 0  # the task's first shard (or tar)
+
+
+@dataclass
+class Written:
+    """What a task wrote: each file with the source position of its last row, the index
+    entries of its rows (shard tasks) and the positions of its caption pairs."""
+
+    files: list[tuple[ReleaseFile, int]] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list)
+    pairs: list[int] = field(default_factory=list)
+
+
+def storage_order(
+    storage: Storage, asset: str, partitions: Sequence[str], chosen: set[str]
+) -> list[tuple[str, str]]:
+    """``(partition, sample_id)`` of the ``chosen`` rows, in the order a read of the
+    partitions one after the other meets them (only ids are read)."""
+    ordered = []
+    for partition in partitions:
+        for batch in storage.iter_batches(asset, partition, columns=[ID], batch_size=65_536):
+            ordered += [(partition, i) for i in batch.column(0).to_pylist() if i in chosen]
+    return ordered
+
+
+def assign(
+    layout: SourceLayout,
+    ordered: Sequence[tuple[str, str]],
+    turns: dict[str, list[int] | None],
+    unit: int,
+    task_rows: int,
+) -> list[Placed]:
+    """The tasks over ``ordered``: files of ``unit`` rows each (the last one shorter), whole
+    files grouped into tasks of at most ``task_rows`` rows (one file at least)."""
+    per_task = max(1, task_rows // unit) * unit
+    return [
+        Placed(
+            layout,
+            start,
+            tuple(ordered[start : start + per_task]),
+            {i: turns.get(i) for _, i in ordered[start : start + per_task]},
+            first=start // unit,
+        )
+        for start in range(0, len(ordered), per_task)
+    ]
+
+
+def _read(placed: Placed, storage: Storage) -> Iterator[tuple[int, dict]]:
+    """The task's rows as dicts with their source positions; fails when storage no longer
+    holds exactly the assigned rows."""
+    by_partition: dict[str, list[str]] = {}
+    for partition, sample_id in placed.rows:
+        by_partition.setdefault(partition, []).append(sample_id)
+    position = placed.start
+    for partition, ids in by_partition.items():
+        found: list[str] = []
+        for batch in read_stage_rows(
+            storage,
+            placed.layout.asset,
+            partition,
+            batch_size=256,
+            sample_ids=pa.array(ids, pa.string()),
+        ):
+            for row in batch.to_pylist():
+                found.append(row[ID])
+                if len(found) <= len(ids) and row[ID] == ids[len(found) - 1]:
+                    yield position, row
+                    position += 1
+        if found != ids:
+            raise LookupError(
+                f"{placed.layout.asset} {partition}: the rows assigned to release shards changed "
+                f"while the release was written ({len(ids)} assigned, {len(found)} read, or a "
+                "sample_id stored twice): materialize release_mix again"
+            )
+
+
+def _entry(layout: SourceLayout, row: dict, out: dict) -> dict:
+    return {
+        "sample_id": row[ID],
+        "source": layout.source,
+        "origin_key": row["origin_key"],
+        "license": layout.license,
+        "shard": "",
+        "row": 0,
+        "webdataset_shard": None,
+        "n_images": len(out["images"]),
+        "n_turns": len(out["texts"]),
+        "n_turns_dropped": len(row["texts"] or []) - len(out["texts"]),
+        "clip_score": row.get("clip_score"),
+        "quality_score": row.get("quality_score"),
+        **{name: row.get(name) for name in layout.signals},
+        **{k: out[k] for axis in RATING_AXES for k in (ratings_column(axis), min_column(axis))},
+    }
+
+
+def _pair_members(layout: SourceLayout, row: dict, out: dict) -> list[tuple[str, bytes]] | None:
+    extra = {
+        "clip_score": row.get("clip_score"),
+        "quality_score": row.get("quality_score"),
+        **{name: row.get(name) for name in layout.signals},
+    }
+    return caption_pair_members({**out, ID: row[ID]}, row[ID], extra)
+
+
+def _release_row(layout: SourceLayout, placed: Placed, row: dict) -> dict:
+    return release_row(
+        row, placed.turns[row[ID]], layout.include_sample_id, blur_faces=layout.blur_faces
+    )
+
+
+def write_shards(placed: Placed, storage: Storage, staging: str) -> Written:
+    """Task: the Parquet shards of ``placed``'s rows, written under ``staging``."""
+    layout = placed.layout
+    schema = (obelics_schema if layout.obelics else release_schema)(layout.include_sample_id)
+    files = ReleaseFiles(storage.fs, staging)
+    written = Written()
+    shard, rows = placed.first, []
+
+    def flush(last: int) -> None:
+        nonlocal shard, rows
+        path = shard_name(layout.source, shard, layout.shards)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        files.write(path, parquet_bytes(table), table.num_rows, "parquet", layout.source)
+        written.files.append((files.files[-1], last))
+        for number, entry in enumerate(written.entries[len(written.entries) - len(rows) :]):
+            entry["shard"], entry["row"] = path, number
+        shard, rows = shard + 1, []
+
+    for position, row in _read(placed, storage):
+        out = _release_row(layout, placed, row)
+        if layout.pairs and _pair_members(layout, row, out):
+            written.pairs.append(position)
+        written.entries.append(_entry(layout, row, out))
+        if layout.obelics:
+            out = obelics_row(row, out["images"], layout.include_sample_id)
+        rows.append(out)
+        if len(rows) >= layout.shard_rows:
+            flush(position)
+    if rows:
+        flush(placed.start + len(placed.rows) - 1)
+    return written
+
+
+def write_tars(placed: Placed, storage: Storage, staging: str) -> Written:
+    """Task: the WebDataset tars of ``placed``'s caption pairs (``tar_rows`` pairs each)."""
+    layout = placed.layout
+    files = ReleaseFiles(storage.fs, staging)
+    written = Written()
+    members: list[tuple[str, bytes]] = []
+    tar, count = placed.first, 0
+    rows = list(_read(placed, storage))
+    for number, (_, row) in enumerate(rows):
+        found = _pair_members(layout, row, _release_row(layout, placed, row))
+        if not found:
+            raise LookupError(f"{layout.source}: {row[ID]} was a caption pair and is no more")
+        members += found
+        count += 1
+        if count >= layout.tar_rows or number == len(rows) - 1:
+            files.write(
+                tar_name(layout.source, tar), tar_bytes(members), count, "webdataset", layout.source
+            )
+            written.files.append((files.files[-1], placed.start + number))
+            tar, members, count = tar + 1, [], 0
+    return written
+
+
+def write_sources(
+    layouts: Sequence[tuple[SourceLayout, list[tuple[str, str]]]],
+    turns: dict[str, list[int] | None],
+    storage: Storage,
+    staging: str,
+    engine: TaskEngine,
+) -> tuple[list[ReleaseFile], list[dict]]:
+    """Every source's shards and tars as tasks on ``engine``: the files in the order one
+    sequential pass writes them and the index entries, source after source. ``turns`` holds
+    the kept turns of the rows that lost some to a judge minimum; the others keep all."""
+    shard_tasks = [
+        assign(layout, ordered, turns, layout.shard_rows, engine.task_rows)
+        for layout, ordered in layouts
+    ]
+    flat = [t for tasks in shard_tasks for t in tasks]
+    results = iter(map_tasks(write_shards, flat, engine=engine, shared=(storage, staging)))
+    shard_results = [[next(results) for _ in tasks] for tasks in shard_tasks]
+    tar_tasks = []
+    for (layout, ordered), written in zip(layouts, shard_results, strict=True):
+        pairs = [p for w in written for p in w.pairs]
+        entries = [e for w in written for e in w.entries]
+        for number, position in enumerate(pairs):
+            entries[position]["webdataset_shard"] = tar_name(
+                layout.source, number // layout.tar_rows
+            )
+        pair_rows = [ordered[p] for p in pairs]
+        tar_tasks.append(assign(layout, pair_rows, turns, layout.tar_rows, engine.task_rows))
+    flat = [t for tasks in tar_tasks for t in tasks]
+    results = iter(map_tasks(write_tars, flat, engine=engine, shared=(storage, staging)))
+    files: list[ReleaseFile] = []
+    index: list[dict] = []
+    for (layout, ordered), written, tars in zip(layouts, shard_results, tar_tasks, strict=True):
+        pairs = [p for w in written for p in w.pairs]
+        # (source position of the last row, order at that row, file): a full tar is written
+        # when its last pair is read, before that row's shard; the last partial tar at the end
+        events = [(last, 1, f) for w in written for f, last in w.files]
+        for _ in tars:
+            for file, pair in next(results).files:
+                full = file.rows == layout.tar_rows
+                events.append((pairs[pair], 0, file) if full else (len(ordered), 2, file))
+        files += [f for _, _, f in sorted(events, key=lambda e: e[:2])]
+        index += [e for w in written for e in w.entries]
+    return files, index
