@@ -7,7 +7,7 @@ import pytest
 from fineharbor.core.config import ConfigError, parse_config
 from fineharbor.core.distributed.engine import BatchWork, map_partition, partition_units, read_unit
 from fineharbor.core.distributed.params import ExecutionParams
-from fineharbor.core.pipeline import CLEANED, RELEASE, SCORED, UNIFIED
+from fineharbor.core.pipeline import CLEANED, RAW, SCORED, UNIFIED
 from fineharbor.core.storage import Storage
 
 SOURCES = [{"name": "a", "reader": "json", "location": "a.jsonl", "mapping": {"preset": "llava"}}]
@@ -84,7 +84,7 @@ def test_execution_section_is_validated(tmp_path):
     with pytest.raises(ConfigError, match=r"execution\.engine"):
         parse_config({"sources": SOURCES, "execution": {"engine": "spark"}}, tmp_path)
     with pytest.raises(ConfigError, match=r"execution\.stages"):
-        parse_config({"sources": SOURCES, "execution": {"stages": [RELEASE]}}, tmp_path)
+        parse_config({"sources": SOURCES, "execution": {"stages": [RAW]}}, tmp_path)
 
 
 def test_scoring_on_ray_refuses_a_judge(tmp_path):
