@@ -644,6 +644,8 @@ def make_verifier(
         config,
         min_ncc=params.verify_min_ncc,
         max_tile_residual=params.verify_max_tile_residual,
+        max_detail_residual=params.verify_max_detail_residual,
+        detail_size=params.verify_detail_size,
         batch_size=params.verify_batch_size,
         workers=params.verify_workers or default_workers(),
         mapper=mapper,

@@ -129,6 +129,22 @@ class DedupParams(StrictModel):
         "after the fit. On the demo, planted copies reach at most 14.1, look-alikes at least "
         "17.7 (bench/dedup_quality.py)",
     )
+    verify_max_detail_residual: float | None = Field(
+        10.0,
+        ge=0.0,
+        description="a pair the full-frame fit confirmed is compared again at the smaller "
+        "image's resolution (blurred 3x3, worst of 32x32 tiles after a gain/offset fit, grey "
+        "levels) and refuted above this: charts, documents and screens from one template differ "
+        "in a few glyphs a 64 px thumbnail averages away. Templated charts differing in a label "
+        "reach at least 13.8, their resized (0.5x, 0.25x), JPEG (q=40) and mirrored copies at "
+        "most 6.3 (fineharbor_tests/core/dedup/test_verify.py). None = no detail check",
+    )
+    verify_detail_size: int = Field(
+        512,
+        ge=64,
+        le=4096,
+        description="longest side of the detail views (larger images are area-averaged to it)",
+    )
     verify_size: int = Field(64, ge=24, le=256, description="thumbnail side for the fine fit")
     verify_batch_size: int = Field(
         256, ge=1, le=65_536, description="pairs verified together on stacked thumbnails"
