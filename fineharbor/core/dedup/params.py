@@ -130,14 +130,15 @@ class DedupParams(StrictModel):
         "17.7 (bench/dedup_quality.py)",
     )
     verify_max_detail_residual: float | None = Field(
-        10.0,
+        35.0,
         ge=0.0,
         description="a pair the full-frame fit confirmed is compared again at the smaller "
-        "image's resolution (blurred 3x3, worst of 32x32 tiles after a gain/offset fit, grey "
-        "levels) and refuted above this: charts, documents and screens from one template differ "
-        "in a few glyphs a 64 px thumbnail averages away. Templated charts differing in a label "
-        "reach at least 13.8, their resized (0.5x, 0.25x), JPEG (q=40) and mirrored copies at "
-        "most 6.3 (fineharbor_tests/core/dedup/test_verify.py). None = no detail check",
+        "image's resolution (largest mean signed residual of a 2x2 window after a gain/offset "
+        "fit, grey levels) and refuted above this: charts, documents and screens from one "
+        "template differ in a few glyphs that a 64 px thumbnail averages away. Templated charts "
+        "differing in a label reach at least 107, a chart against another's 0.5x copy at least "
+        "37; copies (0.5x, 0.75x, JPEG q=40, mirrored) at most 32, photo copies at most 14 "
+        "(docs/dedup.md). None = no detail check",
     )
     verify_detail_size: int = Field(
         512,

@@ -177,13 +177,10 @@ def _ncc_maps(big: np.ndarray, template: np.ndarray) -> np.ndarray:
     return dot / (np.sqrt(np.maximum(centred, 1e-6)) * t_norm[:, None, None] + 1e-6)
 
 
-def worst_tiles(
-    window: np.ndarray, template: np.ndarray, tiles: int = 6, cols: int | None = None
-) -> np.ndarray:
+def worst_tiles(window: np.ndarray, template: np.ndarray, tiles: int = 6) -> np.ndarray:
     """For each pair of (P, h, w) or (P, h, w, C) stacks: after a per-channel gain/offset fit
     of the template to the window, the largest mean absolute residual (averaged over channels)
-    of any tile of a ``tiles`` x ``cols`` grid (``cols`` defaults to ``tiles``), in grey
-    levels (P,)."""
+    of any tile of a ``tiles`` x ``tiles`` grid, in grey levels (P,)."""
     if window.ndim == 3:
         window, template = window[..., None], template[..., None]
     t = template - template.mean(axis=(1, 2), keepdims=True)
@@ -194,7 +191,7 @@ def worst_tiles(
     residual = np.abs(wv - t * gain).mean(axis=3)
     _, h, w = residual.shape
     rows = np.array([k * h // tiles for k in range(tiles)])
-    cols = np.array([k * w // (cols or tiles) for k in range(cols or tiles)])
+    cols = np.array([k * w // tiles for k in range(tiles)])
     sums = np.add.reduceat(np.add.reduceat(residual, rows, axis=1), cols, axis=2)
     counts = np.diff(np.append(rows, h))[:, None] * np.diff(np.append(cols, w))[None, :]
     return (sums / counts[None]).reshape(len(residual), -1).max(axis=1)
@@ -495,8 +492,6 @@ def align(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyConfig()) -> 
 
 # --------------------------------------------------------------------------- detail check
 
-DETAIL_TILES = 32  # tiles along the short side: a tile about the size of a chart label's glyph
-
 
 def detail_view(image: Image.Image, cap: int) -> np.ndarray:
     """(h, w) uint8 grey levels of an image at its own resolution, its longest side at most
@@ -509,23 +504,28 @@ def detail_view(image: Image.Image, cap: int) -> np.ndarray:
     return np.asarray(grey, dtype=np.uint8)
 
 
-def _blur3(x: np.ndarray) -> np.ndarray:
-    return sliding_window_view(np.pad(x, 1, mode="edge"), (3, 3)).mean(axis=(-2, -1))
+def detail_residual(a: np.ndarray, b: np.ndarray, turn: int) -> float:
+    """How far two detail views are from copies, in grey levels: B turned by ``turn``
+    (:func:`full_frame`), both area-averaged to the smaller one's resolution, B fitted to A by
+    a gain and an offset (and A to B); the largest mean *signed* residual of any 2 x 2 window.
 
-
-def detail_residual(a: np.ndarray, b: np.ndarray, turn: int, tiles: int = DETAIL_TILES) -> float:
-    """Worst tile of two detail views compared at the smaller one's resolution, B turned by
-    ``turn`` (:func:`full_frame`): both area-averaged to the common size and blurred 3x3
-    (resampling and JPEG noise), then the worst tile after a
-    gain/offset fit, the larger of the two fit directions. Tiles are square, ``tiles`` along
-    the short side (at least 4 pixels)."""
+    Resampling filters (Lanczos ringing, area averaging) and JPEG leave residuals that swing in
+    sign across an edge, so a small signed mean cancels them; a glyph or a bar edge that one
+    image has and the other lacks leaves a residual of one sign over its whole stroke."""
     b = _turn(b, turn)
     h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
-    side = max(4, min(h, w) // tiles)
-    rows, cols = max(1, h // side), max(1, w // side)
-    x = _blur3(_resize(a[None].astype(np.float32), h, w)[0])[None]
-    y = _blur3(_resize(b[None].astype(np.float32), h, w)[0])[None]
-    return float(max(worst_tiles(x, y, rows, cols)[0], worst_tiles(y, x, rows, cols)[0]))
+    x = _resize(a[None].astype(np.float32), h, w)[0]
+    y = _resize(b[None].astype(np.float32), h, w)[0]
+    x, y = x - x.mean(), y - y.mean()
+    worst = 0.0
+    for p, q in ((x, y), (y, x)):
+        residual = p - q * ((p * q).mean() / max(float((q * q).mean()), 1e-6))
+        if min(h, w) >= 2:
+            windows = sliding_window_view(residual, (2, 2)).mean(axis=(-2, -1))
+        else:
+            windows = residual
+        worst = max(worst, float(np.abs(windows).max()))
+    return worst
 
 
 ThumbnailLoader = Callable[[list[ImageKey]], dict[ImageKey, Thumbnail]]
