@@ -645,6 +645,7 @@ def make_verifier(
         min_ncc=params.verify_min_ncc,
         max_tile_residual=params.verify_max_tile_residual,
         max_detail_residual=params.verify_max_detail_residual,
+        min_detail_contrast=params.verify_min_detail_contrast,
         detail_size=params.verify_detail_size,
         batch_size=params.verify_batch_size,
         workers=params.verify_workers or default_workers(),

@@ -133,12 +133,19 @@ class DedupParams(StrictModel):
         35.0,
         ge=0.0,
         description="a pair the full-frame fit confirmed is compared again at the smaller "
-        "image's resolution (largest mean signed residual of a 2x2 window after a gain/offset "
-        "fit, grey levels) and refuted above this: charts, documents and screens from one "
-        "template differ in a few glyphs that a 64 px thumbnail averages away. Templated charts "
-        "differing in a label reach at least 107, a chart against another's 0.5x copy at least "
-        "37; copies (0.5x, 0.75x, JPEG q=40, mirrored) at most 32, photo copies at most 14 "
-        "(docs/dedup.md). None = no detail check",
+        "image's resolution and refuted when its largest mean signed residual of a 2x2 window "
+        "(after a gain/offset fit, grey levels) exceeds this and verify_min_detail_contrast "
+        "times the pair's residual level: charts, documents and screens from one template "
+        "differ in a few glyphs that a 64 px thumbnail averages away (docs/dedup.md). "
+        "None = no detail check",
+    )
+    verify_min_detail_contrast: float = Field(
+        4.6,
+        gt=0.0,
+        description="how far the worst 2x2 window must stand out of the pair's residual level "
+        "(99th percentile window + 2) to refute: a copy of a textured photo is noisy "
+        "everywhere (demo resize copies up to 4.2), a changed glyph stands out (templated "
+        "charts at least 5.1, also against another chart's 0.5x copy)",
     )
     verify_detail_size: int = Field(
         512,

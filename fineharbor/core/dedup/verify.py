@@ -504,28 +504,31 @@ def detail_view(image: Image.Image, cap: int) -> np.ndarray:
     return np.asarray(grey, dtype=np.uint8)
 
 
-def detail_residual(a: np.ndarray, b: np.ndarray, turn: int) -> float:
-    """How far two detail views are from copies, in grey levels: B turned by ``turn``
-    (:func:`full_frame`), both area-averaged to the smaller one's resolution, B fitted to A by
-    a gain and an offset (and A to B); the largest mean *signed* residual of any 2 x 2 window.
+def detail_residual(a: np.ndarray, b: np.ndarray, turn: int) -> tuple[float, float]:
+    """(worst, contrast) of two detail views, in grey levels and as a ratio: B turned by
+    ``turn`` (:func:`full_frame`), both area-averaged to the smaller one's resolution, B fitted
+    to A by a gain and an offset (and A to B); ``worst`` is the largest mean *signed* residual
+    of any 2 x 2 window, ``contrast`` that worst against the pair's own residual level (its
+    99th percentile window, plus 2 grey levels).
 
     Resampling filters (Lanczos ringing, area averaging) and JPEG leave residuals that swing in
-    sign across an edge, so a small signed mean cancels them; a glyph or a bar edge that one
-    image has and the other lacks leaves a residual of one sign over its whole stroke."""
+    sign across an edge, so a small signed mean cancels most of them; a glyph or a bar edge that
+    one image has and the other lacks leaves a residual of one sign over its whole stroke, and
+    stands out of the pair's residual level (a textured photo's copy is uniformly noisy)."""
     b = _turn(b, turn)
     h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
     x = _resize(a[None].astype(np.float32), h, w)[0]
     y = _resize(b[None].astype(np.float32), h, w)[0]
     x, y = x - x.mean(), y - y.mean()
-    worst = 0.0
+    worst, level = 0.0, 0.0
     for p, q in ((x, y), (y, x)):
         residual = p - q * ((p * q).mean() / max(float((q * q).mean()), 1e-6))
         if min(h, w) >= 2:
-            windows = sliding_window_view(residual, (2, 2)).mean(axis=(-2, -1))
-        else:
-            windows = residual
-        worst = max(worst, float(np.abs(windows).max()))
-    return worst
+            residual = sliding_window_view(residual, (2, 2)).mean(axis=(-2, -1))
+        windows = np.abs(residual)
+        worst = max(worst, float(windows.max()))
+        level = max(level, float(np.percentile(windows, 99)))
+    return worst, worst / (level + 2.0)
 
 
 ThumbnailLoader = Callable[[list[ImageKey]], dict[ImageKey, Thumbnail]]
@@ -552,8 +555,10 @@ class PairVerifier:
     When the loader also loads detail views (a ``details`` attribute, as
     :func:`batches_thumbnail_loader`'s) and ``max_detail_residual`` is set, a pair the
     full-frame pass confirmed is compared again at the smaller image's resolution (up to
-    ``detail_size``, :func:`detail_residual`): two charts, documents or screens from one
-    template differ in a few glyphs that a 64 px thumbnail averages away. Detail views are
+    ``detail_size``, :func:`detail_residual`) and refuted when its worst 2 x 2 window exceeds
+    ``max_detail_residual`` grey levels and ``min_detail_contrast`` times the pair's residual
+    level: two charts, documents or screens from one template differ in a few glyphs that a
+    64 px thumbnail averages away. Detail views are
     loaded ``detail_chunk`` images at a time and dropped after their pairs.
     """
 
@@ -564,9 +569,10 @@ class PairVerifier:
         *,
         min_ncc: float = 0.90,
         max_tile_residual: float = 16.0,
-        max_detail_residual: float | None = 10.0,
+        max_detail_residual: float | None = 35.0,
+        min_detail_contrast: float = 4.6,
         detail_size: int = 512,
-        detail_chunk: int = 512,
+        detail_chunk: int = 256,
         batch_size: int = 256,
         workers: int = 1,
         mapper: BatchMapper | None = None,
@@ -577,6 +583,7 @@ class PairVerifier:
         self.config = config
         self.thresholds = Thresholds(min_ncc, max_tile_residual)
         self.max_detail_residual = max_detail_residual
+        self.min_detail_contrast = min_detail_contrast
         self.detail_size = detail_size
         self.detail_chunk = detail_chunk
         self.batch_size = batch_size
@@ -647,8 +654,8 @@ class PairVerifier:
             for pair, turn in confirmed[start:stop]:
                 if pair[0] in views and pair[1] in views:
                     self.detail_checked += 1
-                    residual = detail_residual(views[pair[0]], views[pair[1]], turn)
-                    if residual > self.max_detail_residual:
+                    worst, contrast = detail_residual(views[pair[0]], views[pair[1]], turn)
+                    if worst > self.max_detail_residual and contrast > self.min_detail_contrast:
                         self.detail_refuted += 1
                         self.verdicts[pair] = False
             del views
