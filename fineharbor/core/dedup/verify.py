@@ -40,6 +40,12 @@ little everywhere (noise, resampling). The stage passes pairs with NCC >= 0.90 a
 model-free recall and precision on the demo are unchanged (``test_demo_quality.py``); on
 ``fineharbor.testing.copies`` copies reach at most 6, other-angle photos at least 20.
 
+A 64 px thumbnail averages away what tells apart two charts, documents or screens from one
+template (a bar edge, a few glyphs of a label): a pair the full frame confirmed is therefore
+compared again at the smaller image's own resolution (:func:`detail_residual`, the *detail
+check*), where a stroke one image lacks leaves a residual of one sign that stands out of the
+pair's resampling and compression noise.
+
 Resizing is a matrix product (area-average weights), so a batch of thumbnails resizes in one
 ``matmul``; every score is computed pair by pair in the same order whatever the batch, so
 verdicts do not depend on batching or on the number of worker processes.
