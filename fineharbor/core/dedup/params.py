@@ -129,6 +129,30 @@ class DedupParams(StrictModel):
         "after the fit. On the demo, planted copies reach at most 14.1, look-alikes at least "
         "17.7 (bench/dedup_quality.py)",
     )
+    verify_max_detail_residual: float | None = Field(
+        35.0,
+        ge=0.0,
+        description="a pair the full-frame fit confirmed is compared again at the smaller "
+        "image's resolution and refuted when its largest mean signed residual of a 2x2 window "
+        "(after a gain/offset fit, grey levels) exceeds this and verify_min_detail_contrast "
+        "times the pair's residual level: charts, documents and screens from one template "
+        "differ in a few glyphs that a 64 px thumbnail averages away (docs/dedup.md). "
+        "None = no detail check",
+    )
+    verify_min_detail_contrast: float = Field(
+        4.6,
+        gt=0.0,
+        description="how far the worst 2x2 window must stand out of the pair's residual level "
+        "(99th percentile window + 2) to refute: a copy of a textured photo is noisy "
+        "everywhere (demo resize copies up to 4.2), a changed glyph stands out (templated "
+        "charts at least 5.1, also against another chart's 0.5x copy)",
+    )
+    verify_detail_size: int = Field(
+        512,
+        ge=64,
+        le=4096,
+        description="longest side of the detail views (larger images are area-averaged to it)",
+    )
     verify_size: int = Field(64, ge=24, le=256, description="thumbnail side for the fine fit")
     verify_batch_size: int = Field(
         256, ge=1, le=65_536, description="pairs verified together on stacked thumbnails"

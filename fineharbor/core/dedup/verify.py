@@ -40,6 +40,12 @@ little everywhere (noise, resampling). The stage passes pairs with NCC >= 0.90 a
 model-free recall and precision on the demo are unchanged (``test_demo_quality.py``); on
 ``fineharbor.testing.copies`` copies reach at most 6, other-angle photos at least 20.
 
+A 64 px thumbnail averages away what tells apart two charts, documents or screens from one
+template (a bar edge, a few glyphs of a label): a pair the full frame confirmed is therefore
+compared again at the smaller image's own resolution (:func:`detail_residual`, the *detail
+check*), where a stroke one image lacks leaves a residual of one sign that stands out of the
+pair's resampling and compression noise.
+
 Resizing is a matrix product (area-average weights), so a batch of thumbnails resizes in one
 ``matmul``; every score is computed pair by pair in the same order whatever the batch, so
 verdicts do not depend on batching or on the number of worker processes.
@@ -67,11 +73,11 @@ ImageKey = tuple[str, int]  # (sample_id, image_index)
 
 @dataclass(frozen=True)
 class Thumbnail:
-    """What verification keeps of an image: its size and a colour thumbnail (48 KB at 64)."""
+    """What verification keeps of an image: its size and a colour thumbnail (12 KB at 64)."""
 
     width: int
     height: int
-    pixels: np.ndarray  # (fine, fine, 3) float32 RGB
+    pixels: np.ndarray  # (fine, fine, 3) uint8 RGB: stacks are made float32 batch by batch
 
     @property
     def aspect(self) -> float:
@@ -91,7 +97,7 @@ class VerifyConfig:
 def thumbnail(image: Image.Image, size: int) -> Thumbnail:
     rgb = image if image.mode == "RGB" else image.convert("RGB")  # alpha dropped, not blended
     small = rgb.resize((size, size), Image.Resampling.BOX, reducing_gap=2.0)
-    return Thumbnail(rgb.width, rgb.height, np.asarray(small, dtype=np.float32))
+    return Thumbnail(rgb.width, rgb.height, np.asarray(small, dtype=np.uint8))
 
 
 def thumbnail_from_bytes(data: bytes | None, size: int) -> Thumbnail | None:
@@ -218,16 +224,17 @@ def _worst(window: np.ndarray, template: np.ndarray, colour: np.ndarray, tiles: 
 
 def full_frame(
     a: np.ndarray, b: np.ndarray, colour: np.ndarray, tiles: int = 6
-) -> tuple[np.ndarray, np.ndarray]:
-    """(NCC, worst tile) of each A (P, S, S, 3) against the best of the 8 turns of its B;
-    ``colour``: (P,) whether both images of a pair have colour."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(NCC, worst tile, turn) of each A (P, S, S, 3) against the best of the 8 turns of its B
+    (``turn``: the index of :func:`_turn` that fits B to A); ``colour``: (P,) whether both
+    images of a pair have colour."""
     turns = _dihedral(luminance(b))
     ncc = np.einsum(
         "pij,pdij->pd", _zero_mean_unit(luminance(a), (1, 2)), _zero_mean_unit(turns, (2, 3))
     )
     best = np.argmax(ncc, axis=1)
     turned = np.stack([_turn(image, int(turn)) for image, turn in zip(b, best, strict=True)])
-    return ncc[np.arange(len(a)), best], _worst(a, turned, colour, tiles)
+    return ncc[np.arange(len(a)), best], _worst(a, turned, colour, tiles), best
 
 
 # --------------------------------------------------------------------------- pass 2: crops
@@ -459,12 +466,13 @@ def verify_stacks(
     config: VerifyConfig = VerifyConfig(),
     thresholds: Thresholds = Thresholds(),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(passed, how) for each pair of stacked thumbnails: ``how`` is 1 where the full-frame
-    pass confirmed the pair, 2 where the crop search did, 0 where neither (refuted)."""
+    """(passed, how, turn) for each pair of stacked thumbnails: ``how`` is 1 where the
+    full-frame pass confirmed the pair, 2 where the crop search did, 0 where neither (refuted);
+    ``turn``: the full-frame turn of B that fits A (what :func:`detail_residual` takes)."""
     a = a.astype(np.float32, copy=False)
     b = b.astype(np.float32, copy=False)
     colour = is_colour(a) & is_colour(b)
-    ncc, worst = full_frame(a, b, colour, config.tiles)
+    ncc, worst, turn = full_frame(a, b, colour, config.tiles)
     how = np.where(
         (ncc >= thresholds.min_ncc) & (worst <= thresholds.max_tile_residual), 1, 0
     ).astype(np.int8)
@@ -473,7 +481,7 @@ def verify_stacks(
         ncc2, worst2 = crop_search(a[rest], b[rest], aspects[rest], colour[rest], config)
         found = (ncc2 >= thresholds.min_ncc) & (worst2 <= thresholds.max_tile_residual)
         how[rest[found]] = 2
-    return how > 0, how
+    return how > 0, how, turn
 
 
 def align(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyConfig()) -> tuple[float, float]:
@@ -481,17 +489,60 @@ def align(a: Thumbnail, b: Thumbnail, config: VerifyConfig = VerifyConfig()) -> 
     better correlation, otherwise the best crop alignment."""
     sa, sb = a.pixels[None].astype(np.float32), b.pixels[None].astype(np.float32)
     colour = is_colour(sa) & is_colour(sb)
-    ncc, worst = full_frame(sa, sb, colour, config.tiles)
+    ncc, worst, _ = full_frame(sa, sb, colour, config.tiles)
     ncc2, worst2 = crop_search(sa, sb, np.array([[a.aspect, b.aspect]]), colour, config)
     if ncc2[0] > ncc[0]:
         return float(ncc2[0]), float(worst2[0])
     return float(ncc[0]), float(worst[0])
 
 
+# --------------------------------------------------------------------------- detail check
+
+
+def detail_view(image: Image.Image, cap: int) -> np.ndarray:
+    """(h, w) uint8 grey levels of an image at its own resolution, its longest side at most
+    ``cap`` (area average): what the detail check compares."""
+    grey = image.convert("L")
+    scale = cap / max(grey.size)
+    if scale < 1.0:
+        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+        grey = grey.resize(size, Image.Resampling.BOX)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def detail_residual(a: np.ndarray, b: np.ndarray, turn: int) -> tuple[float, float]:
+    """(worst, contrast) of two detail views, in grey levels and as a ratio: B turned by
+    ``turn`` (:func:`full_frame`), both area-averaged to the smaller one's resolution, B fitted
+    to A by a gain and an offset (and A to B); ``worst`` is the largest mean *signed* residual
+    of any 2 x 2 window, ``contrast`` that worst against the pair's own residual level (its
+    99th percentile window, plus 2 grey levels).
+
+    Resampling filters (Lanczos ringing, area averaging) and JPEG leave residuals that swing in
+    sign across an edge, so a small signed mean cancels most of them; a glyph or a bar edge that
+    one image has and the other lacks leaves a residual of one sign over its whole stroke, and
+    stands out of the pair's residual level (a textured photo's copy is uniformly noisy)."""
+    b = _turn(b, turn)
+    h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    x = _resize(a[None].astype(np.float32), h, w)[0]
+    y = _resize(b[None].astype(np.float32), h, w)[0]
+    x, y = x - x.mean(), y - y.mean()
+    worst, level = 0.0, 0.0
+    for p, q in ((x, y), (y, x)):
+        residual = p - q * ((p * q).mean() / max(float((q * q).mean()), 1e-6))
+        if min(h, w) >= 2:
+            residual = sliding_window_view(residual, (2, 2)).mean(axis=(-2, -1))
+        windows = np.abs(residual)
+        worst = max(worst, float(windows.max()))
+        level = max(level, float(np.percentile(windows, 99)))
+    return worst, worst / (level + 2.0)
+
+
 ThumbnailLoader = Callable[[list[ImageKey]], dict[ImageKey, Thumbnail]]
+# keys, cap -> detail views (detail_view) of the keys that load
+DetailLoader = Callable[[list[ImageKey], int], dict[ImageKey, np.ndarray]]
 # mapper(verify_stacks, [args of each batch]) -> results in order: a distributed engine's map
 # (e.g. one Ray task per batch) instead of the local process pool
-BatchMapper = Callable[[Callable, list[tuple]], Iterable[tuple[np.ndarray, np.ndarray]]]
+BatchMapper = Callable[[Callable, list[tuple]], Iterable[tuple[np.ndarray, ...]]]
 MIN_POOL_BATCHES = 4
 
 
@@ -506,6 +557,15 @@ class PairVerifier:
     ``max_tile_residual`` grey levels. A pair whose thumbnails cannot be loaded keeps its
     candidate status (the check can refute, not confirm, a match) and is counted as
     unverifiable.
+
+    When the loader also loads detail views (a ``details`` attribute, as
+    :func:`batches_thumbnail_loader`'s) and ``max_detail_residual`` is set, a pair the
+    full-frame pass confirmed is compared again at the smaller image's resolution (up to
+    ``detail_size``, :func:`detail_residual`) and refuted when its worst 2 x 2 window exceeds
+    ``max_detail_residual`` grey levels and ``min_detail_contrast`` times the pair's residual
+    level: two charts, documents or screens from one template differ in a few glyphs that a
+    64 px thumbnail averages away. Detail views are
+    loaded ``detail_chunk`` images at a time and dropped after their pairs.
     """
 
     def __init__(
@@ -515,21 +575,33 @@ class PairVerifier:
         *,
         min_ncc: float = 0.90,
         max_tile_residual: float = 16.0,
+        max_detail_residual: float | None = 35.0,
+        min_detail_contrast: float = 4.6,
+        detail_size: int = 512,
+        detail_chunk: int = 256,
         batch_size: int = 256,
         workers: int = 1,
         mapper: BatchMapper | None = None,
     ) -> None:
         self.loader = loader
+        self.details: DetailLoader | None = getattr(loader, "details", None)
         self.mapper = mapper
         self.config = config
         self.thresholds = Thresholds(min_ncc, max_tile_residual)
+        self.max_detail_residual = max_detail_residual
+        self.min_detail_contrast = min_detail_contrast
+        self.detail_size = detail_size
+        self.detail_chunk = detail_chunk
         self.batch_size = batch_size
         self.workers = workers
+        # held only during a check() call: memory holds the thumbnails of one call's pairs
         self.thumbnails: dict[ImageKey, Thumbnail] = {}
         self.verdicts: dict[tuple[ImageKey, ImageKey], bool] = {}
         self.unverifiable = 0
         self.full_frame = 0
         self.crop = 0
+        self.detail_checked = 0
+        self.detail_refuted = 0
         self.seconds = 0.0
 
     def _stacks(self, pairs: list[tuple[ImageKey, ImageKey]]):
@@ -540,7 +612,9 @@ class PairVerifier:
         )
         return a, b, aspects, self.config, self.thresholds
 
-    def _verify(self, pairs: list[tuple[ImageKey, ImageKey]]) -> None:
+    def _verify(self, pairs: list[tuple[ImageKey, ImageKey]]) -> list[tuple[tuple, int]]:
+        """Verdicts of ``pairs`` on thumbnails; returns (pair, turn) of the pairs the
+        full-frame pass confirmed."""
         chunks = [pairs[k : k + self.batch_size] for k in range(0, len(pairs), self.batch_size)]
         if self.mapper is not None and chunks:
             results = list(self.mapper(verify_stacks, [self._stacks(c) for c in chunks]))
@@ -560,18 +634,46 @@ class PairVerifier:
                 results.extend(future.result() for future in pending)
         else:
             results = [verify_stacks(*self._stacks(c)) for c in chunks]
-        for chunk, (passed, how) in zip(chunks, results, strict=True):
+        full: list[tuple[tuple, int]] = []
+        for chunk, (passed, how, turn) in zip(chunks, results, strict=True):
             self.full_frame += int((how == 1).sum())
             self.crop += int((how == 2).sum())
             self.verdicts.update(zip(chunk, passed.tolist(), strict=True))
+            full += [(chunk[k], int(turn[k])) for k in np.flatnonzero(how == 1).tolist()]
+        return full
+
+    def _check_details(self, confirmed: list[tuple[tuple, int]]) -> None:
+        """Refute the confirmed pairs whose detail views differ (see the class doc), loading
+        the views of at most ``detail_chunk`` images at a time."""
+        if self.details is None or self.max_detail_residual is None or not confirmed:
+            return
+        start = 0
+        while start < len(confirmed):
+            keys: set[ImageKey] = set()
+            stop = start
+            while stop < len(confirmed) and len(keys | set(confirmed[stop][0])) <= max(
+                2, self.detail_chunk
+            ):
+                keys.update(confirmed[stop][0])
+                stop += 1
+            views = self.details(sorted(keys), self.detail_size)
+            for pair, turn in confirmed[start:stop]:
+                if pair[0] in views and pair[1] in views:
+                    self.detail_checked += 1
+                    worst, contrast = detail_residual(views[pair[0]], views[pair[1]], turn)
+                    if worst > self.max_detail_residual and contrast > self.min_detail_contrast:
+                        self.detail_refuted += 1
+                        self.verdicts[pair] = False
+            del views
+            start = stop
 
     def check(self, pairs: list[tuple[ImageKey, ImageKey]]) -> list[bool]:
         started = time.perf_counter()
         ordered = [(a, b) if a <= b else (b, a) for a, b in pairs]
-        missing = sorted({k for pair in ordered for k in pair} - self.thumbnails.keys())
-        if missing:
-            self.thumbnails.update(self.loader(missing))
         new = sorted({p for p in ordered if p not in self.verdicts})
+        missing = sorted({k for pair in new for k in pair})
+        if missing:
+            self.thumbnails = self.loader(missing)
         checkable = []
         for pair in new:
             if pair[0] in self.thumbnails and pair[1] in self.thumbnails:
@@ -579,7 +681,9 @@ class PairVerifier:
             else:
                 self.unverifiable += 1
                 self.verdicts[pair] = True
-        self._verify(checkable)
+        confirmed = self._verify(checkable)
+        self.thumbnails = {}
+        self._check_details(confirmed)
         self.seconds += time.perf_counter() - started
         return [self.verdicts[p] for p in ordered]
 
@@ -591,6 +695,8 @@ class PairVerifier:
             "pairs_refuted": len(self.verdicts) - passed,
             "passed_full_frame": self.full_frame,
             "passed_crop": self.crop,
+            "detail_checked": self.detail_checked,
+            "refuted_by_detail": self.detail_refuted,
             "unverifiable": self.unverifiable,
             "seconds": round(self.seconds, 3),
             "workers": self.workers,
@@ -606,27 +712,45 @@ def default_workers() -> int:
         return max(1, min(8, os.cpu_count() or 1))
 
 
+class _BatchesLoader:
+    """Thumbnails (call) and detail views (``details``) of keys, streaming ``open_batches()``
+    once per call."""
+
+    def __init__(self, open_batches: Callable[[], Iterable], size: int) -> None:
+        self.open_batches = open_batches
+        self.size = size
+
+    def __call__(self, keys: list[ImageKey]) -> dict[ImageKey, Thumbnail]:
+        return thumbnails_from_batches(self.open_batches(), keys, self.size)
+
+    def details(self, keys: list[ImageKey], cap: int) -> dict[ImageKey, np.ndarray]:
+        return _decoded_from_batches(
+            self.open_batches(), keys, lambda image: detail_view(image, cap)
+        )
+
+
 def batches_thumbnail_loader(
     open_batches: Callable[[], Iterable], size: int = VerifyConfig.fine
 ) -> ThumbnailLoader:
     """A loader that streams ``open_batches()`` (record batches with ``sample_id`` and
-    ``images``, e.g. every partition of ``cleaned_samples``) once per call."""
-
-    def load(keys: list[ImageKey]) -> dict[ImageKey, Thumbnail]:
-        return thumbnails_from_batches(open_batches(), keys, size)
-
-    return load
+    ``images``, e.g. every partition of ``cleaned_samples``) once per call; it also loads
+    the detail views :class:`PairVerifier` compares (``details``)."""
+    return _BatchesLoader(open_batches, size)
 
 
 def thumbnails_from_batches(
     batches: Iterable, keys: Iterable[ImageKey], size: int = VerifyConfig.fine
 ) -> dict[ImageKey, Thumbnail]:
     """Stream unified batches (``sample_id``, ``images``) and keep thumbnails of ``keys`` only:
-    memory holds ~4 KB per wanted image, never the partition."""
+    memory holds ~12 KB per wanted image, never the partition."""
+    return _decoded_from_batches(batches, keys, lambda image: thumbnail(image, size))
+
+
+def _decoded_from_batches(batches: Iterable, keys: Iterable[ImageKey], make: Callable) -> dict:
     wanted: dict[str, set[int]] = {}
     for sample_id, index in keys:
         wanted.setdefault(sample_id, set()).add(index)
-    out: dict[ImageKey, Thumbnail] = {}
+    out: dict = {}
     for batch in batches:
         ids = batch.column("sample_id").to_pylist()
         hits = [k for k, s in enumerate(ids) if s in wanted]
@@ -636,7 +760,9 @@ def thumbnails_from_batches(
         for k, sample_images in zip(hits, images, strict=True):
             for index in wanted[ids[k]]:
                 if sample_images and index < len(sample_images) and sample_images[index]:
-                    made = thumbnail_from_bytes(sample_images[index].get("bytes"), size)
-                    if made is not None:
-                        out[(ids[k], index)] = made
+                    try:
+                        image = decode_rgb(sample_images[index].get("bytes"))
+                    except ImageDecodeError:
+                        continue
+                    out[(ids[k], index)] = make(image)
     return out
