@@ -95,7 +95,7 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
     from fineharbor.core.dedup.clusters import DUPLICATE_SCHEMA, find_duplicates
     from fineharbor.core.dedup.samples import compact_samples
     from fineharbor.core.dedup.verify import batches_thumbnail_loader
-    from fineharbor.core.distributed.tasks import TaskEngine, task_mapper, use_engine
+    from fineharbor.core.distributed.tasks import TaskEngine
 
     sources = _train_sources(project, storage, SIGNATURES)
     samples = (
@@ -116,21 +116,21 @@ def build_duplicate_clusters(project: ProjectConfig, storage: Storage) -> tuple[
     # the signatures are passed unbound, so find_duplicates holds their only copy; the k-means
     # forest's leaves and the pixel verification batches run as Ray tasks when the stage is on
     # Ray (locally, verification has its own process pool)
-    with use_engine(TaskEngine(DUPLICATES, project.execution)) as engine:
-        clusters, report = (
-            find_duplicates(
-                read_dedup_signatures(
-                    storage, sources, params, samples.column("sample_id").combine_chunks()
-                ),
-                samples,
-                params,
-                priorities,
-                thumbnails=thumbnails,
-                verify_mapper=task_mapper(engine) if engine.on_ray else None,
-            )
-            if samples is not None
-            else (DUPLICATE_SCHEMA.empty_table(), {})
+    engine = TaskEngine(DUPLICATES, project.execution)
+    clusters, report = (
+        find_duplicates(
+            read_dedup_signatures(
+                storage, sources, params, samples.column("sample_id").combine_chunks()
+            ),
+            samples,
+            params,
+            priorities,
+            thumbnails=thumbnails,
+            engine=engine,
         )
+        if samples is not None
+        else (DUPLICATE_SCHEMA.empty_table(), {})
+    )
     stats: dict = {"sources": sources, "signatures": signatures, **engine.summary()}
     # candidates proposed / capped / verified / refuted per signal, and how they were searched
     for key in ("vector_search", "candidates", "verification", "max_candidates_per_item"):

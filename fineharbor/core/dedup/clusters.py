@@ -57,6 +57,7 @@ from fineharbor.core.dedup.verify import (
     VerifyConfig,
     default_workers,
 )
+from fineharbor.core.distributed.tasks import TaskEngine, task_mapper
 
 EXACT_PIXELS = "exact_pixels"
 URL_CAPTION = "url_caption"
@@ -290,7 +291,12 @@ def _take_embeddings(images: _Images, column: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _cosine_candidates(
-    images: _Images, column: str, threshold: float, params: DedupParams, searches: dict
+    images: _Images,
+    column: str,
+    threshold: float,
+    params: DedupParams,
+    searches: dict,
+    engine: TaskEngine | None,
 ):
     """Candidate pairs of one embedding column; ``searches[column]`` says how they were found,
     with the recall of the k-means forest (1,000 sampled vectors) when it was used."""
@@ -302,6 +308,7 @@ def _cosine_candidates(
         threshold,
         exact_limit=params.exact_search_limit,
         forest=ForestParams(trees=params.forest_trees, leaf_size=params.forest_leaf_size),
+        engine=engine,
     )
     search: dict = {"vectors": int(rows.size), "method": "exact", "pairs": int(i.size)}
     if rows.size > params.exact_search_limit:
@@ -416,6 +423,7 @@ def image_edges(
     verifier: PairVerifier | None = None,
     searches: dict | None = None,
     counts: dict | None = None,
+    engine: TaskEngine | None = None,
 ) -> list[Edges]:
     """Edges from image signatures; ``exempt[node]`` marks samples of exempt sources;
     ``searches`` (when given) receives how each embedding column was searched, ``counts`` the
@@ -424,7 +432,8 @@ def image_edges(
 
     Copy-detection and perceptual-hash candidates are capped per image
     (``max_candidates_per_item``) and checked by ``verifier`` (pixel alignment) when one is
-    given; CLIP pairs are semantic by intent and are not.
+    given; CLIP pairs are semantic by intent and are not. The embedding searches run their
+    tasks on ``engine`` (local when None).
     """
     node = images.node
     searches = {} if searches is None else searches
@@ -437,7 +446,7 @@ def image_edges(
     copy_rows, copy_vectors = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     if params.copy_embedding:
         pairs, copy_rows, copy_vectors = _cosine_candidates(
-            images, COPY, params.copy_threshold, params, searches
+            images, COPY, params.copy_threshold, params, searches, engine
         )
         candidates.append((COPY, _near_pairs(pairs, node, exempt)))
     elif params.phash and params.phash_verify_min_cosine is not None:
@@ -466,7 +475,9 @@ def image_edges(
     for signal, pairs in candidates:
         edges.append(_to_nodes(pairs, node, signal))
     if params.clip_embedding:
-        pairs, _, _ = _cosine_candidates(images, CLIP, params.clip_threshold, params, searches)
+        pairs, _, _ = _cosine_candidates(
+            images, CLIP, params.clip_threshold, params, searches, engine
+        )
         edges.append(_to_nodes(_near_pairs(pairs, node, exempt), node, CLIP))
     return edges
 
@@ -666,7 +677,7 @@ def find_duplicates(
     params: DedupParams,
     priorities: Mapping[str, int],
     thumbnails: ThumbnailLoader | None = None,
-    verify_mapper: BatchMapper | None = None,
+    engine: TaskEngine | None = None,
 ) -> Duplicates:
     """One ``DUPLICATE_SCHEMA`` row per sample that belongs to a duplicate cluster (``table``).
 
@@ -676,8 +687,8 @@ def find_duplicates(
     ``thumbnails``: loads verification thumbnails for ``(sample_id, image_index)`` keys (see
     :func:`~fineharbor.core.dedup.verify.batches_thumbnail_loader`); with it, near-duplicate
     candidates are verified pixel by pixel (``params.verify_*``), without it they are not.
-    ``verify_mapper`` runs the verification batches on another engine (e.g. Ray tasks) instead
-    of the local process pool.
+    ``engine``: where the global stage's tasks run; on Ray, the k-means forest's leaves and the
+    verification batches are Ray tasks (locally, verification has its own process pool).
 
     Rows come sorted by (cluster_id, sample_id); the same inputs in any order give the same
     table. ``report`` holds edge counts per signal, candidate pairs per signal
@@ -692,12 +703,13 @@ def find_duplicates(
         samples.column("source"),
         value_set=pa.array(list(params.near_duplicate_exempt_sources), pa.string()),
     ).to_numpy(zero_copy_only=False)
-    verifier = make_verifier(params, thumbnails, verify_mapper)
+    mapper = task_mapper(engine) if engine is not None and engine.on_ray else None
+    verifier = make_verifier(params, thumbnails, mapper)
     searches: dict = {}
     candidates: dict = {}
     edges = Edges.concat(
         [
-            *image_edges(images, params, exempt, verifier, searches, candidates),
+            *image_edges(images, params, exempt, verifier, searches, candidates, engine),
             *sample_edges(samples, params),
         ]
     )

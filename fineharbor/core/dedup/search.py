@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from fineharbor.core.distributed.tasks import TaskEngine, current_engine, map_tasks
+from fineharbor.core.distributed.tasks import TaskEngine, map_tasks
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -201,8 +201,8 @@ def forest_cosine_pairs(
     trained on other random samples, checked exactly by one matrix product per leaf.
 
     Each tree's leaf products run as tasks of about ``engine.task_rows`` rows on ``engine``
-    (default: :func:`~fineharbor.core.distributed.tasks.current_engine`; Ray when the stage
-    runs there), the vectors shared once; the pairs are the same either way.
+    (default: local; Ray when the stage runs there), the vectors shared once; the pairs are
+    the same either way.
 
     A true pair is missed only when a cell boundary falls between its two vectors in every
     tree; near duplicates sit so close together that this is rare, and
@@ -211,7 +211,7 @@ def forest_cosine_pairs(
     the pairs a single partition cuts (Muja & Lowe 2014).
     """
     params = params or ForestParams()
-    engine = engine or current_engine()
+    engine = engine or TaskEngine()
     x = _as_float32(vectors)
     if len(x) < 2:
         return empty_pairs()

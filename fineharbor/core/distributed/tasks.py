@@ -12,10 +12,8 @@ zero-copy by the workers.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,27 +59,6 @@ class TaskEngine:
 
         connect(self.execution)
         return ray.put(value)
-
-
-_current: contextvars.ContextVar[TaskEngine | None] = contextvars.ContextVar(
-    "fineharbor_task_engine", default=None
-)
-
-
-@contextlib.contextmanager
-def use_engine(engine: TaskEngine) -> Iterator[TaskEngine]:
-    """Make ``engine`` the one :func:`current_engine` returns inside the block, for code that
-    does not take an engine argument (e.g. the search called deep inside duplicate finding)."""
-    token = _current.set(engine)
-    try:
-        yield engine
-    finally:
-        _current.reset(token)
-
-
-def current_engine() -> TaskEngine:
-    """The engine of the enclosing :func:`use_engine`, or the local one."""
-    return _current.get() or TaskEngine()
 
 
 def row_ranges(rows: int, size: int) -> list[tuple[int, int]]:
@@ -130,12 +107,12 @@ def map_tasks(
     engine: TaskEngine | None = None,
     shared: Sequence[Any] = (),
 ) -> list[Any]:
-    """``[fn(item, *shared) for item in items]``, in order, on ``engine`` (default: the
-    :func:`current_engine`). On Ray, ``fn`` (a module-level function), the items and the shared
+    """``[fn(item, *shared) for item in items]``, in order, on ``engine`` (default: local).
+    On Ray, ``fn`` (a module-level function), the items and the shared
     values must pickle: pass arrays and paths, not open handles. Shared values not yet
     :meth:`TaskEngine.share`-d are put once for the whole call. A task that raises fails the
     call with a :class:`TaskError` naming the stage and the task."""
-    engine = engine or current_engine()
+    engine = engine or TaskEngine()
     engine.counts["tasks"] = engine.counts.get("tasks", 0) + len(items)
     if not engine.on_ray:
         results = []

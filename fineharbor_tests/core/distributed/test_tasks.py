@@ -31,11 +31,9 @@ from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.distributed.tasks import (
     TaskEngine,
     TaskError,
-    current_engine,
     map_tasks,
     row_ranges,
     task_mapper,
-    use_engine,
 )
 from fineharbor.core.pipeline import CONCEPTS, DECONTAMINATED, DUPLICATES
 
@@ -70,14 +68,6 @@ def test_local_tasks_run_in_order_in_this_process():
 def test_a_failing_task_names_the_stage_and_the_task():
     with pytest.raises(TaskError, match=r"concept_clusters: task 4 of 6 .*ValueError: bad item 3"):
         map_tasks(fails_on_three, range(6), engine=local(CONCEPTS))
-
-
-def test_use_engine_sets_the_engine_of_calls_without_one():
-    engine = local(DECONTAMINATED, 128)
-    assert current_engine().stage == "tasks" and not current_engine().on_ray
-    with use_engine(engine):
-        assert current_engine() is engine
-    assert current_engine() is not engine
 
 
 def test_chunks_cover_every_row_and_leaf_once_in_order():
@@ -177,13 +167,13 @@ def test_ray_tasks_give_the_local_results_in_order(ray_address):
 
 @ray_tests
 def test_forest_pairs_are_the_same_on_ray(ray_address):
-    """The k-means forest's leaves in Ray tasks (as duplicate_clusters sets the engine for the
-    search it calls) give the local pairs, exactly."""
+    """The k-means forest's leaves in Ray tasks (as duplicate_clusters passes its engine to the
+    search) give the local pairs, exactly."""
     x = planted_vectors()
     forest = ForestParams(trees=3, leaf_size=64)
     here = forest_cosine_pairs(x, 0.9, forest, local(DUPLICATES, 500))
-    with use_engine(on_ray(DUPLICATES, ray_address, 500)) as engine:
-        there = cosine_pairs(x, 0.9, exact_limit=100, forest=forest)
+    engine = on_ray(DUPLICATES, ray_address, 500)
+    there = cosine_pairs(x, 0.9, exact_limit=100, forest=forest, engine=engine)
     assert engine.summary()["tasks"] > 3
     for a, b in zip(here, there, strict=True):
         np.testing.assert_array_equal(a, b)
