@@ -84,6 +84,24 @@ def project(ingest_project):
 
 
 @pytest.fixture
+def demo_hashes_config(tmp_path, monkeypatch):
+    """The demo at scale 0.1 under ``tmp_path/demo_home``, and the project file's config with
+    hash signals only (no copy detector, no CLIP): the Ray-vs-local tests' input."""
+    from fineharbor.core.config import load_config
+    from fineharbor.demo import generate_demo
+
+    monkeypatch.setenv("FINEHARBOR_HOME", str(tmp_path / "demo_home"))
+    generate_demo(tmp_path / "demo_home", "http://127.0.0.1:9", seed=0, scale=0.1)
+    config = load_config(Path(fineharbor.__file__).resolve().parents[1] / "fineharbor.yaml")
+    hashes_only = config.stages.signatures.model_copy(
+        update={"sscd_path": None, "clip_model": None}
+    )
+    return config.model_copy(
+        update={"stages": config.stages.model_copy(update={"signatures": hashes_only})}
+    )
+
+
+@pytest.fixture
 def fake_server():
     """A loopback OpenAI-compatible chat server (:class:`fineharbor_tests.fake_llm.FakeServer`)."""
     from fineharbor_tests.fake_llm import running_fake_server

@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-import fineharbor
 from fineharbor.core.pipeline import CLEANED, DECONTAMINATED, RAW, SCORED, SIGNATURES, UNIFIED
 from fineharbor.core.quality.stage import build_scored_samples
 from fineharbor.core.signatures.build import build_image_signatures
@@ -110,25 +109,15 @@ def test_ray_matches_local(project, ray_address, tmp_path, tiny_sscd):
 DEMO_SOURCES = ["llava_scenes", "wds_captions"]  # a JSON and a WebDataset reader
 
 
-def test_demo_gives_the_same_samples_on_ray(ray_address, tmp_path, monkeypatch):
+def test_demo_gives_the_same_samples_on_ray(ray_address, tmp_path, demo_hashes_config):
     """The demo (scale 0.1): every per-source stage up to the signatures keeps and rejects the
     same sample_ids, with the same reasons, on Ray as locally."""
     from fineharbor.core.cleaning.build import build_cleaned_samples
-    from fineharbor.core.config import load_config
     from fineharbor.core.distributed.params import ExecutionParams
     from fineharbor.core.ingest import build_raw_samples, build_unified_samples
     from fineharbor.core.storage import Storage
-    from fineharbor.demo import generate_demo
 
-    monkeypatch.setenv("FINEHARBOR_HOME", str(tmp_path / "demo_home"))
-    generate_demo(tmp_path / "demo_home", "http://127.0.0.1:9", seed=0, scale=0.1)
-    config = load_config(Path(fineharbor.__file__).resolve().parents[1] / "fineharbor.yaml")
-    hashes_only = config.stages.signatures.model_copy(
-        update={"sscd_path": None, "clip_model": None}
-    )
-    config = config.model_copy(
-        update={"stages": config.stages.model_copy(update={"signatures": hashes_only})}
-    )
+    config = demo_hashes_config
     on_ray = config.model_copy(
         update={"execution": ExecutionParams(engine="ray", address=ray_address, batch_rows=16)}
     )

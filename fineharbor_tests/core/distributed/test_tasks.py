@@ -282,14 +282,10 @@ def _decisions(storage, source):
 
 
 @ray_tests
-def test_demo_global_stages_are_the_same_on_ray(ray_address, tmp_path, monkeypatch):
+def test_demo_global_stages_are_the_same_on_ray(ray_address, tmp_path, demo_hashes_config):
     """The demo (scale 0.1, hash signals): duplicate clusters, benchmark matches and the
     decontaminated partitions are the same with the global stages on Ray as locally."""
-    from pathlib import Path
-
-    import fineharbor
     from fineharbor.core.cleaning.build import build_cleaned_samples
-    from fineharbor.core.config import load_config
     from fineharbor.core.decontam.build import (
         build_benchmark_index,
         build_decontaminated_samples,
@@ -298,17 +294,8 @@ def test_demo_global_stages_are_the_same_on_ray(ray_address, tmp_path, monkeypat
     from fineharbor.core.ingest import build_raw_samples, build_unified_samples
     from fineharbor.core.signatures.build import build_image_signatures
     from fineharbor.core.storage import Storage
-    from fineharbor.demo import generate_demo
 
-    monkeypatch.setenv("FINEHARBOR_HOME", str(tmp_path / "demo_home"))
-    generate_demo(tmp_path / "demo_home", "http://127.0.0.1:9", seed=0, scale=0.1)
-    config = load_config(Path(fineharbor.__file__).resolve().parents[1] / "fineharbor.yaml")
-    hashes_only = config.stages.signatures.model_copy(
-        update={"sscd_path": None, "clip_model": None}
-    )
-    config = config.model_copy(
-        update={"stages": config.stages.model_copy(update={"signatures": hashes_only})}
-    )
+    config = demo_hashes_config
     storage = Storage(str(tmp_path / "data"))
     for source in [*DEMO_TRAIN, "bench_vqa"]:
         for build in (
