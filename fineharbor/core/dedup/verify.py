@@ -65,6 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
+from scipy.ndimage import uniform_filter
 
 from fineharbor.core.signatures.hashing import ImageDecodeError, decode_rgb
 
@@ -133,6 +134,12 @@ def _resize(stack: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, Pillow's "L"
+# RGB -> (Y, Cb, Cr) as JPEG defines it (ITU-R 601; the offset cancels in every comparison)
+_YCBCR = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+    dtype=np.float32,
+)
+_RGB = np.linalg.inv(_YCBCR).astype(np.float32)
 # mean spread between an image's channels below which it counts as grey (JPEG chroma noise)
 _GREY_SPREAD = 3.0
 
@@ -206,9 +213,24 @@ def worst_tiles(window: np.ndarray, template: np.ndarray, tiles: int = 6) -> np.
 # --------------------------------------------------------------------------- pass 1: full frame
 
 
+def _chroma_as_jpeg(stack: np.ndarray) -> np.ndarray:
+    """(P, h, w, 3) RGB with its chroma (Cb, Cr) averaged over 2 x 2 pixels, luma untouched:
+    the resolution JPEG keeps chroma at (4:2:0)."""
+    ycc = stack @ _YCBCR.T
+    ycc[..., 1:] = uniform_filter(ycc[..., 1:], (1, 2, 2, 1), mode="nearest")
+    return ycc @ _RGB.T
+
+
 def _worst(window: np.ndarray, template: np.ndarray, colour: np.ndarray, tiles: int) -> np.ndarray:
-    """Worst tile of colour stacks (P, h, w, 3): on RGB where ``colour``, else on luminance;
-    the larger of the two fit directions, so the verdict does not depend on the pair's order."""
+    """Worst tile of colour stacks (P, h, w, 3): on RGB where ``colour`` (chroma compared at
+    JPEG's resolution, :func:`_chroma_as_jpeg`), else on luminance; the larger of the two fit
+    directions, so the verdict does not depend on the pair's order.
+
+    Chroma at full resolution made JPEG itself look like a difference: re-encoded, resized and
+    mirrored copies of small saturated photos (96 x 72, a red shape) reached worst tiles of
+    16-19, over the threshold, from colour bled across each edge; with chroma compared as JPEG
+    stores it they reach at most 14.7 and look-alikes keep their distance (pipeline benchmark
+    and test_verify, docs/dedup.md)."""
 
     def both_ways(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.maximum(worst_tiles(x, y, tiles), worst_tiles(y, x, tiles))
@@ -218,7 +240,7 @@ def _worst(window: np.ndarray, template: np.ndarray, colour: np.ndarray, tiles: 
     if grey.any():
         out[grey] = both_ways(luminance(window[grey]), luminance(template[grey]))
     if colour.any():
-        out[colour] = both_ways(window[colour], template[colour])
+        out[colour] = both_ways(_chroma_as_jpeg(window[colour]), _chroma_as_jpeg(template[colour]))
     return out
 
 
