@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,12 +46,16 @@ BEFORE_REV = "8d6da91"  # the last commit that streamed the detail views 256 ima
 
 
 class Opened:
-    def __init__(self, batches: list[pa.RecordBatch]) -> None:
+    """``open_batches``: the in-memory batches, or a Parquet file read 256 rows a batch."""
+
+    def __init__(self, batches: list[pa.RecordBatch] | Path) -> None:
         self.batches = batches
         self.calls = 0
 
     def __call__(self):
         self.calls += 1
+        if isinstance(self.batches, Path):
+            return pq.ParquetFile(self.batches).iter_batches(256)
         return iter(self.batches)
 
 
@@ -99,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-budget-mb", type=int, default=64)
     parser.add_argument("--before-rev", default=BEFORE_REV)
     parser.add_argument("--skip-before", action="store_true")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="stream a Parquet file of this many rows (the charts, then rows in no pair), as "
+        "duplicate_clusters streams cleaned_samples; 0: the charts' batches in memory",
+    )
+    parser.add_argument("--skip-small-budget", action="store_true")
     args = parser.parse_args(argv)
 
     charts = templated_charts(args.charts, seed=1)
@@ -107,6 +121,20 @@ def main(argv: list[str] | None = None) -> int:
         for k, c in enumerate(charts)
     ]
     batches = [pa.RecordBatch.from_pylist(rows[k : k + 256]) for k in range(0, len(rows), 256)]
+    if args.rows > len(rows):
+        # rows in no pair (copies of the charts' bytes under other ids): what a stream also reads
+        path = Path(tempfile.mkdtemp(prefix="fh-detail-")) / "cleaned.parquet"
+        with pq.ParquetWriter(path, batches[0].schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+            for start in range(len(rows), args.rows, 256):
+                extra = [
+                    {"sample_id": f"x{k:07d}", "images": rows[k % len(rows)]["images"]}
+                    for k in range(start, min(args.rows, start + 256))
+                ]
+                writer.write_batch(pa.RecordBatch.from_pylist(extra, schema=batches[0].schema))
+        batches = path
+        print(f"streaming {args.rows} rows from {path} ({path.stat().st_size / 1e6:.0f} MB)")
     confirmed = confirmed_pairs(charts, args.pairs, seed=2)
     images = len({k for pair, _ in confirmed for k in pair})
     print(
@@ -130,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             {"workers": args.workers, "detail_budget_bytes": args.small_budget_mb * 2**20},
         ),
     ]
+    if args.skip_small_budget:
+        variants = variants[:2]
     for name, options in variants:
         opened = Opened(batches)
         verifier = PairVerifier(batches_thumbnail_loader(opened), **options)
