@@ -1,9 +1,12 @@
 """The dedup detail check in a dense neighbourhood, before and after it streamed by budget.
 
-    .venv/bin/python bench/detail_check.py [--charts 2000] [--pairs 60000] [--before-rev REV]
+    .venv/bin/python bench/detail_check.py [--charts 2000] [--pairs 60000] [--rows 20000]
+                                           [--before-rev REV]
 
 ``--charts`` templated bar charts (``fineharbor.testing.copies.templated_charts``, 400x300
-PNG) in record batches of 256 rows, as ``cleaned_samples`` partitions are streamed. Random
+PNG) in record batches of 256 rows, as ``cleaned_samples`` partitions are streamed (with
+``--rows``, from a Parquet file padded to that many rows, so each stream reads as much as
+duplicate_clusters does at that size). Random
 pairs of them are put through the full-frame fit on 64 px thumbnails and the ones it confirms
 (about 1 in 12: look-alikes from one template) are what the detail check gets, in the order
 the verifier hands them over. Each variant runs only the detail check on the same confirmed
