@@ -25,6 +25,9 @@ from fineharbor.core.dedup.verify import (
     thumbnail,
     verify_stacks,
 )
+from fineharbor.core.distributed.params import ExecutionParams
+from fineharbor.core.distributed.tasks import TaskEngine, task_mapper
+from fineharbor.core.pipeline import DUPLICATES
 from fineharbor.testing.copies import encode, templated_charts
 
 CHARTS = 40
@@ -184,3 +187,15 @@ def test_a_pass_holds_at_most_its_budget(corpus, monkeypatch):
     verifier.check(corpus["pairs"])
     assert verifier.stats()["detail_passes"] > 1
     assert 2 <= max(most) <= 4 + 2
+
+
+@pytest.mark.slow
+def test_the_detail_batches_run_as_ray_tasks(corpus, expected, ray_address):
+    """On Ray (duplicate_clusters' ``mapper``), the detail batches are Ray tasks beside the
+    thumbnail batches, with the same verdicts."""
+    engine = TaskEngine(DUPLICATES, ExecutionParams(engine="ray", address=ray_address))
+    verdicts, verifier, _ = _check(corpus, mapper=task_mapper(engine))
+    assert verdicts == expected
+    thumbnail_batches = -(-len(corpus["pairs"]) // verifier.batch_size)
+    detail_batches = -(-verifier.stats()["detail_checked"] // verify.DETAIL_BATCH)
+    assert engine.summary()["tasks"] == thumbnail_batches + detail_batches
