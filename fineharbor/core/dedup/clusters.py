@@ -658,6 +658,7 @@ def make_verifier(
         max_detail_residual=params.verify_max_detail_residual,
         min_detail_contrast=params.verify_min_detail_contrast,
         detail_size=params.verify_detail_size,
+        detail_budget_bytes=params.verify_detail_budget_mb * 2**20,
         batch_size=params.verify_batch_size,
         workers=params.verify_workers or default_workers(),
         mapper=mapper,

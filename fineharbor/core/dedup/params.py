@@ -153,6 +153,15 @@ class DedupParams(StrictModel):
         le=4096,
         description="longest side of the detail views (larger images are area-averaged to it)",
     )
+    verify_detail_budget_mb: int = Field(
+        256,
+        ge=1,
+        le=1_048_576,
+        description="memory (MiB) for the detail views one streaming pass of the detail check "
+        "holds, each counted at verify_detail_size squared bytes (256 MiB: 1,024 views at 512): "
+        "the check streams cleaned_samples once when its images fit, else about images / "
+        "budget times",
+    )
     verify_size: int = Field(64, ge=24, le=256, description="thumbnail side for the fine fit")
     verify_batch_size: int = Field(
         256, ge=1, le=65_536, description="pairs verified together on stacked thumbnails"

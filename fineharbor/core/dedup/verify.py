@@ -58,7 +58,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -66,6 +66,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy.ndimage import uniform_filter
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from fineharbor.core.signatures.hashing import ImageDecodeError, decode_rgb
 
@@ -559,13 +561,91 @@ def detail_residual(a: np.ndarray, b: np.ndarray, turn: int) -> tuple[float, flo
     return worst, worst / (level + 2.0)
 
 
+def detail_residuals(a: list[np.ndarray], b: list[np.ndarray], turns: list[int]) -> np.ndarray:
+    """(P, 2) :func:`detail_residual` (worst, contrast) of each pair of detail views: one batch
+    of the detail check, a module-level function so that a worker process or a Ray task runs
+    it; each row depends on its pair only."""
+    rows = [detail_residual(x, y, t) for x, y, t in zip(a, b, turns, strict=True)]
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
 ThumbnailLoader = Callable[[list[ImageKey]], dict[ImageKey, Thumbnail]]
-# keys, cap -> detail views (detail_view) of the keys that load
-DetailLoader = Callable[[list[ImageKey], int], dict[ImageKey, np.ndarray]]
-# mapper(verify_stacks, [args of each batch]) -> results in order: a distributed engine's map
-# (e.g. one Ray task per batch) instead of the local process pool
-BatchMapper = Callable[[Callable, list[tuple]], Iterable[tuple[np.ndarray, ...]]]
+# keys, cap -> (key, detail_view) of each key that loads, in one streaming pass, in the order
+# the stream meets them (the caller drops a view once its pairs are done)
+DetailLoader = Callable[[list[ImageKey], int], Iterator[tuple[ImageKey, np.ndarray]]]
+# mapper(fn, [args of each batch]) -> results in order: a distributed engine's map (e.g. one
+# Ray task per batch) instead of the local process pool; fn is verify_stacks or
+# detail_residuals
+BatchMapper = Callable[[Callable, list[tuple]], Iterable]
 MIN_POOL_BATCHES = 4
+# pairs per detail-check batch: ~10 ms a pair at 400x300, and the views of the batches in
+# flight (up to 2 x workers) are held on top of the detail budget
+DETAIL_BATCH = 16
+
+
+def _run_batches(
+    fn: Callable,
+    batches: Iterable[tuple],
+    *,
+    pool_workers: int,
+    mapper: BatchMapper | None,
+    group: int,
+) -> Iterator:
+    """``fn(*args)`` of each batch, in order: through ``mapper`` ``group`` batches a call, in a
+    spawned process pool of ``pool_workers`` (> 1), or in this process. ``batches`` is pulled
+    lazily (a pool keeps at most two batches per worker in flight), so a producer that streams
+    its inputs holds only what the batches in flight need."""
+    if mapper is not None:
+        pending: list[tuple] = []
+        for args in batches:
+            pending.append(args)
+            if len(pending) >= group:
+                yield from mapper(fn, pending)
+                pending = []
+        if pending:
+            yield from mapper(fn, pending)
+    elif pool_workers > 1:
+        # spawn, not fork: the caller may hold torch/faiss threads
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(pool_workers, mp_context=context) as pool:
+            futures: deque = deque()
+            for args in batches:
+                futures.append(pool.submit(fn, *args))
+                if len(futures) >= 2 * pool_workers:
+                    yield futures.popleft().result()
+            while futures:
+                yield futures.popleft().result()
+    else:
+        for args in batches:
+            yield fn(*args)
+
+
+def _component_order(pairs: Iterable[tuple[ImageKey, ImageKey]]) -> list[tuple]:
+    """``pairs`` sorted by connected component (then pair): a pass's images then share many
+    pairs, so first-fit packing (:func:`_one_pass`) splits few neighbourhoods."""
+    pairs = sorted(pairs)
+    keys = sorted({k for pair in pairs for k in pair})
+    index = {k: n for n, k in enumerate(keys)}
+    rows = np.array([index[a] for a, _ in pairs], dtype=np.int64)
+    cols = np.array([index[b] for _, b in pairs], dtype=np.int64)
+    graph = coo_array((np.ones(len(pairs)), (rows, cols)), shape=(len(keys), len(keys)))
+    _, label = connected_components(graph, directed=False)
+    return [pair for _, pair in sorted(zip(label[rows].tolist(), pairs, strict=True))]
+
+
+def _one_pass(pairs: list[tuple], limit: int) -> tuple[list[tuple], list[tuple]]:
+    """(the pairs of one pass, the rest): first fit, in order, of the pairs whose images
+    together number at most ``limit`` (>= 2, so the first pair always fits)."""
+    keys: set[ImageKey] = set()
+    now, rest = [], []
+    for pair in pairs:
+        new = len(set(pair) - keys)
+        if len(keys) + new <= limit:
+            keys.update(pair)
+            now.append(pair)
+        else:
+            rest.append(pair)
+    return now, rest
 
 
 class PairVerifier:
@@ -586,8 +666,16 @@ class PairVerifier:
     ``detail_size``, :func:`detail_residual`) and refuted when its worst 2 x 2 window exceeds
     ``max_detail_residual`` grey levels and ``min_detail_contrast`` times the pair's residual
     level: two charts, documents or screens from one template differ in a few glyphs that a
-    64 px thumbnail averages away. Detail views are
-    loaded ``detail_chunk`` images at a time and dropped after their pairs.
+    64 px thumbnail averages away.
+
+    The detail check streams the loader's batches as few times as ``detail_budget_bytes``
+    allows: a pass holds the views of at most ``detail_budget_bytes // detail_size**2``
+    images (each counted at the largest view), evaluates a pair as soon as the stream has met
+    both its images and drops a view once its pairs of the pass are done; only the pairs whose
+    images do not fit with the others wait for a further pass. The residuals are computed
+    ``DETAIL_BATCH`` pairs a batch in the same process pool or ``mapper`` as the thumbnails
+    (each pair's verdict depends on its two views only, so it is the same whatever the
+    batching, the passes or the engine).
     """
 
     def __init__(
@@ -600,7 +688,7 @@ class PairVerifier:
         max_detail_residual: float | None = 35.0,
         min_detail_contrast: float = 4.6,
         detail_size: int = 512,
-        detail_chunk: int = 256,
+        detail_budget_bytes: int = 256 * 2**20,
         batch_size: int = 256,
         workers: int = 1,
         mapper: BatchMapper | None = None,
@@ -613,7 +701,7 @@ class PairVerifier:
         self.max_detail_residual = max_detail_residual
         self.min_detail_contrast = min_detail_contrast
         self.detail_size = detail_size
-        self.detail_chunk = detail_chunk
+        self.detail_budget_bytes = detail_budget_bytes
         self.batch_size = batch_size
         self.workers = workers
         # held only during a check() call: memory holds the thumbnails of one call's pairs
@@ -624,6 +712,7 @@ class PairVerifier:
         self.crop = 0
         self.detail_checked = 0
         self.detail_refuted = 0
+        self.detail_passes = 0
         self.seconds = 0.0
 
     def _stacks(self, pairs: list[tuple[ImageKey, ImageKey]]):
@@ -638,24 +727,15 @@ class PairVerifier:
         """Verdicts of ``pairs`` on thumbnails; returns (pair, turn) of the pairs the
         full-frame pass confirmed."""
         chunks = [pairs[k : k + self.batch_size] for k in range(0, len(pairs), self.batch_size)]
-        if self.mapper is not None and chunks:
-            results = list(self.mapper(verify_stacks, [self._stacks(c) for c in chunks]))
         # a spawned worker costs ~1-2 s to start: worth it from a few batches of work on
-        elif self.workers > 1 and len(chunks) >= MIN_POOL_BATCHES:
-            results = []
-            # spawn, not fork: the caller may hold torch/faiss threads; at most two batches per
-            # worker in flight, so memory holds a few stacks, not every batch's thumbnails
-            context = multiprocessing.get_context("spawn")
-            workers = min(self.workers, len(chunks))
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                pending: deque = deque()
-                for chunk in chunks:
-                    pending.append(pool.submit(verify_stacks, *self._stacks(chunk)))
-                    if len(pending) >= 2 * workers:
-                        results.append(pending.popleft().result())
-                results.extend(future.result() for future in pending)
-        else:
-            results = [verify_stacks(*self._stacks(c)) for c in chunks]
+        pool = min(self.workers, len(chunks)) if len(chunks) >= MIN_POOL_BATCHES else 1
+        results = _run_batches(
+            verify_stacks,
+            (self._stacks(c) for c in chunks),
+            pool_workers=pool,
+            mapper=self.mapper,
+            group=max(1, len(chunks)),
+        )
         full: list[tuple[tuple, int]] = []
         for chunk, (passed, how, turn) in zip(chunks, results, strict=True):
             self.full_frame += int((how == 1).sum())
@@ -665,29 +745,71 @@ class PairVerifier:
         return full
 
     def _check_details(self, confirmed: list[tuple[tuple, int]]) -> None:
-        """Refute the confirmed pairs whose detail views differ (see the class doc), loading
-        the views of at most ``detail_chunk`` images at a time."""
+        """Refute the confirmed pairs whose detail views differ (see the class doc)."""
         if self.details is None or self.max_detail_residual is None or not confirmed:
             return
-        start = 0
-        while start < len(confirmed):
-            keys: set[ImageKey] = set()
-            stop = start
-            while stop < len(confirmed) and len(keys | set(confirmed[stop][0])) <= max(
-                2, self.detail_chunk
-            ):
-                keys.update(confirmed[stop][0])
-                stop += 1
-            views = self.details(sorted(keys), self.detail_size)
-            for pair, turn in confirmed[start:stop]:
-                if pair[0] in views and pair[1] in views:
-                    self.detail_checked += 1
-                    worst, contrast = detail_residual(views[pair[0]], views[pair[1]], turn)
-                    if worst > self.max_detail_residual and contrast > self.min_detail_contrast:
-                        self.detail_refuted += 1
-                        self.verdicts[pair] = False
-            del views
-            start = stop
+        turns = dict(confirmed)
+        batches: deque[list[tuple]] = deque()  # the pairs of each batch handed out, in order
+        pool = self.workers if len(turns) >= MIN_POOL_BATCHES * DETAIL_BATCH else 1
+        results = _run_batches(
+            detail_residuals,
+            self._detail_batches(turns, batches),
+            pool_workers=pool,
+            mapper=self.mapper,
+            group=2 * max(1, self.workers),
+        )
+        for scores in results:
+            for pair, (worst, contrast) in zip(batches.popleft(), scores.tolist(), strict=True):
+                self.detail_checked += 1
+                if worst > self.max_detail_residual and contrast > self.min_detail_contrast:
+                    self.detail_refuted += 1
+                    self.verdicts[pair] = False
+
+    def _detail_batches(self, turns: dict[tuple, int], handed: deque) -> Iterator[tuple]:
+        """Arguments of :func:`detail_residuals` for every pair of ``turns`` whose two views
+        load, streaming the batches once per pass (class doc); the pairs of each batch are
+        appended to ``handed``. A pair with an image that does not load is left as it is."""
+        limit = max(2, self.detail_budget_bytes // (self.detail_size * self.detail_size))
+        remaining = _component_order(turns)
+        while remaining:
+            now, remaining = _one_pass(remaining, limit)
+            self.detail_passes += 1
+            of_key: dict[ImageKey, list[tuple]] = {}
+            for pair in now:
+                for key in set(pair):
+                    of_key.setdefault(key, []).append(pair)
+            left = {key: len(pairs) for key, pairs in of_key.items()}
+            held: dict[ImageKey, np.ndarray] = {}
+            ready: list[tuple] = []  # (pair, view A, view B): a batch keeps its own views
+            for key, view in self.details(sorted(of_key), self.detail_size):
+                if key in held or key not in left:  # met twice, or already done
+                    continue
+                held[key] = view
+                done = []
+                for pair in of_key[key]:
+                    if pair[0] in held and pair[1] in held:
+                        ready.append((pair, held[pair[0]], held[pair[1]]))
+                        for k in set(pair):
+                            left[k] -= 1
+                            if left[k] == 0:
+                                done.append(k)
+                    if len(ready) == DETAIL_BATCH:
+                        yield self._detail_args(ready, turns, handed)
+                        ready = []
+                for k in done:
+                    del held[k], left[k]
+            if ready:
+                yield self._detail_args(ready, turns, handed)
+            del held  # the views of pairs whose other image did not load
+
+    @staticmethod
+    def _detail_args(ready: list[tuple], turns: dict[tuple, int], handed: deque) -> tuple:
+        handed.append([pair for pair, _, _ in ready])
+        return (
+            [a for _, a, _ in ready],
+            [b for _, _, b in ready],
+            [turns[pair] for pair, _, _ in ready],
+        )
 
     def check(self, pairs: list[tuple[ImageKey, ImageKey]]) -> list[bool]:
         started = time.perf_counter()
@@ -719,6 +841,7 @@ class PairVerifier:
             "passed_crop": self.crop,
             "detail_checked": self.detail_checked,
             "refuted_by_detail": self.detail_refuted,
+            "detail_passes": self.detail_passes,
             "unverifiable": self.unverifiable,
             "seconds": round(self.seconds, 3),
             "workers": self.workers,
@@ -736,7 +859,7 @@ def default_workers() -> int:
 
 class _BatchesLoader:
     """Thumbnails (call) and detail views (``details``) of keys, streaming ``open_batches()``
-    once per call."""
+    once per call (``details``: lazily, one view at a time)."""
 
     def __init__(self, open_batches: Callable[[], Iterable], size: int) -> None:
         self.open_batches = open_batches
@@ -745,10 +868,8 @@ class _BatchesLoader:
     def __call__(self, keys: list[ImageKey]) -> dict[ImageKey, Thumbnail]:
         return thumbnails_from_batches(self.open_batches(), keys, self.size)
 
-    def details(self, keys: list[ImageKey], cap: int) -> dict[ImageKey, np.ndarray]:
-        return _decoded_from_batches(
-            self.open_batches(), keys, lambda image: detail_view(image, cap)
-        )
+    def details(self, keys: list[ImageKey], cap: int) -> Iterator[tuple[ImageKey, np.ndarray]]:
+        return _iter_decoded(self.open_batches(), keys, lambda image: detail_view(image, cap))
 
 
 def batches_thumbnail_loader(
@@ -769,10 +890,14 @@ def thumbnails_from_batches(
 
 
 def _decoded_from_batches(batches: Iterable, keys: Iterable[ImageKey], make: Callable) -> dict:
+    return dict(_iter_decoded(batches, keys, make))
+
+
+def _iter_decoded(batches: Iterable, keys: Iterable[ImageKey], make: Callable) -> Iterator:
+    """(key, make(image)) of each of ``keys`` whose image decodes, in stream order."""
     wanted: dict[str, set[int]] = {}
     for sample_id, index in keys:
         wanted.setdefault(sample_id, set()).add(index)
-    out: dict = {}
     for batch in batches:
         ids = batch.column("sample_id").to_pylist()
         hits = [k for k, s in enumerate(ids) if s in wanted]
@@ -786,5 +911,4 @@ def _decoded_from_batches(batches: Iterable, keys: Iterable[ImageKey], make: Cal
                         image = decode_rgb(sample_images[index].get("bytes"))
                     except ImageDecodeError:
                         continue
-                    out[(ids[k], index)] = make(image)
-    return out
+                    yield (ids[k], index), make(image)
