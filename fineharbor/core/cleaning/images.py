@@ -393,10 +393,13 @@ def encode(image: Image.Image, fmt: str, params: CleanParams) -> tuple[bytes, st
 
 
 def gray_thumbnail(image: Image.Image, max_side: int) -> np.ndarray:
-    """Grayscale float32 array box-reduced to at most ``max_side`` (for blur and entropy)."""
+    """Grayscale uint8 array box-reduced to at most ``max_side`` (for blur and entropy).
+
+    uint8, not float: the entropy histogram counts it as it is (no rounding pass), and the
+    measures that need floats convert exact integer values."""
     factor = math.ceil(max(image.size) / max_side)
     small = image.reduce(factor) if factor > 1 else image
-    return np.asarray(small.convert("L"), dtype=np.float32)
+    return np.asarray(small.convert("L"))
 
 
 # --------------------------------------------------------------------------- pipelines

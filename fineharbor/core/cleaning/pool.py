@@ -50,7 +50,11 @@ def setup_worker_process(params: CleanParams) -> None:
 
 
 class _ImageWatch:
-    """The cleaning stage's image hooks on the pool's watch: each decode is a timed sub-item."""
+    """The cleaning stage's hooks on the pool's watch: each row is timed and blamed on its own
+    (the pool hands a worker runs of rows), each decode is a timed sub-item."""
+
+    def row_start(self, index: int) -> None:
+        watch().row_start(index)
 
     def image_start(self, index: int) -> None:
         watch().item_start(index)
@@ -97,6 +101,7 @@ def cleaning_work(
         time_limit_s=STALL_S,
         item_time_limit_s=params.decode_timeout_s,
         start_method=params.start_method,
+        reports_rows=True,
     )
     return BatchWork(
         CLEANED,

@@ -70,7 +70,10 @@ _JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
 
 
 class Hooks(Protocol):
-    """Progress callbacks; the process pool uses them to enforce the per-image time limit."""
+    """Progress callbacks; the process pool uses them to enforce the per-row and per-image
+    time limits and to blame the row a crash happened on."""
+
+    def row_start(self, index: int) -> None: ...
 
     def image_start(self, index: int) -> None: ...
 
@@ -78,6 +81,9 @@ class Hooks(Protocol):
 
 
 class _NoHooks:
+    def row_start(self, index: int) -> None:
+        pass
+
     def image_start(self, index: int) -> None:
         pass
 
@@ -204,6 +210,7 @@ def iter_outcomes(
 ) -> Iterator[tuple[int, dict | None, dict | None]]:
     """(row index, kept row or None, reject row or None) for each row."""
     for index, row in enumerate(batch.to_pylist()):
+        hooks.row_start(index)
         kept, rejected = process_row(row, params, decoder=decoder, hooks=hooks)
         yield index, kept, rejected
 

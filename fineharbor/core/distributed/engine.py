@@ -56,7 +56,10 @@ class Resources:
     otherwise). The rest applies to the process-pool engine: ``processes`` workers (0: one per
     CPU core; on Ray, the actor's CPUs), each row under ``time_limit_s`` and each sub-item a
     stage marks (:func:`fineharbor.core.distributed.pool.watch`) under ``item_time_limit_s``
-    (None: no limit); ``start_method`` of the worker processes.
+    (None: no limit); ``start_method`` of the worker processes. ``reports_rows``: the stage
+    calls :meth:`~fineharbor.core.distributed.pool.Watch.row_start` for each row it starts, so
+    the pool hands it runs of rows, not one row per call (same results and blame, without a
+    table per row).
     """
 
     cpus: float | None = None
@@ -65,6 +68,7 @@ class Resources:
     time_limit_s: float | None = None
     item_time_limit_s: float | None = None
     start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
+    reports_rows: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ Design:
   (models load there) and owns a duplex pipe and a small shared array where it publishes what it
   is doing: ``[task, row, item, deadline, limit]``. Rows go through the stage one at a time, so a
   failure always has one row to blame; before each row the worker sets ``deadline = now +
-  time_limit_s``; a stage may mark sub-items of a row (cleaning: each image decode) with
-  :func:`watch`, each under ``item_time_limit_s``;
+  time_limit_s`` (a stage that reports each row it starts, ``Resources.reports_rows``, is handed
+  runs of rows and the limit restarts at each); a stage may mark sub-items of a row (cleaning:
+  each image decode) with :func:`watch`, each under ``item_time_limit_s``;
 - the parent gives each worker the batch it runs plus one queued behind it (sent by a sender
   thread per worker, so the parent never blocks on a busy pipe and sending overlaps with work),
   reads results, and every ~0.2 s checks deadlines;
@@ -77,6 +78,14 @@ class Watch:
 
     def __init__(self, progress: Any = None, row_limit: float = 0.0, item_limit: float = 0.0):
         self.progress, self.row_limit, self.item_limit = progress, row_limit, item_limit
+        self.first_row = 0  # the task's row that is row 0 of the batch the stage was handed
+
+    def row_start(self, index: int) -> None:
+        """The stage starts row ``index`` of the batch it was handed: it runs under the row
+        time limit and a crash from now on blames it (``Resources.reports_rows``)."""
+        if self.progress is not None:
+            self.progress[_ROW] = self.first_row + index
+            _set_deadline(self.progress, self.row_limit)
 
     def item_start(self, index: int) -> None:
         if self.progress is not None:
@@ -113,6 +122,7 @@ def _worker_main(conn: Any, progress: Any, work: BatchWork) -> None:
     limits = work.resources
     _WATCH = Watch(progress, limits.time_limit_s or 0.0, limits.item_time_limit_s or 0.0)
     run = work.setup(*work.args)  # before any deadline: models load once here
+    rows_per_call = FLUSH_ROWS if limits.reports_rows else 1
     while True:
         try:
             message = conn.recv()
@@ -123,7 +133,7 @@ def _worker_main(conn: Any, progress: Any, work: BatchWork) -> None:
         task_id, batch, start, skip = message
         progress[_TASK] = task_id
         try:
-            _run_task(conn, progress, run, task_id, batch, start, skip)
+            _run_task(conn, progress, run, task_id, batch, start, skip, rows_per_call)
         except (BrokenPipeError, EOFError):
             return
         except Exception:
@@ -144,7 +154,7 @@ def _skipped(batch: pa.RecordBatch | pa.Table, index: int, reject: tuple[str, st
     return rejects_table([out])
 
 
-def _run_task(conn, progress, run: StreamFn, task_id, batch, start, skip) -> None:
+def _run_task(conn, progress, run: StreamFn, task_id, batch, start, skip, rows_per_call) -> None:
     kept: list[pa.Table] = []
     rejected: list[pa.Table] = []
     schema: pa.Schema | None = None
@@ -152,25 +162,35 @@ def _run_task(conn, progress, run: StreamFn, task_id, batch, start, skip) -> Non
 
     def flush(end: int) -> None:
         nonlocal kept, rejected, flushed
-        table = pa.concat_tables(kept) if kept else None
-        rejects = pa.concat_tables(rejected) if rejected else None
+        # one chunk per column: a pickled table costs per chunk, so 16 one-row chunks cost
+        # ~10x the rows they hold to send and to receive
+        table = pa.concat_tables(kept).combine_chunks() if kept else None
+        rejects = pa.concat_tables(rejected).combine_chunks() if rejected else None
         conn.send(("rows", task_id, end, table, rejects))
         kept, rejected, flushed = [], [], end
 
-    for index in range(start, batch.num_rows):
+    index = start
+    while index < batch.num_rows:
         if index in skip:
             rejected.append(_skipped(batch, index, skip[index]))
+            end = index + 1
         else:
-            progress[_ROW] = index
+            # one row, or (a stage that reports its rows) the rows up to the next skipped row
+            # or flush: a table per call, not per row
+            end, limit = index + 1, min(batch.num_rows, flushed + FLUSH_ROWS, index + rows_per_call)
+            while end < limit and end not in skip:
+                end += 1
+            progress[_ROW] = _WATCH.first_row = index
             _set_deadline(progress, _WATCH.row_limit)
-            for kept_rows, rejected_rows in run([batch.slice(index, 1)]):
+            for kept_rows, rejected_rows in run([batch.slice(index, end - index)]):
                 kept.append(kept_rows)
                 rejected.append(rejected_rows)
                 schema = kept_rows.schema
             progress[_DEADLINE] = 0.0
-            progress[_ROW] = -1  # this row is done; a crash from here on blames no row
-        if index + 1 - flushed >= FLUSH_ROWS:
-            flush(index + 1)
+            progress[_ROW] = -1  # these rows are done; a crash from here on blames no row
+        index = end
+        if index - flushed >= FLUSH_ROWS:
+            flush(index)
     if kept or rejected:
         flush(batch.num_rows)
     if schema is None:  # every row was skipped (or none was left): the kept rows' schema

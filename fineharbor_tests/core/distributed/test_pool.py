@@ -3,6 +3,7 @@ overruns its time limit is rejected with a reason, every other row comes out as 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -19,7 +20,7 @@ from fineharbor.core.distributed.engine import (
     map_partition,
 )
 from fineharbor.core.distributed.params import ExecutionParams
-from fineharbor.core.distributed.pool import ProcessPool, WorkerPools, watch
+from fineharbor.core.distributed.pool import FLUSH_ROWS, ProcessPool, WorkerPools, watch
 from fineharbor.core.pipeline import CLEANED, UNIFIED
 from fineharbor.core.schema import REJECT_SCHEMA, make_sample_id
 from fineharbor.core.storage import Storage
@@ -36,11 +37,18 @@ def _rows(numbers: list[int]) -> pa.RecordBatch:
          "origin_key": keys, "n": numbers}, schema=SCHEMA)  # fmt: skip
 
 
-def _squares(batches):
-    """Keeps even numbers (squared), rejects odd ones; misbehaves on the marked numbers."""
+def _squares(batches, report: bool = False, sizes: str | None = None):
+    """Keeps even numbers (squared), rejects odd ones; misbehaves on the marked numbers.
+    ``report``: calls ``watch().row_start`` for each row (``Resources.reports_rows``);
+    ``sizes``: a file each batch's row count is appended to."""
     for batch in batches:
+        if sizes:
+            with open(sizes, "a") as log:
+                log.write(f"{batch.num_rows}\n")
         table = pa.Table.from_batches([batch])
-        for n in table.column("n").to_pylist():
+        for i, n in enumerate(table.column("n").to_pylist()):
+            if report:
+                watch().row_start(i)
             if n == CRASH:
                 os.kill(os.getpid(), signal.SIGSEGV)
             if n == HANG:
@@ -65,6 +73,10 @@ def _squares(batches):
 
 def _setup():
     return _squares
+
+
+def _setup_reporting(sizes: str):
+    return functools.partial(_squares, report=True, sizes=sizes)
 
 
 def _crash_on_setup():
@@ -110,6 +122,32 @@ def test_a_crashing_row_is_rejected_and_the_rest_kept():
     assert crashed[0]["sample_id"] == make_sample_id("s", "k1001")
     # rejects stay in row order, the blamed row among them
     assert [r["origin_key"] for r in rejected] == [f"k{n}" for n in numbers if n % 2]
+
+
+def test_a_stage_that_reports_its_rows_is_handed_runs_with_the_same_outcome_and_blame(
+    tmp_path,
+):
+    sizes = tmp_path / "sizes.txt"
+    numbers = list(range(40))
+    numbers[13], numbers[35] = CRASH, HANG
+    reporting = BatchWork(
+        "numbers",
+        _setup_reporting,
+        (str(sizes),),
+        resources=Resources(processes=2, time_limit_s=5.0, reports_rows=True),
+    )
+    batches = [_rows(numbers[:30]), _rows(numbers[30:])]
+    with ProcessPool(reporting) as pool:
+        pairs = list(pool.map(batches))
+    with ProcessPool(_work(time_limit_s=5.0)) as pool:
+        assert _outcomes(pool.map(batches)) == _outcomes(pairs)
+    kept, rejected = _outcomes(pairs)
+    assert [r["n"] for r in kept] == [n * n for n in numbers if n % 2 == 0]
+    blamed = [(r["origin_key"], r["reason"]) for r in rejected if r["reason"] != "odd"]
+    assert blamed == [("k1001", "worker_crashed"), ("k1003", "worker_timeout")]
+    # handed runs of rows (never past a flush), not one row per call
+    handed = [int(n) for n in sizes.read_text().split()]
+    assert max(handed) == FLUSH_ROWS and sum(handed) < 2 * len(numbers)
 
 
 def test_a_row_over_its_time_limit_is_rejected():
