@@ -6,6 +6,8 @@ The Ray test runs on the loopback cluster of conftest.py's ``ray_address`` (skip
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,6 +17,7 @@ from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.pipeline import CLEANED, RELEASE, SCORED, UNIFIED
 from fineharbor.core.release.build import build_release_mix
 from fineharbor.core.release.shards import SourceLayout, assign, storage_order
+from fineharbor.core.release.writer import tar_archive, tar_member
 from fineharbor.core.schema import UNIFIED_SCHEMA
 from fineharbor.core.storage import Storage
 from fineharbor.core.stored import stored_schema
@@ -142,3 +145,15 @@ def test_a_release_written_in_ray_tasks_is_byte_identical(tmp_path, storage, ray
     assert ray.extra == {"task_engine": "ray", "tasks": local.extra["tasks"]}
     assert ray_files == local_files
     assert ray.index.equals(local.index)
+
+
+def test_tar_members_built_apart_join_into_the_tar_tarfile_writes():
+    members = [("a.jpg", b"\xff\xd8\xff" * 300), ("a.txt", b""), ("d" * 60 + "/" + "b" * 60 + ".json", b"{}")]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            archive.addfile(info, io.BytesIO(data))
+    assert tar_archive([tar_member(n, d) for n, d in members]) == buffer.getvalue()
+    assert tar_archive([]) == bytes(tarfile.RECORDSIZE)
