@@ -259,6 +259,18 @@ class _RowIndex:
         self.sorted = ids[order]
         self.order = rows[order]  # the row of each sorted id
         self.cache: OrderedDict[tuple[int, tuple[str, ...]], pa.Table] = OrderedDict()
+        # the file last read, open: its footer is parsed once, not once per row group
+        self._open: tuple[str, pq.ParquetFile] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "cache": OrderedDict(), "_open": None}
+
+    def _file(self, path: str) -> pq.ParquetFile:
+        if self._open is None or self._open[0] != path:
+            if self._open is not None:
+                self._open[1].close()
+            self._open = (path, pq.ParquetFile(path, filesystem=self.storage.fs))
+        return self._open[1]
 
     @classmethod
     def build(cls, storage: Storage, asset: str, partition: str | None) -> _RowIndex:
@@ -310,11 +322,10 @@ class _RowIndex:
         table = self.cache.get(key)
         if table is None:
             path, group = self.groups[number]
-            with self.storage.fs.open_input_file(path) as handle:
-                parquet = pq.ParquetFile(handle)
-                if group >= parquet.metadata.num_row_groups:
-                    raise FileNotFoundError(f"{path}: no row group {group}")
-                table = parquet.read_row_group(group, columns=list(columns))
+            parquet = self._file(path)
+            if group >= parquet.metadata.num_row_groups:
+                raise FileNotFoundError(f"{path}: no row group {group}")
+            table = parquet.read_row_group(group, columns=list(columns))
             self.cache[key] = table
             while len(self.cache) > _CACHED_ROW_GROUPS:
                 self.cache.popitem(last=False)
