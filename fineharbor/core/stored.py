@@ -25,6 +25,13 @@ Rows are found upstream by ``sample_id`` through a sorted index of the upstream 
 the row groups that hold them (most recent few cached: downstream rows come in upstream order).
 A referenced row that is gone (the upstream stage was re-materialized with different rows since)
 fails the read with a message naming both stages, never silently.
+
+A reader that knows which rows it wants before reading (the release's shard tasks) locates them
+once (:class:`PartitionIndex`: the indexes of a partition along its chain of references, built
+by one process) and hands each worker only the locations of its own rows
+(:meth:`PartitionIndex.subset`); :func:`read_located_rows` then reads the row groups that hold
+them and nothing else, so the work grows with the rows read, not with the partition times the
+number of readers.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -144,8 +151,11 @@ class StageRows:
         asset: str,
         partition: str | None,
         columns: list[str] | None = None,
+        indexes: Mapping[str, _RowIndex] | None = None,
     ) -> None:
         self.storage, self.asset, self.partition = storage, asset, partition
+        # row indexes of upstream partitions located beforehand (PartitionIndex), by asset
+        self.indexes = dict(indexes or {})
         stage = _stage(asset)
         self.rows_of = stage.rows_of if stage is not None else None
         self.images_of = stage.images_of if stage is not None else None
@@ -177,13 +187,19 @@ class StageRows:
         if self._upstream is None:
             if self.rows_of is not None:
                 self._upstream = StageRows(
-                    self.storage, self.rows_of, self.partition, [ID, *self.base_columns]
+                    self.storage,
+                    self.rows_of,
+                    self.partition,
+                    [ID, *self.base_columns],
+                    self.indexes,
                 )
             else:
                 self._upstream = StageRows(
-                    self.storage, self.images_of, self.partition, [ID, IMAGES]
+                    self.storage, self.images_of, self.partition, [ID, IMAGES], self.indexes
                 )
-            self._index = _RowIndex(self.storage, self._upstream.asset, self.partition)
+            self._index = self.indexes.get(self._upstream.asset)
+            if self._index is None:
+                self._index = _RowIndex.build(self.storage, self._upstream.asset, self.partition)
         return self._upstream
 
     def resolve(self, batches: Batches) -> Iterator[pa.RecordBatch]:
@@ -225,45 +241,91 @@ class StageRows:
 
 
 class _RowIndex:
-    """Where each ``sample_id`` of a stored partition lies: file, row group, row."""
+    """Where each ``sample_id`` of a stored partition lies: row group (file path, group in the
+    file) and row, for all of its rows (:meth:`build`) or some (:meth:`subset`)."""
 
-    def __init__(self, storage: Storage, asset: str, partition: str | None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        groups: list[tuple[str, int]],
+        starts: np.ndarray,
+        ids: np.ndarray,
+        rows: np.ndarray,
+    ) -> None:
         self.storage = storage
-        self.files = storage.files(asset, partition)
-        if not self.files:
+        self.groups = groups  # (file path, row group in it) per group
+        self.starts = starts  # first row of each group, and the row count last
+        order = np.argsort(ids, kind="stable")
+        self.sorted = ids[order]
+        self.order = rows[order]  # the row of each sorted id
+        self.cache: OrderedDict[tuple[int, tuple[str, ...]], pa.Table] = OrderedDict()
+        # the file last read, open: its footer is parsed once, not once per row group
+        self._open: tuple[str, pq.ParquetFile] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "cache": OrderedDict(), "_open": None}
+
+    def _file(self, path: str) -> pq.ParquetFile:
+        if self._open is None or self._open[0] != path:
+            if self._open is not None:
+                self._open[1].close()
+            self._open = (path, pq.ParquetFile(path, filesystem=self.storage.fs))
+        return self._open[1]
+
+    @classmethod
+    def build(cls, storage: Storage, asset: str, partition: str | None) -> _RowIndex:
+        """Every row of the partition (only ids are read)."""
+        files = storage.files(asset, partition)
+        if not files:
             next(storage.iter_batches(asset, partition))  # the usual "materialize it first"
         ids, starts = [], [0]
-        self.groups: list[tuple[int, int]] = []  # (file index, row group) per global group
-        for number, path in enumerate(self.files):
+        groups: list[tuple[str, int]] = []
+        for path in files:
             with storage.fs.open_input_file(path) as handle:
                 parquet = pq.ParquetFile(handle)
                 for group in range(parquet.metadata.num_row_groups):
-                    self.groups.append((number, group))
+                    groups.append((path, group))
                     starts.append(starts[-1] + parquet.metadata.row_group(group).num_rows)
                 ids.append(parquet.read(columns=[ID]).column(ID))
-        values = pa.chunked_array(ids, pa.string()).to_numpy(zero_copy_only=False)
-        self.ids = np.asarray(values, dtype=bytes) if len(values) else np.zeros(0, "S1")
-        self.order = np.argsort(self.ids, kind="stable")
-        self.sorted = self.ids[self.order]
-        self.starts = np.asarray(starts, np.int64)
-        self.cache: OrderedDict[tuple[int, tuple[str, ...]], pa.Table] = OrderedDict()
+        values = _id_bytes(pa.chunked_array(ids, pa.string()))
+        return cls(storage, groups, np.asarray(starts, np.int64), values, np.arange(len(values)))
 
     def positions(self, ids: pa.Array) -> np.ndarray:
-        wanted = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=bytes)
-        at = np.searchsorted(self.sorted, wanted)
-        at = np.minimum(at, max(len(self.sorted) - 1, 0))
-        hit = (self.sorted[at] == wanted) if len(self.sorted) else np.zeros(len(wanted), bool)
+        wanted = _id_bytes(ids)
+        hit, at = self._find(wanted)
         if not hit.all():
             raise KeyError(int((~hit).sum()))
         return self.order[at]
+
+    def _find(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(self.sorted):
+            return np.zeros(len(wanted), bool), np.zeros(len(wanted), np.int64)
+        at = np.minimum(np.searchsorted(self.sorted, wanted), len(self.sorted) - 1)
+        return self.sorted[at] == wanted, at
+
+    def subset(self, ids: Sequence[str]) -> _RowIndex:
+        """The index of ``ids`` alone (those it holds; a missing one fails when taken), over
+        only the row groups that hold them: its size is that of ``ids``."""
+        wanted = _id_bytes(pa.array(ids, pa.string()))
+        hit, at = self._find(wanted)
+        wanted, rows = wanted[hit], self.order[at[hit]]
+        group_of = np.searchsorted(self.starts, rows, side="right") - 1
+        touched, local = np.unique(group_of, return_inverse=True)
+        sizes = self.starts[touched + 1] - self.starts[touched]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        rows = starts[local] + rows - self.starts[group_of]
+        groups = [self.groups[int(g)] for g in touched]
+        return _RowIndex(self.storage, groups, starts, wanted, rows)
 
     def _group(self, number: int, columns: tuple[str, ...]) -> pa.Table:
         key = (number, columns)
         table = self.cache.get(key)
         if table is None:
-            file, group = self.groups[number]
-            with self.storage.fs.open_input_file(self.files[file]) as handle:
-                table = pq.ParquetFile(handle).read_row_group(group, columns=list(columns))
+            path, group = self.groups[number]
+            parquet = self._file(path)
+            if group >= parquet.metadata.num_row_groups:
+                raise FileNotFoundError(f"{path}: no row group {group}")
+            table = parquet.read_row_group(group, columns=list(columns))
             self.cache[key] = table
             while len(self.cache) > _CACHED_ROW_GROUPS:
                 self.cache.popitem(last=False)
@@ -272,21 +334,89 @@ class _RowIndex:
         return table
 
     def take(self, ids: pa.Array, columns: list[str] | None) -> pa.Table:
+        """The rows of ``ids``, in that order; KeyError (how many) when some are not where
+        the index says (not indexed, or the partition was rewritten since)."""
         rows = self.positions(ids)
         group_of = np.searchsorted(self.starts, rows, side="right") - 1
-        names = tuple(columns or pq.read_schema(self.files[0], filesystem=self.storage.fs).names)
+        if columns is None:
+            names = tuple(pq.read_schema(self.groups[0][0], filesystem=self.storage.fs).names)
+        else:
+            names = tuple(columns)
         pieces, order = [], []
         for number in np.unique(group_of):
             mine = np.flatnonzero(group_of == number)
             offsets = rows[mine] - self.starts[number]
-            pieces.append(self._group(int(number), names).take(pa.array(offsets)))
+            try:
+                group = self._group(int(number), names)
+            except FileNotFoundError:  # rewritten since it was indexed: its rows are gone
+                raise KeyError(len(mine)) from None
+            if offsets.max() >= group.num_rows:
+                raise KeyError(len(mine))
+            pieces.append(group.take(pa.array(offsets)))
             order.append(mine)
         if not pieces:
             return self._group(0, names).slice(0, 0)
         table = pa.concat_tables(pieces)
         back = np.empty(len(rows), np.int64)
         back[np.concatenate(order)] = np.arange(len(rows))
-        return table.take(pa.array(back)).combine_chunks()
+        table = table.take(pa.array(back)).combine_chunks()
+        if ID in names:
+            moved = _id_bytes(table.column(ID)) != _id_bytes(ids)
+            if moved.any():
+                raise KeyError(int(moved.sum()))
+        return table
+
+
+class PartitionIndex:
+    """The row indexes of one partition of ``asset`` and of the same partition of every stage
+    its rows reference (``rows_of`` / ``images_of``, transitively), built once (ids only);
+    an upstream stage without that partition is left to the reader (its usual error)."""
+
+    def __init__(self, storage: Storage, asset: str, partition: str | None) -> None:
+        self.asset, self.partition = asset, partition
+        self.indexes: dict[str, _RowIndex] = {}
+        name: str | None = asset
+        while name is not None and (name == asset or storage.has_partition(name, partition)):
+            self.indexes[name] = _RowIndex.build(storage, name, partition)
+            stage = _stage(name)
+            name = (stage.rows_of or stage.images_of) if stage is not None else None
+
+    def subset(self, ids: Sequence[str]) -> PartitionIndex:
+        """Where ``ids``'s rows lie, in every indexed stage (small: sent to workers)."""
+        located = object.__new__(PartitionIndex)
+        located.asset, located.partition = self.asset, self.partition
+        located.indexes = {name: index.subset(ids) for name, index in self.indexes.items()}
+        return located
+
+
+def read_located_rows(
+    storage: Storage,
+    located: PartitionIndex,
+    sample_ids: Sequence[str],
+    *,
+    batch_size: int = 256,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``sample_ids`` (in that order, all in ``located``), references resolved,
+    reading only the row groups that hold them. LookupError when one is no longer where it
+    was located (the partition or one it references was rewritten since)."""
+    asset, partition = located.asset, located.partition
+    rows = StageRows(storage, asset, partition, None, located.indexes)
+    own = located.indexes[asset]
+    ids = pa.array(sample_ids, pa.string())
+    for start in range(0, len(ids), batch_size):
+        try:
+            table = own.take(ids.slice(start, batch_size), rows.read_columns)
+        except KeyError as missing:
+            raise LookupError(
+                f"{asset} {partition}: {missing.args[0]} of the rows located for this read are "
+                "not where they were (re-materialized since)"
+            ) from None
+        yield from rows.resolve(table.to_batches())
+
+
+def _id_bytes(ids) -> np.ndarray:
+    values = ids.to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=bytes) if len(values) else np.zeros(0, "S1")
 
 
 def _references(batch: pa.RecordBatch) -> bool:

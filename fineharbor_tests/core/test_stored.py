@@ -25,9 +25,12 @@ from fineharbor.core.pipeline import (
 from fineharbor.core.quality.stage import build_scored_samples
 from fineharbor.core.schema import IMAGE_TYPE
 from fineharbor.core.signatures.build import build_image_signatures
+from fineharbor.core.storage import Storage
 from fineharbor.core.stored import (
+    PartitionIndex,
     drop_unchanged_images,
     fill_images,
+    read_located_rows,
     read_stage_rows,
     read_stage_table,
     stage_schema,
@@ -125,3 +128,77 @@ def test_decide_stages_store_ids_and_every_reader_sees_the_cleaned_rows(ingest_p
             )
             assert view.column_names == python.column_names
             assert view.to_pylist() == python.to_pylist(), asset
+
+
+def _write_groups(storage: Storage, asset: str, tables: list[pa.Table]) -> None:
+    with storage.writer(asset, "p", tables[0].schema) as writer:
+        for table in tables:  # one row group each
+            writer.write(table)
+
+
+def _reference_chain(storage: Storage, order: list[int]) -> list[str]:
+    """scored (ids, a score) -> cleaned (texts, images by reference) -> unified (bytes), each
+    of 4 row groups of 5 rows; ``order`` the scored rows' order."""
+    ids = [f"id{i:02d}" for i in range(20)]
+    groups = [range(g, g + 5) for g in range(0, 20, 5)]
+    unified = [
+        pa.table({"sample_id": [ids[i] for i in g], "images": _images([[b"%d" % i] for i in g])})
+        for g in groups
+    ]
+    cleaned = [
+        pa.table(
+            {
+                "sample_id": [ids[i] for i in g],
+                "texts": [f"text {i}" for i in g],
+                "images": _images([[None] for _ in g]),
+            }
+        )
+        for g in groups
+    ]
+    scored = [
+        pa.table(
+            {"sample_id": [ids[order[i]] for i in g], "clip_score": [1.0 * order[i] for i in g]}
+        )
+        for g in groups
+    ]
+    for asset, tables in ((UNIFIED, unified), (CLEANED, cleaned), (SCORED, scored)):
+        _write_groups(storage, asset, tables)
+    return ids
+
+
+def test_located_rows_are_read_from_their_row_groups_alone(tmp_path, monkeypatch) -> None:
+    storage = Storage(str(tmp_path))
+    ids = _reference_chain(storage, list(range(20)))
+    index = PartitionIndex(storage, SCORED, "p")
+    assert set(index.indexes) == {SCORED, CLEANED, UNIFIED}  # raw has no partition p
+    wanted = ["id16", "id06", "id07"]
+    located = index.subset(wanted)
+    read: list[tuple[str, int]] = []
+    original = pq.ParquetFile.read_row_group
+
+    def counted(self, group, *args, **kwargs):
+        read.append((self.metadata.num_rows, group))
+        return original(self, group, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    rows = [r for b in read_located_rows(storage, located, wanted) for r in b.to_pylist()]
+    assert [r["sample_id"] for r in rows] == wanted
+    assert [r["images"][0]["bytes"] for r in rows] == [b"16", b"6", b"7"]
+    assert [r["texts"] for r in rows] == ["text 16", "text 6", "text 7"]
+    assert {group for _, group in read} == {1, 3}  # in scored, cleaned and unified alike
+    expected = read_stage_rows(storage, SCORED, "p", sample_ids=pa.array(wanted))
+    assert sorted(rows, key=lambda r: r["sample_id"]) == [
+        r for b in expected for r in b.to_pylist()
+    ]
+    assert len(ids) == 20
+
+
+@pytest.mark.parametrize("rewritten", [SCORED, UNIFIED])
+def test_located_rows_fail_when_storage_changed_since(tmp_path, rewritten) -> None:
+    storage = Storage(str(tmp_path))
+    _reference_chain(storage, list(range(20)))
+    located = PartitionIndex(storage, SCORED, "p").subset(["id16", "id06"])
+    table = storage.read_table(rewritten, "p")
+    _write_groups(storage, rewritten, [table.take(list(range(19, -1, -1)))])  # other places
+    with pytest.raises(LookupError, match=f"{rewritten}.*re-materialized"):
+        list(read_located_rows(storage, located, ["id16", "id06"]))

@@ -2,18 +2,29 @@
 
 The driver assigns the rows up front: a source's chosen rows in storage order (partitions in
 config order), cut into Parquet shards of ``shard_rows``; consecutive shards are grouped into
-tasks of about ``execution.task_rows`` rows. Each task reads its rows from storage
-(:func:`read_stage_rows`: references resolved as every reader does), writes its shards into the
-release's staging directory and returns the files and index entries. Which rows are caption
-pairs is known only once a row is read (its image bytes), so the WebDataset tars are a second
-round of tasks over the pairs the first round found, ``webdataset_shard_rows`` per tar. Locally
-the same tasks run in this process, so the files are byte-identical on either engine, and the
-driver lists them in the order one sequential pass wrote them (a tar when its last pair is read,
-a shard when its last row is; the last partial tar at the end).
+tasks of about ``execution.task_rows`` rows. It also locates them, one partition at a time
+(:class:`~fineharbor.core.stored.PartitionIndex`: ids only, once per partition and per stage the
+rows reference), and gives each task where its own rows lie. Each task reads only the row groups
+that hold its rows (:func:`~fineharbor.core.stored.read_located_rows`: references resolved as
+every reader does), writes its shards into the release's staging directory and returns the files
+and index entries: a release reads each input row once, whatever the number of tasks.
+
+Which rows are caption pairs is known only once a row is read (its image bytes), so the
+WebDataset tars are a second round of tasks, ``webdataset_shard_rows`` pairs per tar. The first
+round already built each pair's tar members: a shard task appends them, as the tar bytes they
+become (:func:`~fineharbor.core.release.writer.tar_member`), to a file of its own under the
+staging directory, and a tar task concatenates the byte ranges of its pairs (no row is read or
+decoded twice); those files are deleted before the release is published. Locally the same tasks
+run in this process, so the files are byte-identical on either engine, and the driver lists them
+in the order one sequential pass wrote them (a tar when its last pair is read, a shard when its
+last row is; the last partial tar at the end).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -31,13 +42,18 @@ from fineharbor.core.release.writer import (
     release_row,
     release_schema,
     shard_name,
-    tar_bytes,
+    tar_archive,
+    tar_member,
     tar_name,
 )
 from fineharbor.core.storage import Storage
-from fineharbor.core.stored import read_stage_rows
+from fineharbor.core.stored import PartitionIndex, read_located_rows
 
 ID = "sample_id"
+# Under the staging directory: the shard tasks' tar members, deleted once the tars are written.
+MEMBERS_DIR = "_tar_members"
+# A caption pair's tar members as written by a shard task: (source position, file, offset, size).
+Pair = tuple[int, str, int, int]
 
 
 @dataclass(frozen=True)
@@ -60,23 +76,34 @@ class SourceLayout:
 @dataclass(frozen=True)
 class Placed:
     """Rows of one task: ``(partition, sample_id)`` in storage order, the first at ``start``
-    (its position among the source's rows), with each row's kept turns (None: all)."""
+    (its position among the source's rows), with each row's kept turns (None: all) and, by
+    partition, where its rows lie (:func:`locate`)."""
 
     layout: SourceLayout
     start: int
     rows: tuple[tuple[str, str], ...]
     turns: dict[str, list[int] | None]
-    first: int = 0  # the task's first shard (or tar)
+    first: int = 0  # the task's first shard
+    located: dict[str, PartitionIndex] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TarTask:
+    """Tars of one task: ``layout.tar_rows`` of ``pairs`` each, the first numbered ``first``."""
+
+    layout: SourceLayout
+    first: int
+    pairs: tuple[Pair, ...]
 
 
 @dataclass
 class Written:
     """What a task wrote: each file with the source position of its last row, the index
-    entries of its rows (shard tasks) and the positions of its caption pairs."""
+    entries of its rows and its caption pairs' tar members (shard tasks)."""
 
     files: list[tuple[ReleaseFile, int]] = field(default_factory=list)
     entries: list[dict] = field(default_factory=list)
-    pairs: list[int] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
 
 
 def storage_order(
@@ -113,33 +140,42 @@ def assign(
     ]
 
 
-def _read(placed: Placed, storage: Storage) -> Iterator[tuple[int, dict]]:
-    """The task's rows as dicts with their source positions; fails when storage no longer
-    holds exactly the assigned rows."""
+def _by_partition(rows: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     by_partition: dict[str, list[str]] = {}
-    for partition, sample_id in placed.rows:
+    for partition, sample_id in rows:
         by_partition.setdefault(partition, []).append(sample_id)
+    return by_partition
+
+
+def locate(storage: Storage, tasks: Sequence[Placed]) -> list[Placed]:
+    """``tasks`` with where their rows lie: each partition indexed once (its ids, and those
+    of the stages it references), each task given the locations of its own rows only."""
+    wanted = [_by_partition(t.rows) for t in tasks]
+    located: list[dict[str, PartitionIndex]] = [{} for _ in tasks]
+    partitions = dict.fromkeys(p for rows in wanted for p in rows)
+    for partition in partitions:  # one partition's indexes in memory at a time
+        index = PartitionIndex(storage, tasks[0].layout.asset, partition)
+        for rows, places in zip(wanted, located, strict=True):
+            if partition in rows:
+                places[partition] = index.subset(rows[partition])
+    return [dataclasses.replace(t, located=at) for t, at in zip(tasks, located, strict=True)]
+
+
+def _read(placed: Placed, storage: Storage) -> Iterator[tuple[int, dict]]:
+    """The task's rows as dicts with their source positions, read where they were located;
+    fails when storage no longer holds them there."""
     position = placed.start
-    for partition, ids in by_partition.items():
-        found: list[str] = []
-        for batch in read_stage_rows(
-            storage,
-            placed.layout.asset,
-            partition,
-            batch_size=256,
-            sample_ids=pa.array(ids, pa.string()),
-        ):
-            for row in batch.to_pylist():
-                found.append(row[ID])
-                if len(found) <= len(ids) and row[ID] == ids[len(found) - 1]:
+    for partition, ids in _by_partition(placed.rows).items():
+        try:
+            for batch in read_located_rows(storage, placed.located[partition], ids):
+                for row in batch.to_pylist():
                     yield position, row
                     position += 1
-        if found != ids:
+        except LookupError as error:
             raise LookupError(
                 f"{placed.layout.asset} {partition}: the rows assigned to release shards changed "
-                f"while the release was written ({len(ids)} assigned, {len(found)} read, or a "
-                "sample_id stored twice): materialize release_mix again"
-            )
+                f"while the release was written ({error}): materialize release_mix again"
+            ) from None
 
 
 def _entry(layout: SourceLayout, row: dict, out: dict) -> dict:
@@ -177,12 +213,22 @@ def _release_row(layout: SourceLayout, placed: Placed, row: dict) -> dict:
 
 
 def write_shards(placed: Placed, storage: Storage, staging: str) -> Written:
-    """Task: the Parquet shards of ``placed``'s rows, written under ``staging``."""
+    """Task: the Parquet shards of ``placed``'s rows, written under ``staging``, and its
+    caption pairs' tar members in a file of its own under ``MEMBERS_DIR``."""
+    with contextlib.ExitStack() as stack:
+        return _write_shards(placed, storage, staging, stack)
+
+
+def _write_shards(
+    placed: Placed, storage: Storage, staging: str, stack: contextlib.ExitStack
+) -> Written:
     layout = placed.layout
     schema = (obelics_schema if layout.obelics else release_schema)(layout.include_sample_id)
     files = ReleaseFiles(storage.fs, staging)
     written = Written()
     shard, rows = placed.first, []
+    members_path = posixpath.join(staging, MEMBERS_DIR, f"{layout.source}-{placed.first:05d}")
+    members, offset = None, 0
 
     def flush(last: int) -> None:
         nonlocal shard, rows
@@ -196,8 +242,15 @@ def write_shards(placed: Placed, storage: Storage, staging: str) -> Written:
 
     for position, row in _read(placed, storage):
         out = _release_row(layout, placed, row)
-        if layout.pairs and _pair_members(layout, row, out):
-            written.pairs.append(position)
+        pair = _pair_members(layout, row, out) if layout.pairs else None
+        if pair:
+            data = b"".join(tar_member(name, value) for name, value in pair)
+            if members is None:
+                storage.fs.create_dir(posixpath.dirname(members_path), recursive=True)
+                members = stack.enter_context(storage.fs.open_output_stream(members_path))
+            members.write(data)
+            written.pairs.append((position, members_path, offset, len(data)))
+            offset += len(data)
         written.entries.append(_entry(layout, row, out))
         if layout.obelics:
             out = obelics_row(row, out["images"], layout.include_sample_id)
@@ -209,26 +262,26 @@ def write_shards(placed: Placed, storage: Storage, staging: str) -> Written:
     return written
 
 
-def write_tars(placed: Placed, storage: Storage, staging: str) -> Written:
-    """Task: the WebDataset tars of ``placed``'s caption pairs (``tar_rows`` pairs each)."""
-    layout = placed.layout
+def write_tars(task: TarTask, storage: Storage, staging: str) -> Written:
+    """Task: the WebDataset tars of ``task``'s pairs (``tar_rows`` each), from the members
+    the shard tasks wrote."""
+    layout = task.layout
     files = ReleaseFiles(storage.fs, staging)
     written = Written()
-    members: list[tuple[str, bytes]] = []
-    tar, count = placed.first, 0
-    rows = list(_read(placed, storage))
-    for number, (_, row) in enumerate(rows):
-        found = _pair_members(layout, row, _release_row(layout, placed, row))
-        if not found:
-            raise LookupError(f"{layout.source}: {row[ID]} was a caption pair and is no more")
-        members += found
-        count += 1
-        if count >= layout.tar_rows or number == len(rows) - 1:
-            files.write(
-                tar_name(layout.source, tar), tar_bytes(members), count, "webdataset", layout.source
-            )
-            written.files.append((files.files[-1], placed.start + number))
-            tar, members, count = tar + 1, [], 0
+    with contextlib.ExitStack() as stack:
+        opened: dict[str, object] = {}
+
+        def member_bytes(path: str, offset: int, size: int) -> bytes:
+            if path not in opened:
+                opened[path] = stack.enter_context(storage.fs.open_input_file(path))
+            return opened[path].read_at(size, offset)
+
+        for number, start in enumerate(range(0, len(task.pairs), layout.tar_rows)):
+            pairs = task.pairs[start : start + layout.tar_rows]
+            data = tar_archive([member_bytes(*pair[1:]) for pair in pairs])
+            name = tar_name(layout.source, task.first + number)
+            files.write(name, data, len(pairs), "webdataset", layout.source)
+            written.files.append((files.files[-1], pairs[-1][0]))
     return written
 
 
@@ -243,35 +296,41 @@ def write_sources(
     sequential pass writes them and the index entries, source after source. ``turns`` holds
     the kept turns of the rows that lost some to a judge minimum; the others keep all."""
     shard_tasks = [
-        assign(layout, ordered, turns, layout.shard_rows, engine.task_rows)
+        locate(storage, assign(layout, ordered, turns, layout.shard_rows, engine.task_rows))
         for layout, ordered in layouts
     ]
     flat = [t for tasks in shard_tasks for t in tasks]
     results = iter(map_tasks(write_shards, flat, engine=engine, shared=(storage, staging)))
     shard_results = [[next(results) for _ in tasks] for tasks in shard_tasks]
     tar_tasks = []
-    for (layout, ordered), written in zip(layouts, shard_results, strict=True):
+    for (layout, _), written in zip(layouts, shard_results, strict=True):
         pairs = [p for w in written for p in w.pairs]
         entries = [e for w in written for e in w.entries]
-        for number, position in enumerate(pairs):
+        for number, (position, *_) in enumerate(pairs):
             entries[position]["webdataset_shard"] = tar_name(
                 layout.source, number // layout.tar_rows
             )
-        pair_rows = [ordered[p] for p in pairs]
-        tar_tasks.append(assign(layout, pair_rows, turns, layout.tar_rows, engine.task_rows))
+        per_task = max(1, engine.task_rows // layout.tar_rows) * layout.tar_rows
+        tar_tasks.append(
+            [
+                TarTask(layout, start // layout.tar_rows, tuple(pairs[start : start + per_task]))
+                for start in range(0, len(pairs), per_task)
+            ]
+        )
     flat = [t for tasks in tar_tasks for t in tasks]
     results = iter(map_tasks(write_tars, flat, engine=engine, shared=(storage, staging)))
     files: list[ReleaseFile] = []
     index: list[dict] = []
     for (layout, ordered), written, tars in zip(layouts, shard_results, tar_tasks, strict=True):
-        pairs = [p for w in written for p in w.pairs]
         # (source position of the last row, order at that row, file): a full tar is written
         # when its last pair is read, before that row's shard; the last partial tar at the end
         events = [(last, 1, f) for w in written for f, last in w.files]
         for _ in tars:
-            for file, pair in next(results).files:
+            for file, last in next(results).files:
                 full = file.rows == layout.tar_rows
-                events.append((pairs[pair], 0, file) if full else (len(ordered), 2, file))
+                events.append((last, 0, file) if full else (len(ordered), 2, file))
         files += [f for _, _, f in sorted(events, key=lambda e: e[:2])]
         index += [e for w in written for e in w.entries]
+    if any(w.pairs for written in shard_results for w in written):
+        storage.fs.delete_dir(posixpath.join(staging, MEMBERS_DIR))
     return files, index

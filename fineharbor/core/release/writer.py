@@ -9,7 +9,6 @@ and seed give byte-identical files.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import posixpath
 import tarfile
@@ -114,15 +113,21 @@ def image_extension(data: bytes) -> str:
     return "img"
 
 
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    """A tar with fixed owner, mode and mtime, so equal members give equal bytes."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+def tar_member(name: str, data: bytes) -> bytes:
+    """One member as a tar holds it (USTAR header, data, padding), with fixed owner, mode and
+    mtime: what ``tarfile`` writes for it, so members can be built apart and joined later."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    header = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+    return header + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def tar_archive(members: list[bytes]) -> bytes:
+    """A tar of members built by :func:`tar_member`, ended as ``tarfile`` ends one (two zero
+    blocks, then zeros up to a whole record)."""
+    body = b"".join(members)
+    end = len(body) + 2 * tarfile.BLOCKSIZE
+    return body + bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE))
 
 
 def caption_pair_members(row: dict, key: str, extra: dict) -> list[tuple[str, bytes]] | None:

@@ -5,7 +5,10 @@ The Ray test runs on the loopback cluster of conftest.py's ``ray_address`` (skip
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +17,14 @@ import pytest
 from fineharbor.core.distributed.params import ExecutionParams
 from fineharbor.core.pipeline import CLEANED, RELEASE, SCORED, UNIFIED
 from fineharbor.core.release.build import build_release_mix
-from fineharbor.core.release.shards import SourceLayout, assign, storage_order
+from fineharbor.core.release.shards import (
+    SourceLayout,
+    assign,
+    locate,
+    storage_order,
+    write_shards,
+)
+from fineharbor.core.release.writer import tar_archive, tar_member
 from fineharbor.core.schema import UNIFIED_SCHEMA
 from fineharbor.core.storage import Storage
 from fineharbor.core.stored import stored_schema
@@ -142,3 +152,31 @@ def test_a_release_written_in_ray_tasks_is_byte_identical(tmp_path, storage, ray
     assert ray.extra == {"task_engine": "ray", "tasks": local.extra["tasks"]}
     assert ray_files == local_files
     assert ray.index.equals(local.index)
+
+
+def test_tar_members_built_apart_join_into_the_tar_tarfile_writes():
+    members = [
+        ("a.jpg", b"\xff\xd8\xff" * 300),
+        ("a.txt", b""),
+        ("d" * 60 + "/" + "b" * 60 + ".json", b"{}"),
+    ]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            archive.addfile(info, io.BytesIO(data))
+    assert tar_archive([tar_member(n, d) for n, d in members]) == buffer.getvalue()
+    assert tar_archive([]) == bytes(tarfile.RECORDSIZE)
+
+
+def test_a_task_fails_clearly_when_its_rows_moved_since_they_were_located(tmp_path, storage):
+    write_input(storage, n_pairs=12, n_chats=0)
+    ordered = storage_order(storage, SCORED, ["pairs"], {f"pairs-{i:04d}" for i in range(12)})
+    placed = dataclasses.replace(layout(3), asset=SCORED, source="pairs")
+    (task,) = locate(storage, assign(placed, ordered, {}, 3, task_rows=64))
+    table = storage.read_table(SCORED, "pairs")
+    with storage.writer(SCORED, "pairs", table.schema) as writer:
+        writer.write(table.take(list(range(table.num_rows - 1, -1, -1))))  # re-materialized
+    with pytest.raises(LookupError, match="materialize release_mix again"):
+        write_shards(task, storage, str(tmp_path / "staging"))
