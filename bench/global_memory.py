@@ -142,6 +142,7 @@ def build(root: str, n: int, binary_exact_limit: int) -> dict:
                     "n_images": pa.array(np.ones(m, np.int32)),
                     "max_pixels": pa.array(np.full(m, 640 * 480, np.int64)),
                     "quality": pa.nulls(m, pa.float64()),
+                    "document": pa.array(np.zeros(m, bool)),
                 },
                 schema=SAMPLE_SCHEMA,
             )
@@ -149,17 +150,16 @@ def build(root: str, n: int, binary_exact_limit: int) -> dict:
     samples = pa.concat_tables(parts)
     del parts
     params = DedupParams(binary_exact_limit=binary_exact_limit)
-    clusters = find_duplicates(
+    clusters, report = find_duplicates(
         read_dedup_signatures(
             storage, SOURCES, params, samples.column("sample_id").combine_chunks()
         ),
         samples,
         params,
         {},
-    ).table
+    )
     dropped = clusters.filter(pc.invert(clusters.column("is_kept"))).column("sample_id")
     diversity = signature_diversity(storage, SOURCES, "copy_embedding", dropped.combine_chunks())
-    report = json.loads(clusters.schema.metadata[b"fineharbor.dedup"])
     return {
         "n": n,
         "seconds": round(time.perf_counter() - started, 1),

@@ -85,3 +85,15 @@ def test_suite_prints_every_stage_and_size_and_keeps_a_history(tmp_path, capsys)
     # the next run compares against this one, figure by figure
     report = compare(entry["rows"], entry)
     assert report.count("+0%") == len(seen)
+
+
+def test_global_memory_bench_builds_the_clusters_it_plants(tmp_path):
+    """bench/global_memory.py runs outside the suite (minutes at 1M): a small build keeps it in
+    step with the dedup stage's schemas (it broke once when samples gained a column)."""
+    from bench.global_memory import build, generate
+
+    generate(str(tmp_path), 2_000, 32)
+    result = build(str(tmp_path), 2_000, binary_exact_limit=100_000)
+    assert result["n"] == 2_000
+    assert result["dropped"] > 0 and result["cluster_rows"] > result["dropped"]
+    assert set(result["edges"]) >= {"exact_pixels", "phash"}
