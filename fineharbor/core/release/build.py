@@ -38,16 +38,19 @@ from fineharbor.core.release.card import (
     render_card,
     signal_distribution,
 )
-from fineharbor.core.release.params import RATING_AXES
 from fineharbor.core.release.select import (
     Candidates,
     ReleaseGate,
     check_input,
-    min_column,
-    ratings_column,
     score_columns,
 )
-from fineharbor.core.release.shards import SourceLayout, storage_order, write_sources
+from fineharbor.core.release.shards import (
+    IMAGE_SIGNALS,
+    RELEASE_INDEX_SCHEMA,
+    SourceLayout,
+    storage_order,
+    write_sources,
+)
 from fineharbor.core.release.writer import ReleaseFile, ReleaseFiles
 from fineharbor.core.schema import REJECT_SCHEMA
 from fineharbor.core.sql_models import load_models, run_models
@@ -61,41 +64,12 @@ if TYPE_CHECKING:
 # ratings. A filter on a score column the input lacks fails with a clear error.
 RELEASE_INPUT_ASSET = SCORED
 RELEASES_DIR = "releases"
-# Carried into the release index and the WebDataset json, as LAION-5B's metadata carries them.
-IMAGE_SIGNALS = ("punsafe", "pwatermark", "aesthetic_score")
-
 CONCEPT_SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("clusters", pa.list_(pa.int64()), nullable=False),
         pa.field("distance", pa.float32(), nullable=False),
-    ]
-)
-
-RELEASE_INDEX_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("origin_key", pa.string(), nullable=False),
-        pa.field("license", pa.string()),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("row", pa.int64(), nullable=False),
-        pa.field("webdataset_shard", pa.string()),
-        pa.field("n_images", pa.int64(), nullable=False),
-        pa.field("n_turns", pa.int64(), nullable=False),
-        pa.field("n_turns_dropped", pa.int64(), nullable=False),
-        pa.field("clip_score", pa.float32()),
-        pa.field("quality_score", pa.float32()),
-        *[pa.field(name, pa.float32()) for name in IMAGE_SIGNALS],
-        *[
-            f
-            for axis in RATING_AXES
-            for f in (
-                pa.field(ratings_column(axis), pa.list_(pa.int64())),
-                pa.field(min_column(axis), pa.int64()),
-            )
-        ],
     ]
 )
 
@@ -369,9 +343,8 @@ def build_release_mix(
         facts = CardFacts(RELEASE_INPUT_ASSET, [], None, "none", [])
         return ReleaseResult(index, rejects, "", [], {}, facts, input_rows, awaiting_review=waiting)
     with storage.staged_directory(RELEASES_DIR, recipe.name, recipe.version) as staging:
-        configs, written, index_rows, tasks = _write_sources(project, storage, candidates, staging)
+        configs, written, index, tasks = _write_sources(project, storage, candidates, staging)
         files = ReleaseFiles(storage.fs, staging, written)
-        index = pa.Table.from_pylist(index_rows, schema=RELEASE_INDEX_SCHEMA)
         tables = card_tables(storage, stage_tables, sql_dir, index, rejects)
         diversity, embedding = _diversity(storage, sources, candidates.released())
         facts = CardFacts(

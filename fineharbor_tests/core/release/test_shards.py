@@ -116,6 +116,13 @@ def test_any_grouping_of_shards_into_tasks_writes_the_same_bytes(tmp_path, stora
     assert [f.rows for f in tars] == [5] * (len(tars) - 1) + [tars[-1].rows]
     pairs = [r for r in many.index.to_pylist() if r["webdataset_shard"]]
     assert sum(f.rows for f in tars) == len(pairs) > 0
+    # each pair's index row names the tar that holds its members
+    root = Path(storage.path("releases", "tasks", "1.0"))
+    held = {}
+    for tar in tars:
+        with tarfile.open(root / tar.path) as archive:
+            held.update((m.name.split(".")[0], tar.path) for m in archive.getmembers())
+    assert {r["sample_id"]: r["webdataset_shard"] for r in pairs} == held
 
 
 def stored_as_references(storage: Storage) -> None:
