@@ -35,6 +35,9 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fineharbor.core.dedup.params import DedupParams
+from fineharbor.core.dedup.search import multi_hash_layout
+
 SOURCES = ("web", "charts")
 BATCH = 50_000
 CENTRES = 1_000
@@ -48,13 +51,20 @@ def _vm(field: str) -> float:
     return float("nan")
 
 
-def predicted_mib(n: int, dim: int, id_bytes: int = 17) -> dict[str, float]:
+def predicted_mib(
+    n: int, dim: int, binary_exact_limit: int, id_bytes: int = 17, max_distance: int = 4
+) -> dict[str, float]:
     """docs/scale.md's formula for duplicate_clusters with hash signals and one embedding:
     bytes per signature = S + max(2T - 2d, T + 4d, T + 2d + H + F), plus a fixed ~200 MiB of
     Arrow reader and allocator pages on top of the imports."""
     table = (id_bytes + 4) + 4 + 8 + 68 + 8 + 8 + 52 + (2 * dim + 4)  # T: the Arrow row
     samples = 2 * (id_bytes + 4) + 8 + 4 + 8 + 8 + 250  # S: per-sample table + Python keys
-    hashes = 8 * 8 + 6 * 8 + 8 + 200  # H: 8 codes, turns, nodes, multi-hash buckets
+    # H: 8 codes an image (own, mirror, six turns) as int64 and as the bytes faiss reads, and
+    # above binary_exact_limit each code's id once in each of the multi-hash's bucket tables
+    # (8 bytes, ~1.5x for vector growth); node ids and range-search output
+    layout = multi_hash_layout(8 * n, max_distance) if n > binary_exact_limit else None
+    pieces = layout.pieces if layout else 0
+    hashes = 8 * (8 + 8 + 12 * pieces) + 200
     forest = 8 + 64 + 24  # F: a tree's leaf ids, root scores, pairs
     per_signature = samples + max(
         2 * table - 2 * dim, table + 4 * dim, table + 2 * dim + hashes + forest
@@ -191,10 +201,9 @@ def main() -> None:
     parser.add_argument(
         "--binary-exact-limit",
         type=int,
-        default=100_000,
-        help="DedupParams.binary_exact_limit: phash codes searched flat up to it (quadratic; "
-        "the stage default, 1M, takes hours at 1M codes with the 7 variant codes), multi-hash "
-        "above",
+        default=DedupParams().binary_exact_limit,
+        help="DedupParams.binary_exact_limit: phash codes searched flat up to it (quadratic), "
+        "multi-hash above (default: the stage's)",
     )
     parser.add_argument("--root", default=None, help="storage root (default: a temp dir)")
     parser.add_argument("--child", choices=("generate", "build"), help=argparse.SUPPRESS)
@@ -211,7 +220,7 @@ def main() -> None:
             _child("generate", root, n, args.dim, args.binary_exact_limit)
             generated = time.perf_counter() - started
             result = _child("build", root, n, args.dim, args.binary_exact_limit) or {}
-        model = predicted_mib(n, args.dim)
+        model = predicted_mib(n, args.dim, args.binary_exact_limit)
         predicted = result.get("rss_after_imports_mib", 0) + model["data_mib"]
         result |= {
             "dim": args.dim,

@@ -26,7 +26,7 @@ from fineharbor.core.dedup import (
     url_caption_key,
 )
 from fineharbor.core.dedup.diversity import diversity_from_eigenvalues
-from fineharbor.core.dedup.search import kmeans_tree_leaves
+from fineharbor.core.dedup.search import MultiHashLayout, kmeans_tree_leaves, multi_hash_layout
 from fineharbor.core.signatures.hashing import hamming64
 
 
@@ -157,6 +157,58 @@ def test_hamming_search_equals_brute_force_and_uses_mirror_codes():
     i, j, sim = flat
     for a, b, s in zip(i, j, sim, strict=True):
         assert math.isclose(s, 1 - hamming64(int(codes[a]), int(codes[b])) / 64, abs_tol=1e-6)
+
+
+def _codes_with_near_copies(n: int, seed: int, variants: int) -> tuple[np.ndarray, list]:
+    """``n`` random codes, every 10th a copy of the one before with 0-8 bits flipped, and
+    ``variants`` more random codes per image, one of which copies another image's code."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64)
+    unsigned = codes.view(np.uint64)
+    for k in range(1, n, 10):
+        mask = np.uint64(0)
+        for bit in rng.choice(64, size=k % 9, replace=False):
+            mask |= np.uint64(1) << np.uint64(bit)
+        unsigned[k] = unsigned[k - 1] ^ mask
+    extra = [rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64) for _ in range(variants)]
+    if extra:
+        extra[0][n // 2] = codes[3] ^ np.int64(0b11)  # image n/2 is a turned copy of image 3
+    return codes, extra
+
+
+@pytest.mark.parametrize(
+    ("n", "variants", "distance", "layout"),
+    [
+        (3_000, 1, 0, MultiHashLayout(1, 64, 0)),
+        (3_000, 1, 1, MultiHashLayout(2, 32, 0)),
+        (3_000, 1, 2, MultiHashLayout(3, 21, 0)),
+        (3_000, 1, 4, MultiHashLayout(5, 12, 0)),
+        (20_000, 7, 4, MultiHashLayout(3, 21, 1)),  # 160k codes: buckets of 12 bits fill up
+        (3_000, 1, 8, None),  # the flat search is cheaper
+    ],
+)
+def test_multi_hash_layouts_find_what_the_flat_search_finds(n, variants, distance, layout):
+    codes, extra = _codes_with_near_copies(n, seed=distance, variants=variants)
+    assert multi_hash_layout(n * (1 + variants), distance) == layout
+    flat = _as_set(hamming_pairs(codes, distance, variant_codes=extra, exact_limit=n))
+    multi = _as_set(hamming_pairs(codes, distance, variant_codes=extra, exact_limit=10))
+    assert multi == flat
+    assert len(flat) >= n // 10 * min(distance + 1, 9) // 9  # the planted copies within reach
+    if distance >= 2:
+        assert (3, n // 2) in flat
+
+
+def test_multi_hash_layout_keeps_buckets_small_as_the_corpus_grows():
+    """1M images with 8 codes each: 12-bit pieces would hold ~2,000 codes a bucket; 3 pieces of
+    21 bits probed with one flip are 25x cheaper. At FineVision's 17M images (136M codes), 2
+    pieces of 32 bits probed with two flips."""
+    small, million, finevision = (multi_hash_layout(n, 4) for n in (80_000, 8_000_000, 136_000_000))
+    assert small == MultiHashLayout(5, 12, 0)
+    assert million == MultiHashLayout(3, 21, 1)
+    assert finevision == MultiHashLayout(2, 32, 2)
+    assert MultiHashLayout(5, 12, 0).cost(8_000_000) > 25 * million.cost(8_000_000)
+    for layout in (small, million, finevision):  # pigeonhole: every pair within 4 bits found
+        assert layout.pieces * (layout.flips + 1) > 4
 
 
 # --------------------------------------------------------------------------- union-find
