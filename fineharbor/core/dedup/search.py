@@ -313,9 +313,14 @@ def measure_recall(
 # --------------------------------------------------------------------------- binary codes
 
 
-def int64_codes_to_bytes(codes: np.ndarray) -> np.ndarray:
-    """(n,) int64 -> (n, 8) uint8 in big-endian order, the layout faiss binary indexes take."""
-    return np.ascontiguousarray(np.asarray(codes, dtype=">i8")).view(np.uint8).reshape(-1, 8)
+def _faiss_bytes(codes: np.ndarray, turn: int) -> np.ndarray:
+    """(n,) int64 codes rotated right by ``turn`` bits, as the (n, 8) little-endian bytes faiss
+    reads: faiss's bit ``k`` is then the code's bit ``turn + k``, so a hash table over the first
+    ``b`` bits indexes the code's bits ``turn .. turn + b - 1``."""
+    unsigned = codes.view(np.uint64)
+    if turn:
+        unsigned = (unsigned >> np.uint64(turn)) | (unsigned << np.uint64(64 - turn))
+    return np.ascontiguousarray(unsigned, dtype="<u8").view(np.uint8).reshape(-1, 8)
 
 
 @dataclass(frozen=True)
@@ -370,23 +375,28 @@ def hamming_pairs(
     n = len(codes)
     if n < 2:
         return empty_pairs()
-    database = np.concatenate([int64_codes_to_bytes(c) for c in (codes, *variant_codes)])
-    queries = int64_codes_to_bytes(codes)
     bits = 64
+    database = np.concatenate([np.asarray(c, np.int64) for c in (codes, *variant_codes)])
     layout = None if n <= exact_limit else multi_hash_layout(len(database), max_distance)
-    if layout is None:
-        index = faiss.IndexBinaryFlat(bits)
-    else:
-        index = faiss.IndexBinaryMultiHash(bits, layout.pieces, layout.piece_bits)
-        index.nflip = layout.flips
-    index.add(database)
     out_i, out_j, out_d = [], [], []
-    for start in range(0, n, block):
-        # binary range search keeps distances strictly below the radius
-        lims, dists, ids = index.range_search(queries[start : start + block], max_distance + 1)
-        counts = np.diff(lims).astype(np.int64)
-        out_i.append(np.repeat(np.arange(start, start + len(counts), dtype=np.int64), counts))
-        out_j.append(ids.astype(np.int64) % n)  # a variant code stands for its image
-        out_d.append(dists.astype(np.float32))
+    # one hash table at a time: a table over the piece turned to the code's first bits (a
+    # rotation keeps every Hamming distance), so only one piece's buckets are ever in memory
+    for piece in range(layout.pieces if layout else 1):
+        if layout is None:
+            index = faiss.IndexBinaryFlat(bits)
+        else:
+            index = faiss.IndexBinaryMultiHash(bits, 1, layout.piece_bits)
+            index.nflip = layout.flips
+        turn = piece * layout.piece_bits if layout else 0
+        index.add(_faiss_bytes(database, turn))
+        queries = _faiss_bytes(np.asarray(codes, np.int64), turn)
+        for start in range(0, n, block):
+            # binary range search keeps distances strictly below the radius
+            lims, dists, ids = index.range_search(queries[start : start + block], max_distance + 1)
+            counts = np.diff(lims).astype(np.int64)
+            out_i.append(np.repeat(np.arange(start, start + len(counts), dtype=np.int64), counts))
+            out_j.append(ids.astype(np.int64) % n)  # a variant code stands for its image
+            out_d.append(dists.astype(np.float32))
+        del index, queries
     i, j, dist = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
     return canonical_pairs(i, j, 1.0 - dist / bits)
