@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -59,18 +60,21 @@ def predicted_mib(
     Arrow reader and allocator pages on top of the imports."""
     table = (id_bytes + 4) + 4 + 8 + 68 + 8 + 8 + 52 + (2 * dim + 4)  # T: the Arrow row
     samples = 2 * (id_bytes + 4) + 8 + 4 + 8 + 8 + 250  # S: per-sample table + Python keys
-    # H: 8 codes an image (own, mirror, six turns) as int64 and as the bytes faiss reads, and
-    # above binary_exact_limit each code's id once in each of the multi-hash's bucket tables
-    # (8 bytes, ~1.5x for vector growth); node ids and range-search output
+    # H: 8 codes an image (own, mirror, six turns) as int64, as the bytes faiss reads and as
+    # faiss's stored copy, plus the one multi-hash table built at a time (above
+    # binary_exact_limit): each code's id (8 bytes, ~1.5x for vector growth) and a map node of
+    # ~80 bytes per distinct key (of 2**piece_bits); node ids and range-search output
     layout = multi_hash_layout(8 * n, max_distance) if n > binary_exact_limit else None
-    pieces = layout.pieces if layout else 0
-    hashes = 8 * (8 + 8 + 12 * pieces) + 200
+    hashes = 8 * 24 + 200
+    if layout:
+        keys = 2**layout.piece_bits * -math.expm1(-8 * n / 2**layout.piece_bits)
+        hashes += 8 * 12 + 80 * keys / n
     forest = 8 + 64 + 24  # F: a tree's leaf ids, root scores, pairs
     per_signature = samples + max(
         2 * table - 2 * dim, table + 4 * dim, table + 2 * dim + hashes + forest
     )
     return {
-        "bytes_per_signature": per_signature,
+        "bytes_per_signature": round(per_signature),
         "data_mib": 200 + n * per_signature / 2**20,
     }
 
