@@ -241,11 +241,32 @@ class _Writer:
             self.writer = None
 
 
-def write_corpus(root: Path, n: int, seed: int = 0) -> Truth:
-    """The sources of an N-sample corpus under ``root/sources`` and the project file
-    ``root/fineharbor.yaml``; returns what was planted (sample ids as the readers make them)."""
-    from fineharbor.core.schema import make_sample_id
+def _image_bytes(task: tuple) -> bytes:
+    """One planted image: ``("original", seed)`` or ``("near", seed, transform)``."""
+    return _original(task[1]) if task[0] == "original" else _near_copy(task[1], task[2])
+
+
+def _chart_template(template: int) -> list[bytes]:
+    """The PNGs of one template of look-alike charts, in the order the corpus takes them."""
     from fineharbor.testing.copies import templated_charts
+
+    charts = templated_charts(CHARTS_PER_TEMPLATE, seed=template)
+    return [_encode(chart, "PNG") for chart in reversed(charts)]
+
+
+def write_corpus(root: Path, n: int, seed: int = 0, processes: int | None = None) -> Truth:
+    """The sources of an N-sample corpus under ``root/sources`` and the project file
+    ``root/fineharbor.yaml``; returns what was planted (sample ids as the readers make them).
+    Images are encoded by ``processes`` workers (default: every CPU), in order: the corpus is
+    the same bytes whatever their number."""
+    import multiprocessing
+
+    with multiprocessing.get_context("forkserver").Pool(processes or os.cpu_count()) as pool:
+        return _write_corpus(root, n, seed, pool)
+
+
+def _write_corpus(root: Path, n: int, seed: int, pool) -> Truth:
+    from fineharbor.core.schema import make_sample_id
 
     rng = np.random.default_rng(seed)
     n_bench = max(20, n // 100)
@@ -274,49 +295,57 @@ def write_corpus(root: Path, n: int, seed: int = 0) -> Truth:
     bench_questions = [_words(rng, 14, 20).capitalize() + "?" for _ in range(n_bench)]
     where: dict[int, str] = {}  # original photo seed -> its sample id
     pending: list[tuple[str, int, str]] = []  # (copy id, original seed, kind)
-    charts: list = []
-    templates = 0
+    rows: list[tuple[str, str, list[dict], tuple | int]] = []  # source, key, texts, image
+    counts = dict.fromkeys(writers, 0)
+    charts = 0
     for index in order:
         spec = specs[index]
         source = "web" if home_of[index] else "vqa"
-        key = f"{source}-{writers[source].count:07d}"
+        key = f"{source}-{counts[source]:07d}"
+        counts[source] += 1
         sample_id = make_sample_id(source, key)
         kind = spec[0]
         texts = _caption(rng) if source == "web" else _qa(rng)
+        image: tuple | int
         if kind == "photo":
-            image = _original(spec[1])
+            image = ("original", spec[1])
             where[spec[1]] = sample_id
         elif kind == "exact":
-            image = _original(spec[1])
+            image = ("original", spec[1])
             pending.append((sample_id, spec[1], "exact"))
         elif kind == "near":
-            image = _near_copy(spec[1], spec[2])
+            image = ("near", spec[1], spec[2])
             pending.append((sample_id, spec[1], spec[2]))
         elif kind == "bench_image":
             bench_seed = bench_seeds[spec[1]]
-            image = _original(bench_seed) if spec[2] == 0 else _near_copy(bench_seed, "reencode")
+            image = ("original", bench_seed) if spec[2] == 0 else ("near", bench_seed, "reencode")
             bench_id = make_sample_id("bench", f"bench-{spec[1]:07d}")
             truth.benchmark.append(
                 (sample_id, bench_id, "image_exact" if spec[2] == 0 else "image_reencode")
             )
         elif kind == "bench_text":
-            image = _original(20_000_000 + spec[1])
+            image = ("original", 20_000_000 + spec[1])
             texts = _qa(rng, bench_questions[spec[1]])
             bench_id = make_sample_id("bench", f"bench-{spec[1]:07d}")
             truth.benchmark.append((sample_id, bench_id, "question"))
         else:  # a chart of the dense neighbourhood: templates of CHARTS_PER_TEMPLATE look-alikes
-            if not charts:
-                charts = templated_charts(CHARTS_PER_TEMPLATE, seed=templates)
-                templates += 1
-            image = _encode(charts.pop(), "PNG")
+            image = charts  # the chart's number: its template's PNGs are made in one task
+            charts += 1
             truth.dense.append(sample_id)
-        writers[source].add(key, image, texts)
+        rows.append((source, key, texts, image))
+    templates = range(-(-charts // CHARTS_PER_TEMPLATE))
+    chart_pngs = [png for pngs in pool.map(_chart_template, templates) for png in pngs]
+    photos = pool.imap(_image_bytes, (r[3] for r in rows if isinstance(r[3], tuple)), 64)
+    for source, key, texts, image in rows:
+        data = next(photos) if isinstance(image, tuple) else chart_pngs[image]
+        writers[source].add(key, data, texts)
     truth.duplicates = [(copy, where[seed], kind) for copy, seed, kind in pending]
 
     bench = _Writer(root / "sources" / "bench")
-    for b, bench_seed in enumerate(bench_seeds):
+    originals = pool.imap(_image_bytes, [("original", s) for s in bench_seeds], 64)
+    for b, image in enumerate(originals):
         texts = [{"user": bench_questions[b], "assistant": _words(rng, 2, 5).capitalize() + "."}]
-        bench.add(f"bench-{b:07d}", _original(bench_seed), texts)
+        bench.add(f"bench-{b:07d}", image, texts)
     for writer in (*writers.values(), bench):
         writer.close()
     truth.source_bytes = sum(p.stat().st_size for p in (root / "sources").rglob("*.parquet"))
