@@ -13,8 +13,10 @@ from fineharbor.core.dedup import DedupParams, find_duplicates
 from fineharbor.core.dedup.samples import SAMPLE_SCHEMA
 from fineharbor.core.dedup.verify import (
     PairVerifier,
+    VerifyConfig,
     align,
     batches_thumbnail_loader,
+    crop_search,
     thumbnail,
 )
 from fineharbor.core.signatures import SIGNATURE_SCHEMA
@@ -227,3 +229,31 @@ def test_detail_residual_window_means_are_numpys():
             np.testing.assert_allclose(detail_residual(a, other, 0), reference(a, other), 1e-6)
     same = rng.normal(0, 1, (1, 7, 9)).astype(np.float32)
     assert _resize(same, 7, 9) is same  # a side at its size is not multiplied at all
+
+
+def test_crop_search_refines_only_hypotheses_that_can_pass():
+    """Pairs whose best 24 px hypothesis is below min_coarse_ncc are refuted without the fine
+    search, and every verdict is the one the full search gives."""
+    pairs = []
+    for seed in range(24):
+        photo = small_saturated_photo(seed)
+        w, h = photo.size
+        crop = jpeg(photo.crop((round(w * 0.05), round(h * 0.05), w, h)), 85)
+        pairs += [(jpeg(photo, 90), crop), (jpeg(photo, 90), small_saturated_photo(seed + 3))]
+    thumbs = [(thumbnail(x, 64), thumbnail(y, 64)) for x, y in pairs]
+    a = np.stack([x.pixels for x, _ in thumbs]).astype(np.float32)
+    b = np.stack([y.pixels for _, y in thumbs]).astype(np.float32)
+    aspects = np.array([[x.aspect, y.aspect] for x, y in thumbs])
+    colour = np.ones(len(pairs), dtype=bool)
+    floored = crop_search(a, b, aspects, colour, VerifyConfig())
+    everything = crop_search(a, b, aspects, colour, VerifyConfig(min_coarse_ncc=-1.0))
+    skipped = np.isinf(floored[1])
+    assert skipped[1::2].mean() > 0.5 and not skipped[0::2].any()  # distinct ones, no crop
+    assert np.array_equal(floored[0][~skipped], everything[0][~skipped])
+    assert (floored[0][skipped] < 0.8).all() and (everything[0][skipped] < 0.9).all()
+
+    def verdicts(ncc, worst):
+        return (ncc >= PASS["min_ncc"]) & (worst <= PASS["max_tile_residual"])
+
+    assert verdicts(*floored)[0::2].all()  # every crop found
+    assert np.array_equal(verdicts(*floored), verdicts(*everything))
