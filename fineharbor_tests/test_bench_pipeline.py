@@ -102,7 +102,7 @@ def test_report_has_every_stage_at_every_size_with_growth_on_the_largest():
         assert large[12] == ("1.00x" if STAGES[rows.index(large) // 2].per_source else "3.25x")
     (small, large) = _rows(text, "n")
     assert small[3] == "1.50x" and large[7] == "holds"
-    assert _rows(text, "planted")[0] == ["exact", "1.000 (3/3)", "1.000 (3/3)", "no"]
+    assert _rows(text, "planted")[0] == ["exact", "1.000 (3/3)", "1.000 (3/3)", "no (p = 1.00)"]
     fv = text[text.index("Extrapolation to FineVision") :]
     fv_rows = _rows(fv, "stage")
     assert [r[0] for r in fv_rows] == [s.name for s in STAGES]
@@ -110,6 +110,18 @@ def test_report_has_every_stage_at_every_size_with_growth_on_the_largest():
         assert (row[5] == "-") == spec.per_source  # memory only for the global stages
         assert row[1] == "3.00" and row[2] == "n log n"  # 27 CPU s more for 9,000 samples
     assert "1.50x the source bytes" in fv
+
+
+def test_recall_falls_only_when_the_larger_size_misses_significantly_more():
+    def counts(found, planted):
+        return {"found": found, "planted": planted, "recall": found / planted}
+
+    # 1 miss in 500 at 100k, none in the 50 of 10k: the same rate, too rare for 50 to show
+    assert bench.recall_falls(counts(50, 50), counts(499, 500))[0] is False
+    assert bench.recall_falls(counts(50, 50), counts(495, 500))[0] is False
+    falls, p = bench.recall_falls(counts(100, 100), counts(450, 500))
+    assert falls and p < 0.001
+    assert bench.recall_falls(counts(90, 100), counts(500, 500))[0] is False  # rose
 
 
 @pytest.mark.slow
