@@ -265,6 +265,14 @@ class _RowIndex:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "cache": OrderedDict(), "_open": None}
 
+    def close(self) -> None:
+        """Drop the row groups read and the open file: a finished read holds none of its rows
+        (a driver keeps every task's index alive while the others run)."""
+        self.cache.clear()
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
     def _file(self, path: str) -> pq.ParquetFile:
         if self._open is None or self._open[0] != path:
             if self._open is not None:
@@ -303,7 +311,7 @@ class _RowIndex:
         at = np.minimum(np.searchsorted(self.sorted, wanted), len(self.sorted) - 1)
         return self.sorted[at] == wanted, at
 
-    def subset(self, ids: Sequence[str]) -> _RowIndex:
+    def subset(self, ids: Sequence[str] | pa.Array) -> _RowIndex:
         """The index of ``ids`` alone (those it holds; a missing one fails when taken), over
         only the row groups that hold them: its size is that of ``ids``."""
         wanted = _id_bytes(pa.array(ids, pa.string()))
@@ -381,7 +389,7 @@ class PartitionIndex:
             stage = _stage(name)
             name = (stage.rows_of or stage.images_of) if stage is not None else None
 
-    def subset(self, ids: Sequence[str]) -> PartitionIndex:
+    def subset(self, ids: Sequence[str] | pa.Array) -> PartitionIndex:
         """Where ``ids``'s rows lie, in every indexed stage (small: sent to workers)."""
         located = object.__new__(PartitionIndex)
         located.asset, located.partition = self.asset, self.partition
@@ -392,7 +400,7 @@ class PartitionIndex:
 def read_located_rows(
     storage: Storage,
     located: PartitionIndex,
-    sample_ids: Sequence[str],
+    sample_ids: Sequence[str] | pa.Array,
     *,
     batch_size: int = 256,
 ) -> Iterator[pa.RecordBatch]:
@@ -403,15 +411,19 @@ def read_located_rows(
     rows = StageRows(storage, asset, partition, None, located.indexes)
     own = located.indexes[asset]
     ids = pa.array(sample_ids, pa.string())
-    for start in range(0, len(ids), batch_size):
-        try:
-            table = own.take(ids.slice(start, batch_size), rows.read_columns)
-        except KeyError as missing:
-            raise LookupError(
-                f"{asset} {partition}: {missing.args[0]} of the rows located for this read are "
-                "not where they were (re-materialized since)"
-            ) from None
-        yield from rows.resolve(table.to_batches())
+    try:
+        for start in range(0, len(ids), batch_size):
+            try:
+                table = own.take(ids.slice(start, batch_size), rows.read_columns)
+            except KeyError as missing:
+                raise LookupError(
+                    f"{asset} {partition}: {missing.args[0]} of the rows located for this read "
+                    "are not where they were (re-materialized since)"
+                ) from None
+            yield from rows.resolve(table.to_batches())
+    finally:
+        for index in located.indexes.values():
+            index.close()
 
 
 def _id_bytes(ids) -> np.ndarray:

@@ -86,15 +86,11 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
         return _awaiting_review_result(result)
     violations = release_violations(result.index, reviews, config) if gate else []
     released = result.index.num_rows
-    ids = set(result.index.column("sample_id").to_pylist())
-    rejected_ids = set(result.rejects.column("sample_id").to_pylist())
-    benchmarks = {s.name for s in config.sources if s.role == "benchmark"}
-    from_benchmark = [s for s in result.index.column("source").to_pylist() if s in benchmarks]
+    released_and_rejected = result.released_and_rejected()
+    from_benchmark = result.released_from(s.name for s in config.sources if s.role == "benchmark")
     too_big = recipe.max_samples is not None and released > recipe.max_samples
     composition = result.tables["release_composition"]
-    reasons: dict[str, int] = {}
-    for reason in result.rejects.column("reason").to_pylist():
-        reasons[reason] = reasons.get(reason, 0) + 1
+    reasons = result.left_out_by_reason()
     size_ok = not too_big and released >= recipe.min_samples
     checks = [
         dg.AssetCheckResult(
@@ -110,10 +106,10 @@ def release_mix(project: FineharborProject) -> dg.MaterializeResult:
         ),
         dg.AssetCheckResult(
             check_name=CHECK_CLEAN,
-            passed=not (ids & rejected_ids) and not from_benchmark,
+            passed=not released_and_rejected and not from_benchmark,
             metadata={
-                "released_and_rejected": len(ids & rejected_ids),
-                "from_benchmark_sources": len(from_benchmark),
+                "released_and_rejected": released_and_rejected,
+                "from_benchmark_sources": from_benchmark,
             },
         ),
         dg.AssetCheckResult(

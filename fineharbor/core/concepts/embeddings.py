@@ -9,6 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 EMBEDDING_CHOICES = ("copy_embedding", "clip_embedding")
+_NO_IDS = pa.array([], pa.string())
+# samples whose means are summed at once (float64: bounds the gathered block to ~128 MB at d=512)
+BLOCK_SAMPLES = 16_384
 
 
 def pick_column_from_counts(rows: int, null_counts: dict[str, int], choice: str) -> str:
@@ -33,19 +36,25 @@ def pick_column(signatures: pa.Table, choice: str) -> str:
     return pick_column_from_counts(signatures.num_rows, counts, choice)
 
 
-def _vectors(signatures: pa.Table, column: str) -> np.ndarray:
+def _gather(rows: pa.Table, column: str, positions: np.ndarray) -> np.ndarray:
+    """The vectors of ``rows`` at ``positions`` as a float64 matrix, from the column's stored
+    values (a block at a time: the whole column is never held as floats)."""
     if column == "phash":
-        hashes = signatures.column("phash").to_numpy().astype(np.int64).view(np.uint64)
-        bits = (hashes[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
-        return (bits.astype(np.float32) * 2 - 1) / 8.0  # +-1 per bit, unit norm
-    from fineharbor.core.dedup.clusters import list_matrix
+        hashes = rows.column("phash").take(pa.array(positions)).to_numpy().astype("<i8")
+        # bit i of each hash at column i (8 bytes a row in flight, not 64 bit-sized integers)
+        bits = np.unpackbits(hashes.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+        vectors = bits.astype(np.float64)
+        vectors *= 0.25
+        vectors -= 0.125
+        return vectors  # +-1/8 per bit: unit norm
+    from fineharbor.core.dedup.clusters import gather_vectors
 
-    return list_matrix(signatures.column(column), np.float32)
+    return gather_vectors(rows.column(column), positions, np.float64)
 
 
 def sample_embeddings(
     signatures: pa.Table, sample_ids: set[str] | pa.Array, choice: str, *, picked: bool = False
-) -> tuple[list[str], list[str], np.ndarray, str]:
+) -> tuple[pa.Array, pa.Array, np.ndarray, str]:
     """Mean of each sample's image vectors (L2-normalised), for the samples in `sample_ids`.
 
     Returns ids and sources sorted by sample_id (so the result does not depend on read order),
@@ -53,7 +62,7 @@ def sample_embeddings(
     ``picked``: ``choice`` is the column already chosen (:func:`pick_column_from_counts`).
     """
     if signatures.num_rows == 0:
-        return [], [], np.zeros((0, 0), np.float32), "none"
+        return _NO_IDS, _NO_IDS, np.zeros((0, 0), np.float32), "none"
     column = choice if picked else pick_column(signatures, choice)
     wanted = (
         sample_ids
@@ -62,29 +71,32 @@ def sample_embeddings(
     )
     keep = pc.is_in(signatures.column("sample_id"), wanted)
     keep = pc.and_(keep, pc.is_valid(signatures.column(column)))
-    rows = signatures.filter(keep)
+    rows = signatures if pc.all(keep).as_py() else signatures.filter(keep)
     if rows.num_rows == 0:
-        return [], [], np.zeros((0, 0), np.float32), column
-    vectors = _vectors(rows, column)
+        return _NO_IDS, _NO_IDS, np.zeros((0, 0), np.float32), column
     ids = rows.column("sample_id")
     unique = pc.unique(ids)
     unique = unique.take(pc.sort_indices(unique))
     inverse = pc.index_in(ids, value_set=unique).to_numpy(zero_copy_only=False)
     # rows grouped by sample, in read order within a sample: each mean is summed in float64
-    # one sample block at a time (not an n x d float64 matrix at once)
+    # one block of samples at a time, gathered from the stored values, so what is held is the
+    # stored column plus the (n, d) float32 means
     order = np.argsort(inverse, kind="stable")
     starts = np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]
-    means = np.empty((len(unique), vectors.shape[1]), dtype=np.float32)
-    block = 65_536
+    means: np.ndarray | None = None
+    block = BLOCK_SAMPLES
     for first in range(0, len(starts), block):
         segment = starts[first : first + block]
         end = starts[first + block] if first + block < len(starts) else order.size
-        chunk = vectors[order[segment[0] : end]].astype(np.float64)
+        chunk = _gather(rows, column, order[segment[0] : end])
         sums = np.add.reduceat(chunk, segment - segment[0], axis=0)
+        del chunk
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        if means is None:
+            means = np.empty((len(unique), sums.shape[1]), dtype=np.float32)
         means[first : first + len(segment)] = sums / np.where(norms > 0, norms, 1)
-    sources = rows.column("source").take(pa.array(order[starts])).to_pylist()
-    return unique.to_pylist(), sources, means, column
+    sources = rows.column("source").take(pa.array(order[starts])).combine_chunks()
+    return unique, sources, means, column
 
 
 def stream_signatures(

@@ -123,21 +123,24 @@ def build_concept_clusters(project: ProjectConfig, storage: Storage) -> tuple[pa
         sample_ids, sample_sources, vectors, column = sample_embeddings(
             signatures, ids, column, picked=True
         )
+        del signatures  # the stored vectors: only the means are clustered
     else:
-        sample_ids, sample_sources, vectors, column = [], [], np.zeros((0, 0), np.float32), "none"
+        sample_ids = sample_sources = pa.array([], pa.string())
+        vectors, column = np.zeros((0, 0), np.float32), "none"
     ids_count = len(ids)
     stats: dict = {"embedding": column, "samples": ids_count, "clustered": len(sample_ids)}
-    if sample_ids:
+    if len(sample_ids):
         # the assignments to centroids run as Ray tasks when the stage is on Ray
         engine = TaskEngine(CONCEPTS, project.execution)
         hierarchy = hierarchical_kmeans(vectors, params, engine)
         stats |= engine.summary()
-        paths = np.stack(hierarchy.labels, axis=1)
+        paths = np.stack(hierarchy.labels, axis=1).astype(np.int64)  # (samples, levels)
+        offsets = np.arange(0, paths.size + 1, paths.shape[1], dtype=np.int32)
         table = pa.table(
             {
                 "sample_id": sample_ids,
                 "source": sample_sources,
-                "clusters": pa.array(paths.tolist(), pa.list_(pa.int64())),
+                "clusters": pa.ListArray.from_arrays(offsets, paths.ravel()),
                 "distance": pa.array(hierarchy.distances, pa.float32()),
             },
             schema=CONCEPT_SCHEMA,
@@ -175,6 +178,21 @@ class ReleaseResult:
     @property
     def written(self) -> bool:
         return not self.awaiting_review
+
+    def left_out_by_reason(self) -> dict[str, int]:
+        """Rows left out per reason (columnar: no per-row Python objects at any size)."""
+        counts = self.rejects.group_by("reason").aggregate([("reason", "count")])
+        return dict(zip(*(counts.column(c).to_pylist() for c in counts.column_names), strict=True))
+
+    def released_and_rejected(self) -> int:
+        """Released rows that are also among the rejected ones (0 in a sound release)."""
+        rejected = self.rejects.column("sample_id").combine_chunks()
+        return pc.sum(pc.is_in(self.index.column("sample_id"), value_set=rejected)).as_py() or 0
+
+    def released_from(self, sources: Iterable[str]) -> int:
+        """Released rows of any of ``sources`` (the benchmark sources: 0 in a sound release)."""
+        names = pa.array(sorted(sources), pa.string())
+        return pc.sum(pc.is_in(self.index.column("source"), value_set=names)).as_py() or 0
 
 
 def awaiting_review(project: ProjectConfig, gate: ReleaseGate | None) -> dict[str, str]:
@@ -248,16 +266,17 @@ def _write_sources(
     recipe = project.release
     layouts = []
     obelics = recipe.interleaved_layout == "obelics"
-    turns: dict[str, list[int]] = {}
+    turns: dict[str, list[int]] = {}  # only the rows that lost turns to a judge minimum
     for source in candidates.sources():
-        chosen = set(candidates.chosen(source).to_pylist())
+        chosen = candidates.chosen(source)
         turns |= candidates.turns(source)
         partitions = project.partitions_of([source])
         ordered = storage_order(storage, RELEASE_INPUT_ASSET, partitions, chosen)
-        if len(ordered) != len(chosen):
+        found = sum(len(ids) for _, ids in ordered)
+        if found != len(chosen):
             raise LookupError(
                 f"{RELEASE_INPUT_ASSET} {source}: {len(chosen)} rows chosen for the release, "
-                f"{len(ordered)} found when writing it (a sample_id stored twice, or the input "
+                f"{found} found when writing it (a sample_id stored twice, or the input "
                 "changed meanwhile): materialize release_mix again"
             )
         layout = SourceLayout(
@@ -287,9 +306,11 @@ def _diversity(
         for source in sources:
             if not storage.has_partition(SIGNATURES, source):
                 continue
-            table = storage.read_table(SIGNATURES, source, columns=["sample_id", column])
-            keep = pc.is_in(table.column("sample_id"), released)
-            accumulator.update_table(table.filter(keep), column)
+            for batch in storage.iter_batches(
+                SIGNATURES, source, columns=["sample_id", column], batch_size=16_384
+            ):
+                keep = pc.is_in(batch.column("sample_id"), released)
+                accumulator.update_table(pa.Table.from_batches([batch.filter(keep)]), column)
         if accumulator.n >= 2:
             return accumulator.result().score, column
     return None, "none"

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fineharbor.core.distributed.tasks import TaskEngine, map_tasks
 from fineharbor.core.interleaved import obelics_row, obelics_schema
@@ -53,8 +54,19 @@ from fineharbor.core.stored import PartitionIndex, read_located_rows
 ID = "sample_id"
 # Under the staging directory: the shard tasks' tar members, deleted once the tars are written.
 MEMBERS_DIR = "_tar_members"
-# A caption pair's tar members as written by a shard task: (source position, file, offset, size).
-Pair = tuple[int, str, int, int]
+# A source's chosen rows in storage order: one run of sample ids per partition, in config order.
+Run = tuple[str, pa.Array]
+# Caption pairs' tar members as the shard tasks wrote them, one row a pair: its position among
+# the source's rows, the members file and the byte range in it (columnar: ~30 bytes a pair in
+# the driver).
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("position", pa.int64(), nullable=False),
+        pa.field("path", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+    ]
+)
 
 
 # Carried into the release index and the WebDataset json, as LAION-5B's metadata carries them.
@@ -107,16 +119,21 @@ class SourceLayout:
 
 @dataclass(frozen=True)
 class Placed:
-    """Rows of one task: ``(partition, sample_id)`` in storage order, the first at ``start``
-    (its position among the source's rows), with each row's kept turns (None: all) and, by
-    partition, where its rows lie (:func:`locate`)."""
+    """Rows of one task: runs of sample ids by partition, in storage order, the first at
+    ``start`` (its position among the source's rows), the kept turns of those that lost some
+    to a judge minimum (the others keep all) and, by partition, where its rows lie
+    (:func:`locate`)."""
 
     layout: SourceLayout
     start: int
-    rows: tuple[tuple[str, str], ...]
-    turns: dict[str, list[int] | None]
+    rows: tuple[Run, ...]
+    turns: dict[str, list[int]]
     first: int = 0  # the task's first shard
     located: dict[str, PartitionIndex] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(len(ids) for _, ids in self.rows)
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,7 @@ class TarTask:
 
     layout: SourceLayout
     first: int
-    pairs: tuple[Pair, ...]
+    pairs: pa.Table  # PAIRS_SCHEMA
 
 
 @dataclass
@@ -136,54 +153,63 @@ class Written:
 
     files: list[tuple[ReleaseFile, int]] = field(default_factory=list)
     index: pa.Table = field(default_factory=RELEASE_INDEX_SCHEMA.empty_table)
-    pairs: list[Pair] = field(default_factory=list)
+    pairs: pa.Table = field(default_factory=PAIRS_SCHEMA.empty_table)
 
 
 def storage_order(
-    storage: Storage, asset: str, partitions: Sequence[str], chosen: set[str]
-) -> list[tuple[str, str]]:
-    """``(partition, sample_id)`` of the ``chosen`` rows, in the order a read of the
-    partitions one after the other meets them (only ids are read)."""
-    ordered = []
+    storage: Storage, asset: str, partitions: Sequence[str], chosen: pa.Array
+) -> list[Run]:
+    """The ``chosen`` sample ids by partition, in the order a read of the partitions one after
+    the other meets them (only ids are read; held as Arrow, ~50 bytes a row)."""
+    runs = []
     for partition in partitions:
-        for batch in storage.iter_batches(asset, partition, columns=[ID], batch_size=65_536):
-            ordered += [(partition, i) for i in batch.column(0).to_pylist() if i in chosen]
-    return ordered
+        pieces = [
+            batch.column(0).filter(pc.is_in(batch.column(0), value_set=chosen))
+            for batch in storage.iter_batches(asset, partition, columns=[ID], batch_size=65_536)
+        ]
+        ids = pa.concat_arrays([pa.array([], pa.string()), *pieces])
+        if len(ids):
+            runs.append((partition, ids))
+    return runs
+
+
+def _rows_between(runs: Sequence[Run], start: int, stop: int) -> tuple[Run, ...]:
+    """Positions ``[start, stop)`` of ``runs``, copied (a slice would pickle its whole run
+    into every Ray task)."""
+    rows, offset = [], 0
+    for partition, ids in runs:
+        low, high = max(start - offset, 0), min(stop - offset, len(ids))
+        if low < high:
+            rows.append((partition, pa.concat_arrays([ids.slice(low, high - low)])))
+        offset += len(ids)
+    return tuple(rows)
 
 
 def assign(
     layout: SourceLayout,
-    ordered: Sequence[tuple[str, str]],
-    turns: dict[str, list[int] | None],
+    runs: Sequence[Run],
+    turns: dict[str, list[int]],
     unit: int,
     task_rows: int,
 ) -> list[Placed]:
-    """The tasks over ``ordered``: files of ``unit`` rows each (the last one shorter), whole
+    """The tasks over ``runs``: files of ``unit`` rows each (the last one shorter), whole
     files grouped into tasks of at most ``task_rows`` rows (one file at least)."""
     per_task = max(1, task_rows // unit) * unit
-    return [
-        Placed(
-            layout,
-            start,
-            tuple(ordered[start : start + per_task]),
-            {i: turns.get(i) for _, i in ordered[start : start + per_task]},
-            first=start // unit,
-        )
-        for start in range(0, len(ordered), per_task)
-    ]
-
-
-def _by_partition(rows: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    by_partition: dict[str, list[str]] = {}
-    for partition, sample_id in rows:
-        by_partition.setdefault(partition, []).append(sample_id)
-    return by_partition
+    total = sum(len(ids) for _, ids in runs)
+    with_turns = pa.array(list(turns), pa.string())
+    tasks = []
+    for start in range(0, total, per_task):
+        rows = _rows_between(runs, start, start + per_task)
+        lost = [pc.filter(ids, pc.is_in(ids, value_set=with_turns)) for _, ids in rows]
+        kept = {i: turns[i] for ids in lost for i in ids.to_pylist()}
+        tasks.append(Placed(layout, start, rows, kept, first=start // unit))
+    return tasks
 
 
 def locate(storage: Storage, tasks: Sequence[Placed]) -> list[Placed]:
     """``tasks`` with where their rows lie: each partition indexed once (its ids, and those
     of the stages it references), each task given the locations of its own rows only."""
-    wanted = [_by_partition(t.rows) for t in tasks]
+    wanted = [dict(t.rows) for t in tasks]
     located: list[dict[str, PartitionIndex]] = [{} for _ in tasks]
     partitions = dict.fromkeys(p for rows in wanted for p in rows)
     for partition in partitions:  # one partition's indexes in memory at a time
@@ -198,7 +224,7 @@ def _read(placed: Placed, storage: Storage) -> Iterator[tuple[int, dict]]:
     """The task's rows as dicts with their source positions, read where they were located;
     fails when storage no longer holds them there."""
     position = placed.start
-    for partition, ids in _by_partition(placed.rows).items():
+    for partition, ids in placed.rows:
         try:
             for batch in read_located_rows(storage, placed.located[partition], ids):
                 for row in batch.to_pylist():
@@ -241,7 +267,7 @@ def _pair_members(layout: SourceLayout, row: dict, out: dict) -> list[tuple[str,
 
 def _release_row(layout: SourceLayout, placed: Placed, row: dict) -> dict:
     return release_row(
-        row, placed.turns[row[ID]], layout.include_sample_id, blur_faces=layout.blur_faces
+        row, placed.turns.get(row[ID]), layout.include_sample_id, blur_faces=layout.blur_faces
     )
 
 
@@ -261,7 +287,7 @@ def _write_shards(
     written = Written()
     shard, rows, entries = placed.first, [], []
     members_path = posixpath.join(staging, MEMBERS_DIR, f"{layout.source}-{placed.first:05d}")
-    members, offset = None, 0
+    members, offset, pairs = None, 0, []
 
     def flush(last: int) -> None:
         nonlocal shard, rows
@@ -282,7 +308,7 @@ def _write_shards(
                 storage.fs.create_dir(posixpath.dirname(members_path), recursive=True)
                 members = stack.enter_context(storage.fs.open_output_stream(members_path))
             members.write(data)
-            written.pairs.append((position, members_path, offset, len(data)))
+            pairs.append((position, offset, len(data)))
             offset += len(data)
         entries.append(_entry(layout, row, out))
         if layout.obelics:
@@ -291,8 +317,14 @@ def _write_shards(
         if len(rows) >= layout.shard_rows:
             flush(position)
     if rows:
-        flush(placed.start + len(placed.rows) - 1)
+        flush(placed.start + placed.size - 1)
     written.index = pa.Table.from_pylist(entries, schema=RELEASE_INDEX_SCHEMA)
+    if pairs:
+        position, start, size = np.asarray(pairs, np.int64).T
+        path = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(len(pairs), np.int32)), pa.array([members_path])
+        )
+        written.pairs = pa.table([position, path, start, size], schema=PAIRS_SCHEMA)
     return written
 
 
@@ -310,18 +342,19 @@ def write_tars(task: TarTask, storage: Storage, staging: str) -> Written:
                 opened[path] = stack.enter_context(storage.fs.open_input_file(path))
             return opened[path].read_at(size, offset)
 
-        for number, start in enumerate(range(0, len(task.pairs), layout.tar_rows)):
-            pairs = task.pairs[start : start + layout.tar_rows]
-            data = tar_archive([member_bytes(*pair[1:]) for pair in pairs])
+        for number, start in enumerate(range(0, task.pairs.num_rows, layout.tar_rows)):
+            pairs = task.pairs.slice(start, layout.tar_rows).to_pydict()
+            ranges = zip(pairs["path"], pairs["offset"], pairs["size"], strict=True)
+            data = tar_archive([member_bytes(*member) for member in ranges])
             name = tar_name(layout.source, task.first + number)
-            files.write(name, data, len(pairs), "webdataset", layout.source)
-            written.files.append((files.files[-1], pairs[-1][0]))
+            files.write(name, data, len(pairs["position"]), "webdataset", layout.source)
+            written.files.append((files.files[-1], pairs["position"][-1]))
     return written
 
 
 def write_sources(
-    layouts: Sequence[tuple[SourceLayout, list[tuple[str, str]]]],
-    turns: dict[str, list[int] | None],
+    layouts: Sequence[tuple[SourceLayout, list[Run]]],
+    turns: dict[str, list[int]],
     storage: Storage,
     staging: str,
     engine: TaskEngine,
@@ -338,41 +371,44 @@ def write_sources(
     shard_results = [[next(results) for _ in tasks] for tasks in shard_tasks]
     tar_tasks, indexes = [], []
     for (layout, _), written in zip(layouts, shard_results, strict=True):
-        pairs = [p for w in written for p in w.pairs]
+        pairs = pa.concat_tables([PAIRS_SCHEMA.empty_table(), *(w.pairs for w in written)])
         indexes.append(_with_tars(layout, pa.concat_tables(w.index for w in written), pairs))
         per_task = max(1, engine.task_rows // layout.tar_rows) * layout.tar_rows
         tar_tasks.append(
             [
-                TarTask(layout, start // layout.tar_rows, tuple(pairs[start : start + per_task]))
-                for start in range(0, len(pairs), per_task)
+                TarTask(
+                    layout,
+                    start // layout.tar_rows,
+                    pa.concat_tables([pairs.slice(start, per_task)]).combine_chunks(),
+                )
+                for start in range(0, pairs.num_rows, per_task)
             ]
         )
     flat = [t for tasks in tar_tasks for t in tasks]
     results = iter(map_tasks(write_tars, flat, engine=engine, shared=(storage, staging)))
     files: list[ReleaseFile] = []
-    for (layout, ordered), written, tars in zip(layouts, shard_results, tar_tasks, strict=True):
+    for (layout, runs), written, tars in zip(layouts, shard_results, tar_tasks, strict=True):
+        rows = sum(len(ids) for _, ids in runs)
         # (source position of the last row, order at that row, file): a full tar is written
         # when its last pair is read, before that row's shard; the last partial tar at the end
         events = [(last, 1, f) for w in written for f, last in w.files]
         for _ in tars:
             for file, last in next(results).files:
                 full = file.rows == layout.tar_rows
-                events.append((last, 0, file) if full else (len(ordered), 2, file))
+                events.append((last, 0, file) if full else (rows, 2, file))
         files += [f for _, _, f in sorted(events, key=lambda e: e[:2])]
-    if any(w.pairs for written in shard_results for w in written):
+    if any(w.pairs.num_rows for written in shard_results for w in written):
         storage.fs.delete_dir(posixpath.join(staging, MEMBERS_DIR))
     return files, pa.concat_tables([RELEASE_INDEX_SCHEMA.empty_table(), *indexes])
 
 
-def _with_tars(layout: SourceLayout, index: pa.Table, pairs: Sequence[Pair]) -> pa.Table:
+def _with_tars(layout: SourceLayout, index: pa.Table, pairs: pa.Table) -> pa.Table:
     """A source's index with each caption pair's ``webdataset_shard``: the ``k``-th pair (in
     source order) lies in tar ``k // tar_rows``; rows without a pair keep a null."""
-    if not pairs:
+    if not pairs.num_rows:
         return index
     tar_of = np.full(index.num_rows, -1, dtype=np.int32)
-    tar_of[np.fromiter((p[0] for p in pairs), np.int64, len(pairs))] = (
-        np.arange(len(pairs)) // layout.tar_rows
-    )
+    tar_of[pairs.column("position").to_numpy()] = np.arange(pairs.num_rows) // layout.tar_rows
     names = [tar_name(layout.source, k) for k in range(int(tar_of.max()) + 1)]
     shards = pa.array(names, pa.string()).take(pa.array(tar_of, mask=tar_of < 0))
     column = index.schema.get_field_index("webdataset_shard")

@@ -85,7 +85,8 @@ def release_violations(released: pa.Table, reviews: ReviewLog, project: ProjectC
     for name in sorted({row["source"] for row in counts}):
         flagged = reviews.state(name).flagged
         mine = released.filter(pc.equal(released.column("source"), name)).column("sample_id")
-        hits = sorted(set(mine.to_pylist()) & set(flagged))
+        flagged_ids = pa.array(list(flagged), pa.string())
+        hits = sorted(mine.filter(pc.is_in(mine, value_set=flagged_ids)).to_pylist())
         if hits:
             shown = ", ".join(hits[:5])
             problems.append(f"{len(hits)} flagged samples of {name} released ({shown})")

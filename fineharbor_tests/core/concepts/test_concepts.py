@@ -1,4 +1,5 @@
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from fineharbor.core.concepts import (
@@ -86,3 +87,53 @@ def test_closest_strategy_picks_points_nearest_their_centroid():
 def test_levels_must_not_grow():
     with pytest.raises(ValueError, match="at most as many clusters"):
         ConceptParams(levels=[ConceptLevel(n_clusters=4), ConceptLevel(n_clusters=8)])
+
+
+def _signatures(rng, n=3000, samples=1200, dim=8):
+    ids = np.sort(rng.integers(samples, size=n))
+    vectors = rng.normal(size=(n, dim)).astype(np.float16)
+    present = rng.random(n) > 0.05
+    return pa.table(
+        {
+            "sample_id": [f"s{i:05d}" for i in ids],
+            "source": ["a" if i % 3 else "b" for i in ids],
+            "phash": rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64),
+            "copy_embedding": pa.array(
+                [v.tolist() if p else None for v, p in zip(vectors, present, strict=True)],
+                pa.list_(pa.float16()),
+            ),
+        }
+    )
+
+
+def test_sample_vectors_are_the_normalised_means_of_their_images(monkeypatch):
+    import fineharbor.core.concepts.embeddings as embeddings
+
+    table = _signatures(np.random.default_rng(4))
+    wanted = pa.array(sorted(set(table.column("sample_id").to_pylist()))[::2])
+    expected: dict[str, np.ndarray] = {}
+    for row in table.to_pylist():
+        if row["sample_id"] in set(wanted.to_pylist()) and row["copy_embedding"] is not None:
+            expected.setdefault(row["sample_id"], []).append(row["copy_embedding"])
+    monkeypatch.setattr(embeddings, "BLOCK_SAMPLES", 7)  # samples straddle many blocks
+    ids, sources, means, column = embeddings.sample_embeddings(
+        table, wanted, "copy_embedding", picked=True
+    )
+    assert column == "copy_embedding" and ids.to_pylist() == sorted(expected)
+    assert sources.to_pylist() == ["a" if int(i[1:]) % 3 else "b" for i in ids.to_pylist()]
+    for i, sample in enumerate(ids.to_pylist()):
+        mean = np.asarray(expected[sample], np.float64).sum(axis=0)
+        np.testing.assert_allclose(means[i], mean / np.linalg.norm(mean), rtol=1e-6)
+
+
+def test_phash_vectors_hold_one_signed_eighth_per_bit():
+    import fineharbor.core.concepts.embeddings as embeddings
+
+    hashes = np.random.default_rng(5).integers(-(2**63), 2**63 - 1, 50, dtype=np.int64)
+    ids = pa.array([f"s{i:03d}" for i in range(50)])
+    table = pa.table({"sample_id": ids, "source": ["a"] * 50, "phash": hashes})
+    found, _, means, column = embeddings.sample_embeddings(table, ids, "phash", picked=True)
+    assert column == "phash" and found.equals(ids) and means.shape == (50, 64)
+    for vector, value in zip(means, hashes.tolist(), strict=True):
+        bits = [(value >> b) & 1 for b in range(64)]  # bit b of the hash, as the phash sets it
+        np.testing.assert_array_equal(vector, np.where(bits, 0.125, -0.125))

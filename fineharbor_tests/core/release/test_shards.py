@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import pickle
 import tarfile
 from pathlib import Path
 
@@ -64,16 +65,31 @@ def layout(shard_rows: int = 3) -> SourceLayout:
     )
 
 
+def _flat(rows) -> list[tuple[str, str]]:
+    return [(partition, i) for partition, ids in rows for i in ids.to_pylist()]
+
+
 def test_shards_are_assigned_whole_to_tasks_in_storage_order():
-    ordered = [("p0" if i < 5 else "p1", f"id{i}") for i in range(11)]
-    turns = {i: [0] for _, i in ordered}
-    tasks = assign(layout(3), ordered, turns, 3, task_rows=7)  # two shards of 3 per task
-    assert [(t.start, t.first, len(t.rows)) for t in tasks] == [(0, 0, 6), (6, 2, 5)]
-    assert [r for t in tasks for r in t.rows] == ordered
-    assert set(tasks[1].turns) == {f"id{i}" for i in range(6, 11)}
+    runs = [
+        ("p0", pa.array([f"id{i}" for i in range(5)])),
+        ("p1", pa.array([f"id{i}" for i in range(5, 11)])),
+    ]
+    turns = {"id1": [0], "id7": [1, 2]}  # only the rows that lost turns
+    tasks = assign(layout(3), runs, turns, 3, task_rows=7)  # two shards of 3 per task
+    assert [(t.start, t.first, t.size) for t in tasks] == [(0, 0, 6), (6, 2, 5)]
+    assert [r for t in tasks for r in _flat(t.rows)] == _flat(runs)
+    assert [len(t.rows) for t in tasks] == [2, 1]  # the first task spans both partitions
+    assert [t.turns for t in tasks] == [{"id1": [0]}, {"id7": [1, 2]}]
     # a task holds one shard at least, even when task_rows is below shard_rows
-    assert [t.first for t in assign(layout(3), ordered, turns, 3, task_rows=2)] == [0, 1, 2, 3]
+    assert [t.first for t in assign(layout(3), runs, turns, 3, task_rows=2)] == [0, 1, 2, 3]
     assert assign(layout(3), [], {}, 3, task_rows=7) == []
+
+
+def test_a_task_carries_its_own_rows_only():
+    runs = [("p0", pa.array([f"{i:032d}" for i in range(100_000)]))]
+    tasks = assign(layout(64), runs, {}, 64, task_rows=1024)
+    whole = len(pickle.dumps(runs[0][1]))
+    assert len(pickle.dumps(tasks[3])) < whole / 50  # a slice would pickle its whole run
 
 
 def test_storage_order_follows_the_partitions_and_their_rows(storage):
@@ -81,8 +97,8 @@ def test_storage_order_follows_the_partitions_and_their_rows(storage):
     for partition, ids in {"p0": ["c", "a", "x"], "p1": ["b", "y", "d"]}.items():
         with storage.writer("ids", partition, schema) as writer:
             writer.write(pa.table({"sample_id": ids}, schema=schema))
-    chosen = {"a", "b", "c", "d"}
-    assert storage_order(storage, "ids", ["p1", "p0"], chosen) == [
+    chosen = pa.array(["a", "b", "c", "d"])
+    assert _flat(storage_order(storage, "ids", ["p1", "p0"], chosen)) == [
         ("p1", "b"),
         ("p1", "d"),
         ("p0", "c"),
@@ -177,9 +193,25 @@ def test_tar_members_built_apart_join_into_the_tar_tarfile_writes():
     assert tar_archive([]) == bytes(tarfile.RECORDSIZE)
 
 
+def test_a_finished_task_holds_none_of_the_rows_it_read(tmp_path, storage):
+    write_input(storage, n_pairs=12, n_chats=0)
+    stored_as_references(storage)  # rows read through cleaned_samples and unified_samples
+    chosen = pa.array([f"pairs-{i:04d}" for i in range(12)])
+    ordered = storage_order(storage, SCORED, ["pairs"], chosen)
+    placed = dataclasses.replace(layout(3), asset=SCORED, source="pairs")
+    (task,) = locate(storage, assign(placed, ordered, {}, 3, task_rows=64))
+    indexes = task.located["pairs"].indexes
+    assert set(indexes) == {SCORED, CLEANED, UNIFIED}
+    written = write_shards(task, storage, str(tmp_path / "staging"))
+    assert written.index.num_rows == 12
+    # the driver keeps every task alive until all have run: none may keep its row groups
+    assert all(not index.cache and index._open is None for index in indexes.values())
+
+
 def test_a_task_fails_clearly_when_its_rows_moved_since_they_were_located(tmp_path, storage):
     write_input(storage, n_pairs=12, n_chats=0)
-    ordered = storage_order(storage, SCORED, ["pairs"], {f"pairs-{i:04d}" for i in range(12)})
+    chosen = pa.array([f"pairs-{i:04d}" for i in range(12)])
+    ordered = storage_order(storage, SCORED, ["pairs"], chosen)
     placed = dataclasses.replace(layout(3), asset=SCORED, source="pairs")
     (task,) = locate(storage, assign(placed, ordered, {}, 3, task_rows=64))
     table = storage.read_table(SCORED, "pairs")
