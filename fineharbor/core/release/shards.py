@@ -285,19 +285,21 @@ def _write_shards(
     schema = (obelics_schema if layout.obelics else release_schema)(layout.include_sample_id)
     files = ReleaseFiles(storage.fs, staging)
     written = Written()
-    shard, rows, entries = placed.first, [], []
+    shard, rows, entries, indexes = placed.first, [], [], []
     members_path = posixpath.join(staging, MEMBERS_DIR, f"{layout.source}-{placed.first:05d}")
     members, offset, pairs = None, 0, []
 
     def flush(last: int) -> None:
-        nonlocal shard, rows
+        # a shard's index entries become Arrow with its rows: a task holds one shard of dicts
+        nonlocal shard, rows, entries
         path = shard_name(layout.source, shard, layout.shards)
         table = pa.Table.from_pylist(rows, schema=schema)
         files.write(path, parquet_bytes(table), table.num_rows, "parquet", layout.source)
         written.files.append((files.files[-1], last))
-        for number, entry in enumerate(entries[len(entries) - len(rows) :]):
+        for number, entry in enumerate(entries):
             entry["shard"], entry["row"] = path, number
-        shard, rows = shard + 1, []
+        indexes.append(pa.Table.from_pylist(entries, schema=RELEASE_INDEX_SCHEMA))
+        shard, rows, entries = shard + 1, [], []
 
     for position, row in _read(placed, storage):
         out = _release_row(layout, placed, row)
@@ -318,7 +320,9 @@ def _write_shards(
             flush(position)
     if rows:
         flush(placed.start + placed.size - 1)
-    written.index = pa.Table.from_pylist(entries, schema=RELEASE_INDEX_SCHEMA)
+    written.index = pa.concat_tables(
+        [RELEASE_INDEX_SCHEMA.empty_table(), *indexes]
+    ).combine_chunks()
     if pairs:
         position, start, size = np.asarray(pairs, np.int64).T
         path = pa.DictionaryArray.from_arrays(
