@@ -84,10 +84,10 @@ def sample_embeddings(
     order = np.argsort(inverse, kind="stable")
     starts = np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]
     means: np.ndarray | None = None
-    block = BLOCK_SAMPLES
-    for first in range(0, len(starts), block):
-        segment = starts[first : first + block]
-        end = starts[first + block] if first + block < len(starts) else order.size
+    for first in range(0, len(starts), BLOCK_SAMPLES):
+        segment = starts[first : first + BLOCK_SAMPLES]
+        stop = first + BLOCK_SAMPLES
+        end = starts[stop] if stop < len(starts) else order.size
         chunk = _gather(rows, column, order[segment[0] : end])
         sums = np.add.reduceat(chunk, segment - segment[0], axis=0)
         del chunk

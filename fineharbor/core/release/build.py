@@ -48,6 +48,7 @@ from fineharbor.core.release.shards import (
     IMAGE_SIGNALS,
     RELEASE_INDEX_SCHEMA,
     SourceLayout,
+    run_rows,
     storage_order,
     write_sources,
 )
@@ -272,7 +273,7 @@ def _write_sources(
         turns |= candidates.turns(source)
         partitions = project.partitions_of([source])
         ordered = storage_order(storage, RELEASE_INPUT_ASSET, partitions, chosen)
-        found = sum(len(ids) for _, ids in ordered)
+        found = run_rows(ordered)
         if found != len(chosen):
             raise LookupError(
                 f"{RELEASE_INPUT_ASSET} {source}: {len(chosen)} rows chosen for the release, "

@@ -133,7 +133,7 @@ class Placed:
 
     @property
     def size(self) -> int:
-        return sum(len(ids) for _, ids in self.rows)
+        return run_rows(self.rows)
 
 
 @dataclass(frozen=True)
@@ -173,14 +173,22 @@ def storage_order(
     return runs
 
 
+def run_rows(runs: Sequence[Run]) -> int:
+    return sum(len(ids) for _, ids in runs)
+
+
+def _own_copy(data: pa.Array | pa.Table) -> pa.Array | pa.Table:
+    """``data`` in buffers of its own: a slice pickles its whole parent into every Ray task."""
+    return pc.take(data, pa.array(np.arange(len(data))))
+
+
 def _rows_between(runs: Sequence[Run], start: int, stop: int) -> tuple[Run, ...]:
-    """Positions ``[start, stop)`` of ``runs``, copied (a slice would pickle its whole run
-    into every Ray task)."""
+    """Positions ``[start, stop)`` of ``runs``, copied for the task that gets them."""
     rows, offset = [], 0
     for partition, ids in runs:
         low, high = max(start - offset, 0), min(stop - offset, len(ids))
         if low < high:
-            rows.append((partition, pa.concat_arrays([ids.slice(low, high - low)])))
+            rows.append((partition, _own_copy(ids.slice(low, high - low))))
         offset += len(ids)
     return tuple(rows)
 
@@ -195,7 +203,7 @@ def assign(
     """The tasks over ``runs``: files of ``unit`` rows each (the last one shorter), whole
     files grouped into tasks of at most ``task_rows`` rows (one file at least)."""
     per_task = max(1, task_rows // unit) * unit
-    total = sum(len(ids) for _, ids in runs)
+    total = run_rows(runs)
     with_turns = pa.array(list(turns), pa.string())
     tasks = []
     for start in range(0, total, per_task):
@@ -383,7 +391,7 @@ def write_sources(
                 TarTask(
                     layout,
                     start // layout.tar_rows,
-                    pa.concat_tables([pairs.slice(start, per_task)]).combine_chunks(),
+                    _own_copy(pairs.slice(start, per_task)),
                 )
                 for start in range(0, pairs.num_rows, per_task)
             ]
@@ -392,7 +400,7 @@ def write_sources(
     results = iter(map_tasks(write_tars, flat, engine=engine, shared=(storage, staging)))
     files: list[ReleaseFile] = []
     for (layout, runs), written, tars in zip(layouts, shard_results, tar_tasks, strict=True):
-        rows = sum(len(ids) for _, ids in runs)
+        rows = run_rows(runs)
         # (source position of the last row, order at that row, file): a full tar is written
         # when its last pair is read, before that row's shard; the last partial tar at the end
         events = [(last, 1, f) for w in written for f, last in w.files]
